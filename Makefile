@@ -1,0 +1,35 @@
+# On a fresh machine `make run` and `make test` are the whole set-up: each creates .venv if
+# missing and installs the project into it (torch from the fleet's local wheel cache).
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.onnxship-installed
+CONFIG  ?= configs/mnist_simplecnn.toml
+OUT     ?= runs/mnist_simplecnn
+export ONNXSHIP_DATA_DIR ?= ../shared/data
+
+.PHONY: run test lint install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The only torch/torchvision pair that imports here; pip takes both from local disk.
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/onnxship run --config $(CONFIG) --out $(OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy models export calibrate runtime_bench onnxship
+
+clean:
+	rm -rf $(VENV) runs

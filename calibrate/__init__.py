@@ -1,0 +1,1 @@
+"""Calibration data and static INT8 quantization through onnxruntime.quantization."""

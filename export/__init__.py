@@ -1,0 +1,1 @@
+"""torch -> ONNX export (one self-contained, verified file) and FP16 conversion."""

@@ -1,0 +1,1 @@
+"""The PyTorch side: MNIST data, architectures, training, pruning, distillation."""

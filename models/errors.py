@@ -1,0 +1,5 @@
+from runtime_bench.errors import OnnxshipError
+
+
+class ModelsError(OnnxshipError):
+    """Errors of the PyTorch side: data, architectures, training, checkpoints, pruning, KD."""

@@ -1,0 +1,148 @@
+"""The one SGD training loop, shared by training, fine-tuning and distillation.
+
+Batches come from in-memory tensors, shuffled with a seeded generator, so a run is
+deterministic on CPU for a given seed. The loss is pluggable (`loss_fn(logits, x, y)`), which
+is how distillation adds its teacher term without a second loop.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from models.errors import ModelsError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+AugmentFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+class LrSchedule(enum.Enum):
+    ONECYCLE = "onecycle"
+    COSINE = "cosine"
+    CONSTANT = "constant"
+
+
+class AmpMode(enum.Enum):
+    OFF = "off"
+    FP16 = "fp16"  # CUDA only, with GradScaler
+    BF16 = "bf16"  # CUDA, or a CPU with native bf16
+
+
+@dataclass(frozen=True)
+class SgdConfig:
+    epochs: float = 1.0  # fractional epochs allowed (fine-tuning budgets are in steps)
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: LrSchedule = LrSchedule.ONECYCLE
+
+    def validate(self) -> None:
+        if not self.epochs > 0:
+            raise ModelsError(f"epochs must be > 0, got {self.epochs}; pass a positive number")
+        if self.batch_size < 1:
+            raise ModelsError(f"batch size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ModelsError(f"learning rate must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ModelsError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ModelsError(f"weight decay must be >= 0, got {self.weight_decay}")
+
+
+def cross_entropy_loss(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits, y)
+
+
+def total_steps(n_samples: int, cfg: SgdConfig) -> int:
+    per_epoch = math.ceil(n_samples / cfg.batch_size)
+    return max(1, round(per_epoch * cfg.epochs))
+
+
+def train_sgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: SgdConfig,
+    *,
+    seed: int,
+    loss_fn: LossFn = cross_entropy_loss,
+    augment: AugmentFn | None = None,
+    amp: AmpMode = AmpMode.OFF,
+    device: torch.device | str = "cpu",
+    desc: str = "train",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train `model` in place; return {"steps", "final_loss"}.
+
+    The number of optimiser steps is `ceil(N / batch_size) * epochs` (rounded), so two calls
+    with the same config take the same steps: the KD-vs-no-KD ablation relies on that.
+    """
+    cfg.validate()
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
+    steps = total_steps(x.shape[0], cfg)
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    if cfg.schedule is LrSchedule.ONECYCLE:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.25
+        )
+    elif cfg.schedule is LrSchedule.COSINE:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    else:
+        scheduler = None
+    use_scaler = amp is AmpMode.FP16 and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    autocast_dtype = {AmpMode.FP16: torch.float16, AmpMode.BF16: torch.bfloat16}.get(amp)
+
+    n = x.shape[0]
+    step = 0
+    loss_value = float("nan")
+    with tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False) as bar:
+        while step < steps:
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, cfg.batch_size):
+                if step >= steps:
+                    break
+                idx = order[start : start + cfg.batch_size]
+                xb, yb = x[idx], y[idx]
+                if augment is not None:
+                    xb = augment(xb, generator)
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                if autocast_dtype is not None:
+                    with torch.autocast(device_type=device.type, dtype=autocast_dtype):
+                        loss = loss_fn(model(xb), xb, yb)
+                else:
+                    loss = loss_fn(model(xb), xb, yb)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                step += 1
+                if step % 50 == 0 or step == steps:
+                    loss_value = float(loss.detach())
+                    bar.set_postfix(loss=f"{loss_value:.4f}")
+                bar.update(1)
+    model.eval()
+    return {"steps": float(steps), "final_loss": loss_value}

@@ -1,0 +1,1 @@
+"""Sessions, latency and accuracy of ONNX artifacts. Imports only onnxruntime, numpy, stdlib."""

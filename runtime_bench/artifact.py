@@ -1,0 +1,215 @@
+"""Files passed between stages: sha256, atomic writes, `Artifact` and stage records.
+
+Stages hand each other *files*, never live objects: a stage function has the shape
+`thing_from_source(src, cfg, out_dir) -> Artifact`, and an `Artifact` is a path plus its
+sha256, size, the stage that made it, that stage's config and the parent's sha256 (the lineage
+record, as in Olive). Every write goes to a temporary file in the target folder and is renamed
+into place, so a crash (even kill -9) never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import enum
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from runtime_bench.errors import OnnxshipError
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp with a Z suffix, second resolution."""
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _check_parent_writable(path: Path) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        raise OnnxshipError(
+            f"cannot write {path}: its folder {parent} does not exist; create it or choose "
+            "another output path"
+        )
+    if not os.access(parent, os.W_OK):
+        raise OnnxshipError(
+            f"cannot write {path}: its folder {parent} is not writable; choose a writable "
+            "output folder"
+        )
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds.
+
+    The temporary file lives in the same folder so the final `os.replace` is atomic. On any
+    exception the temporary file is removed and nothing appears under `path`.
+    """
+    final = Path(path)
+    _check_parent_writable(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def jsonable(value: Any) -> Any:
+    """Turn configs (frozen dataclasses, enums, paths, tuples) into plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value) if isinstance(value, (set, frozenset)) else value
+        return [jsonable(v) for v in items]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    return value
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    text = json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n"
+    return atomic_write_text(path, text)
+
+
+def config_hash(obj: Any) -> str:
+    """Stable sha256 of a JSON-able config (keys sorted), for cache keys."""
+    text = json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return sha256_bytes(text.encode("utf-8"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """A file produced by a stage, with the lineage needed to trust it later."""
+
+    path: Path
+    sha256: str
+    bytes: int
+    stage: str
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    parent_sha256: str | None = None
+    metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        stage: str,
+        config: Any = None,
+        parent_sha256: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> Artifact:
+        p = Path(path)
+        return cls(
+            path=p,
+            sha256=sha256_file(p),
+            bytes=p.stat().st_size,
+            stage=stage,
+            config=jsonable(config) if config is not None else {},
+            parent_sha256=parent_sha256,
+            metrics=dict(metrics or {}),
+        )
+
+    def verify(self) -> None:
+        """Raise if the file is missing or its bytes no longer match the recorded sha256."""
+        if not self.path.is_file():
+            raise OnnxshipError(f"artifact {self.path} is missing; rerun the stage '{self.stage}'")
+        actual = sha256_file(self.path)
+        if actual != self.sha256:
+            raise OnnxshipError(
+                f"artifact {self.path} changed: expected sha256 {self.sha256}, found {actual}; "
+                f"rerun the stage '{self.stage}' or restore the file",
+                exit_code=1,
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": os.fspath(self.path),
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "stage": self.stage,
+            "config": jsonable(self.config),
+            "parent_sha256": self.parent_sha256,
+            "metrics": jsonable(self.metrics),
+        }
+
+
+def file_entry(path: str | os.PathLike[str], *, with_bytes: bool = False) -> dict[str, Any]:
+    p = Path(path)
+    entry: dict[str, Any] = {"path": os.fspath(p), "sha256": sha256_file(p)}
+    if with_bytes:
+        entry["bytes"] = p.stat().st_size
+    return entry
+
+
+def write_stage_record(
+    out_dir: str | os.PathLike[str],
+    name: str,
+    *,
+    stage: str,
+    config: Any,
+    inputs: Sequence[str | os.PathLike[str]],
+    outputs: Sequence[str | os.PathLike[str]],
+    metrics: Mapping[str, Any],
+    started: str,
+    wall_s: float,
+) -> Path:
+    """Write `out_dir/stages/<name>.json` in the contract's shape (atomically).
+
+    `name` is usually the stage itself ("train", "quantize"); a pipeline that runs a stage on
+    two models uses e.g. "export-teacher" and "export-student".
+    """
+    stages_dir = Path(out_dir) / "stages"
+    stages_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "stage": stage,
+        "config": jsonable(config),
+        "inputs": [file_entry(p) for p in inputs],
+        "outputs": [file_entry(p, with_bytes=True) for p in outputs],
+        "metrics": jsonable(metrics),
+        "started": started,
+        "finished": utc_now(),
+        "wall_s": round(float(wall_s), 3),
+    }
+    return atomic_write_json(stages_dir / f"{name}.json", record)
