@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ def run_stage(
     inputs: Sequence[str | os.PathLike[str]],
     produce: Callable[[], Artifact],
     extra_outputs: Sequence[str | os.PathLike[str]] = (),
+    extra_record: Mapping[str, Any] | None = None,
 ) -> Artifact:
     """Call `produce()`, then write `out_dir/stages/<record_name>.json` with the artifact's
     metrics, the input and output files with their sha256, timestamps and wall time."""
@@ -41,6 +42,7 @@ def run_stage(
         metrics=artifact.metrics,
         started=started,
         wall_s=wall_s,
+        extra=extra_record,
     )
     log.info("stage %s done in %.1f s -> %s", record_name, wall_s, artifact.path)
     return artifact

@@ -194,6 +194,7 @@ def write_stage_record(
     metrics: Mapping[str, Any],
     started: str,
     wall_s: float,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `out_dir/stages/<name>.json` in the contract's shape (atomically).
 
@@ -212,4 +213,7 @@ def write_stage_record(
         "finished": utc_now(),
         "wall_s": round(float(wall_s), 3),
     }
+    # Extra keys (e.g. the pipeline's cache key) come after the contract's keys, never over them.
+    for key, value in (extra or {}).items():
+        record.setdefault(key, jsonable(value))
     return atomic_write_json(stages_dir / f"{name}.json", record)
