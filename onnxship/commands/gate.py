@@ -1,14 +1,40 @@
-"""`onnxship gate` (placeholder until its issue lands)."""
+"""`onnxship gate` (torch-free, ORT-free)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("gate", help="(not built yet)")
+    parser = sub.add_parser(
+        "gate",
+        help="CI gate: per-artifact accuracy against a committed baseline, JUnit XML",
+        description="Compare each artifact's test top-1 in a manifest with a baseline file "
+        '({"artifacts": {"student-int8": {"test_top1": 0.985, "max_drop": 0.003}}}). An artifact '
+        "fails when it is missing or below test_top1 - max_drop. Prints a Markdown summary; exit "
+        "0 pass, 1 any failure, 2 bad input. Latency is not gated unless --check-latency enables "
+        "the baseline's latency_ratios (ratios between artifacts of the same run).",
+    )
+    parser.add_argument("--manifest", type=Path, required=True, help="DIR/manifest.json")
+    parser.add_argument("--baseline", type=Path, required=True,
+                        help="baseline JSON, e.g. baselines/mnist_simplecnn.json")  # fmt: skip
+    parser.add_argument("--junit", type=Path, default=None,
+                        help="write JUnit XML, one test case per artifact")  # fmt: skip
+    parser.add_argument("--check-latency", action="store_true",
+                        help="also enforce the baseline's latency_ratios (opt-in: noisy machines)")  # fmt: skip
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("onnxship gate: not built yet")
+    from onnxship.gate import gate, markdown, write_junit
+
+    cases = gate(args.manifest, args.baseline, check_latency=args.check_latency)
+    print(markdown(cases))
+    if args.junit:
+        write_junit(cases, args.junit)
+    failed = [c.name for c in cases if not c.ok]
+    if failed:
+        print(f"gate: FAILED: {', '.join(failed)}")
+        return 1
+    return 0

@@ -1,0 +1,164 @@
+"""`onnxship gate`: per-artifact accuracy against a committed baseline (torch-free, ORT-free).
+
+Baseline (CONTRACT.md): {"artifacts": {"student-int8": {"test_top1": 0.985, "max_drop": 0.003}}}.
+An artifact fails when it is missing from the manifest or its test_top1 is below
+`test_top1 - max_drop`. Latency is never gated by default (shared machines are noisy); the
+baseline may list opt-in ratio checks between two artifacts *of the same run*
+("latency_ratios": [{"fast": "student-int8", "slow": "student-fp32", "provider":
+"CPUExecutionProvider", "batch": 64, "min_ratio": 1.0}]) that run only with --check-latency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from onnxship.errors import PipelineError
+from onnxship.manifest import read_manifest
+from runtime_bench.artifact import atomic_output
+
+# Floating-point slack: a baseline written as 0.985 with max_drop 0.003 must pass at 0.982.
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class GateCase:
+    name: str
+    ok: bool
+    message: str
+    observed: float | None
+    required: float | None
+    kind: str = "accuracy"
+
+
+def _number(value: Any, where: str, *, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PipelineError(f"{where}: expected a number in [{lo}, {hi}], found {value!r}")
+    if not lo <= value <= hi:
+        raise PipelineError(f"{where}: expected a number in [{lo}, {hi}], found {value}")
+    return float(value)
+
+
+def read_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise PipelineError(f"baseline {p} does not exist; commit one (see baselines/)")
+    try:
+        baseline = json.loads(p.read_text())
+    except ValueError as exc:
+        raise PipelineError(f"baseline {p} is not valid JSON ({exc}); fix the file") from exc
+    arts = baseline.get("artifacts") if isinstance(baseline, dict) else None
+    if not isinstance(arts, dict) or not arts:
+        raise PipelineError(
+            f'baseline {p} names no artifacts; expected {{"artifacts": {{"student-int8": '
+            '{"test_top1": 0.985, "max_drop": 0.003}}}}'
+        )
+    for name, spec in arts.items():
+        where = f"baseline {p}: artifacts.{name}"
+        if not isinstance(spec, dict) or "test_top1" not in spec:
+            raise PipelineError(f"{where}: expected an object with test_top1 (and max_drop)")
+        _number(spec["test_top1"], f"{where}.test_top1", lo=0.0, hi=1.0)
+        _number(spec.get("max_drop", 0.0), f"{where}.max_drop", lo=0.0, hi=1.0)
+    for i, ratio in enumerate(baseline.get("latency_ratios", [])):
+        where = f"baseline {p}: latency_ratios[{i}]"
+        missing = [k for k in ("fast", "slow", "min_ratio") if k not in ratio]
+        if missing:
+            raise PipelineError(f"{where}: missing {', '.join(missing)}")
+        _number(ratio["min_ratio"], f"{where}.min_ratio", lo=0.0, hi=1e6)
+    return baseline
+
+
+def gate(
+    manifest_path: str | os.PathLike[str],
+    baseline_path: str | os.PathLike[str],
+    *,
+    check_latency: bool = False,
+) -> list[GateCase]:
+    manifest = read_manifest(manifest_path)
+    baseline = read_baseline(baseline_path)
+    artifacts = manifest["artifacts"]
+    cases: list[GateCase] = []
+    for name, spec in baseline["artifacts"].items():
+        required = float(spec["test_top1"]) - float(spec.get("max_drop", 0.0))
+        if name not in artifacts:
+            cases.append(GateCase(name, False, f"artifact {name} is missing from the manifest",
+                                  None, required))  # fmt: skip
+            continue
+        observed = float(artifacts[name]["accuracy"]["test_top1"])
+        ok = observed + _EPS >= required
+        message = (
+            f"test top-1 {observed:.4f} >= {required:.4f} (baseline {spec['test_top1']} - "
+            f"{spec.get('max_drop', 0.0)})"
+            if ok
+            else f"test top-1 {observed:.4f} is below {required:.4f} (baseline "
+            f"{spec['test_top1']} - max_drop {spec.get('max_drop', 0.0)}): accuracy regressed "
+            f"by {100 * (required - observed):.2f} pp beyond the allowed drop"
+        )
+        cases.append(GateCase(name, ok, message, observed, required))
+    if check_latency:
+        cases.extend(_latency_cases(artifacts, baseline.get("latency_ratios", [])))
+    return cases
+
+
+def _latency_cases(artifacts: dict[str, Any], ratios: list[dict[str, Any]]) -> list[GateCase]:
+    short = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+    cases = []
+    for ratio in ratios:
+        fast, slow = ratio["fast"], ratio["slow"]
+        provider = short.get(ratio.get("provider", "cpu"), ratio.get("provider", "cpu"))
+        batch = str(ratio.get("batch", 64))
+        name = f"latency {fast} vs {slow} ({provider} @{batch})"
+        try:
+            t_fast = artifacts[fast]["latency"][provider][batch]["p50_ms"]
+            t_slow = artifacts[slow]["latency"][provider][batch]["p50_ms"]
+        except KeyError:
+            cases.append(GateCase(name, False, f"no {provider} batch-{batch} latency for "
+                                  f"{fast} and {slow} in the manifest", None,
+                                  ratio["min_ratio"], "latency"))  # fmt: skip
+            continue
+        observed = t_slow / t_fast
+        ok = observed >= float(ratio["min_ratio"])
+        cases.append(GateCase(name, ok, f"{fast} is {observed:.2f}x {slow} (required >= "
+                              f"{ratio['min_ratio']}x)", observed, float(ratio["min_ratio"]),
+                              "latency"))  # fmt: skip
+    return cases
+
+
+def markdown(cases: list[GateCase]) -> str:
+    lines = ["| check | result | detail |", "|---|---|---|"]
+    for c in cases:
+        lines.append(f"| `{c.name}` | {'pass' if c.ok else 'FAIL'} | {c.message} |")
+    passed = sum(c.ok for c in cases)
+    lines.append("")
+    lines.append(f"gate: {passed} passed, {len(cases) - passed} failed")
+    return "\n".join(lines)
+
+
+def write_junit(cases: list[GateCase], path: str | os.PathLike[str]) -> Path:
+    """One <testcase> per artifact (and per opted-in latency check)."""
+    suite = ET.Element(
+        "testsuite",
+        name="onnxship-gate",
+        tests=str(len(cases)),
+        failures=str(sum(not c.ok for c in cases)),
+        errors="0",
+    )
+    for c in cases:
+        case = ET.SubElement(suite, "testcase", classname=f"onnxship.gate.{c.kind}", name=c.name)
+        if not c.ok:
+            failure = ET.SubElement(case, "failure", message=c.message)
+            failure.text = json.dumps(asdict(c))
+        else:
+            out = ET.SubElement(case, "system-out")
+            out.text = c.message
+    tree = ET.ElementTree(ET.Element("testsuites"))
+    tree.getroot().append(suite)
+    ET.indent(tree)
+    with atomic_output(path) as tmp:
+        tree.write(tmp, encoding="utf-8", xml_declaration=True)
+    return Path(path)

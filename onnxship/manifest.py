@@ -1,0 +1,192 @@
+"""manifest.json (schema_version 1, see CONTRACT.md): what a deployer trusts months later.
+
+Built by `onnxship run` from the stage records, the artifacts themselves and the measuring
+stages; read by `verify` and `gate` (which stay torch-free: this module's torch-using part,
+`build_manifest`, is only called by the pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from onnxship import __version__
+from onnxship.errors import PipelineError
+from runtime_bench.artifact import atomic_write_json, utc_now
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+REQUIRED_ARTIFACTS = ("teacher-fp32", "student-fp32", "student-int8", "student-fp16")
+LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    """The commit of the onnxship source tree that ran, or None outside a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "-C", os.fspath(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit or None
+
+
+def environment() -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from runtime_bench.env import capture_environment, cpu_model_name, isa_summary
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "onnx": _version("onnx"),
+        "onnxruntime": ort.__version__,
+        "cpu": cpu_model_name(),
+        "isa": isa_summary(),
+        "available_providers": list(ort.get_available_providers()),
+    }
+    details = capture_environment()
+    env["details"] = {k: v for k, v in details.items() if k not in env}
+    return env
+
+
+def _latency_for(path: Path, bench: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    latency: dict[str, dict[str, dict[str, float]]] = {}
+    for row in bench.get("results", []):
+        if Path(row["model"]).name != path.name:
+            continue
+        per_ep = latency.setdefault(row["provider"], {})
+        per_ep[str(row["batch_size"])] = {k: row[k] for k in LATENCY_KEYS}
+    return latency
+
+
+def build_manifest(
+    ctx: Any,
+    specs: Sequence[Any],
+    eval_json: dict[str, Any],
+    bench_json: dict[str, Any],
+) -> Path:
+    """Write ctx.out_dir/manifest.json from the artifacts, their stage records and measurements."""
+    from export.onnx_export import describe_onnx
+
+    from models.checkpoint import load_checkpoint
+    from models.flops import count_macs, count_params
+    from runtime_bench.artifact import sha256_file
+
+    out_dir: Path = ctx.out_dir
+    complexity: dict[Path, tuple[int, int]] = {}
+    artifacts: dict[str, Any] = {}
+    for spec in specs:
+        path = out_dir / "artifacts" / f"{spec.name}.onnx"
+        record = json.loads((out_dir / "stages" / f"{spec.record}.json").read_text())
+        if spec.checkpoint not in complexity:
+            model, _ = load_checkpoint(spec.checkpoint)
+            complexity[spec.checkpoint] = (count_macs(model), count_params(model))
+        macs, params = complexity[spec.checkpoint]
+        description = describe_onnx(path)
+        accuracy = eval_json["artifacts"][spec.name]
+        artifacts[spec.name] = {
+            "path": f"artifacts/{path.name}",
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+            "model": spec.model,
+            "precision": spec.precision,
+            "parent": spec.parent,
+            "stage": record["stage"],
+            "stage_config": record.get("config", {}),
+            "source_checkpoint": {
+                "path": os.path.relpath(spec.checkpoint, out_dir),
+                "sha256": sha256_file(spec.checkpoint),
+            },
+            "opset": description["opset"],
+            "macs": macs,
+            "params": params,
+            "inputs": description["inputs"],
+            "outputs": description["outputs"],
+            "accuracy": {
+                "test_top1": accuracy["top1"],
+                "correct": accuracy.get("correct"),
+                "n": accuracy.get("n"),
+                "split": "test",
+                "provider": eval_json.get("provider"),
+                "batch_size": eval_json.get("batch_size"),
+            },
+            "latency": _latency_for(path, bench_json),
+        }
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "onnxship_version": __version__,
+        "created": utc_now(),
+        "git_commit": git_commit(),
+        "config": _jsonable_config(ctx.cfg),
+        "environment": environment(),
+        "bench": {
+            "threads": ctx.cfg.bench.threads,
+            "iterations": ctx.cfg.bench.iterations,
+            "warmup": ctx.cfg.bench.warmup,
+            "results": "results/bench.json",
+        },
+        "artifacts": artifacts,
+    }
+    return atomic_write_json(out_dir / "manifest.json", manifest)
+
+
+def _jsonable_config(cfg: Any) -> Any:
+    from runtime_bench.artifact import jsonable
+
+    return jsonable(cfg)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and sanity-check a manifest: valid JSON, known schema_version, artifacts present."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "manifest.json"
+    if not p.is_file():
+        raise PipelineError(f"manifest {p} does not exist; run `onnxship run --out DIR` first")
+    try:
+        manifest = json.loads(p.read_text())
+    except ValueError as exc:
+        raise PipelineError(
+            f"manifest {p} is not valid JSON ({exc}); regenerate the bundle"
+        ) from exc
+    if not isinstance(manifest, dict):
+        raise PipelineError(
+            f"manifest {p}: expected a JSON object, found {type(manifest).__name__}"
+        )
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise PipelineError(
+            f"manifest {p} has schema_version {version!r}; this onnxship ({__version__}) reads "
+            f"schema_version {SCHEMA_VERSION}; use a matching onnxship version"
+        )
+    if not isinstance(manifest.get("artifacts"), dict):
+        raise PipelineError(f"manifest {p} has no 'artifacts' object; regenerate the bundle")
+    return manifest
+
+
+def write_bundle_docs(out_dir: Path, manifest_path: Path) -> None:
+    """report.md and plots/*.png from the manifest and the stage records."""
+    from onnxship.report import write_plots, write_report
+
+    manifest = read_manifest(manifest_path)
+    plots = write_plots(out_dir, manifest)
+    write_report(out_dir, manifest, plots)

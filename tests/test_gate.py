@@ -1,0 +1,141 @@
+"""`onnxship gate`: per-artifact accuracy against a baseline, JUnit output, exit codes."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from onnxship.cli import main
+from onnxship.errors import PipelineError
+from onnxship.gate import gate, read_baseline
+
+
+def _manifest(tmp_path: Path, accuracies: dict[str, float], latency: dict | None = None) -> Path:
+    artifacts = {
+        name: {
+            "path": f"artifacts/{name}.onnx",
+            "accuracy": {"test_top1": acc},
+            "latency": (latency or {}).get(name, {}),
+        }
+        for name, acc in accuracies.items()
+    }
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"schema_version": 1, "artifacts": artifacts}))
+    return path
+
+
+def _baseline(tmp_path: Path, obj: object, name: str = "baseline.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_gate_passes_when_every_artifact_is_within_its_allowed_drop(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, {"student-int8": 0.982, "teacher-fp32": 0.991})
+    baseline = _baseline(
+        tmp_path,
+        {"artifacts": {"student-int8": {"test_top1": 0.985, "max_drop": 0.003},
+                       "teacher-fp32": {"test_top1": 0.99, "max_drop": 0.0}}},
+    )  # fmt: skip
+    cases = gate(manifest, baseline)
+    assert [c.ok for c in cases] == [True, True]
+    # 0.982 == 0.985 - 0.003 exactly: the boundary passes despite float rounding.
+    assert cases[0].required == pytest.approx(0.982, abs=1e-12)
+
+
+def test_gate_fails_naming_the_artifact_when_accuracy_regressed(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, {"student-int8": 0.9810, "student-fp32": 0.99})
+    baseline = _baseline(
+        tmp_path,
+        {"artifacts": {"student-int8": {"test_top1": 0.985, "max_drop": 0.003},
+                       "student-fp32": {"test_top1": 0.985, "max_drop": 0.003}}},
+    )  # fmt: skip
+    junit = tmp_path / "gate.xml"
+    code = main(
+        ["gate", "--manifest", str(manifest), "--baseline", str(baseline), "--junit", str(junit)]
+    )
+    assert code == 1
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "2" and suite.get("failures") == "1"
+    failed = [tc.get("name") for tc in suite.iter("testcase") if tc.find("failure") is not None]
+    assert failed == ["student-int8"]
+
+
+def test_gate_fails_when_a_baseline_artifact_is_missing_from_the_manifest(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, {"student-fp32": 0.99})
+    baseline = _baseline(
+        tmp_path, {"artifacts": {"teacher-int8": {"test_top1": 0.9, "max_drop": 0.1}}}
+    )
+    junit = tmp_path / "gate.xml"
+    code = main(
+        ["gate", "--manifest", str(manifest), "--baseline", str(baseline), "--junit", str(junit)]
+    )
+    assert code == 1
+    failure = ET.parse(junit).getroot().find("testsuite/testcase/failure")
+    assert failure is not None and "missing" in failure.get("message", "")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"artifacts": {}}), "names no artifacts"),
+        (json.dumps({"thresholds": 1}), "names no artifacts"),
+        (json.dumps({"artifacts": {"a": {"test_top1": 1.5}}}), "expected a number in [0.0, 1.0]"),
+        (json.dumps({"artifacts": {"a": {"max_drop": 0.1}}}), "expected an object with test_top1"),
+    ],
+)
+def test_gate_exits_2_on_a_bad_baseline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
+) -> None:
+    manifest = _manifest(tmp_path, {"a": 0.9})
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(content)
+    assert main(["gate", "--manifest", str(manifest), "--baseline", str(baseline)]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_gate_exits_2_on_an_unknown_manifest_schema_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"schema_version": 7, "artifacts": {}}))
+    baseline = _baseline(tmp_path, {"artifacts": {"a": {"test_top1": 0.5}}})
+    assert main(["gate", "--manifest", str(manifest), "--baseline", str(baseline)]) == 2
+    assert "schema_version 7" in capsys.readouterr().err
+
+
+def test_gate_ignores_latency_unless_opted_in(tmp_path: Path) -> None:
+    lat = {
+        "student-int8": {"CPUExecutionProvider": {"64": {"p50_ms": 2.0}}},
+        "student-fp32": {"CPUExecutionProvider": {"64": {"p50_ms": 1.0}}},
+    }
+    manifest = _manifest(tmp_path, {"student-int8": 0.99, "student-fp32": 0.99}, lat)
+    baseline = _baseline(
+        tmp_path,
+        {
+            "artifacts": {"student-int8": {"test_top1": 0.98, "max_drop": 0.0}},
+            "latency_ratios": [{"fast": "student-int8", "slow": "student-fp32",
+                                "provider": "cpu", "batch": 64, "min_ratio": 1.0}],
+        },
+    )  # fmt: skip
+    assert all(c.ok for c in gate(manifest, baseline))
+    cases = gate(manifest, baseline, check_latency=True)
+    latency = [c for c in cases if c.kind == "latency"]
+    assert len(latency) == 1 and not latency[0].ok
+    assert latency[0].observed == pytest.approx(0.5)
+
+
+def test_read_baseline_accepts_the_committed_baseline() -> None:
+    root = Path(__file__).resolve().parents[1]
+    baseline = read_baseline(root / "baselines" / "mnist_simplecnn.json")
+    for name in ("teacher-fp32", "student-fp32", "student-int8", "student-fp16"):
+        assert name in baseline["artifacts"]
+
+
+def test_read_baseline_names_the_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="does not exist"):
+        read_baseline(tmp_path / "nope.json")
