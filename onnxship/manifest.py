@@ -71,7 +71,12 @@ def environment() -> dict[str, Any]:
 def _latency_for(path: Path, bench: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
     latency: dict[str, dict[str, dict[str, float]]] = {}
     for row in bench.get("results", []):
-        if Path(row["model"]).name != path.name:
+        # On CUDA the harness also reports device-resident rows; the manifest's number is the
+        # end-to-end one (numpy in and out, copies included), comparable with the CPU EP's.
+        if Path(row["model"]).name != path.name or row.get("io", "host") not in (
+            "host",
+            "end_to_end",
+        ):
             continue
         per_ep = latency.setdefault(row["provider"], {})
         per_ep[str(row["batch_size"])] = {k: row[k] for k in LATENCY_KEYS}

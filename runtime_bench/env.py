@@ -1,13 +1,17 @@
 """What machine a number was measured on: CPU model and ISA flags (stdlib only).
 
-`capture_environment()` (built by the bench issue) extends this with OS, Python, onnxruntime and
-GPU facts; the CPU facts are here so the PyTorch side can ask them too (AMP refusal).
+`capture_environment()` extends this with OS, Python, onnxruntime and GPU facts (nvidia-smi, only
+when a GPU EP was used); the CPU facts are here so the PyTorch side can ask them too (AMP refusal).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import platform
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 # Flags that change which kernels ONNX Runtime and PyTorch pick on x86.
@@ -53,3 +57,107 @@ def has_native_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); without it, bf16
     autocast is emulated and was measured 37x slower than fp32 training on this fleet."""
     return any(f in cpu_flags() for f in NATIVE_BF16_FLAGS)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (affinity / cgroup cpuset), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def physical_cores() -> int | None:
+    """Physical cores per /proc/cpuinfo ('cpu cores' x distinct 'physical id'); None if unknown."""
+    path = Path("/proc/cpuinfo")
+    if not path.is_file():
+        return None
+    sockets: set[str] = set()
+    per_socket = None
+    for line in path.read_text(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            sockets.add(value.strip())
+        elif key == "cpu cores" and per_socket is None:
+            try:
+                per_socket = int(value.strip())
+            except ValueError:
+                return None
+    if per_socket is None:
+        return None
+    return per_socket * max(1, len(sockets))
+
+
+def gpu_info(timeout_s: float = 10.0) -> list[dict[str, str]] | dict[str, str]:
+    """GPU name, driver and memory from nvidia-smi; {'error': why} when it cannot be asked."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return {"error": "nvidia-smi not found on PATH"}
+    query = "name,driver_version,memory.total,compute_cap"
+    try:
+        done = subprocess.run(
+            [exe, f"--query-gpu={query}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"error": f"nvidia-smi failed: {exc}"}
+    if done.returncode != 0:
+        first = (done.stderr or done.stdout).strip().splitlines()
+        return {"error": f"nvidia-smi exited {done.returncode}: {first[0] if first else ''}"}
+    keys = query.split(",")
+    gpus = []
+    for line in done.stdout.strip().splitlines():
+        values = [v.strip() for v in line.split(",")]
+        gpus.append(dict(zip(keys, values, strict=False)))
+    return gpus
+
+
+def capture_environment(providers_used: tuple[str, ...] | list[str] = ()) -> dict[str, object]:
+    """The machine and runtime a number was measured on, for every result file.
+
+    Keys shared with the manifest's `environment`: python, onnxruntime, cpu, isa,
+    available_providers. GPU facts (nvidia-smi) are asked only when a CUDA/TensorRT EP was used.
+    """
+    env: dict[str, object] = {
+        "hostname": platform.node(),
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "cpu": cpu_model_name(),
+        "isa": isa_summary(),
+        "has_native_bf16": has_native_bf16(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "physical_cores": physical_cores(),
+    }
+    np_mod = sys.modules.get("numpy")
+    if np_mod is None:
+        try:
+            import numpy as np_mod
+        except ImportError:  # pragma: no cover - numpy is a dependency
+            np_mod = None
+    env["numpy"] = getattr(np_mod, "__version__", None)
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        env["onnxruntime"] = None
+        env["available_providers"] = []
+    else:
+        env["onnxruntime"] = ort.__version__
+        env["onnxruntime_device"] = ort.get_device()
+        env["available_providers"] = list(ort.get_available_providers())
+        build = getattr(ort, "get_build_info", None)
+        env["onnxruntime_build"] = build() if callable(build) else None
+        cuda_version = getattr(ort, "cuda_version", None)
+        if cuda_version:
+            env["onnxruntime_cuda_version"] = cuda_version
+    used = list(dict.fromkeys(providers_used))
+    env["providers_used"] = used
+    if any(p.startswith(("CUDA", "Tensorrt", "NvTensorRT")) for p in used):
+        env["gpu"] = gpu_info()
+    return env

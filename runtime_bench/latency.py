@@ -31,6 +31,10 @@ class LatencyStats:
     min_ms: float
     max_ms: float
     throughput_per_s: float
+    # Quartiles and p10 (added for `bench compare`'s noise test: IQR vs the difference).
+    p10_ms: float = float("nan")
+    p25_ms: float = float("nan")
+    p75_ms: float = float("nan")
 
     def to_json(self) -> dict[str, float | int]:
         return asdict(self)
@@ -40,7 +44,7 @@ def stats_from_ns(samples_ns: np.ndarray | list[int], batch_size: int) -> Latenc
     ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
     if ms.size == 0:
         raise BenchError("no latency samples were taken; use at least one iteration")
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    p10, p25, p50, p75, p90, p99 = np.percentile(ms, [10, 25, 50, 75, 90, 99])
     return LatencyStats(
         batch_size=batch_size,
         iterations=int(ms.size),
@@ -53,6 +57,9 @@ def stats_from_ns(samples_ns: np.ndarray | list[int], batch_size: int) -> Latenc
         max_ms=float(ms.max()),
         # Throughput from the median: robust to the odd preempted iteration.
         throughput_per_s=float(batch_size / (p50 / 1e3)) if p50 > 0 else float("inf"),
+        p10_ms=float(p10),
+        p25_ms=float(p25),
+        p75_ms=float(p75),
     )
 
 

@@ -1,14 +1,249 @@
-"""`onnxship bench` (placeholder until its issue lands)."""
+"""`onnxship bench`, `onnxship bench compare`, `onnxship bench merge` (torch-free).
+
+`bench compare` / `bench merge` are routed by onnxship.cli to the parsers `bench-compare` and
+`bench-merge` registered here (argparse cannot mix a positional file list with sub-commands).
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from onnxship.commands.common import fraction, non_negative_int, positive_float, positive_int
+
+BENCH_DESCRIPTION = """\
+Measure latency of .onnx files on one ONNX Runtime execution provider. Per model: session
+creation and first inference timed separately, then per batch size --warmup untimed runs and
+--iterations timed runs (or until --time-budget), reported as p50/p90/p99/mean/std/min and
+throughput. Inputs come from the model's input spec (the first dynamic axis is the batch) as
+fixed-seed random data, or from --npz. A Markdown table goes to stdout; --json / --csv save it.
+
+related:  onnxship bench compare A.json B.json     B/A ratios, noise flagged
+          onnxship bench merge A.json B.json ...   one table across machines
+"""
+
+EXAMPLES = """\
+examples:
+  onnxship bench artifacts/student-int8.onnx artifacts/student-fp32.onnx --json cpu.json
+  onnxship bench model.onnx --provider cuda --batch-sizes 1,64,1024 --cuda-graph
+  onnxship bench model.onnx --time-budget 5 --threads 4 --no-spinning
+exit codes: 0 measured, 2 bad input (not an ONNX file, truncated, missing external data,
+batch size <= 0, dynamic dim without --dim, unknown or unavailable EP)
+"""
+
+
+def int_csv(text: str) -> tuple[int, ...]:
+    """'1,64' -> (1, 64); range checks happen in BenchConfig (one clear error, exit 2)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 1,64, got {text!r}"
+        ) from None
+    return values
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def dim_value(text: str) -> tuple[str, int]:
+    key, value = key_value(text)
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=INTEGER, got {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"dimension {key} must be >= 1, got {number}")
+    return key, number
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("bench", help="(not built yet)")
+    parser = sub.add_parser(
+        "bench",
+        help="latency of .onnx files on an ONNX Runtime EP (also: bench compare, bench merge)",
+        description=BENCH_DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("models", nargs="+", type=Path, metavar="MODEL.onnx")
+    parser.add_argument(
+        "--provider",
+        default="cpu",
+        help="cpu (CPUExecutionProvider), cuda (CUDAExecutionProvider) or any ORT EP name; "
+        "never falls back silently (default: cpu)",
+    )
+    parser.add_argument(
+        "--batch-sizes", type=int_csv, default=(1, 64), metavar="1,64",
+        help="comma-separated batch sizes, each >= 1 (default: 1,64)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=non_negative_int, default=1,
+        help="intra-op threads (0 = ORT default: one per physical core; default: 1); more than "
+        "the usable cores is allowed, warned about and recorded",
+    )  # fmt: skip
+    parser.add_argument(
+        "--warmup",
+        type=non_negative_int,
+        default=10,
+        help="untimed runs per batch size (default: 10)",
+    )
+    parser.add_argument(
+        "--iterations", type=positive_int, default=None,
+        help="timed runs per batch size (default: 100; with --time-budget, a cap)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--time-budget", type=positive_float, default=None, metavar="S",
+        help="stop timing a batch size after S seconds (at least one timed run)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-spinning", action="store_true", help="worker threads sleep instead of busy-waiting"
+    )
+    parser.add_argument(
+        "--graph-opt", choices=("disable", "basic", "extended", "all"), default="all",
+        help="ORT graph optimisation level (default: all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--provider-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+        help="an EP option, e.g. device_id=0 (repeatable); recorded in the results",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dim", type=dim_value, action="append", default=[], metavar="NAME=N",
+        help="size of a symbolic input dimension other than the batch (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--npz", type=Path, default=None, help="real inputs: an .npz with one array per input name"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random inputs (default: 0)"
+    )
+    parser.add_argument(
+        "--no-io-binding",
+        action="store_true",
+        help="CUDA: skip the device-resident (IO binding) measurement",
+    )
+    parser.add_argument(
+        "--cuda-graph", action="store_true", help="CUDA: also measure with CUDA graph capture"
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="write the results (schema_version 1)",
+    )
+    parser.add_argument(
+        "--csv", type=Path, default=None, metavar="OUT", help="write the result rows as CSV"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.set_defaults(func=run)
+
+    cmp = sub.add_parser(
+        "bench-compare",
+        help="B/A latency ratios of two bench results (also spelled: bench compare)",
+        description="Pair the rows of two `onnxship bench --json` files by model name, batch "
+        "size, EP and io mode; print B/A ratios of p50 and flag differences within the "
+        "measurements' spread (interquartile range) or under --noise-floor as noise. "
+        "Exit 0, or 1 with --fail-above when a row is slower beyond it.",
+    )
+    cmp.add_argument("a", type=Path, metavar="A.json")
+    cmp.add_argument("b", type=Path, metavar="B.json")
+    cmp.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the comparison")
+    cmp.add_argument(
+        "--fail-above", type=positive_float, default=None, metavar="RATIO",
+        help="exit 1 when a row is 'slower' with B/A p50 above RATIO (e.g. 1.10)",
+    )  # fmt: skip
+    cmp.add_argument(
+        "--noise-floor", type=fraction, default=0.05, metavar="F",
+        help="differences under F x A's p50 are called noise (run-to-run drift; default: 0.05)",
+    )  # fmt: skip
+    cmp.set_defaults(func=run_compare)
+
+    mrg = sub.add_parser(
+        "bench-merge",
+        help="one table from bench results of many machines (also spelled: bench merge)",
+        description="Merge `onnxship bench --json` files (e.g. one per target machine) into one "
+        "table whose rows carry the machine (host, CPU, ISA, cores, onnxruntime) they came from.",
+    )
+    mrg.add_argument("files", nargs="+", type=Path, metavar="RESULT.json")
+    mrg.add_argument(
+        "--json", type=Path, default=None, metavar="OUT", help="write the merged results"
+    )
+    mrg.add_argument(
+        "--csv", type=Path, default=None, metavar="OUT", help="write the merged rows as CSV"
+    )
+    mrg.set_defaults(func=run_merge)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("onnxship bench: not built yet")
+    from runtime_bench.bench import BUDGET_ONLY_ITERATIONS, BenchConfig, benchmark_models
+    from runtime_bench.results import markdown_table, write_csv, write_json
+
+    iterations = args.iterations
+    if iterations is None:
+        iterations = BUDGET_ONLY_ITERATIONS if args.time_budget is not None else 100
+    cfg = BenchConfig(
+        provider=args.provider,
+        batch_sizes=args.batch_sizes,
+        threads=args.threads,
+        warmup=args.warmup,
+        iterations=iterations,
+        time_budget_s=args.time_budget,
+        spinning=not args.no_spinning,
+        graph_optimization=args.graph_opt,
+        provider_options=tuple(args.provider_option),
+        io_binding=not args.no_io_binding,
+        cuda_graph=args.cuda_graph,
+        npz=args.npz,
+        dim_values=tuple(args.dim),
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    doc = benchmark_models(args.models, cfg)
+    if args.json is not None:
+        write_json(doc, args.json)
+    if args.csv is not None:
+        write_csv(doc, args.csv)
+    print(markdown_table(doc))
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from runtime_bench.results import compare, compare_markdown, load_result, write_json
+
+    a, b = load_result(args.a), load_result(args.b)
+    result = compare(a, b, a_name=str(args.a), b_name=str(args.b), noise_floor=args.noise_floor)
+    if args.json is not None:
+        write_json(result, args.json)
+    print(compare_markdown(result))
+    if args.fail_above is not None:
+        bad = [
+            r for r in result["rows"]
+            if r["verdict"] == "slower" and r["ratio_p50"] > args.fail_above
+        ]  # fmt: skip
+        if bad:
+            from runtime_bench.errors import CheckFailedError
+
+            worst = max(bad, key=lambda r: r["ratio_p50"])
+            raise CheckFailedError(
+                f"{len(bad)} row(s) of {args.b} are slower than {args.a} beyond "
+                f"--fail-above {args.fail_above}: worst {worst['model_name']} batch "
+                f"{worst['batch_size']} at {worst['ratio_p50']:.3f}x p50"
+            )
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from runtime_bench.results import load_result, merge, merge_markdown, write_csv, write_json
+
+    docs = [load_result(p) for p in args.files]
+    merged = merge(docs, [str(p) for p in args.files])
+    if args.json is not None:
+        write_json(merged, args.json)
+    if args.csv is not None:
+        write_csv(merged, args.csv)
+    print(merge_markdown(merged))
+    return 0

@@ -1,0 +1,421 @@
+"""Latency benchmark of `.onnx` files on one ONNX Runtime EP.
+
+Per model: one session (its creation time recorded), then per batch size: feeds from the input
+spec (fixed-seed random data, or real data from an `.npz`), the first inference timed on its own
+(it pays shape-dependent set-up), `warmup` untimed runs, then `iterations` timed runs (or until
+`time_budget_s` is spent), summarised by `runtime_bench.latency`.
+
+On CPU each row is `io="host"`: `session.run` on numpy arrays. On CUDA each batch size gives
+`io="end_to_end"` (numpy in and out: includes the host-device copies), `io="device"` (IO
+binding with inputs and outputs already on the GPU: device-resident latency) and, with
+`cuda_graph=True`, `io="cuda_graph"` (a second session with ORT's CUDA graph capture).
+
+`benchmark_models(paths, cfg)` returns the result document (schema_version 1) that
+`onnxship bench --json` writes and `runtime_bench.results` reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime_bench.artifact import jsonable, sha256_file, utc_now
+from runtime_bench.env import capture_environment, usable_cores
+from runtime_bench.errors import BenchError
+from runtime_bench.inputs import check_batch_size, input_specs, load_npz, make_feeds
+from runtime_bench.latency import LatencyStats, measure_latency
+from runtime_bench.session import (
+    CUDA_EP,
+    GraphOptimization,
+    SessionConfig,
+    SessionHandle,
+    create_session,
+    resolve_provider,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+TOOL = "onnxship bench"
+# Keys every result row has (the pipeline and `bench compare/merge` rely on them).
+ROW_KEYS = (
+    "model", "model_name", "model_sha256", "provider", "provider_options", "batch_size",
+    "threads", "spinning", "warmup", "iterations", "session_create_ms", "first_run_ms",
+    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "throughput_per_s",
+    "nodes_per_provider",
+)  # fmt: skip
+# Iteration cap when only a time budget is given.
+BUDGET_ONLY_ITERATIONS = 10_000_000
+
+
+class IoMode(enum.Enum):
+    HOST = "host"  # CPU EP: session.run on numpy arrays
+    END_TO_END = "end_to_end"  # GPU EP: numpy in/out, host<->device copies included
+    DEVICE = "device"  # GPU EP: IO binding, inputs and outputs resident on the device
+    CUDA_GRAPH = "cuda_graph"  # GPU EP: IO binding + CUDA graph replay
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure and how. `iterations` is the count of timed runs; with `time_budget_s`
+    it is a cap and timing stops when the budget is spent (at least one timed run).
+
+    threads: `intra_op_num_threads` (0 = ORT's default, one per physical core). More threads
+      than usable cores is allowed, warned about and recorded (`threads_exceed_cores`).
+    io_binding / cuda_graph: CUDA EP only (ignored on other EPs).
+    npz: real inputs, one named array per model input (rows cycled to fill a batch).
+    dim_values: sizes of symbolic dimensions other than the batch, e.g. (("seq", 128),).
+    """
+
+    provider: str = "cpu"
+    batch_sizes: tuple[int, ...] = (1, 64)
+    threads: int = 1
+    warmup: int = 10
+    iterations: int = 100
+    time_budget_s: float | None = None
+    spinning: bool = True
+    graph_optimization: GraphOptimization = GraphOptimization.ALL
+    provider_options: tuple[tuple[str, str], ...] = ()
+    io_binding: bool = True
+    cuda_graph: bool = False
+    npz: Path | None = None
+    dim_values: tuple[tuple[str, int], ...] = ()
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        sizes = self.batch_sizes
+        if isinstance(sizes, int):
+            sizes = (sizes,)
+        sizes = tuple(sizes)
+        if not sizes:
+            raise BenchError("batch_sizes is empty; give at least one, e.g. --batch-sizes 1,64")
+        for b in sizes:
+            check_batch_size(b)
+        object.__setattr__(self, "batch_sizes", tuple(int(b) for b in sizes))
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise BenchError(
+                f"threads must be an integer >= 0 (0 = ORT default), got {self.threads!r}"
+            )
+        if self.warmup < 0:
+            raise BenchError(f"warm-up runs must be >= 0, got {self.warmup}")
+        if self.iterations < 1:
+            raise BenchError(f"iterations must be >= 1, got {self.iterations}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise BenchError(f"time budget must be > 0 seconds, got {self.time_budget_s}")
+        if isinstance(self.graph_optimization, str):
+            object.__setattr__(
+                self, "graph_optimization", GraphOptimization(self.graph_optimization.lower())
+            )
+        opts = self.provider_options
+        pairs = opts.items() if isinstance(opts, Mapping) else opts
+        object.__setattr__(
+            self, "provider_options", tuple(sorted((str(k), str(v)) for k, v in pairs))
+        )
+        dims = self.dim_values
+        dim_pairs = dims.items() if isinstance(dims, Mapping) else dims
+        checked = []
+        for name, value in dim_pairs:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BenchError(f"dimension '{name}' must be an integer >= 1, got {value!r}")
+            checked.append((str(name), int(value)))
+        object.__setattr__(self, "dim_values", tuple(checked))
+        if self.npz is not None:
+            object.__setattr__(self, "npz", Path(self.npz))
+
+    @property
+    def resolved_provider(self) -> str:
+        return resolve_provider(self.provider)
+
+    def session_config(
+        self, *, extra_provider_options: Mapping[str, str] | None = None
+    ) -> SessionConfig:
+        """The SessionConfig of this benchmark (extra EP options, e.g. enable_cuda_graph)."""
+        options = dict(self.provider_options)
+        options.update(dict(extra_provider_options or {}))
+        return SessionConfig(
+            intra_op_threads=self.threads,
+            inter_op_threads=1,
+            graph_optimization=self.graph_optimization,
+            allow_spinning=self.spinning,
+            provider_options=tuple(options.items()),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out = jsonable(self)
+        out["provider"] = self.resolved_provider
+        out["provider_options"] = dict(self.provider_options)
+        out["dim_values"] = dict(self.dim_values)
+        out.pop("progress", None)
+        return out
+
+
+def threads_exceed_cores(threads: int) -> bool:
+    return threads > usable_cores()
+
+
+def _first_run_ms(fn: Callable[[], object]) -> float:
+    start = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - start) / 1e6
+
+
+def _measure(fn: Callable[[], object], batch_size: int, cfg: BenchConfig) -> LatencyStats:
+    return measure_latency(
+        fn,
+        batch_size=batch_size,
+        warmup=cfg.warmup,
+        iterations=cfg.iterations,
+        time_budget_s=cfg.time_budget_s,
+    )
+
+
+def _row(
+    base: Mapping[str, Any],
+    *,
+    batch_size: int,
+    io: IoMode,
+    first_run_ms: float,
+    stats: LatencyStats,
+    feeds: Mapping[str, np.ndarray],
+    handle: SessionHandle,
+) -> dict[str, Any]:
+    row = dict(base)
+    row.update(
+        {
+            "batch_size": batch_size,
+            "io": io.value,
+            "session_create_ms": round(handle.create_ms, 4),
+            "first_run_ms": round(first_run_ms, 4),
+            "iterations": stats.iterations,
+            "p50_ms": stats.p50_ms,
+            "p90_ms": stats.p90_ms,
+            "p99_ms": stats.p99_ms,
+            "mean_ms": stats.mean_ms,
+            "std_ms": stats.std_ms,
+            "min_ms": stats.min_ms,
+            "max_ms": stats.max_ms,
+            "p10_ms": stats.p10_ms,
+            "p25_ms": stats.p25_ms,
+            "p75_ms": stats.p75_ms,
+            "throughput_per_s": stats.throughput_per_s,
+            "nodes_per_provider": handle.nodes_per_provider,
+            "providers": list(handle.providers),
+            "inputs": [
+                {"name": k, "shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()
+            ],
+        }
+    )
+    return row
+
+
+def _device_id(cfg: BenchConfig) -> int:
+    value = dict(cfg.provider_options).get("device_id", "0")
+    try:
+        return int(value)
+    except ValueError:
+        raise BenchError(f"provider option device_id must be an integer, got {value!r}") from None
+
+
+def _bind_on_device(handle: SessionHandle, feeds: Mapping[str, np.ndarray], device_id: int) -> Any:
+    """IO binding with inputs copied to the GPU once; outputs allocated on the GPU by ORT."""
+    import onnxruntime as ort
+
+    sess = handle.session
+    binding = sess.io_binding()
+    keep = []
+    for name, array in feeds.items():
+        value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", device_id)
+        keep.append(value)
+        binding.bind_ortvalue_input(name, value)
+    for out in sess.get_outputs():
+        binding.bind_output(out.name, "cuda", device_id)
+    binding.synchronize_inputs()
+    return binding, keep
+
+
+def _bench_cuda_graph(
+    path: Path,
+    cfg: BenchConfig,
+    feeds: Mapping[str, np.ndarray],
+    batch_size: int,
+    base: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A separate session with enable_cuda_graph=1 (a captured graph is tied to its shapes and
+    buffer addresses): inputs and outputs bound to fixed device buffers, then replayed."""
+    import onnxruntime as ort
+
+    device_id = _device_id(cfg)
+    handle = create_session(
+        path, cfg.provider, cfg.session_config(extra_provider_options={"enable_cuda_graph": "1"})
+    )
+    sess = handle.session
+    host_out = sess.run(None, dict(feeds))
+    binding = sess.io_binding()
+    keep = []
+    for name, array in feeds.items():
+        value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", device_id)
+        keep.append(value)
+        binding.bind_ortvalue_input(name, value)
+    for out, ref in zip(sess.get_outputs(), host_out, strict=True):
+        value = ort.OrtValue.ortvalue_from_numpy(np.empty_like(ref), "cuda", device_id)
+        keep.append(value)
+        binding.bind_ortvalue_output(out.name, value)
+
+    def replay() -> None:
+        sess.run_with_iobinding(binding)
+
+    first = _first_run_ms(replay)  # captures the graph
+    stats = _measure(replay, batch_size, cfg)
+    return _row(
+        base, batch_size=batch_size, io=IoMode.CUDA_GRAPH, first_run_ms=first, stats=stats,
+        feeds=feeds, handle=handle,
+    )  # fmt: skip
+
+
+def benchmark_model(
+    path: str | os.PathLike[str], cfg: BenchConfig = BenchConfig()
+) -> list[dict[str, Any]]:
+    """Benchmark one `.onnx` file at every batch size of `cfg`; one row per (batch, io mode)."""
+    rows, _ = _benchmark_model(Path(path), cfg, progress=None)
+    return rows
+
+
+def _benchmark_model(
+    path: Path, cfg: BenchConfig, progress: Any
+) -> tuple[list[dict[str, Any]], SessionHandle]:
+    exceed = threads_exceed_cores(cfg.threads)
+    if exceed:
+        log.warning(
+            "--threads %d is more than the %d usable CPU cores: threads will time-share cores "
+            "and latency will suffer; measuring anyway (recorded as threads_exceed_cores)",
+            cfg.threads,
+            usable_cores(),
+        )
+    handle = create_session(path, cfg.provider, cfg.session_config())
+    npz = load_npz(cfg.npz) if cfg.npz is not None else None
+    is_cuda = handle.provider == CUDA_EP
+    base: dict[str, Any] = {
+        "model": os.fspath(path),
+        "model_name": path.stem,
+        "model_sha256": sha256_file(path),
+        "provider": handle.provider,
+        "provider_options": dict(cfg.provider_options),
+        "threads": cfg.threads,
+        "threads_exceed_cores": exceed,
+        "spinning": cfg.spinning,
+        "graph_optimization": cfg.graph_optimization.value,
+        "warmup": cfg.warmup,
+        "iterations_requested": cfg.iterations,
+        "time_budget_s": cfg.time_budget_s,
+        "input_source": f"npz:{cfg.npz}" if cfg.npz is not None else f"random(seed={cfg.seed})",
+        "model_inputs": [s.to_json() for s in input_specs(handle)],
+    }
+    sess = handle.session
+    run = sess.run
+    dims = dict(cfg.dim_values)
+    rows: list[dict[str, Any]] = []
+    for batch_size in cfg.batch_sizes:
+        feeds = make_feeds(
+            handle,
+            batch_size,
+            npz=npz,
+            npz_source=os.fspath(cfg.npz) if cfg.npz else "the .npz",
+            seed=cfg.seed,
+            dim_values=dims,
+        )
+
+        def host_run(feeds: dict[str, np.ndarray] = feeds) -> object:
+            return run(None, feeds)
+
+        try:
+            first = _first_run_ms(host_run)
+        except Exception as exc:
+            raise BenchError(
+                f"{path}: inference failed at batch size {batch_size} on {handle.provider}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            ) from exc
+        stats = _measure(host_run, batch_size, cfg)
+        io = IoMode.END_TO_END if is_cuda else IoMode.HOST
+        rows.append(
+            _row(base, batch_size=batch_size, io=io, first_run_ms=first, stats=stats,
+                 feeds=feeds, handle=handle)
+        )  # fmt: skip
+        if is_cuda and cfg.io_binding:
+            binding, _keep = _bind_on_device(handle, feeds, _device_id(cfg))
+
+            def device_run(binding: Any = binding) -> None:
+                sess.run_with_iobinding(binding)
+
+            first = _first_run_ms(device_run)
+            stats = _measure(device_run, batch_size, cfg)
+            rows.append(
+                _row(base, batch_size=batch_size, io=IoMode.DEVICE, first_run_ms=first,
+                     stats=stats, feeds=feeds, handle=handle)
+            )  # fmt: skip
+        if is_cuda and cfg.cuda_graph:
+            rows.append(_bench_cuda_graph(path, cfg, feeds, batch_size, base))
+        if progress is not None:
+            progress.update(1)
+    return rows, handle
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional on deployment targets
+        return None
+    return tqdm(total=total, desc="bench", unit="case", leave=False)
+
+
+def benchmark_models(
+    paths: Sequence[str | os.PathLike[str]] | Iterable[str | os.PathLike[str]],
+    cfg: BenchConfig = BenchConfig(),
+) -> dict[str, Any]:
+    """Benchmark every model; return the result document (schema_version 1)."""
+    model_paths = [Path(p) for p in paths]
+    if not model_paths:
+        raise BenchError("no model given; pass at least one .onnx file")
+    created = utc_now()
+    bar = _progress_bar(len(model_paths) * len(cfg.batch_sizes), cfg.progress)
+    results: list[dict[str, Any]] = []
+    providers_used: list[str] = []
+    try:
+        for path in model_paths:
+            rows, handle = _benchmark_model(path, cfg, bar)
+            results.extend(rows)
+            providers_used.extend(handle.providers)
+    finally:
+        if bar is not None:
+            bar.close()
+    config = cfg.to_json()
+    config["threads_exceed_cores"] = threads_exceed_cores(cfg.threads)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": TOOL,
+        "created": created,
+        "environment": capture_environment(tuple(providers_used)),
+        "config": config,
+        "results": results,
+    }
+
+
+def config_from_json(data: Mapping[str, Any]) -> BenchConfig:
+    """Rebuild a BenchConfig from a result document's `config` (to rerun a measurement)."""
+    fields = {f.name for f in dataclasses.fields(BenchConfig)}
+    kwargs = {k: v for k, v in data.items() if k in fields}
+    for key in ("batch_sizes",):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
+    return BenchConfig(**kwargs)

@@ -1,0 +1,423 @@
+"""Benchmark result files: read and validate, write JSON/CSV, Markdown tables, compare, merge.
+
+A result document (schema_version 1) is what `benchmark_models` returns and
+`onnxship bench --json` writes. `compare(a, b)` pairs rows by (model name, batch size, provider,
+io mode) and reports B/A ratios, calling a difference noise when it is no larger than the
+spread of the measurements (the larger interquartile range of the two). `merge(docs)` makes
+one table across machines, each row labelled with the machine it was measured on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from runtime_bench.artifact import atomic_write_json, atomic_write_text, utc_now
+from runtime_bench.errors import BenchError
+
+SCHEMA_VERSION = 1
+TOOLS = ("onnxship bench", "onnxship bench merge")
+REQUIRED_ROW_KEYS = (
+    "model", "model_name", "model_sha256", "provider", "provider_options", "batch_size",
+    "threads", "spinning", "warmup", "iterations", "session_create_ms", "first_run_ms",
+    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "throughput_per_s",
+    "nodes_per_provider",
+)  # fmt: skip
+CSV_COLUMNS = (
+    "model_name", "provider", "io", "batch_size", "threads", "spinning", "warmup", "iterations",
+    "session_create_ms", "first_run_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
+    "min_ms", "max_ms", "p25_ms", "p75_ms", "throughput_per_s", "threads_exceed_cores",
+    "nodes_per_provider", "provider_options", "model", "model_sha256",
+)  # fmt: skip
+MACHINE_COLUMNS = (
+    "machine",
+    "hostname",
+    "cpu",
+    "isa",
+    "usable_cores",
+    "onnxruntime",
+    "os",
+    "source",
+)
+# Fewer timed runs than this on either side: the comparison says so instead of judging.
+MIN_COMPARE_ITERATIONS = 5
+# Differences below this fraction of A's p50 are called noise whatever the IQRs say.
+DEFAULT_NOISE_FLOOR = 0.05
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and validating
+
+
+def validate_result(doc: Any, *, source: str = "result") -> dict[str, Any]:
+    """Check a result document's shape; BenchError (exit 2) naming what is wrong."""
+    if not isinstance(doc, dict):
+        raise BenchError(f"{source} is not a bench result: expected a JSON object")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BenchError(
+            f"{source}: schema_version {version!r}, expected {SCHEMA_VERSION}; is it a file "
+            "written by `onnxship bench --json`? (rerun it with this onnxship to convert)"
+        )
+    if doc.get("tool") not in TOOLS:
+        raise BenchError(
+            f"{source}: tool {doc.get('tool')!r}, expected one of {list(TOOLS)}; pass a file "
+            "written by `onnxship bench --json`"
+        )
+    rows = doc.get("results")
+    if not isinstance(rows, list):
+        raise BenchError(f"{source}: 'results' is missing or not a list")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise BenchError(f"{source}: results[{i}] is not an object")
+        missing = [k for k in REQUIRED_ROW_KEYS if k not in row]
+        if missing:
+            raise BenchError(f"{source}: results[{i}] lacks keys {missing}")
+    if not isinstance(doc.get("environment"), dict):
+        raise BenchError(f"{source}: 'environment' is missing or not an object")
+    return doc
+
+
+def load_result(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise BenchError(f"bench result {p} does not exist; write one with `onnxship bench --json`")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BenchError(
+            f"{p} is not JSON ({exc}); pass a file from `onnxship bench --json`"
+        ) from None
+    return validate_result(doc, source=str(p))
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_json(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    return atomic_write_json(path, doc)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    if value is None:
+        return ""
+    return value
+
+
+def rows_to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in columns])
+    return buf.getvalue()
+
+
+def write_csv(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """One line per result row; a merged document adds the machine columns first."""
+    rows = doc["results"]
+    merged = doc.get("tool") == "onnxship bench merge"
+    columns = (MACHINE_COLUMNS if merged else ()) + CSV_COLUMNS
+    return atomic_write_text(path, rows_to_csv(rows, columns))
+
+
+def _ms(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{float(value):.4g}"
+
+
+def _rate(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{float(value):,.0f}"
+
+
+def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def _short_provider(name: str) -> str:
+    return name.removesuffix("ExecutionProvider") or name
+
+
+def markdown_table(doc: Mapping[str, Any]) -> str:
+    """The result rows as a Markdown table (the stdout of `onnxship bench`)."""
+    header = [
+        "model", "EP", "io", "batch", "threads", "create ms", "first ms", "p50 ms", "p90 ms",
+        "p99 ms", "mean ms", "std ms", "min ms", "samples/s", "runs",
+    ]  # fmt: skip
+    lines = []
+    for r in doc["results"]:
+        lines.append(
+            [
+                str(r["model_name"]), _short_provider(str(r["provider"])), str(r.get("io", "host")),
+                str(r["batch_size"]),
+                f"{r['threads']}{'!' if r.get('threads_exceed_cores') else ''}",
+                _ms(r["session_create_ms"]), _ms(r["first_run_ms"]), _ms(r["p50_ms"]),
+                _ms(r["p90_ms"]), _ms(r["p99_ms"]), _ms(r["mean_ms"]), _ms(r["std_ms"]),
+                _ms(r["min_ms"]), _rate(r["throughput_per_s"]), str(r["iterations"]),
+            ]
+        )  # fmt: skip
+    env = doc.get("environment", {})
+    note = (
+        f"\n\n{env.get('cpu', '?')}, {env.get('usable_cores', '?')} cores, "
+        f"onnxruntime {env.get('onnxruntime', '?')}, ISA {' '.join(env.get('isa', []) or ['?'])}"
+    )
+    if any(r.get("threads_exceed_cores") for r in doc["results"]):
+        note += "\n`!` threads exceed the usable cores: those numbers time-share cores."
+    return _table(header, lines) + note
+
+
+# --------------------------------------------------------------------------------------------
+# Compare
+
+
+def row_key(row: Mapping[str, Any]) -> tuple[str, int, str, str]:
+    return (
+        str(row["model_name"]),
+        int(row["batch_size"]),
+        str(row["provider"]),
+        str(row.get("io", "host")),
+    )
+
+
+def _spread(row: Mapping[str, Any]) -> float:
+    """Interquartile range in ms; files without quartiles fall back to p90 - p50."""
+    p25, p75 = row.get("p25_ms"), row.get("p75_ms")
+    if (
+        isinstance(p25, (int, float))
+        and isinstance(p75, (int, float))
+        and not (math.isnan(p25) or math.isnan(p75))
+    ):
+        return float(p75) - float(p25)
+    return float(row["p90_ms"]) - float(row["p50_ms"])
+
+
+def _index(
+    doc: Mapping[str, Any], source: str
+) -> dict[tuple[str, int, str, str], Mapping[str, Any]]:
+    index: dict[tuple[str, int, str, str], Mapping[str, Any]] = {}
+    for row in doc["results"]:
+        key = row_key(row)
+        if key in index:
+            raise BenchError(
+                f"{source} has two rows for model '{key[0]}', batch {key[1]}, {key[2]}, io "
+                f"{key[3]} (two models with the same file name?); rename one and rerun"
+            )
+        index[key] = row
+    return index
+
+
+ENV_KEYS_COMPARED = ("hostname", "cpu", "isa", "usable_cores", "onnxruntime", "os", "python")
+
+
+def compare(
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    *,
+    a_name: str = "A",
+    b_name: str = "B",
+    noise_floor: float = DEFAULT_NOISE_FLOOR,
+) -> dict[str, Any]:
+    """Pair rows of `a` and `b`; per pair the B/A ratio of p50 (and of throughput) and a verdict:
+    'faster'/'slower' (B relative to A), 'noise', or 'too few runs'.
+
+    A difference is noise when |p50 difference| <= max(IQR of A, IQR of B, noise_floor * A p50).
+    The IQR covers spread inside a run; the relative floor covers drift between runs (other
+    tenants, frequency), which no single run can see."""
+    if not 0 <= noise_floor < 1:
+        raise BenchError(f"noise floor must be a fraction in [0, 1), got {noise_floor}")
+    for doc, name in ((a, a_name), (b, b_name)):
+        if doc.get("tool") == "onnxship bench merge":
+            raise BenchError(
+                f"{name} is a merged table (onnxship bench merge); compare takes two results "
+                "of `onnxship bench --json`"
+            )
+    ia, ib = _index(a, a_name), _index(b, b_name)
+    rows = []
+    for key in [k for k in ia if k in ib]:
+        ra, rb = ia[key], ib[key]
+        pa, pb = float(ra["p50_ms"]), float(rb["p50_ms"])
+        noise_ms = max(_spread(ra), _spread(rb), noise_floor * pa)
+        delta = pb - pa
+        if min(int(ra["iterations"]), int(rb["iterations"])) < MIN_COMPARE_ITERATIONS:
+            verdict = "too few runs"
+        elif abs(delta) <= noise_ms:
+            verdict = "noise"
+        else:
+            verdict = "faster" if delta < 0 else "slower"
+        ta, tb = float(ra["throughput_per_s"]), float(rb["throughput_per_s"])
+        rows.append(
+            {
+                "model_name": key[0],
+                "batch_size": key[1],
+                "provider": key[2],
+                "io": key[3],
+                "a_p50_ms": pa,
+                "b_p50_ms": pb,
+                "ratio_p50": pb / pa if pa > 0 else math.inf,
+                "ratio_throughput": tb / ta if ta > 0 else math.inf,
+                "delta_ms": delta,
+                "noise_ms": noise_ms,
+                "verdict": verdict,
+                "same_model": ra.get("model_sha256") == rb.get("model_sha256"),
+            }
+        )
+    env_a, env_b = a.get("environment", {}), b.get("environment", {})
+    env_diff = {
+        k: [env_a.get(k), env_b.get(k)] for k in ENV_KEYS_COMPARED if env_a.get(k) != env_b.get(k)
+    }
+    return {
+        "a": a_name,
+        "b": b_name,
+        "rows": rows,
+        "only_in_a": [list(k) for k in ia if k not in ib],
+        "only_in_b": [list(k) for k in ib if k not in ia],
+        "environment_diff": env_diff,
+        "noise_floor": noise_floor,
+    }
+
+
+def compare_markdown(cmp: Mapping[str, Any]) -> str:
+    header = [
+        "model",
+        "EP",
+        "io",
+        "batch",
+        "A p50 ms",
+        "B p50 ms",
+        "B/A p50",
+        "±noise ms",
+        "verdict",
+    ]
+    lines = [
+        [
+            r["model_name"] + ("" if r["same_model"] else " (*)"),
+            _short_provider(r["provider"]), r["io"], str(r["batch_size"]),
+            _ms(r["a_p50_ms"]), _ms(r["b_p50_ms"]), f"{r['ratio_p50']:.3f}",
+            _ms(r["noise_ms"]), r["verdict"],
+        ]
+        for r in cmp["rows"]
+    ]  # fmt: skip
+    parts = [f"A = {cmp['a']}\nB = {cmp['b']}", _table(header, lines)]
+    if any(not r["same_model"] for r in cmp["rows"]):
+        parts.append("(*) different model files (sha256) under the same name.")
+    if not cmp["rows"]:
+        parts.append("No (model, batch, EP, io) appears in both files.")
+    for side in ("a", "b"):
+        missing = cmp[f"only_in_{side}"]
+        if missing:
+            items = ", ".join(f"{m}/b{bs}/{_short_provider(p)}/{io_}" for m, bs, p, io_ in missing)
+            parts.append(f"Only in {side.upper()}: {items}")
+    if cmp["environment_diff"]:
+        diffs = "; ".join(
+            f"{k}: {va!r} vs {vb!r}" for k, (va, vb) in cmp["environment_diff"].items()
+        )
+        parts.append(f"Measured on different environments: {diffs}")
+    parts.append(
+        "B/A < 1: B is faster. 'noise': the difference is within the larger interquartile "
+        f"range of the two measurements or under {cmp.get('noise_floor', DEFAULT_NOISE_FLOOR):.0%} "
+        "of A's p50; rerun both with more --iterations (on a quiet machine) to resolve it."
+    )
+    return "\n\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Merge
+
+
+def machine_label(env: Mapping[str, Any]) -> str:
+    host = env.get("hostname") or "?"
+    cpu = env.get("cpu") or "?"
+    return f"{host} / {cpu}"
+
+
+def merge(
+    docs: Sequence[Mapping[str, Any]], sources: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """One document whose rows carry the machine they were measured on (environment columns)."""
+    if not docs:
+        raise BenchError("nothing to merge; pass at least one bench result file")
+    names = list(sources) if sources is not None else [f"#{i}" for i in range(len(docs))]
+    labels = [machine_label(d.get("environment", {})) for d in docs]
+    # Two files from the same machine stay distinguishable.
+    counts = {label: labels.count(label) for label in labels}
+    labels = [
+        f"{label} [{name}]" if counts[label] > 1 else label
+        for label, name in zip(labels, names, strict=True)
+    ]
+    results: list[dict[str, Any]] = []
+    source_meta = []
+    for doc, name, label in zip(docs, names, labels, strict=True):
+        env = doc.get("environment", {})
+        source_meta.append(
+            {"source": name, "machine": label, "created": doc.get("created"),
+             "environment": env, "config": doc.get("config", {})}
+        )  # fmt: skip
+        for row in doc["results"]:
+            merged = dict(row)
+            merged.update(
+                {
+                    "machine": label,
+                    "hostname": env.get("hostname"),
+                    "cpu": env.get("cpu"),
+                    "isa": " ".join(env.get("isa") or []),
+                    "usable_cores": env.get("usable_cores"),
+                    "onnxruntime": env.get("onnxruntime"),
+                    "os": env.get("os"),
+                    "source": name,
+                }
+            )
+            results.append(merged)
+    results.sort(key=lambda r: (*row_key(r), str(r["machine"])))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "onnxship bench merge",
+        "created": utc_now(),
+        "environment": {"machines": labels},
+        "sources": source_meta,
+        "results": results,
+    }
+
+
+def merge_markdown(merged: Mapping[str, Any]) -> str:
+    header = [
+        "model",
+        "EP",
+        "io",
+        "batch",
+        "machine",
+        "threads",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "samples/s",
+        "ORT",
+    ]
+    lines = [
+        [
+            str(r["model_name"]), _short_provider(str(r["provider"])), str(r.get("io", "host")),
+            str(r["batch_size"]), str(r["machine"]), str(r["threads"]), _ms(r["p50_ms"]),
+            _ms(r["p90_ms"]), _ms(r["p99_ms"]), _rate(r["throughput_per_s"]),
+            str(r.get("onnxruntime") or "?"),
+        ]
+        for r in merged["results"]
+    ]  # fmt: skip
+    isa_lines = [
+        f"- {s['machine']}: {' '.join(s['environment'].get('isa') or ['?'])} "
+        f"({s['environment'].get('usable_cores', '?')} cores, from {s['source']})"
+        for s in merged["sources"]
+    ]
+    return _table(header, lines) + "\n\nMachines:\n" + "\n".join(isa_lines)

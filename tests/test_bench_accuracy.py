@@ -1,0 +1,104 @@
+"""runtime_bench.accuracy: exact top-1 on crafted data, real MNIST agreement, determinism."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime_bench.accuracy import evaluate_onnx, top1_on_arrays
+from runtime_bench.errors import BenchError
+from runtime_bench.mnist import load_split, normalize
+from runtime_bench.session import create_session
+
+
+def _load_tiny():
+    name = "onnxship_tests_tiny_onnx"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).parent / "models" / "tiny_onnx.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+tiny = _load_tiny()
+
+
+@pytest.fixture
+def crafted_root(tmp_path: Path) -> Path:
+    """250 test images, exactly 173 of which show their label to `pixel_classifier`."""
+    images, labels = tiny.crafted_mnist(250, 173, seed=1)
+    return tiny.write_fake_mnist(tmp_path / "data", images, labels)
+
+
+def test_evaluate_onnx_exact_accuracy_on_crafted_data(tmp_path: Path, crafted_root: Path):
+    model = tiny.pixel_classifier(tmp_path / "pixel.onnx")
+    # batch 64 leaves a partial last batch (250 = 3 * 64 + 58)
+    result = evaluate_onnx(model, data_dir=crafted_root, batch_size=64)
+    assert result["correct"] == 173 and result["n"] == 250
+    assert result["top1"] == 173 / 250
+    assert result["split"] == "test" and result["mean"] == [0.1307] and result["std"] == [0.3081]
+    assert result["normalization_from"] == "model metadata"
+    assert len(result["model_sha256"]) == 64
+
+
+def test_evaluate_onnx_fixed_batch_model_pads_last_batch(tmp_path: Path, crafted_root: Path):
+    """A batch-1 model gives the same count as the dynamic-batch one."""
+    dyn = tiny.linear_classifier(tmp_path / "dyn.onnx")
+    b1 = tiny.linear_classifier(tmp_path / "b1.onnx", batch=1)
+    assert (
+        evaluate_onnx(b1, data_dir=crafted_root)["correct"]
+        == evaluate_onnx(dyn, data_dir=crafted_root, batch_size=32)["correct"]
+    )
+
+
+def test_evaluate_onnx_real_mnist_matches_numpy_and_is_deterministic(
+    tmp_path: Path, mnist_root: Path
+):
+    model = tiny.linear_classifier(tmp_path / "lin.onnx", seed=5)
+    first = evaluate_onnx(model, data_dir=mnist_root)
+    second = evaluate_onnx(model, data_dir=mnist_root)
+    assert first == second  # exactly the same top1 / correct
+    assert first["n"] == 10_000
+    data = load_split(mnist_root, "test")
+    w, b = tiny.linear_weights(5)
+    x = normalize(data.images).reshape(10_000, 784).astype(np.float64)
+    expected = np.mean(np.argmax(x @ w + b, axis=1) == data.labels)
+    # float32 (ORT) vs float64 (numpy) may flip a near-tie or two out of 10,000
+    assert abs(first["top1"] - expected) <= 3 / 10_000
+
+
+def test_top1_on_arrays_flat_input_model(tmp_path: Path):
+    handle = create_session(tiny.pixel_classifier(tmp_path / "p.onnx"))
+    images, labels = tiny.crafted_mnist(40, 30, seed=2)
+    assert top1_on_arrays(handle, normalize(images), labels, batch_size=7) == 30 / 40
+    flat = create_session(tiny.linear_classifier(tmp_path / "flat.onnx", flat_input=True))
+    score = top1_on_arrays(flat.session, normalize(images), labels)
+    assert 0.0 <= score <= 1.0
+
+
+def test_evaluate_onnx_without_metadata_asks_for_mean_std(tmp_path: Path, crafted_root: Path):
+    model = tiny.linear_classifier(tmp_path / "nometa.onnx", metadata=False)
+    with pytest.raises(BenchError, match="no onnxship metadata") as info:
+        evaluate_onnx(model, data_dir=crafted_root)
+    assert info.value.exit_code == 2
+    result = evaluate_onnx(model, data_dir=crafted_root, mean=(0.1307,), std=(0.3081,))
+    assert result["normalization_from"] == "arguments"
+
+
+def test_evaluate_onnx_missing_data_names_files(tmp_path: Path):
+    model = tiny.pixel_classifier(tmp_path / "p.onnx")
+    with pytest.raises(BenchError, match="t10k-images-idx3-ubyte"):
+        evaluate_onnx(model, data_dir=tmp_path / "empty")
+
+
+def test_top1_on_arrays_rejects_multi_input_models(tmp_path: Path):
+    handle = create_session(tiny.two_input_model(tmp_path / "two.onnx"))
+    with pytest.raises(BenchError, match="one input"):
+        top1_on_arrays(handle, np.zeros((2, 4), np.float32), np.zeros(2))

@@ -1,0 +1,141 @@
+"""runtime_bench.bench: real CPU sessions on tiny models; counts, ordering, result schema."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from runtime_bench.bench import ROW_KEYS, BenchConfig, benchmark_model, benchmark_models
+from runtime_bench.env import usable_cores
+from runtime_bench.errors import BenchError
+from runtime_bench.results import validate_result
+
+
+def _load_tiny():
+    name = "onnxship_tests_tiny_onnx"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).parent / "models" / "tiny_onnx.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+tiny = _load_tiny()
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+FAST = {"warmup": 2, "iterations": 20, "progress": False}
+
+
+def test_benchmark_models_rows_keys_counts_and_order(tmp_path: Path):
+    a = tiny.linear_classifier(tmp_path / "a.onnx")
+    b = tiny.external_data_model(tmp_path, name="b.onnx")
+    doc = benchmark_models([a, b], BenchConfig(batch_sizes=(1, 3, 16), **FAST))
+    validate_result(json.loads(json.dumps(doc)), source="doc")  # JSON round trip
+    assert doc["schema_version"] == 1 and doc["tool"] == "onnxship bench"
+    assert doc["environment"]["onnxruntime"] == ort.__version__
+    assert doc["config"]["batch_sizes"] == [1, 3, 16]
+    rows = doc["results"]
+    assert [(r["model_name"], r["batch_size"]) for r in rows] == [
+        ("a", 1), ("a", 3), ("a", 16), ("b", 1), ("b", 3), ("b", 16),
+    ]  # fmt: skip
+    for r in rows:
+        assert set(ROW_KEYS) <= set(r)
+        assert r["provider"] == "CPUExecutionProvider" and r["io"] == "host"
+        assert r["iterations"] == 20 and r["warmup"] == 2 and r["threads"] == 1
+        assert r["spinning"] is True
+        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+        assert r["p25_ms"] <= r["p50_ms"] <= r["p75_ms"]
+        assert math.isclose(
+            r["throughput_per_s"], r["batch_size"] / (r["p50_ms"] / 1e3), rel_tol=1e-9
+        )
+        assert r["session_create_ms"] > 0 and r["first_run_ms"] > 0
+        assert r["nodes_per_provider"] and set(r["nodes_per_provider"]) == {"CPUExecutionProvider"}
+        assert r["inputs"] == [
+            {"name": "input", "shape": [r["batch_size"], 1, 28, 28], "dtype": "float32"}
+        ]
+    assert len({r["session_create_ms"] for r in rows if r["model_name"] == "a"}) == 1
+
+
+def test_benchmark_model_time_budget_caps_iterations(tmp_path: Path):
+    model = tiny.linear_classifier(tmp_path / "m.onnx")
+    cfg = BenchConfig(
+        batch_sizes=(1,), warmup=0, iterations=1_000_000, time_budget_s=0.05, progress=False
+    )
+    (row,) = benchmark_model(model, cfg)
+    assert 1 <= row["iterations"] < 1_000_000
+    assert row["time_budget_s"] == 0.05
+
+
+def test_benchmark_model_threads_above_cores_warns_and_records(tmp_path: Path, caplog):
+    model = tiny.linear_classifier(tmp_path / "m.onnx")
+    threads = usable_cores() + 1
+    with caplog.at_level(logging.WARNING, logger="runtime_bench.bench"):
+        (row,) = benchmark_model(model, BenchConfig(batch_sizes=(2,), threads=threads, **FAST))
+    assert row["threads"] == threads and row["threads_exceed_cores"] is True
+    assert any(
+        "more than the" in rec.message and "usable CPU cores" in rec.message
+        for rec in caplog.records
+    )
+
+
+def test_benchmark_model_with_npz_and_dims(tmp_path: Path):
+    seq = tiny.seq_model(tmp_path / "seq.onnx")
+    (row,) = benchmark_model(seq, BenchConfig(batch_sizes=(2,), dim_values={"seq": 5}, **FAST))
+    assert row["inputs"][0]["shape"] == [2, 5]
+    np.savez(tmp_path / "x.npz", x=np.ones((3, 7), np.float32))
+    (row,) = benchmark_model(seq, BenchConfig(batch_sizes=(4,), npz=tmp_path / "x.npz", **FAST))
+    assert row["inputs"][0]["shape"] == [4, 7] and row["input_source"].startswith("npz:")
+
+
+def test_benchmark_model_spinning_off_recorded(tmp_path: Path):
+    model = tiny.linear_classifier(tmp_path / "m.onnx")
+    (row,) = benchmark_model(
+        model, BenchConfig(batch_sizes=(1,), spinning=False, threads=2, **FAST)
+    )
+    assert row["spinning"] is False and row["threads"] == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_sizes": (1, 0)}, "batch size must be >= 1, got 0"),
+        ({"batch_sizes": ()}, "batch_sizes is empty"),
+        ({"threads": -2}, "threads must be"),
+        ({"iterations": 0}, "iterations must be >= 1"),
+        ({"warmup": -1}, "warm-up runs must be >= 0"),
+        ({"time_budget_s": 0.0}, "time budget must be > 0"),
+        ({"dim_values": {"seq": 0}}, "dimension 'seq' must be an integer >= 1"),
+    ],
+)
+def test_bench_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(BenchError, match=match) as info:
+        BenchConfig(**kwargs)
+    assert info.value.exit_code == 2
+
+
+def test_benchmark_models_requires_a_model():
+    with pytest.raises(BenchError, match="no model given"):
+        benchmark_models([], BenchConfig(**FAST))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDAExecutionProvider absent")
+def test_benchmark_model_cuda_reports_device_and_end_to_end(tmp_path: Path):
+    model = tiny.linear_classifier(tmp_path / "m.onnx")
+    rows = benchmark_model(
+        model, BenchConfig(provider="cuda", batch_sizes=(1, 64), cuda_graph=True, **FAST)
+    )
+    assert {(r["batch_size"], r["io"]) for r in rows} == {
+        (b, io) for b in (1, 64) for io in ("end_to_end", "device", "cuda_graph")
+    }
+    assert all(r["provider"] == "CUDAExecutionProvider" for r in rows)
