@@ -90,7 +90,7 @@ def build_manifest(
     bench_json: dict[str, Any],
 ) -> Path:
     """Write ctx.out_dir/manifest.json from the artifacts, their stage records and measurements."""
-    from export.onnx_export import describe_onnx
+    from export.checks import describe_onnx
 
     from models.checkpoint import load_checkpoint
     from models.flops import count_macs, count_params
