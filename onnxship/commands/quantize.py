@@ -1,14 +1,240 @@
-"""`onnxship quantize` (placeholder until its issue lands)."""
+"""`onnxship quantize`: static INT8 with calibration data, accuracy-aware, tuned per target EP.
+
+Writes OUT/artifacts/NAME.onnx, OUT/calibration/NAME-calib.npz and OUT/stages/quantize.json.
+The module top is stdlib-only (plus `calibrate.recipes`, itself stdlib-only) so `--help` stays
+fast and torch-free.
+"""
 
 from __future__ import annotations
 
 import argparse
+import textwrap
+from pathlib import Path
+
+from onnxship.commands.common import (
+    add_data_dir,
+    add_out_dir,
+    fraction,
+    int_list,
+    positive_float,
+    positive_int,
+)
+
+DEFAULT_CALIB_SIZE = 256  # mirrors calibrate.dataset.CalibrationConfig (tests check they agree)
+DEFAULT_CALIB_BATCH = 32
+DEFAULT_MAX_DROP = 0.003
+DEFAULT_BENCH_SECONDS = 2.5  # mirrors calibrate.quantize.LatencyConfig.seconds_per_batch_size
+
+
+def _description() -> str:
+    from calibrate.recipes import AUTO, GRAMMAR, PRESET_NAMES
+
+    presets = textwrap.indent("\n".join(PRESET_NAMES), "  ")
+    return f"""\
+Quantize an FP32 .onnx to static INT8 with onnxruntime.quantization (quant_pre_process, then
+quantize_static with calibration data).
+
+Calibration data: --calib-size images (class-balanced, seeded) from the validation part of
+MNIST's *training* split - never the test split - normalised with the mean/std stored in the
+model's metadata (--mean/--std override it; required for a model without onnxship metadata);
+or your own preprocessed inputs with --calib-npz (an array named after the model's input, or
+'inputs'). The set is saved as OUT/calibration/NAME-calib.npz; its sha256 is in the record.
+
+--recipe {AUTO} (default) searches these recipes on the target provider, scoring each on
+validation top-1 (the validation images not used for calibration) and on latency interleaved
+with the FP32 model at --batch-sizes (one thread), and keeps the fastest within --max-drop:
+{presets}
+Any other grid point can be named: {GRAMMAR}.
+'-linear' quantizes only Gemm/MatMul and keeps convolutions in float.
+
+If no recipe is within the budget, the accuracy fallback ranks nodes by sensitivity
+(qdq_loss_debug SQNR + measured one-node-in-float variants) and keeps the worst in float
+until the drop is within budget. The FP32 model is always a row of the table: if no INT8
+recipe is faster on this target, the record says so (int8_faster_than_fp32: false).
+
+Exit codes: 0 written; 1 no recipe within the accuracy budget (the best one found is
+reported, nothing is written), or --require-faster and no INT8 recipe beats FP32; 2 bad input (unknown recipe, bad calibration data, missing
+metadata, unknown provider, ...).
+"""
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers (one per input channel) like 0.1307, got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+    return values
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("quantize", help="(not built yet)")
+    parser = sub.add_parser(
+        "quantize",
+        help="static INT8 with calibration (ORT), accuracy budget, recipe search per target",
+        description=_description(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL.onnx", help="the FP32 model")
+    add_out_dir(parser)
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="artifact name (default: the model's file name with -fp32 replaced by -int8)",
+    )
+    parser.add_argument(
+        "--recipe", default="auto", help="'auto' (search, the default) or a recipe name"
+    )
+    parser.add_argument(
+        "--provider",
+        default="cpu",
+        help="target EP for accuracy and latency: cpu, cuda or an EP name (default: cpu)",
+    )
+    parser.add_argument(
+        "--calib-size",
+        type=positive_int,
+        default=DEFAULT_CALIB_SIZE,
+        help=f"calibration images from the validation split (default: {DEFAULT_CALIB_SIZE})",
+    )
+    parser.add_argument(
+        "--calib-batch",
+        type=positive_int,
+        default=DEFAULT_CALIB_BATCH,
+        help=f"images per calibration batch (default: {DEFAULT_CALIB_BATCH})",
+    )
+    parser.add_argument(
+        "--calib-npz", type=Path, default=None, help="use your own .npz of preprocessed inputs"
+    )
+    parser.add_argument(
+        "--max-drop",
+        type=fraction,
+        default=DEFAULT_MAX_DROP,
+        help="accuracy budget: FP32 minus INT8 validation top-1, as a fraction "
+        f"(default: {DEFAULT_MAX_DROP} = 0.3 pp)",
+    )
+    add_data_dir(parser)
+    parser.add_argument("--mean", type=_floats, default=None, help="input mean per channel")
+    parser.add_argument("--std", type=_floats, default=None, help="input std per channel")
+    parser.add_argument(
+        "--exclude-node",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="keep this node in float (repeatable)",
+    )
+    parser.add_argument(
+        "--exclude-op-type",
+        action="append",
+        default=[],
+        metavar="OP",
+        help="keep every node of this op type in float (repeatable), e.g. Conv",
+    )
+    parser.add_argument(
+        "--no-fallback",
+        action="store_true",
+        help="do not keep sensitive nodes in float when no recipe meets the budget",
+    )
+    parser.add_argument(
+        "--require-faster",
+        action="store_true",
+        help="exit 1 (writing nothing) if no INT8 recipe beats FP32 at every batch size",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=int_list,
+        default=(1, 64),
+        help="batch sizes of the latency comparison (default: 1,64)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="intra-op threads of the latency comparison (default: 1)",
+    )
+    parser.add_argument(
+        "--bench-seconds",
+        type=positive_float,
+        default=DEFAULT_BENCH_SECONDS,
+        help="time budget of one interleaved latency run per batch size, in seconds "
+        f"(default: {DEFAULT_BENCH_SECONDS})",
+    )
     parser.set_defaults(func=run)
 
 
+def default_name(model: Path) -> str:
+    stem = model.stem
+    if stem.endswith("-fp32"):
+        return stem[: -len("-fp32")] + "-int8"
+    return stem + "-int8"
+
+
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("onnxship quantize: not built yet")
+    from calibrate.dataset import CalibrationConfig
+    from calibrate.quantize import STAGE, LatencyConfig, QuantizeConfig, int8_from_onnx
+    from onnxship.stage_run import run_stage
+
+    name = args.name or default_name(args.model)
+    cfg = QuantizeConfig(
+        recipe=args.recipe,
+        provider=args.provider,
+        max_drop=args.max_drop,
+        calibration=CalibrationConfig(size=args.calib_size, batch_size=args.calib_batch),
+        latency=LatencyConfig(
+            batch_sizes=tuple(args.batch_sizes),
+            threads=args.threads,
+            seconds_per_batch_size=args.bench_seconds,
+        ),
+        exclude_nodes=tuple(args.exclude_node),
+        exclude_op_types=tuple(args.exclude_op_type),
+        mean=args.mean,
+        std=args.std,
+        fallback=not args.no_fallback,
+        require_faster=args.require_faster,
+    )
+    cfg.validate()  # fail on bad input before creating any folder
+    out_dir: Path = args.out
+    artifacts = out_dir / "artifacts"
+    calib_dir = out_dir / "calibration"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    calib_dir.mkdir(parents=True, exist_ok=True)
+    out_path = artifacts / f"{name}.onnx"
+    calib_path = calib_dir / f"{name}-calib.npz"
+    inputs = [args.model] + ([args.calib_npz] if args.calib_npz else [])
+    artifact = run_stage(
+        out_dir,
+        STAGE,
+        stage=STAGE,
+        config={"name": name, "source": str(args.model), **_cfg_json(cfg)},
+        inputs=inputs,
+        produce=lambda: int8_from_onnx(
+            args.model,
+            cfg,
+            out_path,
+            data_dir=args.data_dir,
+            calib_npz=args.calib_npz,
+            calib_out=calib_path,
+            progress=True,
+        ),
+        extra_outputs=[calib_path],
+    )
+    m = artifact.metrics
+    lat = m["latency"]["by_batch"]
+    ratios = ", ".join(f"b{b} {v['min_ratio']:.2f}x/{v['p50_ratio']:.2f}x" for b, v in lat.items())
+    print(
+        f"quantize: {artifact.path} ({artifact.bytes} bytes, {m['bytes_ratio']:.0%} of FP32) "
+        f"recipe {m['recipe']['name']}; val top-1 FP32 {m['fp32_val_top1']:.4f} -> INT8 "
+        f"{m['int8_val_top1']:.4f}; INT8/FP32 latency (min/p50) {ratios}; "
+        f"faster than FP32: {'yes' if m['int8_faster_than_fp32'] else 'no'}; "
+        f"{len(m['candidates']) - 1} candidates in {m['search_wall_s']:.1f} s"
+    )
+    if not m["int8_faster_than_fp32"]:
+        print(f"quantize: note: {m['int8_faster_than_fp32_why']}")
+    return 0
+
+
+def _cfg_json(cfg: object) -> dict:
+    from runtime_bench.artifact import jsonable
+
+    return jsonable(cfg)

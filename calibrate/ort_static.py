@@ -1,0 +1,206 @@
+"""Static INT8 through `onnxruntime.quantization`: one recipe -> one quantized file.
+
+`quantize_with_recipe` is a thin, typed wrapper over `quantize_static`: the model is first run
+through `quant_pre_process` (shape inference + ORT's basic graph optimisation) once per source
+model, scratch files live in a `tempfile.TemporaryDirectory` (never the working directory),
+and tensor ranges are computed once per calibration method and reused through ORT's
+calibration cache, so searching a grid of recipes calibrates at most three times.
+
+Bounded memory: ORT's MinMax calibrator keeps only per-batch ReduceMin/ReduceMax scalars, so it
+sees the whole set. (Its `CalibMaxIntermediateOutputs` option is *not* used: in onnxruntime 1.32
+`MinMaxCalibrater.collect_data` clears the collected outputs when the cap is reached without
+computing their ranges first, silently dropping those batches.) The Entropy / Percentile
+calibrators keep *every* intermediate output of every batch in memory before building
+histograms (e.g. 32 x 26 x 26 floats per image for SimpleCNN's conv), so for those the set is
+capped at `HistogramCaps.max_samples` samples and fed `HistogramCaps.batches_in_memory` batches
+at a time through ORT's strided calibration (`CalibStridedMinMax` + the reader's `set_range`);
+the histograms are merged across strides, so memory is bounded by the stride, not the set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibrate.dataset import CalibrationSet
+from calibrate.errors import CalibrateError
+from calibrate.recipes import CalibMethod, Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HistogramCaps:
+    """Memory bounds for Entropy / Percentile calibration (see the module docstring).
+
+    max_samples: at most this many calibration samples feed the histograms.
+    batches_in_memory: intermediate outputs of at most this many batches are held at once.
+    """
+
+    max_samples: int = 128
+    batches_in_memory: int = 2
+
+    def validate(self) -> None:
+        for name in ("max_samples", "batches_in_memory"):
+            if getattr(self, name) < 1:
+                raise CalibrateError(
+                    f"HistogramCaps.{name} must be >= 1, got {getattr(self, name)}"
+                )
+
+
+@dataclass(frozen=True)
+class RangeOverride:
+    """Force a tensor's calibration range (ORT `TensorQuantOverrides` rmin/rmax).
+
+    For experts (and for the test that proves the fallback restores a node whose tensor was
+    given a range that clips real data).
+    """
+
+    tensor: str
+    rmin: float
+    rmax: float
+
+
+def quiet_stdout() -> contextlib.AbstractContextManager[Any]:
+    """ORT's calibrators `print` progress; keep stdout clean for the CLI (logged at debug)."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def preprocess_model(src: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> Path:
+    """`quant_pre_process`: symbolic + ONNX shape inference and ORT basic optimisation."""
+    from onnxruntime.quantization import quant_pre_process
+
+    out = Path(out_path)
+    try:
+        with quiet_stdout():
+            quant_pre_process(os.fspath(src), os.fspath(out))
+    except Exception as exc:  # ORT raises plain Exceptions from shape inference
+        log.warning("quant_pre_process failed (%s); retrying without symbolic shape inference", exc)
+        try:
+            with quiet_stdout():
+                quant_pre_process(os.fspath(src), os.fspath(out), skip_symbolic_shape=True)
+        except Exception as exc2:
+            raise CalibrateError(
+                f"onnxruntime's quant_pre_process failed on {src}: {exc2}; check the model with "
+                "`python -m onnx.checker` or re-export it"
+            ) from exc2
+    return out
+
+
+def node_table(model_path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """(name, op_type) of every node of the graph, in graph order."""
+    import onnx
+
+    model = onnx.load(os.fspath(model_path), load_external_data=False)
+    return [(n.name, n.op_type) for n in model.graph.node]
+
+
+def resolve_exclusions(
+    nodes: Sequence[tuple[str, str]],
+    exclude_nodes: Iterable[str],
+    exclude_op_types: Iterable[str],
+    *,
+    model: str,
+) -> list[str]:
+    """Node names to keep in float: the named nodes plus every node of the excluded op types.
+
+    Unknown names or op types are errors listing what the (pre-processed) graph has.
+    """
+    names = [n for n, _ in nodes]
+    ops = sorted({op for _, op in nodes})
+    unknown = [n for n in exclude_nodes if n not in names]
+    if unknown:
+        raise CalibrateError(
+            f"nodes to exclude {unknown} are not in {model} (after quant_pre_process); its nodes "
+            f"are: {', '.join(names)}"
+        )
+    unknown_ops = [o for o in exclude_op_types if o not in ops]
+    if unknown_ops:
+        raise CalibrateError(
+            f"op types to exclude {unknown_ops} do not occur in {model}; its op types are: "
+            f"{', '.join(ops)}"
+        )
+    excluded = list(dict.fromkeys(exclude_nodes))
+    op_set = set(exclude_op_types)
+    excluded += [n for n, op in nodes if op in op_set and n not in excluded]
+    return excluded
+
+
+def calibration_for(
+    method: CalibMethod, calib: CalibrationSet, caps: HistogramCaps
+) -> tuple[CalibrationSet, dict[str, Any]]:
+    """The (possibly capped) set fed to `method` and the ORT extra options that bound memory."""
+    if not method.uses_histograms:
+        return calib, {}
+    capped = calib.head(caps.max_samples)
+    n_batches = len(capped)
+    # ORT requires the number of batches to be a multiple of the stride.
+    limit = min(caps.batches_in_memory, n_batches)
+    stride = max(d for d in range(1, limit + 1) if n_batches % d == 0)
+    return capped, {"CalibStridedMinMax": stride}
+
+
+def quantize_with_recipe(
+    prepped: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    recipe: Recipe,
+    calib: CalibrationSet,
+    *,
+    cache_dir: str | os.PathLike[str],
+    nodes_to_exclude: Sequence[str] = (),
+    caps: HistogramCaps = HistogramCaps(),  # noqa: B008 (frozen)
+    range_overrides: Sequence[RangeOverride] = (),
+) -> Path:
+    """Quantize the pre-processed model `prepped` with `recipe` into `out_path` (scratch).
+
+    Tensor ranges are cached per calibration method (and per set of range overrides) in
+    `cache_dir`, so the next recipe with the same method skips calibration.
+    """
+    from onnxruntime.quantization import quantize_static
+
+    activation_type, weight_type = recipe.types.to_ort()
+    fed, extra = calibration_for(recipe.method, calib, caps)
+    if range_overrides:
+        extra["TensorQuantOverrides"] = {
+            # ORT wants numpy scalars here (it reads `.dtype`).
+            o.tensor: [{"rmin": np.float32(o.rmin), "rmax": np.float32(o.rmax)}]
+            for o in range_overrides
+        }
+    cache = Path(cache_dir) / f"ranges-{recipe.method.value}.json"
+    out = Path(out_path)
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            quantize_static(
+                os.fspath(prepped),
+                os.fspath(out),
+                calibration_data_reader=fed.ort_reader(),
+                quant_format=recipe.format.to_ort(),
+                op_types_to_quantize=recipe.scope.op_types(),
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
+                activation_type=activation_type,
+                weight_type=weight_type,
+                nodes_to_exclude=list(nodes_to_exclude),
+                calibrate_method=recipe.method.to_ort(),
+                extra_options=extra,
+                calibration_cache_path=os.fspath(cache),
+            )
+    except CalibrateError:
+        raise
+    except Exception as exc:
+        raise CalibrateError(
+            f"onnxruntime quantize_static failed for recipe {recipe.name} on {prepped}: "
+            f"{type(exc).__name__}: {exc}; try another --recipe or exclude the failing node"
+        ) from exc
+    if buffer.getvalue().strip():
+        log.debug("quantize_static (%s): %s", recipe.name, buffer.getvalue().strip())
+    return out

@@ -1,0 +1,738 @@
+"""The quantize stage: FP32 .onnx -> static INT8 .onnx, accuracy-aware and tuned per target EP.
+
+`int8_from_onnx(src, cfg, out_path)`:
+
+1. Calibration set from the validation part of MNIST's training split (or a user's .npz),
+   preprocessed with the normalisation stored in the model's metadata.
+2. `quant_pre_process`, then exact graph rewrites (`calibrate.graph_prep`), in a temporary folder.
+3. Every recipe of the search (or the one named) is quantized with `quantize_static` and
+   scored on validation top-1 (the validation images not used for calibration) and on latency
+   on the target EP, interleaved with the FP32 model (batch 1 and 64, one thread) - one table,
+   FP32 included as a row.
+4. Among recipes within the accuracy budget, the fastest (geometric mean of INT8/FP32 over
+   the batch sizes) of those faster than FP32 at every batch size wins; if none is faster,
+   the least slow at its worst batch size. If none is within budget, the accuracy fallback
+   (`calibrate.fallback`) leaves the most sensitive nodes in float.
+5. The winner is re-timed against FP32 alone (the search's minimum is optimistic), written
+   with the source's metadata (`onnxship.precision` = "int8", `onnxship.source_sha256` = the
+   FP32 file's sha256) and the stage metrics describe all of it. If no INT8 recipe is faster
+   than FP32 on this target, the record says so (`int8_faster_than_fp32: false` + why).
+
+Latency statistic: on a shared machine the per-call distribution is bimodal (preempted calls
+take 5-10x longer), so the median of one candidate can land in either mode. Recipes are ranked
+by the ratio of *minimum* latencies (the uncontended cost; `LatencyStatistic.MIN`), and p50 is
+recorded beside it for every row.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibrate.dataset import (
+    SOURCE_SPLIT,
+    CalibrationConfig,
+    CalibrationSet,
+    InputSpec,
+    calibration_set_from_mnist,
+    calibration_set_from_npz,
+    input_spec_of,
+)
+from calibrate.errors import CalibrateError
+from calibrate.fallback import fallback_to_float
+from calibrate.graph_prep import cap_opset, ort_max_qdq_opset, reshape_to_flatten
+from calibrate.ort_static import (
+    HistogramCaps,
+    RangeOverride,
+    node_table,
+    preprocess_model,
+    quantize_with_recipe,
+    resolve_exclusions,
+)
+from calibrate.recipes import (
+    AUTO,
+    LINEAR_OPS,
+    QuantFormatChoice,
+    QuantScope,
+    Recipe,
+    recipes_for,
+)
+from runtime_bench.artifact import Artifact, atomic_output, jsonable, sha256_file
+from runtime_bench.errors import OnnxshipError
+
+log = logging.getLogger(__name__)
+
+STAGE = "quantize"
+RECIPE_KEY = "onnxship.quant_recipe"  # extra metadata key on the INT8 model
+FP32_ROW = "fp32"
+
+
+class LatencyStatistic(enum.Enum):
+    MIN = "min"  # robust to preemption on a shared machine (the default)
+    P50 = "p50"  # the median; use on a quiet, dedicated machine
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How candidates are timed on the target provider (interleaved with FP32).
+
+    seconds_per_batch_size: wall-time budget for one interleaved round-robin at one batch size;
+      iterations = budget / (one round's cost), clamped to [min_iterations, max_iterations].
+    faster_margin: INT8 counts as faster than FP32 only when its ratio is below 1 - margin.
+    """
+
+    batch_sizes: tuple[int, ...] = (1, 64)
+    threads: int = 1
+    warmup: int = 5
+    seconds_per_batch_size: float = 2.5
+    min_iterations: int = 20
+    max_iterations: int = 400
+    statistic: LatencyStatistic = LatencyStatistic.MIN
+    faster_margin: float = 0.02
+
+    def validate(self) -> None:
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise CalibrateError(f"latency batch sizes must be >= 1, got {self.batch_sizes}")
+        if self.threads < 0:
+            raise CalibrateError(
+                f"latency threads must be >= 0 (0 = ORT default), got {self.threads}"
+            )
+        if self.min_iterations < 1 or self.max_iterations < self.min_iterations:
+            raise CalibrateError(
+                f"latency iterations must satisfy 1 <= min ({self.min_iterations}) <= max "
+                f"({self.max_iterations})"
+            )
+        if not 0 <= self.faster_margin < 1:
+            raise CalibrateError(f"faster_margin must be in [0, 1), got {self.faster_margin}")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Everything the quantize stage does, typed (the stage record stores it as JSON).
+
+    recipe: "auto" (search the presets) or one recipe name (see `calibrate.recipes`).
+    provider: target EP for accuracy and latency ('cpu', 'cuda' or an ORT EP name).
+    max_drop: accuracy budget, FP32 val top-1 minus INT8 val top-1 (0.003 = 0.3 pp).
+    exclude_nodes / exclude_op_types: always left in float (names after quant_pre_process).
+    mean / std: override the normalisation (needed when the model has no onnxship metadata).
+    fallback: run the accuracy fallback when no recipe meets the budget.
+    require_faster: fail (exit 1, nothing written) when no INT8 recipe within budget is faster
+      than FP32 at every batch size; by default the least slow one is written and the record
+      says `int8_faster_than_fp32: false`.
+    max_float_nodes / probes / fallback_recipes: bounds of the fallback's work.
+    range_overrides: force calibration ranges of named tensors (experts and tests).
+    flatten_reshapes: apply `calibrate.graph_prep.reshape_to_flatten` (exact; see there).
+    strip_node_metadata: drop per-node metadata_props / doc_string from the INT8 file (the
+      exporter's Python stack traces, with build-machine paths: ~5 kB, 10 % of a student INT8
+      file); the model-level metadata is always kept.
+    """
+
+    recipe: str = AUTO
+    provider: str = "cpu"
+    max_drop: float = 0.003
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    caps: HistogramCaps = field(default_factory=HistogramCaps)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    fallback: bool = True
+    require_faster: bool = False
+    max_float_nodes: int = 4
+    probes: int = 8
+    fallback_recipes: int = 2
+    range_overrides: tuple[RangeOverride, ...] = ()
+    flatten_reshapes: bool = True
+    strip_node_metadata: bool = True
+    eval_batch: int = 500
+
+    def validate(self) -> None:
+        recipes_for(self.recipe)  # raises on an unknown name, listing the known ones
+        if not 0 <= self.max_drop < 1:
+            raise CalibrateError(
+                f"accuracy budget max_drop must be a fraction in [0, 1), got {self.max_drop}"
+            )
+        self.calibration.validate()
+        self.caps.validate()
+        self.latency.validate()
+        if (self.mean is None) != (self.std is None):
+            raise CalibrateError("pass both --mean and --std (per channel), or neither")
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != len(self.std) or not self.mean:
+                raise CalibrateError(
+                    f"--mean has {len(self.mean)} values and --std {len(self.std)}; give one "
+                    "value per input channel to each"
+                )
+            if any(not s > 0 for s in self.std):
+                raise CalibrateError(f"--std values must be > 0, got {list(self.std)}")
+        for name in ("max_float_nodes", "probes", "fallback_recipes", "eval_batch"):
+            if getattr(self, name) < 1:
+                raise CalibrateError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Sessions, accuracy and latency
+
+
+def _session(path: Path, cfg: QuantizeConfig) -> Any:
+    from runtime_bench.session import SessionConfig, create_session
+
+    return create_session(path, cfg.provider, SessionConfig(intra_op_threads=cfg.latency.threads))
+
+
+@dataclass
+class _Candidate:
+    recipe: Recipe | None  # None for the FP32 row
+    name: str
+    path: Path
+    float_nodes: list[dict[str, Any]]
+    val_top1: float | None = None
+    session: Any = None
+    error: str | None = None
+    quantize_s: float = 0.0
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)
+    fallback: dict[str, Any] | None = None
+
+
+def _iterations(fns: dict[str, Callable[[], object]], batch: int, lat: LatencyConfig) -> int:
+    """Iterations that fit the time budget for one round-robin over `fns`."""
+    start = time.perf_counter()
+    for fn in fns.values():
+        fn()
+    one_round = max(time.perf_counter() - start, 1e-6)
+    n = int(lat.seconds_per_batch_size / one_round)
+    return max(lat.min_iterations, min(lat.max_iterations, n))
+
+
+def _runner(session: Any, feed: dict[str, np.ndarray]) -> Callable[[], object]:
+    def run() -> object:
+        return session.run(None, feed)
+
+    return run
+
+
+def measure_against_fp32(
+    fp32: _Candidate,
+    candidates: Sequence[_Candidate],
+    feeds: dict[int, dict[str, np.ndarray]],
+    lat: LatencyConfig,
+) -> None:
+    """Time FP32 and every candidate round-robin at each batch size; fill `.latency`."""
+    from runtime_bench.latency import measure_interleaved
+
+    rows = [fp32, *candidates]
+    for batch in lat.batch_sizes:
+        feed = feeds[batch]
+        fns: dict[str, Callable[[], object]] = {
+            row.name: _runner(row.session.session, feed) for row in rows
+        }
+        for fn in fns.values():  # warm-up before sizing the run
+            fn()
+        iterations = _iterations(fns, batch, lat)
+        stats = measure_interleaved(fns, batch_size=batch, warmup=lat.warmup, iterations=iterations)
+        base = stats[fp32.name]
+        for row in rows:
+            st = stats[row.name]
+            row.latency[str(batch)] = {
+                "p50_ms": round(st.p50_ms, 5),
+                "min_ms": round(st.min_ms, 5),
+                "p90_ms": round(st.p90_ms, 5),
+                "fp32_p50_ms": round(base.p50_ms, 5),
+                "fp32_min_ms": round(base.min_ms, 5),
+                "p50_ratio": round(st.p50_ms / base.p50_ms, 4),
+                "min_ratio": round(st.min_ms / base.min_ms, 4),
+                "iterations": iterations,
+            }
+
+
+def _ratio(row: _Candidate, batch: int, lat: LatencyConfig) -> float:
+    return row.latency[str(batch)][f"{lat.statistic.value}_ratio"]
+
+
+def _speed_score(row: _Candidate, lat: LatencyConfig) -> float:
+    """Geometric mean over batch sizes of INT8/FP32 latency (lower is faster)."""
+    ratios = [_ratio(row, b, lat) for b in lat.batch_sizes]
+    return float(math.exp(sum(math.log(r) for r in ratios) / len(ratios)))
+
+
+def _faster(row: _Candidate, lat: LatencyConfig) -> bool:
+    return all(_ratio(row, b, lat) < 1 - lat.faster_margin for b in lat.batch_sizes)
+
+
+def _within(row: _Candidate, fp32_top1: float, max_drop: float) -> bool:
+    # A tiny epsilon so that a drop of exactly the budget (e.g. 15/5000) counts as within it.
+    return row.val_top1 is not None and fp32_top1 - row.val_top1 <= max_drop + 1e-9
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs: metadata, calibration and evaluation data
+
+
+def _source_metadata(src: Path) -> dict[str, str]:
+    import onnx
+
+    model = onnx.load(os.fspath(src), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _normalisation(
+    raw: dict[str, str], cfg: QuantizeConfig, src: Path
+) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    from runtime_bench.errors import BenchError
+    from runtime_bench.model_meta import parse_meta
+
+    if cfg.mean is not None and cfg.std is not None:
+        return tuple(cfg.mean), tuple(cfg.std), "override (--mean/--std)"
+    try:
+        meta = parse_meta(raw, source=os.fspath(src))
+    except BenchError as exc:
+        raise CalibrateError(str(exc)) from exc
+    return meta.mean, meta.std, "model metadata"
+
+
+def _eval_set(
+    data_dir: str | os.PathLike[str] | None,
+    calib: CalibrationSet,
+    spec: InputSpec,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validation images not used for calibration: (x, labels, number held out)."""
+    from runtime_bench import mnist
+
+    root = mnist.resolve_data_root(data_dir)
+    val = mnist.load_split(root, "val")
+    _, dims = mnist.check_idx_header(
+        mnist.raw_dir(root) / mnist.TRAIN_LABELS, expect_magic=mnist.LABEL_MAGIC
+    )
+    _, val_idx = mnist.validation_split(dims[0])
+    keep = np.ones(val_idx.shape[0], dtype=bool)
+    if calib.train_indices is not None:
+        keep &= ~np.isin(val_idx, calib.train_indices)
+    x = mnist.normalize(val.images[keep], mean, std)
+    want = spec.sample_shape()
+    if any(w is not None and w != g for w, g in zip(want, x.shape[1:], strict=False)):
+        raise CalibrateError(
+            f"the model's {spec.describe()} does not take MNIST images {tuple(x.shape[1:])}; "
+            "quantize an MNIST classifier exported by `onnxship export`"
+        )
+    return x, val.labels[keep], int((~keep).sum())
+
+
+def _calibration_set(
+    spec: InputSpec,
+    cfg: QuantizeConfig,
+    mean: Sequence[float],
+    std: Sequence[float],
+    data_dir: str | os.PathLike[str] | None,
+    calib_npz: str | os.PathLike[str] | None,
+) -> CalibrationSet:
+    if calib_npz is not None:
+        return calibration_set_from_npz(calib_npz, spec, cfg.calibration)
+    from runtime_bench import mnist
+
+    return calibration_set_from_mnist(
+        mnist.resolve_data_root(data_dir), spec, mean, std, cfg.calibration
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+
+
+def _write_int8(
+    chosen: Path,
+    out_path: Path,
+    src_meta: dict[str, str],
+    *,
+    src_sha: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    recipe_name: str,
+    strip_node_metadata: bool,
+) -> None:
+    """Copy `chosen` to `out_path` (atomic, self-contained) with the source's metadata."""
+    import json
+
+    import onnx
+
+    from runtime_bench import model_meta
+
+    model = onnx.load(os.fspath(chosen))
+    meta = dict(src_meta)
+    meta[model_meta.INPUT_MEAN] = json.dumps([float(v) for v in mean])
+    meta[model_meta.INPUT_STD] = json.dumps([float(v) for v in std])
+    meta[model_meta.PRECISION] = "int8"
+    meta[model_meta.SOURCE_SHA256] = src_sha
+    meta[RECIPE_KEY] = recipe_name
+    meta.setdefault(model_meta.INPUT_PREPROCESS, model_meta.PREPROCESS_TEXT)
+    if strip_node_metadata:
+        for node in model.graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    with atomic_output(out_path) as tmp:
+        onnx.save_model(model, os.fspath(tmp), save_as_external_data=False)
+
+
+def _row_json(row: _Candidate, fp32_top1: float, cfg: QuantizeConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": row.name,
+        "options": row.recipe.options() if row.recipe else {"precision": "fp32"},
+        "val_top1": row.val_top1,
+        "val_drop": None if row.val_top1 is None else round(fp32_top1 - row.val_top1, 6),
+        "within_budget": row.recipe is None or _within(row, fp32_top1, cfg.max_drop),
+        "latency": row.latency,
+        "bytes": row.path.stat().st_size if row.path.is_file() else None,
+        "nodes_in_float": row.float_nodes,
+    }
+    if row.recipe is not None and row.latency:
+        out["speed_score"] = round(_speed_score(row, cfg.latency), 4)
+        out["faster_than_fp32"] = _faster(row, cfg.latency)
+        out["quantize_s"] = round(row.quantize_s, 3)
+    if row.error:
+        out["error"] = row.error
+    if row.fallback:
+        out["fallback"] = row.fallback
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+
+
+def int8_from_onnx(
+    src: str | os.PathLike[str],
+    cfg: QuantizeConfig,
+    out_path: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    calib_npz: str | os.PathLike[str] | None = None,
+    calib_out: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> Artifact:
+    """Quantize the FP32 model `src` to static INT8 at `out_path` (see the module docstring).
+
+    Writes `out_path` (and the calibration set to `calib_out` when given) only on success.
+    Raises CalibrateError: bad input (exit 2); no recipe within the accuracy budget (exit 1,
+    the message names the best recipe found and its drop).
+    """
+    started = time.perf_counter()
+    src_path = Path(src)
+    out = Path(out_path)
+    cfg.validate()
+    from runtime_bench.env import cpu_model_name, isa_summary
+    from runtime_bench.session import check_model_file, check_provider_available
+
+    check_model_file(src_path)
+    provider = check_provider_available(cfg.provider)
+    spec = input_spec_of(src_path)
+    src_meta = _source_metadata(src_path)
+    mean, std, norm_source = _normalisation(src_meta, cfg, src_path)
+    calib = _calibration_set(spec, cfg, mean, std, data_dir, calib_npz)
+    calib_sha = calib.sha256()
+    x_val, y_val, held_out = _eval_set(data_dir, calib, spec, mean, std)
+    src_sha = sha256_file(src_path)
+    recipes = recipes_for(cfg.recipe)
+    searching = cfg.recipe.strip().lower() == AUTO
+
+    with tempfile.TemporaryDirectory(prefix="onnxship-quantize-") as scratch_name:
+        scratch = Path(scratch_name)
+        cache_dir = scratch / "ranges"
+        cache_dir.mkdir()
+        prepared = preprocess_model(src_path, scratch / "preprocessed.onnx")
+        prepared, rewrites = _prepare(prepared, scratch, cfg)
+        nodes = node_table(prepared)
+        op_of = dict(nodes)
+        user_excluded = resolve_exclusions(
+            nodes, cfg.exclude_nodes, cfg.exclude_op_types, model=os.fspath(src_path)
+        )
+        user_rows = [
+            {
+                "node": n,
+                "op_type": op_of[n],
+                "reason": "excluded by config ("
+                + ("exclude_nodes" if n in cfg.exclude_nodes else f"op type {op_of[n]}")
+                + ")",
+            }
+            for n in user_excluded
+        ]
+
+        def evaluate(path: Path) -> float:
+            from runtime_bench.accuracy import top1_on_arrays
+
+            return top1_on_arrays(_session(path, cfg), x_val, y_val, batch_size=cfg.eval_batch)
+
+        fp32 = _Candidate(None, FP32_ROW, src_path, [])
+        fp32.session = _session(src_path, cfg)
+        from runtime_bench.accuracy import top1_on_arrays
+
+        fp32.val_top1 = top1_on_arrays(fp32.session, x_val, y_val, batch_size=cfg.eval_batch)
+        fp32_top1 = float(fp32.val_top1)
+
+        rows: list[_Candidate] = []
+        bar = _progress(len(recipes), progress)
+        for i, recipe in enumerate(recipes):
+            row = _Candidate(recipe, recipe.name, scratch / f"cand-{i}.onnx",
+                             user_rows + _scope_rows(recipe, nodes, user_excluded))  # fmt: skip
+            t0 = time.perf_counter()
+            try:
+                quantize_with_recipe(
+                    prepared, row.path, recipe, calib, cache_dir=cache_dir,
+                    nodes_to_exclude=user_excluded, caps=cfg.caps,
+                    range_overrides=cfg.range_overrides,
+                )  # fmt: skip
+                row.quantize_s = time.perf_counter() - t0
+                row.session = _session(row.path, cfg)
+                row.val_top1 = top1_on_arrays(row.session, x_val, y_val, batch_size=cfg.eval_batch)
+            except OnnxshipError as exc:  # CalibrateError, or BenchError from the session
+                if not searching:
+                    raise
+                row.error = str(exc)
+                log.warning("recipe %s failed: %s", recipe.name, exc)
+            rows.append(row)
+            bar.update(1)
+        bar.close()
+        ok = [r for r in rows if r.error is None]
+        if not ok:
+            raise CalibrateError(
+                f"every recipe failed to quantize {src_path}: "
+                + "; ".join(f"{r.name}: {r.error}" for r in rows)
+            )
+        feeds = _feeds(spec, x_val, cfg.latency.batch_sizes)
+        measure_against_fp32(fp32, ok, feeds, cfg.latency)
+
+        within = [r for r in ok if _within(r, fp32_top1, cfg.max_drop)]
+        fallback_info: dict[str, Any] | None = None
+        if not within and cfg.fallback:
+            by_speed = sorted(ok, key=lambda r: _speed_score(r, cfg.latency))
+            fb_rows: list[_Candidate] = []
+            for j, base in enumerate(by_speed[: cfg.fallback_recipes]):
+                assert base.recipe is not None
+                result = fallback_to_float(
+                    prepared, base.recipe, calib, evaluate=evaluate, fp32_top1=fp32_top1,
+                    max_drop=cfg.max_drop, base_excluded=user_excluded,
+                    scratch=scratch, cache_dir=cache_dir, caps=cfg.caps,
+                    range_overrides=cfg.range_overrides, max_float_nodes=cfg.max_float_nodes,
+                    probes=cfg.probes, tag=f"fb{j}",
+                )  # fmt: skip
+                info = {
+                    "from": base.name,
+                    "sensitivity": result.sensitivity,
+                    "steps": result.steps,
+                    "within_budget": result.within_budget,
+                }
+                if result.path is None:
+                    continue
+                fb = _Candidate(base.recipe, f"{base.name}+fallback", result.path,
+                                base.float_nodes + result.float_nodes)  # fmt: skip
+                fb.val_top1 = result.val_top1
+                fb.session = _session(result.path, cfg)
+                fb.fallback = info
+                fb_rows.append(fb)
+                if result.within_budget:
+                    break
+            if fb_rows:
+                measure_against_fp32(fp32, fb_rows, feeds, cfg.latency)
+                rows.extend(fb_rows)
+                within = [r for r in fb_rows if _within(r, fp32_top1, cfg.max_drop)]
+            fallback_info = {"ran": True, "candidates": [r.name for r in fb_rows]}
+
+        table = [_row_json(fp32, fp32_top1, cfg), *(_row_json(r, fp32_top1, cfg) for r in rows)]
+        if not within:
+            best = max((r for r in rows if r.val_top1 is not None), key=lambda r: r.val_top1 or 0)
+            raise CalibrateError(
+                f"no INT8 recipe for {src_path} is within the accuracy budget of "
+                f"{cfg.max_drop * 100:.2f} pp: FP32 val top-1 {fp32_top1:.4f}, best found "
+                f"{best.name} with {best.val_top1:.4f} (drop "
+                f"{(fp32_top1 - (best.val_top1 or 0)) * 100:.2f} pp) after trying "
+                f"{len(rows)} candidates{' and the float fallback' if fallback_info else ''}; "
+                "raise --max-drop, calibrate with more data (--calib-size) or exclude "
+                "sensitive nodes",
+                exit_code=1,
+            )
+        chosen = min(
+            within, key=lambda r: (not _faster(r, cfg.latency), _speed_score(r, cfg.latency))
+        )
+        assert chosen.recipe is not None
+
+        # Re-time the winner against FP32 alone: the search's best is optimistically biased.
+        confirm = _Candidate(chosen.recipe, chosen.name, chosen.path, chosen.float_nodes)
+        confirm.session = chosen.session
+        confirm_fp32 = _Candidate(None, FP32_ROW, src_path, [])
+        confirm_fp32.session = fp32.session
+        measure_against_fp32(confirm_fp32, [confirm], feeds, cfg.latency)
+        faster = _faster(confirm, cfg.latency)
+        why = _why(confirm, faster, cfg.latency, within, rows)
+        if cfg.require_faster and not faster:
+            raise CalibrateError(
+                f"{src_path}: INT8 is not faster than FP32 on {provider} and require_faster "
+                f"is set: {why}",
+                exit_code=1,
+            )
+        _write_int8(
+            chosen.path, out, src_meta, src_sha=src_sha, mean=mean, std=std,
+            recipe_name=chosen.name, strip_node_metadata=cfg.strip_node_metadata,
+        )  # fmt: skip
+
+    calib_path: str | None = None
+    if calib_out is not None:
+        calib.save(calib_out)
+        calib_path = os.fspath(calib_out)
+    fp32_bytes = src_path.stat().st_size
+    int8_bytes = out.stat().st_size
+    metrics = {
+        "recipe": {"name": chosen.name, "options": chosen.recipe.options(), "searched": searching},
+        "candidates": table,
+        "nodes_in_float": chosen.float_nodes,
+        "fp32_val_top1": fp32_top1,
+        "int8_val_top1": chosen.val_top1,
+        "val_drop": round(fp32_top1 - (chosen.val_top1 or 0.0), 6),
+        "max_drop": cfg.max_drop,
+        "val_samples": int(y_val.shape[0]),
+        "val_split": f"{SOURCE_SPLIT} minus the {held_out} calibration images",
+        "latency": {
+            "provider": provider,
+            "threads": cfg.latency.threads,
+            "statistic": cfg.latency.statistic.value,
+            "by_batch": confirm.latency,
+        },
+        "int8_faster_than_fp32": faster,
+        "int8_faster_than_fp32_why": why,
+        "fp32_bytes": fp32_bytes,
+        "int8_bytes": int8_bytes,
+        "bytes_ratio": round(int8_bytes / fp32_bytes, 4),
+        "calibration": {
+            "path": calib_path,
+            "sha256": calib_sha,
+            "samples": calib.samples,
+            "batch_size": calib.batch_size,
+            "source_split": calib.source,
+            "normalisation": {"mean": list(mean), "std": list(std), "from": norm_source},
+            "histogram_cap": {
+                "max_samples": cfg.caps.max_samples,
+                "batches_in_memory": cfg.caps.batches_in_memory,
+                "applies_to": ["entropy", "percentile"],
+            },
+        },
+        "graph_rewrites": [r.to_json() for r in rewrites],
+        "fallback": fallback_info,
+        "target": {"provider": provider, "cpu": cpu_model_name(), "isa": isa_summary()},
+        "search_wall_s": round(time.perf_counter() - started, 2),
+    }
+    return Artifact.from_file(
+        out, stage=STAGE, config=jsonable(cfg), parent_sha256=src_sha, metrics=metrics
+    )
+
+
+def _prepare(prepped: Path, scratch: Path, cfg: QuantizeConfig) -> tuple[Path, list[Any]]:
+    """Exact rewrites of the pre-processed model (`calibrate.graph_prep`)."""
+    import onnx
+
+    model = onnx.load(os.fspath(prepped))
+    entry = next((o for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    rewrites = cap_opset(model, ort_max_qdq_opset(entry.version)) if entry else []
+    if cfg.flatten_reshapes:
+        rewrites += reshape_to_flatten(model)
+    if not rewrites:
+        return prepped, []
+    out = scratch / "prepared.onnx"
+    onnx.save_model(model, os.fspath(out))
+    return out, rewrites
+
+
+def _choice_key(row: _Candidate, lat: LatencyConfig) -> tuple[bool, float]:
+    """Faster-than-FP32 recipes first, by geometric-mean ratio; otherwise the least slow one
+    at its worst batch size (the closest to "never slower than FP32")."""
+    if _faster(row, lat):
+        return (False, _speed_score(row, lat))
+    return (True, max(_ratio(row, b, lat) for b in lat.batch_sizes))
+
+
+def _why(
+    chosen: _Candidate,
+    faster: bool,
+    lat: LatencyConfig,
+    within: Sequence[_Candidate],
+    rows: Sequence[_Candidate],
+) -> str:
+    ratios = ", ".join(f"batch {b}: {_ratio(chosen, b, lat):.2f}x" for b in lat.batch_sizes)
+    if faster:
+        return (
+            f"{chosen.name} takes {ratios} the FP32 time ({lat.statistic.value} latency, "
+            "interleaved re-run against FP32)"
+        )
+    n_faster = sum(1 for r in rows if r.latency and _faster(r, lat))
+    others = (
+        f"{n_faster} of {len(rows)} candidates were faster but outside the accuracy budget"
+        if n_faster
+        else f"none of the {len(rows)} candidates was faster at every batch size"
+    )
+    return (
+        f"no INT8 recipe within the accuracy budget was faster than FP32 at every batch size "
+        f"on this target ({others}); the chosen {chosen.name} takes {ratios} the FP32 time "
+        f"({lat.statistic.value} latency, interleaved re-run against FP32). ORT's integer "
+        "kernels do not beat its float ones on this model and CPU; prefer the FP32 model "
+        "where latency matters"
+    )
+
+
+def _scope_rows(
+    recipe: Recipe, nodes: Sequence[tuple[str, str]], user_excluded: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Nodes the recipe's scope leaves in float (ops ORT could quantize but the scope skips)."""
+    if recipe.scope is QuantScope.ALL:
+        return []
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    registry = QDQRegistry if recipe.format is QuantFormatChoice.QDQ else QLinearOpsRegistry
+    return [
+        {
+            "node": name,
+            "op_type": op,
+            "reason": f"recipe scope 'linear' quantizes only {'/'.join(LINEAR_OPS)}",
+        }
+        for name, op in nodes
+        if op in registry and op not in LINEAR_OPS and name not in user_excluded
+    ]
+
+
+def _feeds(
+    spec: InputSpec, x_val: np.ndarray, batch_sizes: Sequence[int]
+) -> dict[int, dict[str, np.ndarray]]:
+    """Real validation images as latency feeds (repeated if a batch exceeds the set)."""
+    out = {}
+    for b in batch_sizes:
+        rows = np.arange(b) % x_val.shape[0]
+        out[b] = {spec.name: np.ascontiguousarray(x_val[rows])}
+    return out
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="quantize recipes", unit="recipe", leave=False)
