@@ -91,7 +91,6 @@ def build_manifest(
 ) -> Path:
     """Write ctx.out_dir/manifest.json from the artifacts, their stage records and measurements."""
     from export.checks import describe_onnx
-
     from models.checkpoint import load_checkpoint
     from models.flops import count_macs, count_params
     from runtime_bench.artifact import sha256_file

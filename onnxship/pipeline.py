@@ -27,7 +27,6 @@ from calibrate.quantize import QuantizeConfig, int8_from_onnx
 from export.fp16 import Fp16Config, fp16_from_onnx
 from export.onnx_export import ExportConfig, onnx_from_checkpoint
 from models.distill import DistillConfig, distilled_from_checkpoints
-
 from models.prune import PruneConfig, pruned_from_checkpoint
 from models.train import TrainConfig, train_from_mnist
 from onnxship import __version__
@@ -244,7 +243,11 @@ def _prepare_out_dir(out_dir: Path, cfg: PipelineConfig, force: bool) -> None:
         (out_dir / "manifest.json").unlink(missing_ok=True)
         (out_dir / "report.md").unlink(missing_ok=True)
     for name in BUNDLE_DIRS:
-        (out_dir / name).mkdir(parents=True, exist_ok=True)
+        folder = out_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        # Temporary files of a run that was killed mid-write (atomic_output's ".<name>.*.tmp").
+        for stale in folder.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     atomic_write_json(
         marker, {"config_hash": key, "onnxship_version": __version__, "created": utc_now()}
     )

@@ -1,14 +1,173 @@
-"""`onnxship distill` (placeholder until its issue lands)."""
+"""`onnxship distill`: knowledge distillation of a pruned student (the `distill` stage).
+
+Writes OUT/checkpoints/<name>.pt (+ .json sidecar) and OUT/stages/distill.json, whose metrics
+hold `test_top1_kd` and `test_top1_no_kd` (the ablation). Module top is stdlib-only.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from onnxship.commands.common import add_data_dir, add_out_dir, positive_float, positive_int
+
+# Mirror models.distill.DistillConfig() defaults (literal here: --help is torch-free;
+# tests/test_cli_prune_distill.py checks they agree).
+DEFAULT_TEMPERATURE = 4.0
+DEFAULT_ALPHA = 0.9
+DEFAULT_EPOCHS = 3.0
+DEFAULT_LR = 0.05
+DEFAULT_BATCH_SIZE = 128
+DEFAULT_NAME = "student"
+
+DESCRIPTION = f"""\
+Distill a (pruned) student from its trained teacher (Hinton et al. 2015):
+
+    loss = alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(z_s, y)
+
+The student starts from its pruned weights and trains with SGD (OneCycle) on the MNIST training
+split minus the fixed validation part; the teacher is frozen (eval mode, no gradients). Every
+run also trains the same student for the same steps with the same seed WITHOUT the teacher
+(plain cross-entropy) and records both test accuracies (test_top1_kd, test_top1_no_kd): the
+ablation that shows what distillation bought. The KD student is written.
+
+Defaults (T={DEFAULT_TEMPERATURE:g}, alpha={DEFAULT_ALPHA:g}, {DEFAULT_EPOCHS:g} epochs, peak LR
+{DEFAULT_LR:g}, batch {DEFAULT_BATCH_SIZE}) were chosen on the validation split over several seeds.
+The teacher must be of the student's architecture (prune the teacher to get the student).
+Prints one summary line.
+"""
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("distill", help="(not built yet)")
+    parser = sub.add_parser(
+        "distill",
+        help="distill a pruned student from its teacher (+ the no-teacher ablation)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "student", type=Path, metavar="STUDENT.pt", help="pruned student checkpoint (.pt)"
+    )
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        default=None,
+        metavar="TEACHER.pt",
+        help="trained teacher checkpoint of the same architecture (required)",
+    )
+    add_out_dir(parser)
+    parser.add_argument(
+        "--temperature",
+        type=_number,
+        default=DEFAULT_TEMPERATURE,
+        metavar="T",
+        help=f"softmax temperature, > 0 (default: {DEFAULT_TEMPERATURE:g})",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=_number,
+        default=DEFAULT_ALPHA,
+        help=f"weight of the teacher term in [0, 1] (default: {DEFAULT_ALPHA:g})",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=positive_float,
+        default=DEFAULT_EPOCHS,
+        help=f"epochs of each run (KD and ablation), fractions allowed (default: {DEFAULT_EPOCHS:g})",
+    )
+    parser.add_argument(
+        "--lr",
+        type=positive_float,
+        default=DEFAULT_LR,
+        help=f"peak learning rate, OneCycle (default: {DEFAULT_LR:g})",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"mini-batch size (default: {DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument("--seed", type=_seed, default=0, help="batch-order seed (default: 0)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice, usually the core count)",
+    )
+    add_data_dir(parser)
+    parser.add_argument(
+        "--name",
+        default=DEFAULT_NAME,
+        help=f"checkpoint name: writes OUT/checkpoints/NAME.pt (default: {DEFAULT_NAME})",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("onnxship distill: not built yet")
+    from dataclasses import replace
+
+    import torch
+
+    from models.distill import DistillConfig, check_pair, distilled_from_checkpoints
+    from models.errors import ModelsError
+    from onnxship.commands.prune import check_name
+    from onnxship.stage_run import run_stage
+    from runtime_bench import mnist
+
+    name = check_name(str(args.name), DEFAULT_NAME)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ModelsError(f"--out {out} exists and is not a folder; pass a folder path")
+    base = DistillConfig()
+    cfg = DistillConfig(
+        temperature=args.temperature,
+        alpha=args.alpha,
+        sgd=replace(base.sgd, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
+        seed=args.seed,
+    )
+    cfg.validate()
+    check_pair(args.student, args.teacher)  # missing / mismatched teacher fails before any work
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    data_root = mnist.resolve_data_root(args.data_dir)
+    student, teacher = Path(args.student), Path(args.teacher)
+    checkpoint = out / "checkpoints" / f"{name}.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    artifact = run_stage(
+        out,
+        "distill",
+        stage="distill",
+        config=cfg,
+        inputs=[student, student.with_suffix(".json"), teacher, teacher.with_suffix(".json")],
+        produce=lambda: distilled_from_checkpoints(
+            student, teacher, cfg, checkpoint, data_dir=data_root
+        ),
+        extra_outputs=[checkpoint.with_suffix(".json")],
+    )
+    m = artifact.metrics
+    print(
+        f"distilled {m['student_arch']} {m['student_widths']} ({100 * m['macs_ratio']:.1f} % of "
+        f"the teacher's MACs, T={cfg.temperature:g}, alpha={cfg.alpha:g}, {m['steps']} steps, "
+        f"seed {cfg.seed}): test top-1 KD {100 * m['test_top1_kd']:.2f} % vs no-KD "
+        f"{100 * m['test_top1_no_kd']:.2f} % ({m['kd_gain_test_pp']:+.2f} pp), teacher "
+        f"{100 * m['teacher_test_top1']:.2f} % -> {artifact.path}"
+    )
+    return 0

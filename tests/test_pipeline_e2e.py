@@ -1,0 +1,273 @@
+"""End to end: `onnxship run` on a reduced config (a few hundred optimiser steps' worth of
+MNIST), killed with SIGKILL mid-run and resumed, then the bundle is checked against the
+contract, verified, gated, and the README's commands are run against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from onnxship.cli import main
+from runtime_bench.artifact import sha256_file
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED = ("teacher-fp32", "student-fp32", "student-int8", "student-fp16")
+ARTIFACT_KEYS = {
+    "path", "sha256", "bytes", "model", "precision", "parent", "stage", "stage_config", "opset",
+    "macs", "params", "inputs", "outputs", "accuracy", "latency",
+}  # fmt: skip
+RECORD_KEYS = {"stage", "config", "inputs", "outputs", "metrics", "started", "finished", "wall_s"}
+REQUIRED_METRICS = {
+    "train": {"test_top1", "epochs"},
+    "prune": {"macs_before", "macs_after", "params_before", "params_after"},
+    "distill": {"test_top1_kd", "test_top1_no_kd"},
+    "quantize": {"recipe", "candidates", "nodes_in_float"},
+}
+
+
+def reduced_config(mnist_root: Path) -> str:
+    return f"""
+data_dir = "{mnist_root}"
+
+[train]
+augment = "none"
+[train.sgd]
+epochs = 0.05
+
+[prune]
+macs_budget = 0.1
+
+[distill.sgd]
+epochs = 0.02
+
+[fp16]
+parity_samples = 1000
+
+[quantize]
+recipe = "qdq-u8s8-perchannel-minmax-linear"
+[quantize.calibration]
+size = 64
+[quantize.latency]
+seconds_per_batch_size = 0.2
+
+[bench]
+warmup = 1
+iterations = 5
+"""
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "onnxship.cli", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
+    """Run 1 is SIGKILLed once the train stage is recorded; run 2 resumes and completes."""
+    work = tmp_path_factory.mktemp("e2e")
+    config = work / "reduced.toml"
+    config.write_text(reduced_config(mnist_root))
+    out = work / "bundle"
+    first = _run_cli("run", "--config", str(config), "--out", str(out), cwd=work)
+    train_record = out / "stages" / "train.json"
+    deadline = time.monotonic() + 300
+    while not train_record.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert train_record.exists(), first.communicate()[0] if first.poll() is not None else "timeout"
+    time.sleep(1.0)  # let it get into the next stage (export) before the kill
+    if first.poll() is None:
+        os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (out / "manifest.json").exists()
+    # Nothing half-written under a final name: every artifact present has a matching record.
+    for onnx in (out / "artifacts").glob("*.onnx"):
+        assert onnx.stat().st_size > 0
+
+    second = _run_cli("run", "--config", str(config), "--out", str(out), cwd=work)
+    output, _ = second.communicate(timeout=900)
+    assert second.returncode == 0, output
+    assert "[skip] train" in output, output
+    assert not list(out.rglob("*.tmp")), "a temporary file survived the resumed run"
+    return out
+
+
+def test_pipeline_bundle_has_every_contract_key(bundle: Path) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1
+    for key in ("onnxship_version", "created", "git_commit", "config", "environment", "artifacts"):
+        assert key in manifest
+    for key in ("python", "torch", "onnx", "onnxruntime", "cpu", "isa", "available_providers"):
+        assert key in manifest["environment"]
+    for name in REQUIRED:
+        entry = manifest["artifacts"][name]
+        assert set(entry) >= ARTIFACT_KEYS, ARTIFACT_KEYS - set(entry)
+        path = bundle / entry["path"]
+        assert sha256_file(path) == entry["sha256"] and path.stat().st_size == entry["bytes"]
+        assert 0.0 <= entry["accuracy"]["test_top1"] <= 1.0
+        assert entry["inputs"][0]["name"] == "input" and entry["outputs"][0]["name"] == "logits"
+        cpu = entry["latency"]["CPUExecutionProvider"]
+        assert set(cpu) == {"1", "64"}
+        for stats in cpu.values():
+            assert {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s"} <= set(stats)
+            assert stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
+    assert not list((bundle / "artifacts").glob("*.data")), "artifacts must be self-contained"
+    arts = manifest["artifacts"]
+    assert arts["student-int8"]["parent"] == "student-fp32"
+    assert arts["student-fp16"]["parent"] == "student-fp32"
+    # The student has at most 10 % of the teacher's multiply-accumulates.
+    assert arts["student-fp32"]["macs"] <= 0.10 * arts["teacher-fp32"]["macs"]
+    assert (bundle / "report.md").read_text().count("student-int8") >= 1
+    assert {p.name for p in (bundle / "plots").glob("*.png")} >= {
+        "accuracy_vs_latency.png",
+        "size.png",
+    }
+
+
+def test_pipeline_stage_records_follow_the_contract(bundle: Path) -> None:
+    for record_path in (bundle / "stages").glob("*.json"):
+        record = json.loads(record_path.read_text())
+        assert set(record) >= RECORD_KEYS, (record_path.name, RECORD_KEYS - set(record))
+        for out in record["outputs"]:
+            assert {"path", "sha256", "bytes"} <= set(out)
+    for stage, keys in REQUIRED_METRICS.items():
+        metrics = json.loads((bundle / "stages" / f"{stage}.json").read_text())["metrics"]
+        assert keys <= set(metrics), (stage, keys - set(metrics))
+
+
+def test_pipeline_rerun_reuses_every_stage(bundle: Path) -> None:
+    config = bundle.parent / "reduced.toml"
+    proc = _run_cli("run", "--config", str(config), "--out", str(bundle), cwd=bundle.parent)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    assert "[run ]" not in output, output
+
+
+def test_pipeline_refuses_a_bundle_made_with_another_config(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text(
+        (bundle.parent / "reduced.toml").read_text().replace("epochs = 0.05", "epochs = 0.06")
+    )
+    assert main(["run", "--config", str(other), "--out", str(bundle)]) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def test_verify_passes_then_names_a_tampered_artifact(
+    bundle: Path, tmp_path: Path, mnist_root: Path
+) -> None:
+    assert main(["verify", str(bundle), "--data-dir", str(mnist_root)]) == 0
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(bundle), str(copy)], check=True)
+    target = copy / "artifacts" / "student-fp16.onnx"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    report_path = tmp_path / "verify.json"
+    assert main(["verify", str(copy), "--skip-accuracy", "--json", str(report_path)]) == 1
+    assert json.loads(report_path.read_text())["failed_artifacts"] == ["student-fp16"]
+
+
+def test_gate_on_the_bundle_passes_a_matching_baseline_and_fails_a_stricter_one(
+    bundle: Path, tmp_path: Path
+) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    accuracies = {n: e["accuracy"]["test_top1"] for n, e in manifest["artifacts"].items()}
+    matching = tmp_path / "matching.json"
+    matching.write_text(
+        json.dumps(
+            {"artifacts": {n: {"test_top1": a, "max_drop": 0.0} for n, a in accuracies.items()}}
+        )
+    )
+    assert (
+        main(["gate", "--manifest", str(bundle / "manifest.json"), "--baseline", str(matching)])
+        == 0
+    )
+    stricter = tmp_path / "stricter.json"
+    stricter.write_text(json.dumps({"artifacts": {
+        "student-int8": {"test_top1": accuracies["student-int8"] + 0.01, "max_drop": 0.003},
+        "teacher-fp32": {"test_top1": accuracies["teacher-fp32"], "max_drop": 0.0},
+        "teacher-int8": {"test_top1": 0.5, "max_drop": 0.0},
+    }}))  # fmt: skip
+    junit = tmp_path / "gate.xml"
+    code = main(["gate", "--manifest", str(bundle / "manifest.json"), "--baseline", str(stricter),
+                 "--junit", str(junit)])  # fmt: skip
+    assert code == 1
+    failed = sorted(
+        tc.get("name", "")
+        for tc in ET.parse(junit).getroot().iter("testcase")
+        if tc.find("failure") is not None
+    )
+    assert failed == ["student-int8", "teacher-int8"]
+
+
+def _readme_commands() -> list[str]:
+    """`onnxship …` lines of the README's ```sh blocks that act on a bundle."""
+    text = (REPO / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.split("#")[0].strip()
+            if (
+                line.startswith("onnxship ")
+                and "bundle/" in line
+                or line.startswith("onnxship verify")
+            ):
+                commands.append(line)
+    return commands
+
+
+def test_readme_commands_run_against_the_bundle(
+    bundle: Path, tmp_path: Path, mnist_root: Path
+) -> None:
+    commands = _readme_commands()
+    assert len(commands) >= 5, commands
+    import onnxruntime as ort
+
+    ran = 0
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        if (
+            "--provider" in argv
+            and argv[argv.index("--provider") + 1] == "cuda"
+            and ("CUDAExecutionProvider" not in ort.get_available_providers())
+        ):
+            # The README's CUDA line must fail loudly here (no silent CPU fallback): exit 2.
+            expected = 2
+        else:
+            expected = 0
+        argv = [
+            a.replace("bundle/", f"{bundle}/").replace("/path/to/mnist-root", str(mnist_root))
+            for a in argv
+        ]
+        argv = [str(bundle) if a == "bundle" else a for a in argv]
+        argv = [str(tmp_path / a) if a.endswith((".json", ".csv")) else a for a in argv]
+        expanded: list[str] = []
+        for a in argv:  # the shell would expand the glob
+            expanded.extend(
+                sorted(str(p) for p in Path(a).parent.glob(Path(a).name)) if "*" in a else [a]
+            )
+        if expanded[:1] == ["bench"] and "merge" not in expanded and "compare" not in expanded:
+            expanded += ["--iterations", "3", "--warmup", "1"]
+        if expanded[:2] in (["bench", "merge"], ["bench", "compare"]):
+            continue  # need two machines' files; covered by the bench tests
+        assert main(expanded) == expected, command
+        ran += 1
+    assert ran >= 4
