@@ -20,7 +20,13 @@ from torch import nn
 
 from models.errors import ModelsError
 from models.registry import create_model
-from runtime_bench.artifact import Artifact, atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from runtime_bench.artifact import (
+    Artifact,
+    atomic_write_bytes,
+    atomic_write_json,
+    sha256_bytes,
+    sha256_file,
+)
 from runtime_bench.mnist import MNIST_CLASSES, MNIST_MEAN, MNIST_STD
 
 CHECKPOINT_FORMAT = 1
@@ -129,7 +135,9 @@ def read_checkpoint_meta(path: str | os.PathLike[str]) -> CheckpointMeta:
             extra=dict(raw.get("extra", {})),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ModelsError(f"checkpoint sidecar {side} is unreadable ({exc!r}); re-save the checkpoint") from exc
+        raise ModelsError(
+            f"checkpoint sidecar {side} is unreadable ({exc!r}); re-save the checkpoint"
+        ) from exc
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, CheckpointMeta]:
