@@ -13,9 +13,9 @@ from onnxship.commands.common import add_data_dir, add_out_dir, positive_float, 
 
 # Mirror models.distill.DistillConfig() defaults (literal here: --help is torch-free;
 # tests/test_cli_prune_distill.py checks they agree).
-DEFAULT_TEMPERATURE = 4.0
-DEFAULT_ALPHA = 0.9
-DEFAULT_EPOCHS = 3.0
+DEFAULT_TEMPERATURE = 2.0
+DEFAULT_ALPHA = 0.5
+DEFAULT_EPOCHS = 10.0
 DEFAULT_LR = 0.05
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_NAME = "student"
@@ -31,10 +31,11 @@ run also trains the same student for the same steps with the same seed WITHOUT t
 (plain cross-entropy) and records both test accuracies (test_top1_kd, test_top1_no_kd): the
 ablation that shows what distillation bought. The KD student is written.
 
-Defaults (T={DEFAULT_TEMPERATURE:g}, alpha={DEFAULT_ALPHA:g}, {DEFAULT_EPOCHS:g} epochs, peak LR
-{DEFAULT_LR:g}, batch {DEFAULT_BATCH_SIZE}) were chosen on the validation split over several seeds.
-The teacher must be of the student's architecture (prune the teacher to get the student).
-Prints one summary line.
+Defaults (T={DEFAULT_TEMPERATURE:g}, alpha={DEFAULT_ALPHA:g}, {DEFAULT_EPOCHS:g} epochs, peak LR {DEFAULT_LR:g}, batch {DEFAULT_BATCH_SIZE})
+were chosen on the validation split over 2 teachers x 3 seeds: a 9.9 %-MACs SimpleCNN
+student reached 99.04-99.13 % test top-1 (teachers 99.20 / 99.23 %); prune + distill with
+its ablation took 74 s on 2 cores. The teacher must be of the student's architecture
+(prune the teacher to get the student). Prints one summary line.
 """
 
 
@@ -109,7 +110,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threads",
         type=positive_int,
         default=None,
-        help="torch intra-op threads (default: torch's choice, usually the core count)",
+        help="torch intra-op threads (default: torch's choice, usually the core count). "
+        "For the default student 1 thread is as fast as 2, and it does not stall when other "
+        "processes share the cores (OpenMP spin-waits made 2 threads >10x slower then)",
     )
     add_data_dir(parser)
     parser.add_argument(

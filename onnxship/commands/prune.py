@@ -200,12 +200,18 @@ def run(args: argparse.Namespace) -> int:
         raise ModelsError("--sparsity/--threshold need --method unstructured")
     if not structured and (args.macs_budget is not None or args.ratios is not None):
         raise ModelsError("--macs-budget/--ratios need --method structured (the default)")
+    # Resolve the defaults here so the stage record's config shows the target actually used.
+    macs_budget, sparsity = args.macs_budget, args.sparsity
+    if structured and args.ratios is None and macs_budget is None:
+        macs_budget = DEFAULT_MACS_BUDGET
+    if not structured and args.threshold is None and sparsity is None:
+        sparsity = DEFAULT_SPARSITY
     cfg = PruneConfig(
         method=method,
         importance=Importance(args.importance),
         width_ratios=args.ratios,
-        macs_budget=args.macs_budget,
-        sparsity=args.sparsity,
+        macs_budget=macs_budget,
+        sparsity=sparsity,
         threshold=args.threshold,
         scope=PruneScope(args.scope),
         steps=args.steps,
