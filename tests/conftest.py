@@ -60,4 +60,6 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_root: Pat
 @pytest.fixture(scope="session")
 def trained_bn_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
     """bn_cnn at default widths, trained for 0.2 epoch."""
-    return _quick_checkpoint(tmp_path_factory.mktemp("ckpt_bn"), mnist_root, "bn_cnn", {}, epochs=0.2)
+    return _quick_checkpoint(
+        tmp_path_factory.mktemp("ckpt_bn"), mnist_root, "bn_cnn", {}, epochs=0.2
+    )

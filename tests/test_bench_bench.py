@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
 
 from runtime_bench.bench import ROW_KEYS, BenchConfig, benchmark_model, benchmark_models
 from runtime_bench.env import usable_cores
 from runtime_bench.errors import BenchError
 from runtime_bench.results import validate_result
 
-
-def _load_tiny():
-    name = "onnxship_tests_tiny_onnx"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).parent / "models" / "tiny_onnx.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-tiny = _load_tiny()
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 FAST = {"warmup": 2, "iterations": 20, "progress": False}
 

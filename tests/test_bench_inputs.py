@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
 
 from runtime_bench.errors import BenchError
 from runtime_bench.inputs import input_specs, load_npz, make_feeds, random_feeds
 from runtime_bench.session import create_session
-
-
-def _load_tiny():
-    name = "onnxship_tests_tiny_onnx"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).parent / "models" / "tiny_onnx.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-tiny = _load_tiny()
 
 
 def test_random_feeds_shapes_dtypes_and_no_zeros(tmp_path: Path):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import onnxruntime as ort
 import pytest
+import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
 
 from runtime_bench.errors import BenchError
 from runtime_bench.session import (
@@ -20,20 +19,6 @@ from runtime_bench.session import (
     resolve_provider,
 )
 
-
-def _load_tiny():
-    name = "onnxship_tests_tiny_onnx"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).parent / "models" / "tiny_onnx.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-tiny = _load_tiny()
 HAS_CUDA = CUDA_EP in ort.get_available_providers()
 
 

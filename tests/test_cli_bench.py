@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,24 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
 
 from onnxship.cli import main
 from runtime_bench.env import usable_cores
 
-
-def _load_tiny():
-    name = "onnxship_tests_tiny_onnx"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).parent / "models" / "tiny_onnx.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-tiny = _load_tiny()
 FAST = ["--warmup", "1", "--iterations", "10", "--no-progress"]
 
 # Run the CLI with torch (and the onnx export stack) made unimportable, as on a deployment box.

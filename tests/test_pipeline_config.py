@@ -24,7 +24,10 @@ def test_load_config_of_the_checked_in_file_equals_the_built_in_defaults() -> No
 def test_print_config_round_trips_through_toml(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["run", "--config", str(CHECKED_IN), "--data-dir", "/somewhere", "--print-config"]) == 0
+    assert (
+        main(["run", "--config", str(CHECKED_IN), "--data-dir", "/somewhere", "--print-config"])
+        == 0
+    )
     text = capsys.readouterr().out
     written = tmp_path / "effective.toml"
     written.write_text(text)

@@ -258,7 +258,23 @@ def test_readme_commands_run_against_the_bundle(
             for a in argv
         ]
         argv = [str(bundle) if a == "bundle" else a for a in argv]
-        argv = [str(tmp_path / a) if a.endswith((".json", ".csv")) else a for a in argv]
+        if argv[:1] == ["gate"]:
+            # The committed baseline describes the full pipeline; this bundle is a reduced run,
+            # so the README's gate line runs against a baseline of the bundle's own numbers.
+            manifest = json.loads((bundle / "manifest.json").read_text())
+            own = {n: {"test_top1": e["accuracy"]["test_top1"], "max_drop": 0.0}
+                   for n, e in manifest["artifacts"].items()}  # fmt: skip
+            (tmp_path / "own-baseline.json").write_text(json.dumps({"artifacts": own}))
+            argv = [
+                str(tmp_path / "own-baseline.json") if a.startswith("baselines/") else a
+                for a in argv
+            ]
+        argv = [
+            a
+            if Path(a).is_absolute() or not a.endswith((".json", ".csv", ".xml"))
+            else str(tmp_path / a)
+            for a in argv
+        ]
         expanded: list[str] = []
         for a in argv:  # the shell would expand the glob
             expanded.extend(

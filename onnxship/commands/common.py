@@ -26,6 +26,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def number(text: str) -> float:
+    """Any float; the library checks the range, so its message can explain the meaning."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)

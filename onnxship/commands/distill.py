@@ -9,7 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import add_data_dir, add_out_dir, positive_float, positive_int
+from onnxship.commands.common import (
+    add_data_dir,
+    add_out_dir,
+    non_negative_int,
+    number,
+    positive_float,
+    positive_int,
+)
 
 # Mirror models.distill.DistillConfig() defaults (literal here: --help is torch-free;
 # tests/test_cli_prune_distill.py checks they agree).
@@ -39,23 +46,6 @@ its ablation took 74 s on 2 cores. The teacher must be of the student's architec
 """
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "distill",
@@ -76,14 +66,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_out_dir(parser)
     parser.add_argument(
         "--temperature",
-        type=_number,
+        type=number,
         default=DEFAULT_TEMPERATURE,
         metavar="T",
         help=f"softmax temperature, > 0 (default: {DEFAULT_TEMPERATURE:g})",
     )
     parser.add_argument(
         "--alpha",
-        type=_number,
+        type=number,
         default=DEFAULT_ALPHA,
         help=f"weight of the teacher term in [0, 1] (default: {DEFAULT_ALPHA:g})",
     )
@@ -105,7 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_BATCH_SIZE,
         help=f"mini-batch size (default: {DEFAULT_BATCH_SIZE})",
     )
-    parser.add_argument("--seed", type=_seed, default=0, help="batch-order seed (default: 0)")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="batch-order seed (default: 0)"
+    )
     parser.add_argument(
         "--threads",
         type=positive_int,

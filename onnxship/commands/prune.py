@@ -9,7 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import add_data_dir, add_out_dir, positive_float, positive_int
+from onnxship.commands.common import (
+    add_data_dir,
+    add_out_dir,
+    non_negative_int,
+    number,
+    positive_float,
+    positive_int,
+)
 
 # Mirrors models.prune.DEFAULT_MACS_BUDGET / DEFAULT_SPARSITY (literal here: --help is torch-free;
 # tests/test_cli_prune_distill.py checks they agree).
@@ -63,24 +70,6 @@ def parse_ratios(text: str) -> float | dict[str, float]:
     return out
 
 
-def _number(text: str) -> float:
-    """A float; the range is checked by the library so the message explains the meaning."""
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "prune",
@@ -99,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     target = parser.add_mutually_exclusive_group()
     target.add_argument(
         "--macs-budget",
-        type=_number,
+        type=number,
         default=None,
         metavar="F",
         help=f"structured: MACs of the result as a fraction of the source's, in (0, 1) "
@@ -115,14 +104,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     target.add_argument(
         "--sparsity",
-        type=_number,
+        type=number,
         default=None,
         metavar="S",
         help=f"unstructured: fraction of weights to zero, in (0, 1) (default: {DEFAULT_SPARSITY})",
     )
     target.add_argument(
         "--threshold",
-        type=_number,
+        type=number,
         default=None,
         metavar="T",
         help="unstructured: zero every weight with |w| <= T",
@@ -157,7 +146,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--finetune-lr", type=positive_float, default=0.05, help="fine-tune peak LR (default: 0.05)"
     )
-    parser.add_argument("--seed", type=_seed, default=0, help="fine-tune seed (default: 0)")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="fine-tune seed (default: 0)"
+    )
     add_data_dir(parser)
     parser.add_argument(
         "--name",

@@ -10,7 +10,13 @@ import argparse
 import os
 from pathlib import Path
 
-from onnxship.commands.common import add_data_dir, add_out_dir, positive_float, positive_int
+from onnxship.commands.common import (
+    add_data_dir,
+    add_out_dir,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 # Mirrors models.train.DEFAULT_SGD / DEFAULT_AUGMENT (kept literal here so --help is torch-free;
 # tests/test_cli_train.py checks they agree).
@@ -52,16 +58,6 @@ def _width(text: str) -> tuple[str, int]:
     if number < 1:
         raise argparse.ArgumentTypeError(f"width {key}={number} must be >= 1")
     return key.strip(), number
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -111,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_SCHEDULE,
         help=f"learning-rate schedule (default: {DEFAULT_SCHEDULE})",
     )
-    parser.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--augment",
         choices=("none", "shift"),

@@ -1,7 +1,7 @@
 """Tiny `.onnx` models (and a fake MNIST folder) for runtime_bench tests, built with onnx.helper.
 
 Tests call the builders into pytest's `tmp_path`; nothing binary is committed. To look at the
-models, regenerate them into a folder: `python tests/models/tiny_onnx.py OUT_DIR`.
+models, regenerate them into a folder: `python tests/tiny_onnx.py OUT_DIR`.
 onnx is a test-time dependency only: runtime_bench itself never imports it.
 
 This folder has no `__init__.py` on purpose (a package named `models` would shadow the
