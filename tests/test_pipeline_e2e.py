@@ -204,7 +204,7 @@ def test_gate_on_the_bundle_passes_a_matching_baseline_and_fails_a_stricter_one(
     stricter.write_text(json.dumps({"artifacts": {
         "student-int8": {"test_top1": accuracies["student-int8"] + 0.01, "max_drop": 0.003},
         "teacher-fp32": {"test_top1": accuracies["teacher-fp32"], "max_drop": 0.0},
-        "teacher-int8": {"test_top1": 0.5, "max_drop": 0.0},
+        "teacher-int4": {"test_top1": 0.5, "max_drop": 0.0},
     }}))  # fmt: skip
     junit = tmp_path / "gate.xml"
     code = main(["gate", "--manifest", str(bundle / "manifest.json"), "--baseline", str(stricter),
@@ -215,7 +215,7 @@ def test_gate_on_the_bundle_passes_a_matching_baseline_and_fails_a_stricter_one(
         for tc in ET.parse(junit).getroot().iter("testcase")
         if tc.find("failure") is not None
     )
-    assert failed == ["student-int8", "teacher-int8"]
+    assert failed == ["student-int8", "teacher-int4"]
 
 
 def _readme_commands() -> list[str]:
