@@ -49,7 +49,9 @@ def create_model(name: str, **widths: Any) -> nn.Module:
     try:
         return _REGISTRY[name](**widths)
     except TypeError as exc:
-        raise ModelsError(f"architecture {name!r} does not take these widths {widths}: {exc}") from exc
+        raise ModelsError(
+            f"architecture {name!r} does not take these widths {widths}: {exc}"
+        ) from exc
 
 
 class SimpleCNN(nn.Module):
@@ -98,7 +100,9 @@ class BnCNN(nn.Module):
 
     arch_name = "bn_cnn"
 
-    def __init__(self, conv1_channels: int = 16, conv2_channels: int = 32, hidden: int = 128) -> None:
+    def __init__(
+        self, conv1_channels: int = 16, conv2_channels: int = 32, hidden: int = 128
+    ) -> None:
         super().__init__()
         self.conv1_channels = conv1_channels
         self.conv2_channels = conv2_channels

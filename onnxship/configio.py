@@ -127,7 +127,7 @@ def dataclass_from_mapping(cls: type[T], values: Mapping[str, Any], where: str) 
             raise
         except Exception as exc:  # library errors (ModelsError, ...) carry a fix already
             raise PipelineError(f"{where}: {exc}") from exc
-    return obj  # type: ignore[return-value]
+    return obj
 
 
 def _toml_scalar(value: Any) -> str:

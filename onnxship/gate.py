@@ -156,8 +156,9 @@ def write_junit(cases: list[GateCase], path: str | os.PathLike[str]) -> Path:
         else:
             out = ET.SubElement(case, "system-out")
             out.text = c.message
-    tree = ET.ElementTree(ET.Element("testsuites"))
-    tree.getroot().append(suite)
+    root = ET.Element("testsuites")
+    root.append(suite)
+    tree = ET.ElementTree(root)
     ET.indent(tree)
     with atomic_output(path) as tmp:
         tree.write(tmp, encoding="utf-8", xml_declaration=True)

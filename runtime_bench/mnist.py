@@ -72,7 +72,12 @@ def require_files(root: str | os.PathLike[str]) -> Path:
 
 IMAGE_MAGIC = 2051
 LABEL_MAGIC = 2049
-MAGIC_OF = {TRAIN_IMAGES: IMAGE_MAGIC, TRAIN_LABELS: LABEL_MAGIC, TEST_IMAGES: IMAGE_MAGIC, TEST_LABELS: LABEL_MAGIC}
+MAGIC_OF = {
+    TRAIN_IMAGES: IMAGE_MAGIC,
+    TRAIN_LABELS: LABEL_MAGIC,
+    TEST_IMAGES: IMAGE_MAGIC,
+    TEST_LABELS: LABEL_MAGIC,
+}
 
 
 def check_idx_header(path: str | os.PathLike[str], *, expect_magic: int) -> tuple[int, list[int]]:
