@@ -57,7 +57,7 @@ from export.checks import (
 from export.errors import ExportError
 from export.optimize import OptimizeLevel, optimize_onnx_file
 from runtime_bench import model_meta
-from runtime_bench.artifact import Artifact, atomic_output
+from runtime_bench.artifact import Artifact, atomic_output, require_parent_writable
 
 __all__ = [
     "ExportConfig",
@@ -388,20 +388,6 @@ def _require_interface(proto: Any, *, num_classes: int, exporter: str) -> None:
         )
 
 
-def _require_writable_folder(out_path: Path) -> None:
-    parent = out_path.parent
-    if not parent.is_dir():
-        raise ExportError(
-            f"cannot write {out_path}: its folder {parent} does not exist; create it or choose "
-            "another output path"
-        )
-    if not os.access(parent, os.W_OK):
-        raise ExportError(
-            f"cannot write {out_path}: its folder {parent} is not writable; choose a writable "
-            "output folder"
-        )
-
-
 def _metadata(meta: Any, *, source_sha256: str) -> dict[str, str]:
     from onnxship import __version__
 
@@ -483,7 +469,7 @@ def onnx_from_checkpoint(
 
     cfg.validate()
     out = Path(out_path)
-    _require_writable_folder(out)
+    require_parent_writable(out, ExportError)
     resolve_opset(cfg.opset, ExporterKind.DYNAMO)  # a bad --opset fails before the export
     model, meta = load_checkpoint(src)
     model.eval()

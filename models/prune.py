@@ -586,14 +586,23 @@ def prune_model_structured(
         log.info("prune step %d/%d: %s", k, cfg.steps, entry)
     current.eval()
     metrics: dict[str, Any] = {"widths_before": start, "widths_after": _widths(current)}
-    if data is not None:
+    metrics.update(_schedule_metrics(history, cfg, data is not None, finetune_s))
+    return current, metrics
+
+
+def _schedule_metrics(
+    history: list[dict[str, Any]], cfg: PruneConfig, measured: bool, finetune_s: float
+) -> dict[str, Any]:
+    """Accuracy after the last step (and its fine-tune), plus the per-step history."""
+    metrics: dict[str, Any] = {}
+    if measured:
         metrics["val_top1_pruned"] = history[-1]["val_top1_pruned"]
-    if cfg.finetune is not None and data is not None:
-        metrics["val_top1_finetuned"] = history[-1]["val_top1_finetuned"]
-        metrics["finetune_s"] = round(finetune_s, 3)
+        if cfg.finetune is not None:
+            metrics["val_top1_finetuned"] = history[-1]["val_top1_finetuned"]
+            metrics["finetune_s"] = round(finetune_s, 3)
     if cfg.steps > 1:
         metrics["schedule"] = history
-    return current, metrics
+    return metrics
 
 
 def prune_model_unstructured(
@@ -636,13 +645,7 @@ def prune_model_unstructured(
     pruned.eval()
     metrics: dict[str, Any] = {"sparsity_per_layer": sparsity_report(pruned)}
     metrics["sparsity"] = metrics["sparsity_per_layer"]["total"]
-    if data is not None:
-        metrics["val_top1_pruned"] = history[-1]["val_top1_pruned"]
-    if cfg.finetune is not None and data is not None:
-        metrics["val_top1_finetuned"] = history[-1]["val_top1_finetuned"]
-        metrics["finetune_s"] = round(finetune_s, 3)
-    if cfg.steps > 1:
-        metrics["schedule"] = history
+    metrics.update(_schedule_metrics(history, cfg, data is not None, finetune_s))
     return pruned, metrics
 
 

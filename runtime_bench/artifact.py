@@ -50,15 +50,16 @@ def _current_umask() -> int:
     return mask
 
 
-def _check_parent_writable(path: Path) -> None:
+def require_parent_writable(path: Path, error: type[OnnxshipError] = OnnxshipError) -> None:
+    """Raise `error` (one line) unless `path`'s folder exists and is writable."""
     parent = path.parent
     if not parent.is_dir():
-        raise OnnxshipError(
+        raise error(
             f"cannot write {path}: its folder {parent} does not exist; create it or choose "
             "another output path"
         )
     if not os.access(parent, os.W_OK):
-        raise OnnxshipError(
+        raise error(
             f"cannot write {path}: its folder {parent} is not writable; choose a writable "
             "output folder"
         )
@@ -72,7 +73,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     exception the temporary file is removed and nothing appears under `path`.
     """
     final = Path(path)
-    _check_parent_writable(final)
+    require_parent_writable(final)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)

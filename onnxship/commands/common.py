@@ -86,3 +86,18 @@ def add_out_dir(parser: argparse.ArgumentParser, *, required: bool = True) -> No
         required=required,
         help="output folder; artifacts go to OUT/artifacts or OUT/checkpoints, records to OUT/stages",
     )
+
+
+def output_file(out_dir: Path, subdir: str, filename: str) -> Path:
+    """`out_dir/subdir/filename`, creating the folder; a one-line error if it cannot be made."""
+    from onnxship.errors import PipelineError
+
+    folder = out_dir / subdir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PipelineError(
+            f"cannot create the output folder {folder}: {exc.strerror or exc}; choose a "
+            "writable --out"
+        ) from exc
+    return folder / filename

@@ -14,6 +14,7 @@ from onnxship.commands.common import (
     add_out_dir,
     non_negative_int,
     number,
+    output_file,
     positive_float,
     positive_int,
 )
@@ -144,8 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     data_root = mnist.resolve_data_root(args.data_dir)
     student, teacher = Path(args.student), Path(args.teacher)
-    checkpoint = out / "checkpoints" / f"{name}.pt"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = output_file(out, "checkpoints", f"{name}.pt")
     artifact = run_stage(
         out,
         "distill",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import add_data_dir, add_out_dir
+from onnxship.commands.common import add_data_dir, add_out_dir, output_file
 
 DESCRIPTION = """\
 Export a checkpoint (.pt with its .json sidecar) to ONNX: input 'input' [batch,1,28,28]
@@ -104,15 +104,7 @@ def run(args: argparse.Namespace) -> int:
         )
     name = args.name or f"{ckpt.stem}-fp32"
     out_dir: Path = args.out
-    artifacts = out_dir / "artifacts"
-    try:
-        artifacts.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(
-            f"cannot create the output folder {artifacts}: {exc.strerror or exc}; choose a "
-            "writable --out"
-        ) from exc
-    out_path = artifacts / f"{name}.onnx"
+    out_path = output_file(out_dir, "artifacts", f"{name}.onnx")
     inputs = [ckpt] + ([ckpt.with_suffix(".json")] if ckpt.with_suffix(".json").is_file() else [])
     artifact = run_stage(
         out_dir,

@@ -16,6 +16,7 @@ from onnxship.commands.common import (
     add_out_dir,
     fraction,
     int_list,
+    output_file,
     positive_float,
     positive_int,
 )
@@ -195,12 +196,8 @@ def run(args: argparse.Namespace) -> int:
     )
     cfg.validate()  # fail on bad input before creating any folder
     out_dir: Path = args.out
-    artifacts = out_dir / "artifacts"
-    calib_dir = out_dir / "calibration"
-    artifacts.mkdir(parents=True, exist_ok=True)
-    calib_dir.mkdir(parents=True, exist_ok=True)
-    out_path = artifacts / f"{name}.onnx"
-    calib_path = calib_dir / f"{name}-calib.npz"
+    out_path = output_file(out_dir, "artifacts", f"{name}.onnx")
+    calib_path = output_file(out_dir, "calibration", f"{name}-calib.npz")
     inputs = [args.model] + ([args.calib_npz] if args.calib_npz else [])
     artifact = run_stage(
         out_dir,
