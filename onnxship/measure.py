@@ -25,9 +25,8 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 def eval_stage(ctx: Any, onnx_paths: Mapping[str, Path]) -> dict[str, Any]:
     """Test top-1 of every artifact; returns the parsed results/eval.json."""
-    from runtime_bench.accuracy import evaluate_onnx
-
     from onnxship.pipeline import cached_stage
+    from runtime_bench.accuracy import evaluate_onnx
 
     settings = ctx.cfg.eval
     raw = mnist.require_files(mnist.resolve_data_root(ctx.data_dir))
@@ -84,9 +83,8 @@ def available_bench_providers(requested: tuple[str, ...]) -> list[str]:
 
 def bench_stage(ctx: Any, onnx_paths: Mapping[str, Path]) -> dict[str, Any]:
     """Latency of every artifact on every selected EP; returns the parsed results/bench.json."""
-    from runtime_bench.bench import BenchConfig, benchmark_models
-
     from onnxship.pipeline import cached_stage
+    from runtime_bench.bench import BenchConfig, benchmark_models
     from runtime_bench.env import cpu_model_name, isa_summary
 
     settings = ctx.cfg.bench

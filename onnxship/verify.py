@@ -63,7 +63,6 @@ def verify_bundle(
     check_accuracy: bool = True,
 ) -> VerifyReport:
     from runtime_bench.accuracy import evaluate_onnx
-
     from runtime_bench.session import create_session
 
     root = Path(bundle)
