@@ -287,3 +287,28 @@ def test_readme_commands_run_against_the_bundle(
         assert main(expanded) == expected, command
         ran += 1
     assert ran >= 4
+
+
+def test_verify_and_gate_run_without_torch_or_onnx(
+    bundle: Path, tmp_path: Path, mnist_root: Path
+) -> None:
+    """The CI side of a deployment box: only onnxruntime + numpy (torch/onnx imports blocked)."""
+    from test_cli_bench import _torch_free
+
+    verified = _torch_free("verify", str(bundle), "--data-dir", str(mnist_root), cwd=tmp_path)
+    assert verified.returncode == 0, verified.stderr
+    assert "verify: " in verified.stdout and "ok" in verified.stdout
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"artifacts": {
+        n: {"test_top1": e["accuracy"]["test_top1"], "max_drop": 0.0} for n, e in manifest["artifacts"].items()
+    }}))  # fmt: skip
+    gated = _torch_free(
+        "gate",
+        "--manifest",
+        str(bundle / "manifest.json"),
+        "--baseline",
+        str(baseline),
+        cwd=tmp_path,
+    )
+    assert gated.returncode == 0, gated.stderr
