@@ -147,6 +147,15 @@ def ort_session(path: str | os.PathLike[str]) -> Any:
         ) from exc
 
 
+def check_parity_batch_sizes(sizes: Sequence[int], *, example: str) -> None:
+    """Parity must run at >= 2 distinct batch sizes: that is what proves the batch axis dynamic."""
+    if len(set(sizes)) < 2 or any(not isinstance(b, int) or b < 1 for b in sizes):
+        raise ExportError(
+            f"parity_batch_sizes must hold >= 2 distinct positive sizes (e.g. {example}) to "
+            f"prove the dynamic batch axis, got {sizes!r}"
+        )
+
+
 def run_batched(
     session: Any, x: np.ndarray, batch_size: int, *, input_name: str | None = None
 ) -> np.ndarray:

@@ -43,7 +43,14 @@ from typing import Any
 
 import numpy as np
 
-from export.checks import check_onnx_file, compare_logits, describe_model, ort_session, run_batched
+from export.checks import (
+    check_onnx_file,
+    check_parity_batch_sizes,
+    compare_logits,
+    describe_model,
+    ort_session,
+    run_batched,
+)
 from export.errors import ExportError
 from export.onnx_export import mnist_test_inputs, set_metadata
 from runtime_bench import model_meta
@@ -87,12 +94,7 @@ class Fp16Config:
                 f"parity_samples must be in [1, {MNIST_TEST_SIZE}] MNIST test images, got "
                 f"{self.parity_samples}"
             )
-        sizes = self.parity_batch_sizes
-        if len(set(sizes)) < 2 or any(not isinstance(b, int) or b < 1 for b in sizes):
-            raise ExportError(
-                f"parity_batch_sizes must hold >= 2 distinct positive sizes (e.g. 1,1000), "
-                f"got {sizes!r}"
-            )
+        check_parity_batch_sizes(self.parity_batch_sizes, example="1,1000")
         bad = [op for op in self.op_block_list if not op or not op.replace("_", "").isalnum()]
         if bad:
             raise ExportError(

@@ -49,6 +49,7 @@ from typing import Any
 
 from export.checks import (
     check_onnx_file,
+    check_parity_batch_sizes,
     describe_model,
     describe_onnx,
     onnx_parity,
@@ -134,12 +135,7 @@ class ExportConfig:
                 f"parity_samples must be in [1000, {MNIST_TEST_SIZE}] MNIST test images, got "
                 f"{self.parity_samples}"
             )
-        sizes = self.parity_batch_sizes
-        if len(set(sizes)) < 2 or any(not isinstance(b, int) or b < 1 for b in sizes):
-            raise ExportError(
-                f"parity_batch_sizes must hold >= 2 distinct positive sizes (e.g. 1,250) to "
-                f"prove the dynamic batch axis, got {sizes!r}"
-            )
+        check_parity_batch_sizes(self.parity_batch_sizes, example="1,250")
         if not (math.isfinite(self.parity_atol) and self.parity_atol >= 0):
             raise ExportError(f"parity_atol must be a finite number >= 0, got {self.parity_atol}")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from onnxship import __version__
 from onnxship.errors import PipelineError
-from runtime_bench.artifact import atomic_write_json, utc_now
+from runtime_bench.artifact import atomic_write_json, jsonable, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def build_manifest(
         "onnxship_version": __version__,
         "created": utc_now(),
         "git_commit": git_commit(),
-        "config": _jsonable_config(ctx.cfg),
+        "config": jsonable(ctx.cfg),
         "environment": environment(),
         "bench": {
             "threads": ctx.cfg.bench.threads,
@@ -151,12 +151,6 @@ def build_manifest(
         "artifacts": artifacts,
     }
     return atomic_write_json(out_dir / "manifest.json", manifest)
-
-
-def _jsonable_config(cfg: Any) -> Any:
-    from runtime_bench.artifact import jsonable
-
-    return jsonable(cfg)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

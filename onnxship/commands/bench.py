@@ -9,7 +9,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import fraction, non_negative_int, positive_float, positive_int
+from onnxship.commands.common import (
+    fraction,
+    int_csv,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 BENCH_DESCRIPTION = """\
 Measure latency of .onnx files on one ONNX Runtime execution provider. Per model: session
@@ -30,17 +36,6 @@ examples:
 exit codes: 0 measured, 2 bad input (not an ONNX file, truncated, missing external data,
 batch size <= 0, dynamic dim without --dim, unknown or unavailable EP)
 """
-
-
-def int_csv(text: str) -> tuple[int, ...]:
-    """'1,64' -> (1, 64); range checks happen in BenchConfig (one clear error, exit 2)."""
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers like 1,64, got {text!r}"
-        ) from None
-    return values
 
 
 def key_value(text: str) -> tuple[str, str]:

@@ -55,18 +55,36 @@ def fraction(text: str) -> float:
     return value
 
 
-def int_list(text: str) -> tuple[int, ...]:
-    """'1,64' -> (1, 64); every value >= 1."""
+def int_csv(text: str) -> tuple[int, ...]:
+    """'1,64' -> (1, 64), no range check (for configs that check ranges with a clearer error)."""
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers like 1,64, got {text!r}"
+            f"expected comma-separated integers like 1,64, got {text!r}"
         ) from None
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """'1,64' -> (1, 64); every value >= 1."""
+    values = int_csv(text)
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(
             f"expected comma-separated positive integers like 1,64, got {text!r}"
         )
+    return values
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """'0.1307' or '0.485,0.456,0.406' -> floats, one per input channel."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers (one per input channel) like 0.1307, got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
     return values
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import add_data_dir, positive_int
+from onnxship.commands.common import add_data_dir, float_list, positive_int
 
 DESCRIPTION = """\
 Top-1 accuracy of an .onnx file on MNIST, run in an ONNX Runtime session. The idx files are
@@ -13,18 +13,6 @@ read with numpy (no torch) and normalised with the mean/std stored in the model'
 (onnxship.input_mean / onnxship.input_std), or --mean/--std for a model without it. The result
 is deterministic: the same file, data and onnxruntime give exactly the same top-1.
 """
-
-
-def float_list(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers like 0.1307, got {text!r}"
-        ) from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
-    return values
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from onnxship.commands.common import (
     add_data_dir,
     add_out_dir,
+    float_list,
     fraction,
     int_list,
     output_file,
@@ -57,18 +58,6 @@ Exit codes: 0 written; 1 no recipe within the accuracy budget (the best one foun
 reported, nothing is written), or --require-faster and no INT8 recipe beats FP32; 2 bad input (unknown recipe, bad calibration data, missing
 metadata, unknown provider, ...).
 """
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers (one per input channel) like 0.1307, got {text!r}"
-        ) from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
-    return values
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -116,8 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"(default: {DEFAULT_MAX_DROP} = 0.3 pp)",
     )
     add_data_dir(parser)
-    parser.add_argument("--mean", type=_floats, default=None, help="input mean per channel")
-    parser.add_argument("--std", type=_floats, default=None, help="input std per channel")
+    parser.add_argument("--mean", type=float_list, default=None, help="input mean per channel")
+    parser.add_argument("--std", type=float_list, default=None, help="input std per channel")
     parser.add_argument(
         "--exclude-node",
         action="append",
