@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from calibrate.errors import CalibrateError
-from runtime_bench.artifact import atomic_write_bytes, sha256_bytes, sha256_file
+from onnxship.calibrate.errors import CalibrateError
+from onnxship.core.artifact import atomic_write_bytes, sha256_bytes, sha256_file
 
 # Where MNIST calibration images come from (recorded in the stage record).
 SOURCE_SPLIT = "train:validation"
@@ -287,7 +287,7 @@ def calibration_set_from_mnist(
 
     Only `runtime_bench.mnist.load_split(root, "val")` is read; the test split is never opened.
     """
-    from runtime_bench import mnist
+    from onnxship.core import mnist
 
     cfg.validate()
     val = mnist.load_split(root, "val")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime_bench.errors import OnnxshipError
+from onnxship.core.errors import OnnxshipError
 
 
 class CalibrateError(OnnxshipError):

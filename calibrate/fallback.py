@@ -22,9 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calibrate.dataset import CalibrationSet
-from calibrate.ort_static import HistogramCaps, RangeOverride, quantize_with_recipe, quiet_stdout
-from calibrate.recipes import QuantFormatChoice, QuantScope, Recipe
+from onnxship.calibrate.dataset import CalibrationSet
+from onnxship.calibrate.ort_static import (
+    HistogramCaps,
+    RangeOverride,
+    quantize_with_recipe,
+    quiet_stdout,
+)
+from onnxship.calibrate.recipes import QuantFormatChoice, QuantScope, Recipe
 
 log = logging.getLogger(__name__)
 

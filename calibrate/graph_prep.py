@@ -157,7 +157,7 @@ def cap_opset(model: Any, max_opset: int) -> list[Rewrite]:
     """
     from onnx import defs, version_converter
 
-    from calibrate.errors import CalibrateError
+    from onnxship.calibrate.errors import CalibrateError
 
     entry = next((o for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if entry is None or entry.version <= max_opset:

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from calibrate.dataset import CalibrationSet
-from calibrate.errors import CalibrateError
-from calibrate.recipes import CalibMethod, Recipe
+from onnxship.calibrate.dataset import CalibrationSet
+from onnxship.calibrate.errors import CalibrateError
+from onnxship.calibrate.recipes import CalibMethod, Recipe
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from calibrate.dataset import (
+from onnxship.calibrate.dataset import (
     SOURCE_SPLIT,
     CalibrationConfig,
     CalibrationSet,
@@ -48,10 +48,10 @@ from calibrate.dataset import (
     calibration_set_from_npz,
     input_spec_of,
 )
-from calibrate.errors import CalibrateError
-from calibrate.fallback import fallback_to_float
-from calibrate.graph_prep import cap_opset, ort_max_qdq_opset, reshape_to_flatten
-from calibrate.ort_static import (
+from onnxship.calibrate.errors import CalibrateError
+from onnxship.calibrate.fallback import fallback_to_float
+from onnxship.calibrate.graph_prep import cap_opset, ort_max_qdq_opset, reshape_to_flatten
+from onnxship.calibrate.ort_static import (
     HistogramCaps,
     RangeOverride,
     node_table,
@@ -59,7 +59,7 @@ from calibrate.ort_static import (
     quantize_with_recipe,
     resolve_exclusions,
 )
-from calibrate.recipes import (
+from onnxship.calibrate.recipes import (
     AUTO,
     LINEAR_OPS,
     QuantFormatChoice,
@@ -67,8 +67,9 @@ from calibrate.recipes import (
     Recipe,
     recipes_for,
 )
-from runtime_bench.artifact import Artifact, atomic_output, jsonable, sha256_file
-from runtime_bench.errors import OnnxshipError
+from onnxship.core import model_meta
+from onnxship.core.artifact import Artifact, atomic_output, jsonable, sha256_file
+from onnxship.core.errors import OnnxshipError
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class QuantizeConfig:
 
 
 def _session(path: Path, cfg: QuantizeConfig) -> Any:
-    from runtime_bench.session import SessionConfig, create_session
+    from onnxship.runtime_bench.session import SessionConfig, create_session
 
     return create_session(path, cfg.provider, SessionConfig(intra_op_threads=cfg.latency.threads))
 
@@ -229,7 +230,7 @@ def measure_against_fp32(
     lat: LatencyConfig,
 ) -> None:
     """Time FP32 and every candidate round-robin at each batch size; fill `.latency`."""
-    from runtime_bench.latency import measure_interleaved
+    from onnxship.runtime_bench.latency import measure_interleaved
 
     rows = [fp32, *candidates]
     for batch in lat.batch_sizes:
@@ -283,20 +284,20 @@ def _source_metadata(src: Path) -> dict[str, str]:
     import onnx
 
     model = onnx.load(os.fspath(src), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
+    return model_meta.metadata_of_proto(model)
 
 
 def _normalisation(
     raw: dict[str, str], cfg: QuantizeConfig, src: Path
 ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
-    from runtime_bench.errors import BenchError
-    from runtime_bench.model_meta import parse_meta
+    from onnxship.core.errors import CoreError
+    from onnxship.core.model_meta import parse_meta
 
     if cfg.mean is not None and cfg.std is not None:
         return tuple(cfg.mean), tuple(cfg.std), "override (--mean/--std)"
     try:
         meta = parse_meta(raw, source=os.fspath(src))
-    except BenchError as exc:
+    except CoreError as exc:
         raise CalibrateError(str(exc)) from exc
     return meta.mean, meta.std, "model metadata"
 
@@ -309,7 +310,7 @@ def _eval_set(
     std: Sequence[float],
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Validation images not used for calibration: (x, labels, number held out)."""
-    from runtime_bench import mnist
+    from onnxship.core import mnist
 
     root = mnist.resolve_data_root(data_dir)
     val = mnist.load_split(root, "val")
@@ -340,7 +341,7 @@ def _calibration_set(
 ) -> CalibrationSet:
     if calib_npz is not None:
         return calibration_set_from_npz(calib_npz, spec, cfg.calibration)
-    from runtime_bench import mnist
+    from onnxship.core import mnist
 
     return calibration_set_from_mnist(
         mnist.resolve_data_root(data_dir), spec, mean, std, cfg.calibration
@@ -367,8 +368,6 @@ def _write_int8(
 
     import onnx
 
-    from runtime_bench import model_meta
-
     model = onnx.load(os.fspath(chosen))
     meta = dict(src_meta)
     meta[model_meta.INPUT_MEAN] = json.dumps([float(v) for v in mean])
@@ -381,10 +380,7 @@ def _write_int8(
         for node in model.graph.node:
             del node.metadata_props[:]
             node.doc_string = ""
-    del model.metadata_props[:]
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    model_meta.set_metadata(model, meta, replace_all=True)
     with atomic_output(out_path) as tmp:
         onnx.save_model(model, os.fspath(tmp), save_as_external_data=False)
 
@@ -435,8 +431,8 @@ def int8_from_onnx(
     src_path = Path(src)
     out = Path(out_path)
     cfg.validate()
-    from runtime_bench.env import cpu_model_name, isa_summary
-    from runtime_bench.session import check_model_file, check_provider_available
+    from onnxship.core.env import cpu_model_name, isa_summary
+    from onnxship.runtime_bench.session import check_model_file, check_provider_available
 
     check_model_file(src_path)
     provider = check_provider_available(cfg.provider)
@@ -473,13 +469,13 @@ def int8_from_onnx(
         ]
 
         def evaluate(path: Path) -> float:
-            from runtime_bench.accuracy import top1_on_arrays
+            from onnxship.runtime_bench.accuracy import top1_on_arrays
 
             return top1_on_arrays(_session(path, cfg), x_val, y_val, batch_size=cfg.eval_batch)
 
         fp32 = _Candidate(None, FP32_ROW, src_path, [])
         fp32.session = _session(src_path, cfg)
-        from runtime_bench.accuracy import top1_on_arrays
+        from onnxship.runtime_bench.accuracy import top1_on_arrays
 
         fp32.val_top1 = top1_on_arrays(fp32.session, x_val, y_val, batch_size=cfg.eval_batch)
         fp32_top1 = float(fp32.val_top1)

@@ -25,7 +25,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from calibrate.errors import CalibrateError
+from onnxship.calibrate.errors import CalibrateError
 
 
 class QuantFormatChoice(enum.Enum):

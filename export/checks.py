@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from export.errors import ExportError
+from onnxship.export.errors import ExportError
 
 
 def _first_line(exc: BaseException) -> str:

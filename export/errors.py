@@ -1,4 +1,4 @@
-from runtime_bench.errors import OnnxshipError
+from onnxship.core.errors import OnnxshipError
 
 
 class ExportError(OnnxshipError):

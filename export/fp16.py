@@ -43,7 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from export.checks import (
+from onnxship.core import model_meta
+from onnxship.core.artifact import Artifact, atomic_output, sha256_file
+from onnxship.core.errors import CoreError
+from onnxship.export.checks import (
     check_onnx_file,
     check_parity_batch_sizes,
     compare_logits,
@@ -51,11 +54,8 @@ from export.checks import (
     ort_session,
     run_batched,
 )
-from export.errors import ExportError
-from export.onnx_export import mnist_test_inputs, set_metadata
-from runtime_bench import model_meta
-from runtime_bench.artifact import Artifact, atomic_output, sha256_file
-from runtime_bench.errors import BenchError
+from onnxship.export.errors import ExportError
+from onnxship.export.onnx_export import mnist_test_inputs
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def _convert(source: Any, cfg: Fp16Config) -> tuple[Any, list[str]]:
 
 
 def _source_meta(path: Path, model: Any) -> dict[str, str]:
-    raw = {p.key: p.value for p in model.metadata_props}
+    raw = model_meta.metadata_of_proto(model)
     precision = raw.get(model_meta.PRECISION)
     if precision is not None and precision != "fp32":
         raise ExportError(
@@ -213,7 +213,7 @@ def _source_meta(path: Path, model: Any) -> dict[str, str]:
         )
     try:
         model_meta.parse_meta(raw, source=str(path))
-    except BenchError as exc:
+    except CoreError as exc:
         raise ExportError(str(exc)) from exc
     float_inputs = [
         vi.name
@@ -243,7 +243,7 @@ def fp16_from_onnx(
     import onnx
     import onnxruntime as ort
 
-    from onnxship import __version__
+    from onnxship.core.version import __version__
 
     cfg.validate()
     src_path = Path(src)
@@ -290,7 +290,7 @@ def fp16_from_onnx(
         )
 
     final = _topological_sort(converted)
-    set_metadata(
+    model_meta.set_metadata(
         final,
         {
             model_meta.PRODUCER: f"onnxship {__version__}",

@@ -10,7 +10,7 @@ fails, recording which ran and why), and writes ONE file atomically:
 - weights inline: the dynamo exporter's in-memory `ModelProto` is saved without external data
   (its default `f=path` writes a small `.onnx` plus a `.onnx.data` sidecar), so no `.onnx.data`
   is ever written next to the output;
-- `metadata_props`: the keys of `runtime_bench.model_meta` (producer, source sha256,
+- `metadata_props`: the keys of `onnxship.core.model_meta` (producer, source sha256,
   architecture, widths, normalisation, preprocessing recipe, class labels, precision "fp32");
 - checked before it is renamed into place: `onnx.checker` (full_check), strict shape
   inference, and parity against PyTorch on real MNIST test images in a real ONNX Runtime
@@ -47,7 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.checks import (
+from onnxship.core import model_meta
+from onnxship.core.artifact import Artifact, atomic_output, require_parent_writable
+from onnxship.export.checks import (
     check_onnx_file,
     check_parity_batch_sizes,
     describe_model,
@@ -55,10 +57,8 @@ from export.checks import (
     onnx_parity,
     ort_session,
 )
-from export.errors import ExportError
-from export.optimize import OptimizeLevel, optimize_onnx_file
-from runtime_bench import model_meta
-from runtime_bench.artifact import Artifact, atomic_output, require_parent_writable
+from onnxship.export.errors import ExportError
+from onnxship.export.optimize import OptimizeLevel, optimize_onnx_file
 
 __all__ = [
     "ExportConfig",
@@ -385,7 +385,7 @@ def _require_interface(proto: Any, *, num_classes: int, exporter: str) -> None:
 
 
 def _metadata(meta: Any, *, source_sha256: str) -> dict[str, str]:
-    from onnxship import __version__
+    from onnxship.core.version import __version__
 
     return {
         model_meta.PRODUCER: f"onnxship {__version__}",
@@ -400,15 +400,6 @@ def _metadata(meta: Any, *, source_sha256: str) -> dict[str, str]:
     }
 
 
-def set_metadata(proto: Any, values: dict[str, str]) -> None:
-    """Set `metadata_props` keys (replacing those with the same key, keeping others)."""
-    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in values]
-    del proto.metadata_props[:]
-    for key, value in [*kept, *values.items()]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
 def mnist_test_inputs(
     data_dir: str | os.PathLike[str] | None,
     samples: int,
@@ -416,10 +407,10 @@ def mnist_test_inputs(
     std: tuple[float, ...],
 ) -> tuple[Any, Any]:
     """The first `samples` MNIST test images, normalised float32 NCHW, and their labels."""
-    from runtime_bench import mnist
+    from onnxship.core import mnist
 
     try:
-        from models.data import ensure_mnist
+        from onnxship.models.data import ensure_mnist
 
         root = ensure_mnist(data_dir)  # downloads only when files are missing
     except ImportError:  # torch-free install: no download, a clear error instead
@@ -461,7 +452,7 @@ def onnx_from_checkpoint(
     import onnxruntime as ort
     import torch
 
-    from models.checkpoint import load_checkpoint
+    from onnxship.models.checkpoint import load_checkpoint
 
     cfg.validate()
     out = Path(out_path)
@@ -474,7 +465,7 @@ def onnx_from_checkpoint(
 
     proto, exporter, opset, fallback_reason, export_wall_s = _run_exporters(model, example, cfg)
     _require_interface(proto, num_classes=num_classes, exporter=exporter)
-    set_metadata(proto, _metadata(meta, source_sha256=meta.weights_sha256))
+    model_meta.set_metadata(proto, _metadata(meta, source_sha256=meta.weights_sha256))
     proto.doc_string = (
         f"{meta.arch} {json.dumps(dict(meta.widths), sort_keys=True)} exported by torch "
         f"{torch.__version__} ({exporter} exporter) at opset {opset}"

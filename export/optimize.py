@@ -14,7 +14,7 @@ import enum
 import os
 from pathlib import Path
 
-from export.errors import ExportError
+from onnxship.export.errors import ExportError
 
 
 class OptimizeLevel(enum.Enum):

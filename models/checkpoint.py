@@ -18,16 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.errors import ModelsError
-from models.registry import create_model
-from runtime_bench.artifact import (
+from onnxship.core.artifact import (
     Artifact,
     atomic_write_bytes,
     atomic_write_json,
     sha256_bytes,
     sha256_file,
 )
-from runtime_bench.mnist import MNIST_CLASSES, MNIST_MEAN, MNIST_STD
+from onnxship.core.mnist import MNIST_CLASSES, MNIST_MEAN, MNIST_STD
+from onnxship.models.errors import ModelsError
+from onnxship.models.registry import create_model
 
 CHECKPOINT_FORMAT = 1
 

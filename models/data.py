@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from models.errors import ModelsError
-from runtime_bench import mnist
-from runtime_bench.errors import BenchError
+from onnxship.core import mnist
+from onnxship.core.errors import CoreError
+from onnxship.models.errors import ModelsError
 
 SPLITS = ("train", "fit", "val", "test")
 
@@ -96,7 +96,7 @@ def ensure_mnist(root: str | os.PathLike[str] | None, *, download: bool | None =
     try:
         for name, magic in mnist.MAGIC_OF.items():
             mnist.check_idx_header(folder / name, expect_magic=magic)
-    except BenchError as exc:
+    except CoreError as exc:
         raise ModelsError(str(exc)) from exc
     return data_root
 

@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
-from models.errors import ModelsError
-from models.flops import count_macs, count_params
-from models.loop import LrSchedule, SgdConfig
-from runtime_bench.artifact import Artifact, sha256_file
+from onnxship.core.artifact import Artifact, sha256_file
+from onnxship.models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from onnxship.models.errors import ModelsError
+from onnxship.models.flops import count_macs, count_params
+from onnxship.models.loop import LrSchedule, SgdConfig
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def distill_student(
 
     Returns train_sgd's stats. Raises if any gradient reached the teacher.
     """
-    from models.loop import train_sgd
+    from onnxship.models.loop import train_sgd
 
     cfg.validate()
     teacher.eval()
@@ -185,9 +185,9 @@ def distilled_from_checkpoints(
     `test_top1_no_kd`, `val_top1_kd`, `val_top1_no_kd`, `teacher_test_top1`,
     `teacher_val_top1`, `val_top1_start`, `steps`, MACs/params of both, wall times.
     """
-    from models.data import load_split
-    from models.evaluate import top1
-    from models.loop import train_sgd
+    from onnxship.models.data import load_split
+    from onnxship.models.evaluate import top1
+    from onnxship.models.loop import train_sgd
 
     cfg.validate()
     check_pair(student_ckpt, teacher_ckpt)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.errors import ModelsError
+from onnxship.models.errors import ModelsError
 
 MNIST_INPUT_SHAPE = (1, 1, 28, 28)
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.errors import ModelsError
+from onnxship.models.errors import ModelsError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 AugmentFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]

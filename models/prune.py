@@ -44,12 +44,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.errors import ModelsError
-from models.flops import count_macs, count_nonzero_params, count_params
-from models.loop import SgdConfig
-from models.registry import create_model
-from runtime_bench.artifact import Artifact, sha256_file
+from onnxship.core.artifact import Artifact, sha256_file
+from onnxship.models.checkpoint import load_checkpoint, save_checkpoint
+from onnxship.models.errors import ModelsError
+from onnxship.models.flops import count_macs, count_nonzero_params, count_params
+from onnxship.models.loop import SgdConfig
+from onnxship.models.registry import create_model
 
 log = logging.getLogger(__name__)
 
@@ -528,21 +528,21 @@ class _Data:
 
     def split(self, name: str) -> Any:
         if name not in self._cache:
-            from models.data import load_split
+            from onnxship.models.data import load_split
 
             self._cache[name] = load_split(self.root, name)
         return self._cache[name]
 
 
 def _val_top1(model: nn.Module, data: _Data) -> float:
-    from models.evaluate import top1
+    from onnxship.models.evaluate import top1
 
     val = data.split("val")
     return round(top1(model, val.x, val.y), 6)
 
 
 def _finetune(model: nn.Module, cfg: PruneConfig, data: _Data, step: int) -> float:
-    from models.loop import train_sgd
+    from onnxship.models.loop import train_sgd
 
     assert cfg.finetune is not None
     fit = data.split("fit")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.errors import ModelsError
+from onnxship.models.errors import ModelsError
 
 ModelFn = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFn] = {}

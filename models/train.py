@@ -31,12 +31,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.errors import ModelsError
-from models.loop import AmpMode, AugmentFn, LrSchedule, SgdConfig, total_steps, train_sgd
-from models.registry import create_model, list_models
-from runtime_bench import env
-from runtime_bench.artifact import Artifact
-from runtime_bench.mnist import MNIST_MEAN, MNIST_STD
+from onnxship.core import env
+from onnxship.core.artifact import Artifact
+from onnxship.core.mnist import MNIST_MEAN, MNIST_STD
+from onnxship.models.errors import ModelsError
+from onnxship.models.loop import AmpMode, AugmentFn, LrSchedule, SgdConfig, total_steps, train_sgd
+from onnxship.models.registry import create_model, list_models
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for stage records (widths as a dict)."""
-        from runtime_bench.artifact import jsonable
+        from onnxship.core.artifact import jsonable
 
         record = jsonable(self)
         record["widths"] = self.widths_dict
@@ -272,8 +272,8 @@ def train_from_mnist(
     loop only), eval_wall_s, sec_per_epoch, threads (torch.get_num_threads()), final_loss,
     params, device, amp.
     """
-    from models.data import load_split
-    from models.evaluate import top1
+    from onnxship.models.data import load_split
+    from onnxship.models.evaluate import top1
 
     cfg.validate(cpu_flags=cpu_flags)
     out = Path(out_path)
@@ -351,7 +351,7 @@ def train_from_mnist(
     log.info(
         "trained in %.1f s: val top-1 %.4f, test top-1 %.4f", train_wall_s, val_top1, test_top1
     )
-    from models.checkpoint import save_checkpoint
+    from onnxship.models.checkpoint import save_checkpoint
 
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(

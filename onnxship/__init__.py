@@ -1,3 +1,12 @@
-"""onnxship: CLI, pipeline, manifest, verify and gate on top of models/export/calibrate/runtime_bench."""
+"""onnxship: prune + distill in PyTorch, export to ONNX, INT8/FP16, benchmark on ONNX Runtime.
 
-__version__ = "0.1.0"
+Layers (imports run downwards only):
+  onnxship.cli, onnxship.commands          the command line (nothing imports it)
+  onnxship.api, pipeline, manifest, verify, gate, report, measure, configio, stage_run
+  onnxship.models, export, calibrate, runtime_bench   (repository folders models/, export/, ...)
+  onnxship.core                            torch-free primitives
+"""
+
+from onnxship.core.version import __version__
+
+__all__ = ["__version__"]

@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from runtime_bench.errors import OnnxshipError
+    from onnxship.core.errors import OnnxshipError
 
     try:
         return int(args.func(args) or 0)

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from onnxship.core.artifact import atomic_output
 from onnxship.errors import PipelineError
 from onnxship.manifest import read_manifest
-from runtime_bench.artifact import atomic_output
 
 # Floating-point slack: a baseline written as 0.985 with max_drop 0.003 must pass at 0.982.
 _EPS = 1e-9

@@ -12,14 +12,17 @@ import logging
 import os
 import platform
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from onnxship import __version__
+from onnxship.core.artifact import atomic_write_json, utc_now
 from onnxship.errors import PipelineError
-from runtime_bench.artifact import atomic_write_json, jsonable, utc_now
+from onnxship.measure import BenchSettings
+from onnxship.stage_run import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ def git_commit() -> str | None:
 def environment() -> dict[str, Any]:
     import onnxruntime as ort
 
-    from runtime_bench.env import capture_environment, cpu_model_name, isa_summary
+    from onnxship.core.env import capture_environment, cpu_model_name, isa_summary
 
     env: dict[str, Any] = {
         "python": platform.python_version(),
@@ -83,17 +86,31 @@ def _latency_for(path: Path, bench: dict[str, Any]) -> dict[str, dict[str, dict[
     return latency
 
 
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """What the manifest says about one .onnx artifact besides measurements."""
+
+    name: str
+    model: str  # "teacher" | "student"
+    precision: str  # "fp32" | "fp16" | "int8"
+    parent: str | None
+    record: str  # stage record name
+    checkpoint: Path  # the PyTorch checkpoint the graph came from (MACs, params)
+
+
 def build_manifest(
-    ctx: Any,
-    specs: Sequence[Any],
+    ctx: RunContext,
+    config: Mapping[str, Any],
+    bench_settings: BenchSettings,
+    specs: Sequence[ArtifactSpec],
     eval_json: dict[str, Any],
     bench_json: dict[str, Any],
 ) -> Path:
     """Write ctx.out_dir/manifest.json from the artifacts, their stage records and measurements."""
-    from export.checks import describe_onnx
-    from models.checkpoint import load_checkpoint
-    from models.flops import count_macs, count_params
-    from runtime_bench.artifact import sha256_file
+    from onnxship.core.artifact import sha256_file
+    from onnxship.export.checks import describe_onnx
+    from onnxship.models.checkpoint import load_checkpoint
+    from onnxship.models.flops import count_macs, count_params
 
     out_dir: Path = ctx.out_dir
     complexity: dict[Path, tuple[int, int]] = {}
@@ -140,12 +157,12 @@ def build_manifest(
         "onnxship_version": __version__,
         "created": utc_now(),
         "git_commit": git_commit(),
-        "config": jsonable(ctx.cfg),
+        "config": dict(config),
         "environment": environment(),
         "bench": {
-            "threads": ctx.cfg.bench.threads,
-            "iterations": ctx.cfg.bench.iterations,
-            "warmup": ctx.cfg.bench.warmup,
+            "threads": bench_settings.threads,
+            "iterations": bench_settings.iterations,
+            "warmup": bench_settings.warmup,
             "results": "results/bench.json",
         },
         "artifacts": artifacts,

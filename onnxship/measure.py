@@ -10,25 +10,61 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime_bench import mnist
-from runtime_bench.artifact import Artifact, atomic_write_json, utc_now
+from onnxship.core import mnist
+from onnxship.core.artifact import Artifact, atomic_write_json, utc_now
+from onnxship.errors import PipelineError
+from onnxship.stage_run import RunContext, cached_stage
 
 EVAL_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How the pipeline benchmarks every artifact (see `onnxship bench` for the harness)."""
+
+    batch_sizes: tuple[int, ...] = (1, 64)
+    threads: int = 1
+    warmup: int = 20
+    iterations: int = 200
+    # Empty = every *available* EP among CPU and CUDA; otherwise names or cpu/cuda.
+    providers: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise PipelineError(
+                f"bench.batch_sizes must be positive integers, got {self.batch_sizes}"
+            )
+        if self.threads < 1 or self.iterations < 1 or self.warmup < 0:
+            raise PipelineError(
+                f"bench: threads and iterations must be >= 1 and warmup >= 0, got threads="
+                f"{self.threads}, iterations={self.iterations}, warmup={self.warmup}"
+            )
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    batch_size: int = 1000
+    provider: str = "cpu"
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise PipelineError(f"eval.batch_size must be >= 1, got {self.batch_size}")
 
 
 def _load_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def eval_stage(ctx: Any, onnx_paths: Mapping[str, Path]) -> dict[str, Any]:
+def eval_stage(
+    ctx: RunContext, settings: EvalSettings, onnx_paths: Mapping[str, Path]
+) -> dict[str, Any]:
     """Test top-1 of every artifact; returns the parsed results/eval.json."""
-    from onnxship.pipeline import cached_stage
-    from runtime_bench.accuracy import evaluate_onnx
+    from onnxship.runtime_bench.accuracy import evaluate_onnx
 
-    settings = ctx.cfg.eval
     raw = mnist.require_files(mnist.resolve_data_root(ctx.data_dir))
     data_files = [raw / mnist.TEST_IMAGES, raw / mnist.TEST_LABELS]
     out = ctx.path("results", "eval.json")
@@ -73,7 +109,7 @@ def available_bench_providers(requested: tuple[str, ...]) -> list[str]:
     """Requested EPs resolved to ORT names; empty = every available one of CPU and CUDA."""
     import onnxruntime as ort
 
-    from runtime_bench.session import resolve_provider
+    from onnxship.runtime_bench.session import resolve_provider
 
     if requested:
         return [resolve_provider(p) for p in requested]
@@ -81,13 +117,13 @@ def available_bench_providers(requested: tuple[str, ...]) -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def bench_stage(ctx: Any, onnx_paths: Mapping[str, Path]) -> dict[str, Any]:
+def bench_stage(
+    ctx: RunContext, settings: BenchSettings, onnx_paths: Mapping[str, Path]
+) -> dict[str, Any]:
     """Latency of every artifact on every selected EP; returns the parsed results/bench.json."""
-    from onnxship.pipeline import cached_stage
-    from runtime_bench.bench import BenchConfig, benchmark_models
-    from runtime_bench.env import cpu_model_name, isa_summary
+    from onnxship.core.env import cpu_model_name, isa_summary
+    from onnxship.runtime_bench.bench import BenchConfig, benchmark_models
 
-    settings = ctx.cfg.bench
     providers = available_bench_providers(settings.providers)
     out = ctx.path("results", "bench.json")
     # The machine is part of the key: a bundle re-run elsewhere is re-measured there.

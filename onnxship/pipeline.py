@@ -18,67 +18,34 @@ import logging
 import os
 import shutil
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calibrate.quantize import QuantizeConfig, int8_from_onnx
-from export.fp16 import Fp16Config, fp16_from_onnx
-from export.onnx_export import ExportConfig, onnx_from_checkpoint
-from models.distill import DistillConfig, distilled_from_checkpoints
-from models.prune import PruneConfig, pruned_from_checkpoint
-from models.train import TrainConfig, train_from_mnist
 from onnxship import __version__
+from onnxship.calibrate.quantize import QuantizeConfig, int8_from_onnx
 from onnxship.configio import dataclass_from_mapping, to_toml
-from onnxship.errors import PipelineError
-from onnxship.stage_run import run_stage
-from runtime_bench.artifact import (
-    Artifact,
+from onnxship.core.artifact import (
     atomic_write_json,
     config_hash,
     jsonable,
-    sha256_file,
     utc_now,
 )
+from onnxship.errors import PipelineError
+from onnxship.export.fp16 import Fp16Config, fp16_from_onnx
+from onnxship.export.onnx_export import ExportConfig, onnx_from_checkpoint
+from onnxship.manifest import ArtifactSpec, build_manifest, write_bundle_docs
+from onnxship.measure import BenchSettings, EvalSettings, bench_stage, eval_stage
+from onnxship.models.distill import DistillConfig, distilled_from_checkpoints
+from onnxship.models.prune import PruneConfig, pruned_from_checkpoint
+from onnxship.models.train import TrainConfig, train_from_mnist
+from onnxship.stage_run import RunContext, cached_stage
 
 log = logging.getLogger(__name__)
 
 RUN_MARKER = ".onnxship-run.json"
 BUNDLE_DIRS = ("artifacts", "checkpoints", "calibration", "stages", "results", "plots")
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    """How the pipeline benchmarks every artifact (see `onnxship bench` for the harness)."""
-
-    batch_sizes: tuple[int, ...] = (1, 64)
-    threads: int = 1
-    warmup: int = 20
-    iterations: int = 200
-    # Empty = every *available* EP among CPU and CUDA; otherwise names or cpu/cuda.
-    providers: tuple[str, ...] = ()
-
-    def validate(self) -> None:
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise PipelineError(
-                f"bench.batch_sizes must be positive integers, got {self.batch_sizes}"
-            )
-        if self.threads < 1 or self.iterations < 1 or self.warmup < 0:
-            raise PipelineError(
-                f"bench: threads and iterations must be >= 1 and warmup >= 0, got threads="
-                f"{self.threads}, iterations={self.iterations}, warmup={self.warmup}"
-            )
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    batch_size: int = 1000
-    provider: str = "cpu"
-
-    def validate(self) -> None:
-        if self.batch_size < 1:
-            raise PipelineError(f"eval.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -129,94 +96,6 @@ def config_to_toml(cfg: PipelineConfig) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Stage caching
-
-
-@dataclass
-class RunContext:
-    out_dir: Path
-    cfg: PipelineConfig
-    force: bool
-    data_dir: str | None
-    ran: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    progress: Callable[[str], None] = lambda msg: None
-
-    def path(self, *parts: str) -> Path:
-        return self.out_dir.joinpath(*parts)
-
-
-def _cache_key(stage: str, config: Any, inputs: Sequence[Path]) -> str:
-    return config_hash(
-        {
-            "stage": stage,
-            "config": jsonable(config),
-            "inputs": [sha256_file(p) for p in inputs],
-            "onnxship": __version__,
-        }
-    )
-
-
-def _reuse(record_path: Path, key: str, outputs: Sequence[Path]) -> Artifact | None:
-    """The artifact of a finished stage whose key matches and whose outputs are intact."""
-    if not record_path.is_file():
-        return None
-    try:
-        record = json.loads(record_path.read_text())
-    except ValueError:
-        return None
-    if record.get("cache_key") != key:
-        return None
-    recorded = {Path(o["path"]).name: o for o in record.get("outputs", [])}
-    for out in outputs:
-        entry = recorded.get(out.name)
-        if entry is None or not out.is_file() or sha256_file(out) != entry["sha256"]:
-            return None
-    primary = outputs[0]
-    return Artifact(
-        path=primary,
-        sha256=recorded[primary.name]["sha256"],
-        bytes=primary.stat().st_size,
-        stage=record["stage"],
-        config=record.get("config", {}),
-        metrics=record.get("metrics", {}),
-    )
-
-
-def cached_stage(
-    ctx: RunContext,
-    record_name: str,
-    *,
-    stage: str,
-    config: Any,
-    inputs: Sequence[Path],
-    outputs: Sequence[Path],
-    produce: Callable[[], Artifact],
-) -> Artifact:
-    key = _cache_key(stage, config, inputs)
-    record_path = ctx.path("stages", f"{record_name}.json")
-    if not ctx.force:
-        reused = _reuse(record_path, key, outputs)
-        if reused is not None:
-            ctx.skipped.append(record_name)
-            ctx.progress(f"[skip] {record_name}: finished earlier, inputs and config unchanged")
-            return reused
-    ctx.progress(f"[run ] {record_name} ...")
-    artifact = run_stage(
-        ctx.out_dir,
-        record_name,
-        stage=stage,
-        config=config,
-        inputs=inputs,
-        produce=produce,
-        extra_outputs=list(outputs[1:]),
-        extra_record={"cache_key": key, "onnxship_version": __version__},
-    )
-    ctx.ran.append(record_name)
-    return artifact
-
-
-# --------------------------------------------------------------------------------------------
 # The bundle folder
 
 
@@ -259,18 +138,6 @@ def _prepare_out_dir(out_dir: Path, cfg: PipelineConfig, force: bool) -> None:
 # The pipeline
 
 
-@dataclass(frozen=True)
-class ArtifactSpec:
-    """What the manifest says about one .onnx artifact besides measurements."""
-
-    name: str
-    model: str  # "teacher" | "student"
-    precision: str  # "fp32" | "fp16" | "int8"
-    parent: str | None
-    record: str  # stage record name
-    checkpoint: Path  # the PyTorch checkpoint the graph came from (MACs, params)
-
-
 @dataclass
 class PipelineResult:
     out_dir: Path
@@ -288,7 +155,7 @@ def run_pipeline(
 ) -> PipelineResult:
     out = Path(out_dir)
     _prepare_out_dir(out, cfg, force)
-    ctx = RunContext(out_dir=out, cfg=cfg, force=force, data_dir=cfg.data_dir, progress=progress)
+    ctx = RunContext(out_dir=out, force=force, data_dir=cfg.data_dir, progress=progress)
     data_dir = cfg.data_dir
     specs: list[ArtifactSpec] = []
 
@@ -371,15 +238,11 @@ def run_pipeline(
             )
         )
 
-    from onnxship.measure import bench_stage, eval_stage
-
     onnx_paths = {s.name: ctx.path("artifacts", f"{s.name}.onnx") for s in specs}
-    eval_json = eval_stage(ctx, onnx_paths)
-    bench_json = bench_stage(ctx, onnx_paths)
+    eval_json = eval_stage(ctx, cfg.eval, onnx_paths)
+    bench_json = bench_stage(ctx, cfg.bench, onnx_paths)
 
-    from onnxship.manifest import build_manifest, write_bundle_docs
-
-    manifest_path = build_manifest(ctx, specs, eval_json, bench_json)
+    manifest_path = build_manifest(ctx, jsonable(cfg), cfg.bench, specs, eval_json, bench_json)
     write_bundle_docs(out, manifest_path)
     progress(f"[done] bundle at {out} ({len(ctx.ran)} stages ran, {len(ctx.skipped)} reused)")
     return PipelineResult(

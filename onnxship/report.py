@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runtime_bench.artifact import atomic_output, atomic_write_text
+from onnxship.core.artifact import atomic_output, atomic_write_text
 
 log = logging.getLogger(__name__)
 

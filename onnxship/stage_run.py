@@ -1,16 +1,28 @@
 """Run one stage function and write its record: the seam shared by the single-stage CLI
-commands and the pipeline, so both produce identical `stages/<name>.json` files."""
+commands and the pipeline, so both produce identical `stages/<name>.json` files; and the
+pipeline's stage cache (`cached_stage`), which reuses a finished stage whose config, inputs'
+sha256 and onnxship version are unchanged."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime_bench.artifact import Artifact, utc_now, write_stage_record
+from onnxship.core.artifact import (
+    Artifact,
+    config_hash,
+    jsonable,
+    sha256_file,
+    utc_now,
+    write_stage_record,
+)
+from onnxship.core.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -45,4 +57,93 @@ def run_stage(
         extra=extra_record,
     )
     log.info("stage %s done in %.1f s -> %s", record_name, wall_s, artifact.path)
+    return artifact
+
+
+# --------------------------------------------------------------------------------------------
+# Stage caching
+
+
+@dataclass
+class RunContext:
+    """Where a run writes and what it did: the state `cached_stage` needs, nothing more."""
+
+    out_dir: Path
+    force: bool
+    data_dir: str | None
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    progress: Callable[[str], None] = lambda msg: None
+
+    def path(self, *parts: str) -> Path:
+        return self.out_dir.joinpath(*parts)
+
+
+def _cache_key(stage: str, config: Any, inputs: Sequence[Path]) -> str:
+    return config_hash(
+        {
+            "stage": stage,
+            "config": jsonable(config),
+            "inputs": [sha256_file(p) for p in inputs],
+            "onnxship": __version__,
+        }
+    )
+
+
+def _reuse(record_path: Path, key: str, outputs: Sequence[Path]) -> Artifact | None:
+    """The artifact of a finished stage whose key matches and whose outputs are intact."""
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+    except ValueError:
+        return None
+    if record.get("cache_key") != key:
+        return None
+    recorded = {Path(o["path"]).name: o for o in record.get("outputs", [])}
+    for out in outputs:
+        entry = recorded.get(out.name)
+        if entry is None or not out.is_file() or sha256_file(out) != entry["sha256"]:
+            return None
+    primary = outputs[0]
+    return Artifact(
+        path=primary,
+        sha256=recorded[primary.name]["sha256"],
+        bytes=primary.stat().st_size,
+        stage=record["stage"],
+        config=record.get("config", {}),
+        metrics=record.get("metrics", {}),
+    )
+
+
+def cached_stage(
+    ctx: RunContext,
+    record_name: str,
+    *,
+    stage: str,
+    config: Any,
+    inputs: Sequence[Path],
+    outputs: Sequence[Path],
+    produce: Callable[[], Artifact],
+) -> Artifact:
+    key = _cache_key(stage, config, inputs)
+    record_path = ctx.path("stages", f"{record_name}.json")
+    if not ctx.force:
+        reused = _reuse(record_path, key, outputs)
+        if reused is not None:
+            ctx.skipped.append(record_name)
+            ctx.progress(f"[skip] {record_name}: finished earlier, inputs and config unchanged")
+            return reused
+    ctx.progress(f"[run ] {record_name} ...")
+    artifact = run_stage(
+        ctx.out_dir,
+        record_name,
+        stage=stage,
+        config=config,
+        inputs=inputs,
+        produce=produce,
+        extra_outputs=list(outputs[1:]),
+        extra_record={"cache_key": key, "onnxship_version": __version__},
+    )
+    ctx.ran.append(record_name)
     return artifact

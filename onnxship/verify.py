@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxship.core.artifact import sha256_file
+from onnxship.core.errors import OnnxshipError
 from onnxship.manifest import read_manifest
-from runtime_bench.artifact import sha256_file
-from runtime_bench.errors import OnnxshipError
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ def verify_bundle(
     data_dir: str | os.PathLike[str] | None = None,
     check_accuracy: bool = True,
 ) -> VerifyReport:
-    from runtime_bench.accuracy import evaluate_onnx
-    from runtime_bench.session import create_session
+    from onnxship.runtime_bench.accuracy import evaluate_onnx
+    from onnxship.runtime_bench.session import create_session
 
     root = Path(bundle)
     manifest = read_manifest(root / "manifest.json")

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from runtime_bench.artifact import sha256_file
-from runtime_bench.errors import BenchError
-from runtime_bench.inputs import ORT_TO_NUMPY, input_specs
-from runtime_bench.mnist import load_split, normalize, resolve_data_root
-from runtime_bench.model_meta import parse_meta
-from runtime_bench.session import SessionConfig, create_session
+from onnxship.core.artifact import sha256_file
+from onnxship.core.mnist import load_split, normalize, resolve_data_root
+from onnxship.core.model_meta import parse_meta
+from onnxship.runtime_bench.errors import BenchError
+from onnxship.runtime_bench.inputs import ORT_TO_NUMPY, input_specs
+from onnxship.runtime_bench.session import SessionConfig, create_session
 
 DEFAULT_EVAL_BATCH = 1000
 

@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from runtime_bench.artifact import jsonable, sha256_file, utc_now
-from runtime_bench.env import capture_environment, usable_cores
-from runtime_bench.errors import BenchError
-from runtime_bench.inputs import check_batch_size, input_specs, load_npz, make_feeds
-from runtime_bench.latency import LatencyStats, measure_latency
-from runtime_bench.session import (
+from onnxship.core.artifact import jsonable, sha256_file, utc_now
+from onnxship.core.env import capture_environment, usable_cores
+from onnxship.runtime_bench.errors import BenchError
+from onnxship.runtime_bench.inputs import check_batch_size, input_specs, load_npz, make_feeds
+from onnxship.runtime_bench.latency import LatencyStats, measure_latency
+from onnxship.runtime_bench.session import (
     CUDA_EP,
     GraphOptimization,
     SessionConfig,

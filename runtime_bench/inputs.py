@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime_bench.errors import BenchError
+from onnxship.runtime_bench.errors import BenchError
 
 # ORT type strings -> numpy dtypes (tensor types only).
 ORT_TO_NUMPY: dict[str, Any] = {

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from runtime_bench.errors import BenchError
+from onnxship.runtime_bench.errors import BenchError
 
 
 @dataclass(frozen=True)

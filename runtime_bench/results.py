@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from runtime_bench.artifact import atomic_write_json, atomic_write_text, utc_now
-from runtime_bench.errors import BenchError
+from onnxship.core.artifact import atomic_write_json, atomic_write_text, utc_now
+from onnxship.runtime_bench.errors import BenchError
 
 SCHEMA_VERSION = 1
 TOOLS = ("onnxship bench", "onnxship bench merge")

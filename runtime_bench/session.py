@@ -7,26 +7,23 @@ which would make a "CUDA" benchmark measure the CPU. Here the session is created
 `enable_fallback=0`, the first provider of the created session is checked against the
 requested one, and `disable_fallback()` is called so a later `run()` cannot switch EPs either.
 
-`check_model_file(path)` validates a file before ONNX Runtime sees it (ORT's own errors for a
-truncated file or a missing external-data sidecar are cryptic): it walks the protobuf wire
-format of the `ModelProto` without the `onnx` package (stdlib only) and checks that every
-tensor stored in external data has its sidecar file, large enough for its offset and length.
+Every file is checked by `onnxship.core.onnx_file.check_model_file` before ONNX Runtime sees it.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-import mmap
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime_bench.errors import BenchError
+from onnxship.core.onnx_file import check_model_file
+from onnxship.runtime_bench.errors import BenchError
 
 log = logging.getLogger(__name__)
 
@@ -153,243 +150,6 @@ class SessionHandle:
             "config": self.config,
             "nodes_per_provider": self.nodes_per_provider,
         }
-
-
-# --------------------------------------------------------------------------------------------
-# Model file checks (protobuf wire format, stdlib only)
-
-
-class _Truncated(Exception):
-    pass
-
-
-class _Malformed(Exception):
-    pass
-
-
-def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise _Truncated
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise _Malformed("varint longer than 10 bytes")
-
-
-def _fields(buf: Any, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
-    """Yield (field number, wire type, value) of one message; value is an int for varints,
-    a (start, end) span for length-delimited fields and None for fixed-width ones."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise _Malformed("field number 0")
-        if wire == 0:
-            value, pos = _varint(buf, pos, end)
-            yield number, wire, value
-        elif wire == 2:
-            length, pos = _varint(buf, pos, end)
-            if pos + length > end:
-                raise _Truncated
-            yield number, wire, (pos, pos + length)
-            pos += length
-        elif wire in (1, 5):
-            width = 8 if wire == 1 else 4
-            if pos + width > end:
-                raise _Truncated
-            pos += width
-            yield number, wire, None
-        else:
-            raise _Malformed(f"wire type {wire}")
-
-
-# Field numbers from onnx.proto (ModelProto, GraphProto, NodeProto, AttributeProto,
-# TensorProto, SparseTensorProto, StringStringEntryProto).
-_MODEL_IR_VERSION, _MODEL_GRAPH = 1, 7
-_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE_INITIALIZER = 1, 5, 15
-_NODE_ATTRIBUTE = 5
-_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS = 5, 6, 10, 11
-_ATTR_SPARSE_TENSOR, _ATTR_SPARSE_TENSORS = 22, 23
-_TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
-_SPARSE_VALUES, _SPARSE_INDICES = 1, 2
-_EXTERNAL = 1
-_MAX_IR_VERSION = 64  # ONNX is at 11-12; anything far beyond is not an ONNX header
-
-
-@dataclass(frozen=True)
-class _ExternalRef:
-    tensor: str
-    location: str
-    offset: int
-    length: int | None
-
-
-def _text(buf: Any, span: tuple[int, int]) -> str:
-    return bytes(buf[span[0] : span[1]]).decode("utf-8", errors="replace")
-
-
-def _tensor_refs(buf: Any, span: tuple[int, int], out: list[_ExternalRef]) -> None:
-    name, location, offset, length, external = "?", None, 0, None, False
-    entries: list[tuple[int, int]] = []
-    for number, wire, value in _fields(buf, *span):
-        if number == _TENSOR_NAME and wire == 2:
-            name = _text(buf, value)
-        elif number == _TENSOR_DATA_LOCATION and wire == 0:
-            external = value == _EXTERNAL
-        elif number == _TENSOR_EXTERNAL_DATA and wire == 2:
-            entries.append(value)
-    if not external:
-        return
-    for entry in entries:
-        key = val = ""
-        for number, wire, value in _fields(buf, *entry):
-            if wire == 2 and number == 1:
-                key = _text(buf, value)
-            elif wire == 2 and number == 2:
-                val = _text(buf, value)
-        if key == "location":
-            location = val
-        elif key == "offset" and val.strip().isdigit():
-            offset = int(val)
-        elif key == "length" and val.strip().isdigit():
-            length = int(val)
-    out.append(_ExternalRef(name, location or "", offset, length))
-
-
-def _sparse_refs(buf: Any, span: tuple[int, int], out: list[_ExternalRef]) -> None:
-    for number, wire, value in _fields(buf, *span):
-        if wire == 2 and number in (_SPARSE_VALUES, _SPARSE_INDICES):
-            _tensor_refs(buf, value, out)
-
-
-def _graph_refs(buf: Any, span: tuple[int, int], out: list[_ExternalRef], depth: int = 0) -> None:
-    if depth > 64:
-        raise _Malformed("subgraphs nested deeper than 64 levels")
-    for number, wire, value in _fields(buf, *span):
-        if wire != 2:
-            continue
-        if number == _GRAPH_INITIALIZER:
-            _tensor_refs(buf, value, out)
-        elif number == _GRAPH_SPARSE_INITIALIZER:
-            _sparse_refs(buf, value, out)
-        elif number == _GRAPH_NODE:
-            for n_num, n_wire, attr in _fields(buf, *value):
-                if n_num != _NODE_ATTRIBUTE or n_wire != 2:
-                    continue
-                for a_num, a_wire, a_val in _fields(buf, *attr):
-                    if a_wire != 2:
-                        continue
-                    if a_num in (_ATTR_T, _ATTR_TENSORS):
-                        _tensor_refs(buf, a_val, out)
-                    elif a_num in (_ATTR_G, _ATTR_GRAPHS):
-                        _graph_refs(buf, a_val, out, depth + 1)
-                    elif a_num in (_ATTR_SPARSE_TENSOR, _ATTR_SPARSE_TENSORS):
-                        _sparse_refs(buf, a_val, out)
-
-
-def _scan_model(buf: Any, size: int, path: Path) -> list[_ExternalRef]:
-    not_onnx = (
-        f"{path} is not an ONNX model: expected an ONNX ModelProto (protobuf starting with "
-        "its ir_version field)"
-    )
-    try:
-        key, pos = _varint(buf, 0, size)
-        if key != (_MODEL_IR_VERSION << 3):
-            raise BenchError(
-                f"{not_onnx}, found a file starting with bytes {bytes(buf[:8]).hex()}; pass an "
-                "`.onnx` file (e.g. from `onnxship export`)"
-            )
-        ir_version, _ = _varint(buf, pos, size)
-        if not 1 <= ir_version <= _MAX_IR_VERSION:
-            raise BenchError(
-                f"{not_onnx}, found ir_version {ir_version}; pass an `.onnx` file "
-                "(e.g. from `onnxship export`)"
-            )
-    except (_Truncated, _Malformed):
-        raise BenchError(
-            f"{not_onnx}, found {size} bytes that do not parse as one; pass an `.onnx` file"
-        ) from None
-    graph: tuple[int, int] | None = None
-    try:
-        for number, wire, value in _fields(buf, 0, size):
-            if number == _MODEL_GRAPH and wire == 2:
-                graph = value
-    except _Truncated:
-        raise BenchError(
-            f"{path} is truncated: a protobuf field runs past the end of the file "
-            f"({size} bytes); the copy or download was cut short, copy the file again"
-        ) from None
-    except _Malformed as exc:
-        raise BenchError(
-            f"{path} is corrupt: it starts like an ONNX model but its protobuf is malformed "
-            f"({exc}) at {size} bytes; copy or export the file again"
-        ) from None
-    if graph is None:
-        raise BenchError(
-            f"{path} is truncated or not a model: it has an ONNX header but no graph "
-            f"({size} bytes); copy or export the file again"
-        )
-    refs: list[_ExternalRef] = []
-    try:
-        _graph_refs(buf, graph, refs)
-    except (_Truncated, _Malformed) as exc:
-        raise BenchError(
-            f"{path} is corrupt: its graph does not parse ({type(exc).__name__.strip('_')}"
-            f"{': ' + str(exc) if str(exc) else ''}); copy or export the file again"
-        ) from None
-    return refs
-
-
-def _check_external(path: Path, refs: list[_ExternalRef]) -> None:
-    sizes: dict[str, int | None] = {}
-    for ref in refs:
-        if not ref.location:
-            raise BenchError(
-                f"{path}: tensor '{ref.tensor}' is marked as external data but names no "
-                "location; re-export the model with its weights inside the file"
-            )
-        if ref.location not in sizes:
-            target = path.parent / ref.location
-            sizes[ref.location] = target.stat().st_size if target.is_file() else None
-        size = sizes[ref.location]
-        if size is None:
-            raise BenchError(
-                f"{path}: tensor '{ref.tensor}' is stored in the external-data sidecar "
-                f"'{ref.location}', which is missing (looked in {path.parent}); copy the sidecar "
-                "next to the model, or use a self-contained file (onnxship export writes one)"
-            )
-        needed = ref.offset + (ref.length or 0)
-        if needed > size:
-            raise BenchError(
-                f"{path}: tensor '{ref.tensor}' needs bytes up to {needed} of the sidecar "
-                f"'{ref.location}', which has {size} bytes (truncated); copy it again"
-            )
-
-
-def check_model_file(path: str | os.PathLike[str]) -> None:
-    """Raise BenchError (exit 2) unless `path` is a complete ONNX model whose external-data
-    sidecars (if any) are present: missing file, folder, empty file, not an ONNX protobuf,
-    truncated file, missing or short sidecar. Reads the file once (memory-mapped)."""
-    p = Path(path)
-    if not p.exists():
-        raise BenchError(f"model file {p} does not exist; pass the path of an `.onnx` file")
-    if not p.is_file():
-        raise BenchError(f"model path {p} is not a file; pass the path of an `.onnx` file")
-    size = p.stat().st_size
-    if size == 0:
-        raise BenchError(f"{p} is empty (0 bytes), expected an ONNX model; export it again")
-    with open(p, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        refs = _scan_model(mm, size, p)
-    if refs:
-        _check_external(p, refs)
 
 
 # --------------------------------------------------------------------------------------------

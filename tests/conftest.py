@@ -35,10 +35,10 @@ def mnist_root() -> Path:
 def _quick_checkpoint(tmp_dir: Path, root: Path, arch: str, widths: dict, epochs: float) -> Path:
     import torch
 
-    from models.checkpoint import save_checkpoint
-    from models.data import load_split
-    from models.loop import SgdConfig, train_sgd
-    from models.registry import create_model
+    from onnxship.models.checkpoint import save_checkpoint
+    from onnxship.models.data import load_split
+    from onnxship.models.loop import SgdConfig, train_sgd
+    from onnxship.models.registry import create_model
 
     torch.manual_seed(0)
     fit = load_split(root, "fit")

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
 
-from runtime_bench.accuracy import evaluate_onnx, top1_on_arrays
-from runtime_bench.errors import BenchError
-from runtime_bench.mnist import load_split, normalize
-from runtime_bench.session import create_session
+from onnxship.core.errors import CoreError
+from onnxship.core.mnist import load_split, normalize
+from onnxship.runtime_bench.accuracy import evaluate_onnx, top1_on_arrays
+from onnxship.runtime_bench.errors import BenchError
+from onnxship.runtime_bench.session import create_session
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_top1_on_arrays_flat_input_model(tmp_path: Path):
 
 def test_evaluate_onnx_without_metadata_asks_for_mean_std(tmp_path: Path, crafted_root: Path):
     model = tiny.linear_classifier(tmp_path / "nometa.onnx", metadata=False)
-    with pytest.raises(BenchError, match="no onnxship metadata") as info:
+    with pytest.raises(CoreError, match="no onnxship metadata") as info:
         evaluate_onnx(model, data_dir=crafted_root)
     assert info.value.exit_code == 2
     result = evaluate_onnx(model, data_dir=crafted_root, mean=(0.1307,), std=(0.3081,))
@@ -78,7 +79,7 @@ def test_evaluate_onnx_without_metadata_asks_for_mean_std(tmp_path: Path, crafte
 
 def test_evaluate_onnx_missing_data_names_files(tmp_path: Path):
     model = tiny.pixel_classifier(tmp_path / "p.onnx")
-    with pytest.raises(BenchError, match="t10k-images-idx3-ubyte"):
+    with pytest.raises(CoreError, match="t10k-images-idx3-ubyte"):
         evaluate_onnx(model, data_dir=tmp_path / "empty")
 
 

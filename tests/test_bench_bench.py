@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pytest
 import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
 
-from runtime_bench.bench import ROW_KEYS, BenchConfig, benchmark_model, benchmark_models
-from runtime_bench.env import usable_cores
-from runtime_bench.errors import BenchError
-from runtime_bench.results import validate_result
+from onnxship.core.env import usable_cores
+from onnxship.runtime_bench.bench import ROW_KEYS, BenchConfig, benchmark_model, benchmark_models
+from onnxship.runtime_bench.errors import BenchError
+from onnxship.runtime_bench.results import validate_result
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 FAST = {"warmup": 2, "iterations": 20, "progress": False}
@@ -64,7 +64,7 @@ def test_benchmark_model_time_budget_caps_iterations(tmp_path: Path):
 def test_benchmark_model_threads_above_cores_warns_and_records(tmp_path: Path, caplog):
     model = tiny.linear_classifier(tmp_path / "m.onnx")
     threads = usable_cores() + 1
-    with caplog.at_level(logging.WARNING, logger="runtime_bench.bench"):
+    with caplog.at_level(logging.WARNING, logger="onnxship.runtime_bench.bench"):
         (row,) = benchmark_model(model, BenchConfig(batch_sizes=(2,), threads=threads, **FAST))
     assert row["threads"] == threads and row["threads_exceed_cores"] is True
     assert any(

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
 
-from runtime_bench.errors import BenchError
-from runtime_bench.inputs import input_specs, load_npz, make_feeds, random_feeds
-from runtime_bench.session import create_session
+from onnxship.runtime_bench.errors import BenchError
+from onnxship.runtime_bench.inputs import input_specs, load_npz, make_feeds, random_feeds
+from onnxship.runtime_bench.session import create_session
 
 
 def test_random_feeds_shapes_dtypes_and_no_zeros(tmp_path: Path):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime_bench.errors import BenchError
-from runtime_bench.results import (
+from onnxship.runtime_bench.errors import BenchError
+from onnxship.runtime_bench.results import (
     compare,
     compare_markdown,
     load_result,

@@ -8,8 +8,9 @@ import onnxruntime as ort
 import pytest
 import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
 
-from runtime_bench.errors import BenchError
-from runtime_bench.session import (
+from onnxship.core.errors import CoreError
+from onnxship.runtime_bench.errors import BenchError
+from onnxship.runtime_bench.session import (
     CPU_EP,
     CUDA_EP,
     GraphOptimization,
@@ -39,17 +40,17 @@ def test_check_model_file_accepts_inline_and_external_data(tmp_path: Path, linea
 
 
 def test_check_model_file_rejects_missing_file(tmp_path: Path):
-    with pytest.raises(BenchError, match="does not exist") as info:
+    with pytest.raises(CoreError, match="does not exist") as info:
         check_model_file(tmp_path / "nope.onnx")
     assert info.value.exit_code == 2
 
 
 def test_check_model_file_rejects_folder_and_empty_file(tmp_path: Path):
-    with pytest.raises(BenchError, match="not a file"):
+    with pytest.raises(CoreError, match="not a file"):
         check_model_file(tmp_path)
     empty = tmp_path / "empty.onnx"
     empty.write_bytes(b"")
-    with pytest.raises(BenchError, match="empty"):
+    with pytest.raises(CoreError, match="empty"):
         check_model_file(empty)
 
 
@@ -60,7 +61,7 @@ def test_check_model_file_rejects_folder_and_empty_file(tmp_path: Path):
 def test_check_model_file_rejects_non_onnx_bytes(tmp_path: Path, payload: bytes):
     path = tmp_path / "bad.onnx"
     path.write_bytes(payload)
-    with pytest.raises(BenchError, match="not an ONNX model") as info:
+    with pytest.raises(CoreError, match="not an ONNX model") as info:
         check_model_file(path)
     assert info.value.exit_code == 2
     assert "\n" not in str(info.value)
@@ -71,7 +72,7 @@ def test_check_model_file_rejects_truncated_file(tmp_path: Path, linear: Path, k
     data = linear.read_bytes()
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(BenchError, match="truncated") as info:
+    with pytest.raises(CoreError, match="truncated") as info:
         check_model_file(cut)
     assert str(cut) in str(info.value)
 
@@ -79,7 +80,7 @@ def test_check_model_file_rejects_truncated_file(tmp_path: Path, linear: Path, k
 def test_check_model_file_names_missing_sidecar(tmp_path: Path):
     path = tiny.external_data_model(tmp_path, sidecar="weights.bin")
     (tmp_path / "weights.bin").unlink()
-    with pytest.raises(BenchError, match="sidecar 'weights.bin', which is missing") as info:
+    with pytest.raises(CoreError, match="sidecar 'weights.bin', which is missing") as info:
         check_model_file(path)
     assert info.value.exit_code == 2
 
@@ -88,7 +89,7 @@ def test_check_model_file_rejects_short_sidecar(tmp_path: Path):
     path = tiny.external_data_model(tmp_path)
     sidecar = tmp_path / "ext.data"
     sidecar.write_bytes(sidecar.read_bytes()[:100])
-    with pytest.raises(BenchError, match=r"which has 100 bytes \(truncated\)"):
+    with pytest.raises(CoreError, match=r"which has 100 bytes \(truncated\)"):
         check_model_file(path)
 
 

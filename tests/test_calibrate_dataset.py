@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibrate.dataset import (
+from onnxship.calibrate.dataset import (
     INDICES_KEY,
     SOURCE_SPLIT,
     CalibrationConfig,
@@ -17,8 +17,8 @@ from calibrate.dataset import (
     calibration_set_from_mnist,
     calibration_set_from_npz,
 )
-from calibrate.errors import CalibrateError
-from runtime_bench import mnist
+from onnxship.calibrate.errors import CalibrateError
+from onnxship.core import mnist
 
 SPEC = InputSpec(name="input", shape=("batch", 1, 28, 28), dtype="float32")
 MEAN, STD = (0.1307,), (0.3081,)

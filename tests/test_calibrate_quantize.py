@@ -28,10 +28,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import load_tensors_data
 
-from calibrate.dataset import CalibrationSet, input_spec_of
-from calibrate.errors import CalibrateError
-from calibrate.graph_prep import cap_opset, ort_max_qdq_opset, reshape_to_flatten
-from calibrate.ort_static import (
+from onnxship.calibrate.dataset import CalibrationSet, input_spec_of
+from onnxship.calibrate.errors import CalibrateError
+from onnxship.calibrate.graph_prep import cap_opset, ort_max_qdq_opset, reshape_to_flatten
+from onnxship.calibrate.ort_static import (
     HistogramCaps,
     calibration_for,
     node_table,
@@ -39,7 +39,7 @@ from calibrate.ort_static import (
     quantize_with_recipe,
     resolve_exclusions,
 )
-from calibrate.recipes import CalibMethod, parse_recipe
+from onnxship.calibrate.recipes import CalibMethod, parse_recipe
 
 # Quantized outputs must match float ones to within this fraction of the float output range
 # (8-bit activations: one step is range/255; a few steps of accumulated error are allowed).

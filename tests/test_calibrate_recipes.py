@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 
-from calibrate.errors import CalibrateError
-from calibrate.recipes import (
+from onnxship.calibrate.errors import CalibrateError
+from onnxship.calibrate.recipes import (
     AUTO,
     PRESET_NAMES,
     PRESETS,

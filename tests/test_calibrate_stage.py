@@ -16,12 +16,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from calibrate.errors import CalibrateError
-from calibrate.ort_static import RangeOverride
-from calibrate.quantize import FP32_ROW, LatencyConfig, QuantizeConfig, int8_from_onnx
-from calibrate.recipes import PRESET_NAMES
-from runtime_bench import mnist
-from runtime_bench.artifact import sha256_file
+from onnxship.calibrate.errors import CalibrateError
+from onnxship.calibrate.ort_static import RangeOverride
+from onnxship.calibrate.quantize import FP32_ROW, LatencyConfig, QuantizeConfig, int8_from_onnx
+from onnxship.calibrate.recipes import PRESET_NAMES
+from onnxship.core import mnist
+from onnxship.core.artifact import sha256_file
 
 # Fast latency settings: these tests check structure and accuracy, never timings.
 FAST = LatencyConfig(seconds_per_batch_size=0.05, min_iterations=3, warmup=1)
@@ -47,8 +47,8 @@ def build_simplecnn_onnx(folder: Path, mnist_root: Path, *, metadata: bool = Tru
     if not raw.is_file():
         import torch
 
-        from models.loop import SgdConfig, train_sgd
-        from models.registry import create_model
+        from onnxship.models.loop import SgdConfig, train_sgd
+        from onnxship.models.registry import create_model
 
         fit = mnist.load_split(mnist_root, "fit")
         x = torch.from_numpy(mnist.normalize(fit.images[:TRAIN_IMAGES]))
@@ -291,7 +291,7 @@ def test_int8_from_onnx_calibration_npz_of_the_wrong_shape_names_the_input(
 def test_int8_from_onnx_rejects_bad_config(
     simplecnn: Path, tmp_path: Path, mnist_root: Path, cfg: dict[str, Any], match: str
 ) -> None:
-    from runtime_bench.errors import OnnxshipError
+    from onnxship.core.errors import OnnxshipError
 
     with pytest.raises(OnnxshipError, match=match) as info:
         _quantize(simplecnn, tmp_path, mnist_root, **cfg)

@@ -12,7 +12,7 @@ import pytest
 import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
 
 from onnxship.cli import main
-from runtime_bench.env import usable_cores
+from onnxship.core.env import usable_cores
 
 FAST = ["--warmup", "1", "--iterations", "10", "--no-progress"]
 
@@ -26,8 +26,9 @@ class Blocker(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} is blocked in this test")
         return None
 sys.meta_path.insert(0, Blocker())
-import runtime_bench.accuracy, runtime_bench.bench, runtime_bench.env, runtime_bench.inputs
-import runtime_bench.results, runtime_bench.session, runtime_bench.model_meta
+import onnxship.runtime_bench.accuracy, onnxship.runtime_bench.bench, onnxship.core.env
+import onnxship.runtime_bench.inputs, onnxship.runtime_bench.results, onnxship.runtime_bench.session
+import onnxship.core.model_meta, onnxship.core.mnist, onnxship.core.onnx_file
 from onnxship.cli import main
 rc = main(sys.argv[1:])
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)

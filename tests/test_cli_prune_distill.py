@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import save_checkpoint
-from models.registry import create_model
 from onnxship.cli import main
+from onnxship.models.checkpoint import save_checkpoint
+from onnxship.models.registry import create_model
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
@@ -38,9 +38,9 @@ def test_cli_help_exits_zero(command: str, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_cli_defaults_mirror_library_defaults() -> None:
-    from models import distill, prune
     from onnxship.commands import distill as distill_cmd
     from onnxship.commands import prune as prune_cmd
+    from onnxship.models import distill, prune
 
     assert prune_cmd.DEFAULT_MACS_BUDGET == prune.DEFAULT_MACS_BUDGET
     assert prune_cmd.DEFAULT_SPARSITY == prune.DEFAULT_SPARSITY

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from test_calibrate_stage import build_simplecnn_onnx
 
-from calibrate.dataset import CalibrationConfig
-from calibrate.quantize import LatencyConfig
-from calibrate.recipes import PRESET_NAMES
+from onnxship.api import default_artifact_name
+from onnxship.calibrate.dataset import CalibrationConfig
+from onnxship.calibrate.quantize import LatencyConfig
+from onnxship.calibrate.recipes import PRESET_NAMES
 from onnxship.cli import main
 from onnxship.commands import quantize as cmd
 
@@ -43,8 +44,8 @@ def test_cli_quantize_defaults_mirror_the_library() -> None:
     assert CalibrationConfig().size == cmd.DEFAULT_CALIB_SIZE
     assert CalibrationConfig().batch_size == cmd.DEFAULT_CALIB_BATCH
     assert LatencyConfig().seconds_per_batch_size == cmd.DEFAULT_BENCH_SECONDS
-    assert cmd.default_name(Path("a/student-fp32.onnx")) == "student-int8"
-    assert cmd.default_name(Path("teacher.onnx")) == "teacher-int8"
+    assert default_artifact_name(Path("a/student-fp32.onnx"), "int8") == "student-int8"
+    assert default_artifact_name(Path("teacher.onnx"), "int8") == "teacher-int8"
 
 
 def test_cli_quantize_writes_artifact_calibration_and_stage_record(
@@ -123,7 +124,7 @@ def test_cli_quantize_out_of_range_calibration_without_fallback_exits_1(
 ) -> None:
     """Calibration inputs 100x smaller than real ones: every range is too narrow, real data
     saturates, no recipe is within budget -> exit 1 naming the best found, nothing written."""
-    from runtime_bench import mnist
+    from onnxship.core import mnist
 
     val = mnist.load_split(mnist_root, "val")
     x = mnist.normalize(val.images[:64]) * 0.01

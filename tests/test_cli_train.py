@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from onnxship.cli import main
-from runtime_bench import mnist
+from onnxship.core import mnist
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -63,7 +63,7 @@ def test_train_cli_exits_2_listing_known_architectures_when_arch_is_unknown(
 def test_train_cli_refuses_amp_when_cpu_lacks_native_bf16(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runtime_bench import env
+    from onnxship.core import env
 
     # Pretend to be a CPU without AVX512-BF16/AMX (this one has them).
     monkeypatch.setattr(env, "cpu_flags", lambda: frozenset({"avx", "avx2", "fma"}))
@@ -79,7 +79,7 @@ def test_train_cli_refuses_amp_when_cpu_lacks_native_bf16(
 def test_train_cli_exits_2_naming_folder_and_files_when_data_is_missing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from models.data import NO_DOWNLOAD_ENV
+    from onnxship.models.data import NO_DOWNLOAD_ENV
 
     monkeypatch.setenv(NO_DOWNLOAD_ENV, "1")
     empty = tmp_path / "empty"
@@ -113,8 +113,8 @@ def test_train_cli_refuses_out_when_it_is_a_file(
 
 
 def test_train_cli_defaults_match_the_library_defaults() -> None:
-    from models.train import DEFAULT_AUGMENT, DEFAULT_SGD
     from onnxship.commands import train as cmd
+    from onnxship.models.train import DEFAULT_AUGMENT, DEFAULT_SGD
 
     assert DEFAULT_SGD.epochs == cmd.DEFAULT_EPOCHS
     assert DEFAULT_SGD.batch_size == cmd.DEFAULT_BATCH_SIZE

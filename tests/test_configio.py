@@ -9,8 +9,8 @@ import tomllib
 import pytest
 
 from onnxship.configio import dataclass_from_mapping, to_toml
+from onnxship.core.artifact import jsonable
 from onnxship.errors import PipelineError
-from runtime_bench.artifact import jsonable
 
 
 class Colour(enum.Enum):

@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.checks import (
+from onnxship.export.checks import (
     check_onnx_file,
     compare_logits,
     describe_onnx,
@@ -22,7 +22,7 @@ from export.checks import (
     ort_session,
     run_batched,
 )
-from export.errors import ExportError
+from onnxship.export.errors import ExportError
 
 
 def linear_model(

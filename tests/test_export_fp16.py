@@ -15,19 +15,18 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.checks import check_onnx_file, describe_onnx, ort_session, run_batched
-from export.errors import ExportError
-from export.fp16 import FP16_MAX, Fp16Config, fp16_from_onnx
-from export.onnx_export import (
+from onnxship.core import model_meta
+from onnxship.core.artifact import sha256_file
+from onnxship.core.mnist import MNIST_MEAN, MNIST_STD
+from onnxship.export.checks import check_onnx_file, describe_onnx, ort_session, run_batched
+from onnxship.export.errors import ExportError
+from onnxship.export.fp16 import FP16_MAX, Fp16Config, fp16_from_onnx
+from onnxship.export.onnx_export import (
     ExportConfig,
     ExporterKind,
     mnist_test_inputs,
     onnx_from_checkpoint,
-    set_metadata,
 )
-from runtime_bench import model_meta
-from runtime_bench.artifact import sha256_file
-from runtime_bench.mnist import MNIST_MEAN, MNIST_STD
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +133,7 @@ def _linear_classifier(tmp_path: Path, w: np.ndarray, b: np.ndarray) -> Path:
         opset_imports=[helper.make_opsetid("", 18)],
     )
     model.ir_version = 8
-    set_metadata(
+    model_meta.set_metadata(
         model,
         {
             model_meta.INPUT_MEAN: json.dumps(list(MNIST_MEAN)),

@@ -17,9 +17,12 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from export.checks import describe_onnx, onnx_parity, ort_session, run_batched
-from export.errors import ExportError
-from export.onnx_export import (
+from onnxship.core import model_meta
+from onnxship.core.artifact import sha256_file
+from onnxship.core.mnist import MNIST_MEAN, MNIST_STD
+from onnxship.export.checks import describe_onnx, onnx_parity, ort_session, run_batched
+from onnxship.export.errors import ExportError
+from onnxship.export.onnx_export import (
     ExportConfig,
     ExporterKind,
     OptimizeLevel,
@@ -27,12 +30,9 @@ from export.onnx_export import (
     onnx_from_checkpoint,
     ort_opset_range,
 )
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.errors import ModelsError
-from models.registry import create_model
-from runtime_bench import model_meta
-from runtime_bench.artifact import sha256_file
-from runtime_bench.mnist import MNIST_MEAN, MNIST_STD
+from onnxship.models.checkpoint import load_checkpoint, save_checkpoint
+from onnxship.models.errors import ModelsError
+from onnxship.models.registry import create_model
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +299,7 @@ def test_export_config_validate_rejects_bad_values(cfg: ExportConfig, expected: 
 def test_require_interface_rejects_fixed_batch_dimension() -> None:
     from onnx import TensorProto, helper
 
-    from export.onnx_export import _require_interface
+    from onnxship.export.onnx_export import _require_interface
 
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 1, 28, 28])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 10])

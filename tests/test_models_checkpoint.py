@@ -9,11 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint, sidecar_path
-from models.errors import ModelsError
-from models.registry import create_model
-from runtime_bench.artifact import sha256_file
-from runtime_bench.mnist import MNIST_MEAN, MNIST_STD
+from onnxship.core.artifact import sha256_file
+from onnxship.core.mnist import MNIST_MEAN, MNIST_STD
+from onnxship.models.checkpoint import (
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+    sidecar_path,
+)
+from onnxship.models.errors import ModelsError
+from onnxship.models.registry import create_model
 
 
 def _saved_tiny(tmp_path: Path, **widths: int) -> tuple[torch.nn.Module, Path]:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import data
-from models.errors import ModelsError
-from runtime_bench import mnist
+from onnxship.core import mnist
+from onnxship.models import data
+from onnxship.models.errors import ModelsError
 
 FOUR_FILES = mnist.MNIST_FILES
 

@@ -9,19 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.distill import (
+from onnxship.models.checkpoint import load_checkpoint, save_checkpoint
+from onnxship.models.distill import (
     DistillConfig,
     distill_student,
     distilled_from_checkpoints,
     kd_loss,
     teacher_logits,
 )
-from models.errors import ModelsError
-from models.loop import SgdConfig
-from models.prune import Importance, PruneConfig, pruned_from_checkpoint, select_channels
-from models.prune import prune_structured as prune_to
-from models.registry import create_model
+from onnxship.models.errors import ModelsError
+from onnxship.models.loop import SgdConfig
+from onnxship.models.prune import Importance, PruneConfig, pruned_from_checkpoint, select_channels
+from onnxship.models.prune import prune_structured as prune_to
+from onnxship.models.registry import create_model
 
 
 def _softmax(row: list[float], t: float) -> list[float]:

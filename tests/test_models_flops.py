@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.errors import ModelsError
-from models.flops import count_macs, count_nonzero_params, count_params
-from models.registry import create_model
+from onnxship.models.errors import ModelsError
+from onnxship.models.flops import count_macs, count_nonzero_params, count_params
+from onnxship.models.registry import create_model
 
 
 def simple_cnn_macs(c: int, h: int) -> int:

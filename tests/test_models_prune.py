@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
-from models.errors import ModelsError
-from models.flops import count_macs, count_params
-from models.prune import (
+from onnxship.models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from onnxship.models.errors import ModelsError
+from onnxship.models.flops import count_macs, count_params
+from onnxship.models.prune import (
     Importance,
     PruneConfig,
     PruneMethod,
@@ -29,7 +29,7 @@ from models.prune import (
     widths_for_macs_budget,
     widths_for_ratios,
 )
-from models.registry import create_model
+from onnxship.models.registry import create_model
 
 ARCHS = ["simple_cnn", "bn_cnn"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.errors import ModelsError
-from models.registry import SimpleCNN, create_model, list_models
+from onnxship.models.errors import ModelsError
+from onnxship.models.registry import SimpleCNN, create_model, list_models
 
 
 def test_list_models_holds_the_reference_the_bn_model_and_the_tiny_test_model() -> None:

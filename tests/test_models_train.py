@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint, sidecar_path
-from models.errors import ModelsError
-from models.loop import AmpMode, LrSchedule, SgdConfig
-from models.train import (
+from onnxship.core.env import NATIVE_BF16_FLAGS, has_native_bf16
+from onnxship.models.checkpoint import load_checkpoint, sidecar_path
+from onnxship.models.errors import ModelsError
+from onnxship.models.loop import AmpMode, LrSchedule, SgdConfig
+from onnxship.models.train import (
     DEFAULT_SGD,
     Augment,
     TrainConfig,
@@ -20,7 +21,6 @@ from models.train import (
     shift_batch,
     train_from_mnist,
 )
-from runtime_bench.env import NATIVE_BF16_FLAGS, has_native_bf16
 
 NO_BF16_FLAGS = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})  # a Zen 2 / Haswell box
 WITH_BF16_FLAGS = NO_BF16_FLAGS | {"avx512f", "avx512_bf16"}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from onnxship.cli import main
-from runtime_bench.artifact import sha256_file
+from onnxship.core.artifact import sha256_file
 
 pytestmark = pytest.mark.slow
 

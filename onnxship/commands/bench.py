@@ -174,8 +174,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime_bench.bench import BUDGET_ONLY_ITERATIONS, BenchConfig, benchmark_models
-    from runtime_bench.results import markdown_table, write_csv, write_json
+    from onnxship.runtime_bench.bench import BUDGET_ONLY_ITERATIONS, BenchConfig, benchmark_models
+    from onnxship.runtime_bench.results import markdown_table, write_csv, write_json
 
     iterations = args.iterations
     if iterations is None:
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from runtime_bench.results import compare, compare_markdown, load_result, write_json
+    from onnxship.runtime_bench.results import compare, compare_markdown, load_result, write_json
 
     a, b = load_result(args.a), load_result(args.b)
     result = compare(a, b, a_name=str(args.a), b_name=str(args.b), noise_floor=args.noise_floor)
@@ -220,7 +220,7 @@ def run_compare(args: argparse.Namespace) -> int:
             if r["verdict"] == "slower" and r["ratio_p50"] > args.fail_above
         ]  # fmt: skip
         if bad:
-            from runtime_bench.errors import CheckFailedError
+            from onnxship.core.errors import CheckFailedError
 
             worst = max(bad, key=lambda r: r["ratio_p50"])
             raise CheckFailedError(
@@ -232,7 +232,13 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from runtime_bench.results import load_result, merge, merge_markdown, write_csv, write_json
+    from onnxship.runtime_bench.results import (
+        load_result,
+        merge,
+        merge_markdown,
+        write_csv,
+        write_json,
+    )
 
     docs = [load_result(p) for p in args.files]
     merged = merge(docs, [str(p) for p in args.files])

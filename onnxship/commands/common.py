@@ -107,15 +107,7 @@ def add_out_dir(parser: argparse.ArgumentParser, *, required: bool = True) -> No
 
 
 def output_file(out_dir: Path, subdir: str, filename: str) -> Path:
-    """`out_dir/subdir/filename`, creating the folder; a one-line error if it cannot be made."""
-    from onnxship.errors import PipelineError
+    """`out_dir/subdir/filename`, creating the folder (one-line error if it cannot be made)."""
+    from onnxship.api import output_path
 
-    folder = out_dir / subdir
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PipelineError(
-            f"cannot create the output folder {folder}: {exc.strerror or exc}; choose a "
-            "writable --out"
-        ) from exc
-    return folder / filename
+    return output_path(out_dir, subdir, filename)

@@ -121,11 +121,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from models.distill import DistillConfig, check_pair, distilled_from_checkpoints
-    from models.errors import ModelsError
     from onnxship.commands.prune import check_name
+    from onnxship.core import mnist
+    from onnxship.models.distill import DistillConfig, check_pair, distilled_from_checkpoints
+    from onnxship.models.errors import ModelsError
     from onnxship.stage_run import run_stage
-    from runtime_bench import mnist
 
     name = check_name(str(args.name), DEFAULT_NAME)
     out = Path(args.out)

@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime_bench.accuracy import evaluate_onnx
-    from runtime_bench.artifact import atomic_write_json
+    from onnxship.core.artifact import atomic_write_json
+    from onnxship.runtime_bench.accuracy import evaluate_onnx
 
     result = evaluate_onnx(
         args.model,

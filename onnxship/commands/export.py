@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import add_data_dir, add_out_dir, output_file
+from onnxship.commands.common import add_data_dir, add_out_dir
 
 DESCRIPTION = """\
 Export a checkpoint (.pt with its .json sidecar) to ONNX: input 'input' [batch,1,28,28]
@@ -86,9 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.errors import ExportError
-    from export.onnx_export import ExportConfig, ExporterKind, OptimizeLevel, onnx_from_checkpoint
-    from onnxship.stage_run import run_stage
+    from onnxship import api
+    from onnxship.export.onnx_export import ExportConfig, ExporterKind, OptimizeLevel
 
     cfg = ExportConfig(
         opset=args.opset,
@@ -96,23 +95,14 @@ def run(args: argparse.Namespace) -> int:
         optimize=OptimizeLevel(args.optimize),
         parity_samples=args.parity_samples,
     )
-    cfg.validate()
-    ckpt: Path = args.checkpoint
-    if not ckpt.is_file():
-        raise ExportError(
-            f"checkpoint {ckpt} does not exist; pass the .pt written by train/distill"
-        )
-    name = args.name or f"{ckpt.stem}-fp32"
     out_dir: Path = args.out
-    out_path = output_file(out_dir, "artifacts", f"{name}.onnx")
-    inputs = [ckpt] + ([ckpt.with_suffix(".json")] if ckpt.with_suffix(".json").is_file() else [])
-    artifact = run_stage(
+    artifact = api.export(
+        args.checkpoint,
         out_dir,
-        args.record_name,
-        stage="export",
-        config=cfg,
-        inputs=inputs,
-        produce=lambda: onnx_from_checkpoint(ckpt, cfg, out_path, data_dir=args.data_dir),
+        cfg,
+        name=args.name,
+        record_name=args.record_name,
+        data_dir=args.data_dir,
     )
     m = artifact.metrics
     parity = m["parity"]

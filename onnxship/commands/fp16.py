@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import add_data_dir, add_out_dir, output_file
+from onnxship.commands.common import add_data_dir, add_out_dir
 
 DESCRIPTION = """\
 Convert an FP32 .onnx (from `onnxship export`) to FP16 with onnxruntime's float16
@@ -50,11 +50,6 @@ def _fraction(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
     return value
-
-
-def default_name(model: Path) -> str:
-    stem = model.stem
-    return stem[: -len("-fp32")] + "-fp16" if stem.endswith("-fp32") else f"{stem}-fp16"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -102,31 +97,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.errors import ExportError
-    from export.fp16 import Fp16Config, fp16_from_onnx
-    from onnxship.stage_run import run_stage
+    from onnxship import api
+    from onnxship.export.fp16 import Fp16Config
 
     cfg = Fp16Config(
         keep_io_types=not args.no_keep_io_types,
         op_block_list=tuple(args.op_block_list),
         min_agreement=args.min_agreement,
     )
-    cfg.validate()
-    model: Path = args.model
-    if not model.is_file():
-        raise ExportError(
-            f"ONNX model {model} does not exist; pass the FP32 .onnx from `onnxship export`"
-        )
-    name = args.name or default_name(model)
     out_dir: Path = args.out
-    out_path = output_file(out_dir, "artifacts", f"{name}.onnx")
-    artifact = run_stage(
+    artifact = api.fp16(
+        args.model,
         out_dir,
-        args.record_name,
-        stage="fp16",
-        config=cfg,
-        inputs=[model],
-        produce=lambda: fp16_from_onnx(model, cfg, out_path, data_dir=args.data_dir),
+        cfg,
+        name=args.name,
+        record_name=args.record_name,
+        data_dir=args.data_dir,
     )
     m = artifact.metrics
     parity = m["parity"]

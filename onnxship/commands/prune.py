@@ -160,7 +160,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def check_name(name: str, example: str) -> str:
-    from models.errors import ModelsError
+    from onnxship.models.errors import ModelsError
 
     if not name or Path(name).name != name or name in (".", "..") or name.startswith("."):
         raise ModelsError(
@@ -170,9 +170,10 @@ def check_name(name: str, example: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.errors import ModelsError
-    from models.loop import SgdConfig
-    from models.prune import (
+    from onnxship.core import mnist
+    from onnxship.models.errors import ModelsError
+    from onnxship.models.loop import SgdConfig
+    from onnxship.models.prune import (
         Importance,
         PruneConfig,
         PruneMethod,
@@ -180,7 +181,6 @@ def run(args: argparse.Namespace) -> int:
         pruned_from_checkpoint,
     )
     from onnxship.stage_run import run_stage
-    from runtime_bench import mnist
 
     name = check_name(str(args.name), DEFAULT_NAME)
     out = Path(args.out)

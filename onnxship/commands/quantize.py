@@ -17,7 +17,6 @@ from onnxship.commands.common import (
     float_list,
     fraction,
     int_list,
-    output_file,
     positive_float,
     positive_int,
 )
@@ -29,7 +28,7 @@ DEFAULT_BENCH_SECONDS = 2.5  # mirrors calibrate.quantize.LatencyConfig.seconds_
 
 
 def _description() -> str:
-    from calibrate.recipes import AUTO, GRAMMAR, PRESET_NAMES
+    from onnxship.calibrate.recipes import AUTO, GRAMMAR, PRESET_NAMES
 
     presets = textwrap.indent("\n".join(PRESET_NAMES), "  ")
     return f"""\
@@ -153,19 +152,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def default_name(model: Path) -> str:
-    stem = model.stem
-    if stem.endswith("-fp32"):
-        return stem[: -len("-fp32")] + "-int8"
-    return stem + "-int8"
-
-
 def run(args: argparse.Namespace) -> int:
-    from calibrate.dataset import CalibrationConfig
-    from calibrate.quantize import STAGE, LatencyConfig, QuantizeConfig, int8_from_onnx
-    from onnxship.stage_run import run_stage
+    from onnxship import api
+    from onnxship.calibrate.dataset import CalibrationConfig
+    from onnxship.calibrate.quantize import LatencyConfig, QuantizeConfig
 
-    name = args.name or default_name(args.model)
     cfg = QuantizeConfig(
         recipe=args.recipe,
         provider=args.provider,
@@ -183,27 +174,14 @@ def run(args: argparse.Namespace) -> int:
         fallback=not args.no_fallback,
         require_faster=args.require_faster,
     )
-    cfg.validate()  # fail on bad input before creating any folder
-    out_dir: Path = args.out
-    out_path = output_file(out_dir, "artifacts", f"{name}.onnx")
-    calib_path = output_file(out_dir, "calibration", f"{name}-calib.npz")
-    inputs = [args.model] + ([args.calib_npz] if args.calib_npz else [])
-    artifact = run_stage(
-        out_dir,
-        STAGE,
-        stage=STAGE,
-        config={"name": name, "source": str(args.model), **_cfg_json(cfg)},
-        inputs=inputs,
-        produce=lambda: int8_from_onnx(
-            args.model,
-            cfg,
-            out_path,
-            data_dir=args.data_dir,
-            calib_npz=args.calib_npz,
-            calib_out=calib_path,
-            progress=True,
-        ),
-        extra_outputs=[calib_path],
+    artifact = api.quantize(
+        args.model,
+        args.out,
+        cfg,
+        name=args.name,
+        calib_npz=args.calib_npz,
+        data_dir=args.data_dir,
+        progress=True,
     )
     m = artifact.metrics
     lat = m["latency"]["by_batch"]
@@ -218,9 +196,3 @@ def run(args: argparse.Namespace) -> int:
     if not m["int8_faster_than_fp32"]:
         print(f"quantize: note: {m['int8_faster_than_fp32_why']}")
     return 0
-
-
-def _cfg_json(cfg: object) -> dict:
-    from runtime_bench.artifact import jsonable
-
-    return jsonable(cfg)

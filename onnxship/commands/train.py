@@ -162,11 +162,17 @@ def run(args: argparse.Namespace) -> int:
     prefer_passive_omp_wait()
     import torch
 
-    from models.errors import ModelsError
-    from models.loop import AmpMode, LrSchedule
-    from models.train import DEFAULT_SGD, Augment, TrainConfig, default_amp, train_from_mnist
+    from onnxship.core import mnist
+    from onnxship.models.errors import ModelsError
+    from onnxship.models.loop import AmpMode, LrSchedule
+    from onnxship.models.train import (
+        DEFAULT_SGD,
+        Augment,
+        TrainConfig,
+        default_amp,
+        train_from_mnist,
+    )
     from onnxship.stage_run import run_stage
-    from runtime_bench import mnist
 
     name = str(args.name)
     if not name or Path(name).name != name or name in (".", "..") or name.startswith("."):

@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from onnxship.core.artifact import atomic_write_json
     from onnxship.verify import verify_bundle
-    from runtime_bench.artifact import atomic_write_json
 
     report = verify_bundle(
         args.bundle, data_dir=args.data_dir, check_accuracy=not args.skip_accuracy

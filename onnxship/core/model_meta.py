@@ -1,4 +1,4 @@
-"""Keys of the metadata onnxship writes into every `.onnx` file (`metadata_props`).
+"""The metadata onnxship writes into every `.onnx` file (`metadata_props`): keys, writer, reader.
 
 A deployer reads these to feed the model correctly without onnxship's Python code; the
 torch-free side (eval, calibration) reads the normalisation from here so preprocessing cannot
@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from runtime_bench.errors import BenchError
+from onnxship.core.errors import CoreError
 
 PRODUCER = "onnxship.producer"  # "onnxship 0.1.0"
 SOURCE_SHA256 = "onnxship.source_sha256"  # sha256 of the checkpoint (or parent .onnx)
@@ -43,7 +43,7 @@ def read_metadata_map(path: str | os.PathLike[str]) -> dict[str, str]:
     """metadata_props of an .onnx file, read through onnxruntime (no onnx/torch needed)."""
     import onnxruntime as ort
 
-    from runtime_bench.session import check_model_file
+    from onnxship.core.onnx_file import check_model_file
 
     check_model_file(path)
     sess = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
@@ -54,7 +54,7 @@ def parse_meta(raw: dict[str, str], *, source: str) -> ModelMeta:
     """Parse the normalisation and labels; a missing key is a clear error asking for them."""
     missing = [k for k in (INPUT_MEAN, INPUT_STD) if k not in raw]
     if missing:
-        raise BenchError(
+        raise CoreError(
             f"{source} has no onnxship metadata ({', '.join(missing)} missing): the input "
             "normalisation is unknown; export it with `onnxship export`, or pass --mean and "
             "--std explicitly"
@@ -64,5 +64,24 @@ def parse_meta(raw: dict[str, str], *, source: str) -> ModelMeta:
         std = tuple(float(v) for v in json.loads(raw[INPUT_STD]))
         labels: Any = json.loads(raw[CLASS_LABELS]) if CLASS_LABELS in raw else []
     except (ValueError, TypeError) as exc:
-        raise BenchError(f"{source}: unreadable onnxship metadata ({exc}); re-export it") from exc
+        raise CoreError(f"{source}: unreadable onnxship metadata ({exc}); re-export it") from exc
     return ModelMeta(mean=mean, std=std, class_labels=tuple(str(x) for x in labels), raw=raw)
+
+
+def metadata_of_proto(proto: Any) -> dict[str, str]:
+    """`metadata_props` of an in-memory ModelProto as a dict."""
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def set_metadata(proto: Any, values: dict[str, str], *, replace_all: bool = False) -> None:
+    """Write `values` into `proto.metadata_props`. Keys not in `values` are kept unless
+    `replace_all`; an existing key is replaced, never duplicated (ORT rejects duplicates)."""
+    kept = (
+        []
+        if replace_all
+        else [(p.key, p.value) for p in proto.metadata_props if p.key not in values]
+    )
+    del proto.metadata_props[:]
+    for key, value in [*kept, *values.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value

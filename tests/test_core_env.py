@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnxruntime as ort
 
-from runtime_bench.env import capture_environment, isa_summary, usable_cores
+from onnxship.core.env import capture_environment, isa_summary, usable_cores
 
 
 def test_capture_environment_cpu_keys():

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from runtime_bench.errors import OnnxshipError
+from onnxship.core.errors import OnnxshipError
 
 _CHUNK = 1 << 20
 

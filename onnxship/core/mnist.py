@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime_bench.errors import BenchError
+from onnxship.core.errors import CoreError
 
 DATA_DIR_ENV = "ONNXSHIP_DATA_DIR"
 DEFAULT_DATA_DIR = "./data"
@@ -66,7 +66,7 @@ def require_files(root: str | os.PathLike[str]) -> Path:
     """Return the raw folder, or raise naming the folder and the four files."""
     missing = missing_files(root)
     if missing:
-        raise BenchError(missing_data_message(root, missing))
+        raise CoreError(missing_data_message(root, missing))
     return raw_dir(root)
 
 
@@ -91,24 +91,24 @@ def check_idx_header(path: str | os.PathLike[str], *, expect_magic: int) -> tupl
     with open(p, "rb") as handle:
         head = handle.read(16)
     if len(head) < 8:
-        raise BenchError(
+        raise CoreError(
             f"{p} is not an MNIST idx file: {size} bytes, too short for a header; "
             "replace it with the original file"
         )
     magic = int.from_bytes(head[0:4], "big")
     if magic != expect_magic:
-        raise BenchError(
+        raise CoreError(
             f"{p} is not an MNIST idx file: magic number {magic}, expected {expect_magic}; "
             "replace it with the original file"
         )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(head) < header:
-        raise BenchError(f"{p} is truncated inside its header; replace it with the original file")
+        raise CoreError(f"{p} is truncated inside its header; replace it with the original file")
     dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(np.prod(dims))
     if size != expected:
-        raise BenchError(
+        raise CoreError(
             f"{p} is corrupt or truncated: header says shape {tuple(dims)} ({expected} bytes), "
             f"file has {size} bytes; replace it with the original file"
         )
@@ -138,9 +138,9 @@ def load_split(root: str | os.PathLike[str], split: str) -> MnistSplit:
         images = read_idx(folder / TRAIN_IMAGES, expect_magic=IMAGE_MAGIC)
         labels = read_idx(folder / TRAIN_LABELS, expect_magic=LABEL_MAGIC)
     else:
-        raise BenchError(f"unknown MNIST split {split!r}; expected one of train, fit, val, test")
+        raise CoreError(f"unknown MNIST split {split!r}; expected one of train, fit, val, test")
     if images.shape[0] != labels.shape[0]:
-        raise BenchError(
+        raise CoreError(
             f"MNIST {split} images and labels disagree in {folder}: {images.shape[0]} images, "
             f"{labels.shape[0]} labels; replace the files with the originals"
         )
@@ -156,7 +156,7 @@ def validation_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(fit indices, validation indices) into the training split; fixed for a given seed."""
     if not 0 < size < n_train:
-        raise BenchError(f"validation size must be in (0, {n_train}), got {size}")
+        raise CoreError(f"validation size must be in (0, {n_train}), got {size}")
     order = np.random.default_rng(seed).permutation(n_train)
     return np.sort(order[size:]), np.sort(order[:size])
 

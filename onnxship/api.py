@@ -1,0 +1,224 @@
+"""The Python API: one path-in/path-out function per stage, with typed configs.
+
+These are the functions the CLI calls (the CLI only parses flags into the same configs), so a
+script and a shell user get the same files, records and errors. Every function writes its
+outputs atomically and returns what it made; failures raise `OnnxshipError` subclasses whose
+one-line message names the file, what was expected and the fix (`exc.exit_code` is the CLI's).
+
+    from pathlib import Path
+    from onnxship import api
+    from onnxship.calibrate.quantize import QuantizeConfig
+    from onnxship.runtime_bench.bench import BenchConfig
+
+    fp32 = api.export(Path("runs/a/checkpoints/student.pt"), Path("out"), name="student-fp32")
+    int8 = api.quantize(fp32.path, Path("out"), QuantizeConfig(max_drop=0.003))
+    table = api.bench([fp32.path, int8.path], BenchConfig(provider="cpu", batch_sizes=(1, 64)))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onnxship.core.artifact import Artifact, jsonable
+from onnxship.errors import PipelineError
+from onnxship.stage_run import run_stage
+
+if TYPE_CHECKING:  # the configs' modules import torch or onnx; import them only when called
+    from onnxship.calibrate.quantize import QuantizeConfig
+    from onnxship.export.fp16 import Fp16Config
+    from onnxship.export.onnx_export import ExportConfig
+    from onnxship.gate import GateCase
+    from onnxship.pipeline import PipelineConfig, PipelineResult
+    from onnxship.runtime_bench.bench import BenchConfig
+    from onnxship.verify import VerifyReport
+
+PathLike = str | os.PathLike[str]
+
+__all__ = ["bench", "eval", "evaluate", "export", "fp16", "gate", "quantize", "run", "verify"]
+
+
+def output_path(out_dir: PathLike, subdir: str, filename: str) -> Path:
+    """`out_dir/subdir/filename`, creating the folder; a one-line error if it cannot be made."""
+    folder = Path(out_dir) / subdir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PipelineError(
+            f"cannot create the output folder {folder}: {exc.strerror or exc}; choose a "
+            "writable --out"
+        ) from exc
+    return folder / filename
+
+
+def default_artifact_name(model: PathLike, suffix: str) -> str:
+    """`student-fp32.onnx` -> `student-<suffix>`; any other stem gets `-<suffix>` appended."""
+    stem = Path(model).stem
+    return f"{stem.removesuffix('-fp32')}-{suffix}"
+
+
+def export(
+    checkpoint: PathLike,
+    out_dir: PathLike,
+    cfg: ExportConfig | None = None,
+    *,
+    name: str | None = None,
+    record_name: str = "export",
+    data_dir: PathLike | None = None,
+) -> Artifact:
+    """Checkpoint (.pt + .json sidecar) -> `out_dir/artifacts/<name>.onnx`, parity-checked."""
+    from onnxship.export.errors import ExportError
+    from onnxship.export.onnx_export import ExportConfig, onnx_from_checkpoint
+
+    cfg = cfg or ExportConfig()
+    cfg.validate()
+    ckpt = Path(checkpoint)
+    if not ckpt.is_file():
+        raise ExportError(
+            f"checkpoint {ckpt} does not exist; pass the .pt written by train/distill"
+        )
+    target = output_path(out_dir, "artifacts", f"{name or ckpt.stem + '-fp32'}.onnx")
+    sidecar = ckpt.with_suffix(".json")
+    return run_stage(
+        out_dir,
+        record_name,
+        stage="export",
+        config=cfg,
+        inputs=[ckpt, *([sidecar] if sidecar.is_file() else [])],
+        produce=lambda: onnx_from_checkpoint(ckpt, cfg, target, data_dir=data_dir),
+    )
+
+
+def fp16(
+    model: PathLike,
+    out_dir: PathLike,
+    cfg: Fp16Config | None = None,
+    *,
+    name: str | None = None,
+    record_name: str = "fp16",
+    data_dir: PathLike | None = None,
+) -> Artifact:
+    """FP32 `.onnx` -> `out_dir/artifacts/<name>.onnx` in FP16, parity-checked against FP32."""
+    from onnxship.export.errors import ExportError
+    from onnxship.export.fp16 import Fp16Config, fp16_from_onnx
+
+    cfg = cfg or Fp16Config()
+    cfg.validate()
+    src = Path(model)
+    if not src.is_file():
+        raise ExportError(
+            f"ONNX model {src} does not exist; pass the FP32 .onnx from `onnxship export`"
+        )
+    target = output_path(out_dir, "artifacts", f"{name or default_artifact_name(src, 'fp16')}.onnx")
+    return run_stage(
+        out_dir,
+        record_name,
+        stage="fp16",
+        config=cfg,
+        inputs=[src],
+        produce=lambda: fp16_from_onnx(src, cfg, target, data_dir=data_dir),
+    )
+
+
+def quantize(
+    model: PathLike,
+    out_dir: PathLike,
+    cfg: QuantizeConfig | None = None,
+    *,
+    name: str | None = None,
+    calib_npz: PathLike | None = None,
+    data_dir: PathLike | None = None,
+    progress: bool = False,
+) -> Artifact:
+    """FP32 `.onnx` -> static INT8 `out_dir/artifacts/<name>.onnx` (+ its calibration npz)."""
+    from onnxship.calibrate.quantize import STAGE, QuantizeConfig, int8_from_onnx
+
+    cfg = cfg or QuantizeConfig()
+    cfg.validate()  # fail on bad input before creating any folder
+    src = Path(model)
+    name = name or default_artifact_name(src, "int8")
+    target = output_path(out_dir, "artifacts", f"{name}.onnx")
+    calib_path = output_path(out_dir, "calibration", f"{name}-calib.npz")
+    calib = Path(calib_npz) if calib_npz is not None else None
+    return run_stage(
+        out_dir,
+        STAGE,
+        stage=STAGE,
+        config={"name": name, "source": os.fspath(src), **jsonable(cfg)},
+        inputs=[src, *([calib] if calib else [])],
+        produce=lambda: int8_from_onnx(
+            src,
+            cfg,
+            target,
+            data_dir=data_dir,
+            calib_npz=calib,
+            calib_out=calib_path,
+            progress=progress,
+        ),
+        extra_outputs=[calib_path],
+    )
+
+
+def evaluate(
+    model: PathLike,
+    *,
+    data_dir: PathLike | None = None,
+    split: str = "test",
+    batch_size: int = 1000,
+    provider: str = "cpu",
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> dict[str, Any]:
+    """Top-1 of an `.onnx` file measured in ONNX Runtime (torch-free)."""
+    from onnxship.runtime_bench.accuracy import evaluate_onnx
+
+    return evaluate_onnx(
+        model,
+        data_dir=data_dir,
+        split=split,
+        batch_size=batch_size,
+        provider=provider,
+        mean=mean,
+        std=std,
+    )
+
+
+eval = evaluate  # noqa: A001 - the stage is called `eval` on the command line
+
+
+def bench(models: Sequence[PathLike], cfg: BenchConfig) -> dict[str, Any]:
+    """Latency of each model on one EP (`onnxship bench`'s JSON document; torch-free)."""
+    from onnxship.runtime_bench.bench import benchmark_models
+
+    return benchmark_models([Path(m) for m in models], cfg)
+
+
+def verify(
+    bundle: PathLike, *, data_dir: PathLike | None = None, check_accuracy: bool = True
+) -> VerifyReport:
+    """Is this bundle what its manifest says? (torch-free)"""
+    from onnxship.verify import verify_bundle
+
+    return verify_bundle(bundle, data_dir=data_dir, check_accuracy=check_accuracy)
+
+
+def gate(manifest: PathLike, baseline: PathLike, *, check_latency: bool = False) -> list[GateCase]:
+    """One case per baseline artifact; a case that is not `ok` fails the build."""
+    from onnxship.gate import gate as gate_cases
+
+    return gate_cases(manifest, baseline, check_latency=check_latency)
+
+
+def run(
+    cfg: PipelineConfig,
+    out_dir: PathLike,
+    *,
+    force: bool = False,
+    progress: Any = None,
+) -> PipelineResult:
+    """The whole pipeline into one bundle folder (resumable)."""
+    from onnxship.pipeline import run_pipeline
+
+    return run_pipeline(cfg, out_dir, force=force, progress=progress or (lambda msg: None))
