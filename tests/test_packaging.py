@@ -111,9 +111,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_wheel_installed_without_deps_benches_without_torch(
-    wheel: Path, tmp_path: Path
-) -> None:
+def test_wheel_installed_without_deps_benches_without_torch(wheel: Path, tmp_path: Path) -> None:
     """`pip install --no-deps onnxship` beside onnxruntime + numpy: bench and eval run."""
     target = tmp_path / "site"
     done = subprocess.run(
