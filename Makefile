@@ -26,10 +26,16 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# mypy sees the packages under their installed names (onnxship.models, ...) through a tree of
+# links that mirrors the package-dir mapping; it follows no editable-install import hook.
+TYPECHECK := build/typecheck
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy models export calibrate runtime_bench onnxship
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/onnxship
+	for f in onnxship/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/onnxship/; done
+	for d in models export calibrate runtime_bench; do ln -s "$(CURDIR)/$$d" $(TYPECHECK)/onnxship/$$d; done
+	cd $(TYPECHECK) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p onnxship
 
 clean:
 	rm -rf $(VENV) runs

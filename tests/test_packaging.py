@@ -112,7 +112,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 def test_wheel_installed_without_deps_benches_without_torch(wheel: Path, tmp_path: Path) -> None:
-    """`pip install --no-deps onnxship` beside onnxruntime + numpy: bench and eval run."""
+    """`pip install --no-deps onnxship` beside onnxruntime + numpy: bench runs."""
     target = tmp_path / "site"
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
