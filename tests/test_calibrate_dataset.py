@@ -20,7 +20,7 @@ from onnxship.calibrate.dataset import (
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.core import mnist
 
-SPEC = InputSpec(name="input", shape=("batch", 1, 28, 28), dtype="float32")
+SPEC = InputSpec(name="input", shape=("batch", 1, 28, 28), ort_type="tensor(float)")
 MEAN, STD = (0.1307,), (0.3081,)
 
 
