@@ -378,3 +378,25 @@ def test_byo_without_metadata_or_npz_asks_for_npz(byo, tmp_path, capsys) -> None
     assert code == 2 and "--calib-npz CALIB.npz --val-npz VAL.npz" in err
     code, _, err = _cli(capsys, "eval", byo["model"], "--data", byo["test"], "--mean", "0.1")
     assert code == 2 and "preprocessed" in err
+
+
+def test_byo_readme_section_commands_run(byo, tmp_path, capsys, monkeypatch) -> None:
+    """The README's "Your own ONNX model and data" commands, run as written (docs cannot rot)."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Your own ONNX model and data", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    for name in ("test", "calib", "val"):
+        (tmp_path / f"{name}.npz").write_bytes(byo[name].read_bytes())
+    (tmp_path / "model.onnx").write_bytes(byo["model"].read_bytes())
+    monkeypatch.chdir(tmp_path)
+    commands = [shlex.split(line)[1:] for line in block.splitlines() if line.strip()]
+    assert [c[0] for c in commands] == ["eval", "fp16", "quantize", "bench"]
+    for argv in commands:
+        extra = {"quantize": BENCH, "bench": ["--iterations", "3", "--warmup", "1"]}
+        code, _, err = _cli(capsys, *argv, *extra.get(argv[0], []))
+        assert code == 0, f"{shlex.join(argv)}: {err}"
+    assert (tmp_path / "out" / "artifacts" / "model-int8.onnx").is_file()
+    assert (tmp_path / "out" / "artifacts" / "model-fp16.onnx").is_file()
