@@ -304,14 +304,20 @@ def _source_metadata(src: Path) -> dict[str, str]:
 def _normalisation(
     raw: dict[str, str], cfg: QuantizeConfig, src: Path
 ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    from onnxship.core.dataset import require_mnist_data
     from onnxship.core.errors import CoreError
     from onnxship.core.model_meta import parse_meta
 
     if cfg.mean is not None and cfg.std is not None:
         return tuple(cfg.mean), tuple(cfg.std), "override (--mean/--std)"
     try:
+        require_mnist_data(
+            raw, source=os.fspath(src), flag="--calib-npz CALIB.npz --val-npz VAL.npz"
+        )
         meta = parse_meta(raw, source=os.fspath(src))
     except CoreError as exc:
+        if "not MNIST" in str(exc):
+            raise CalibrateError(str(exc)) from exc
         raise CalibrateError(
             f"{exc}; or calibrate and measure on your own preprocessed data with "
             "--calib-npz CALIB.npz --val-npz VAL.npz"

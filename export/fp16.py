@@ -220,6 +220,13 @@ def _source_meta(path: Path, model: Any, *, need_normalisation: bool) -> dict[st
             f"{path} is a {precision} model (metadata {model_meta.PRECISION}); fp16 converts "
             "FP32 models only — pass the FP32 export (e.g. artifacts/student-fp32.onnx)"
         )
+    if need_normalisation:
+        from onnxship.core.dataset import require_mnist_data
+
+        try:
+            require_mnist_data(raw, source=str(path), flag="--data PARITY.npz")
+        except CoreError as exc:
+            raise ExportError(str(exc)) from exc
     if need_normalisation and (model_meta.INPUT_MEAN not in raw or model_meta.INPUT_STD not in raw):
         raise ExportError(
             f"{path} has no onnxship metadata (onnxship.input_mean / onnxship.input_std), so "

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from onnxship.core.artifact import sha256_file
-from onnxship.core.dataset import ArrayData, load_npz
+from onnxship.core.dataset import ArrayData, load_npz, require_mnist_data
 from onnxship.core.errors import CoreError
 from onnxship.core.mnist import load_split, normalize, resolve_data_root
 from onnxship.core.model_meta import parse_meta
@@ -150,6 +150,7 @@ def evaluate_onnx(
         norm_source = "arguments"
     else:
         raw = dict(handle.session.get_modelmeta().custom_metadata_map)
+        require_mnist_data(raw, source=str(p), flag="--data TEST.npz")
         meta = parse_meta(raw, source=str(p))
         mean_used, std_used = meta.mean, meta.std
         norm_source = "model metadata"

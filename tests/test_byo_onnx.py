@@ -400,3 +400,25 @@ def test_byo_readme_section_commands_run(byo, tmp_path, capsys, monkeypatch) -> 
         assert code == 0, f"{shlex.join(argv)}: {err}"
     assert (tmp_path / "out" / "artifacts" / "model-int8.onnx").is_file()
     assert (tmp_path / "out" / "artifacts" / "model-fp16.onnx").is_file()
+
+
+def test_byo_dataset_metadata_asks_for_its_data_instead_of_mnist(byo, tmp_path, capsys) -> None:
+    """A model whose `onnxship.dataset` metadata says npz is never fed MNIST by default."""
+    import onnx
+
+    from onnxship.core.dataset import METADATA_KEY, DatasetInfo, DatasetKind
+    from onnxship.core.model_meta import set_metadata
+
+    model = onnx.load(str(byo["model"]))
+    info = DatasetInfo(DatasetKind.NPZ, "digits", (1, 8, 8), class_names=tuple("0123456789"))
+    set_metadata(model, {METADATA_KEY: info.to_metadata()})
+    path = tmp_path / "tagged.onnx"
+    onnx.save(model, str(path))
+    for argv, flag in (
+        (["eval", path], "--data TEST.npz"),
+        (["fp16", path, "--out", tmp_path / "a"], "--data PARITY.npz"),
+        (["quantize", path, "--out", tmp_path / "b"], "--calib-npz CALIB.npz --val-npz VAL.npz"),
+    ):
+        code, _, err = _cli(capsys, *argv)
+        assert code == 2 and "trained on npz data 'digits'" in err and flag in err, err
+    assert _eval(capsys, tmp_path, path, "--data", byo["test"])["n"] == 297

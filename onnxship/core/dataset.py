@@ -100,6 +100,30 @@ class DatasetInfo:
         return json.dumps(self.to_json(), sort_keys=True)
 
 
+def dataset_of_metadata(raw: Mapping[str, str], *, source: str) -> DatasetInfo | None:
+    """The `onnxship.dataset` entry of a model's metadata map, or None when absent."""
+    if METADATA_KEY not in raw:
+        return None
+    try:
+        data = json.loads(raw[METADATA_KEY])
+    except ValueError as exc:
+        raise CoreError(
+            f"{source}: unreadable {METADATA_KEY} metadata ({exc}); re-export it"
+        ) from exc
+    return DatasetInfo.from_json(data, source=f"{source} ({METADATA_KEY})")
+
+
+def require_mnist_data(raw: Mapping[str, str], *, source: str, flag: str) -> None:
+    """MNIST is the default data source; a model whose metadata says it was trained on other
+    data needs that data passed (`flag`, e.g. "--data TEST.npz") instead."""
+    info = dataset_of_metadata(raw, source=source)
+    if info is not None and info.kind is not DatasetKind.MNIST:
+        raise CoreError(
+            f"{source} was trained on {info.kind.value} data '{info.name}' (input "
+            f"{list(info.input_shape)}), not MNIST; pass that data preprocessed with {flag}"
+        )
+
+
 def mnist_info(test_sha256: str | None = None) -> DatasetInfo:
     from onnxship.core import mnist
 
