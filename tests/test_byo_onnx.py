@@ -169,6 +169,8 @@ def test_byo_eval_fidelity_without_labels_needs_a_reference(byo, tmp_path, capsy
     fid = result["fidelity"]
     assert result["metric"] == fid["metric"] == "top1_agreement"
     assert fid["top1_agreement"] == 1.0 and fid["max_abs_error"] == 0.0
+    both = _eval(capsys, tmp_path, byo["model"], "--data", byo["test"], "--reference", byo["model"])
+    assert both["metric"] == "top1" and both["fidelity"]["top1_agreement"] == 1.0
 
 
 def test_byo_fp16_parity_on_npz_without_metadata(byo, tmp_path, capsys) -> None:
@@ -266,6 +268,11 @@ def test_byo_bench_with_npz_and_verify_with_npz_dataset_block(byo, tmp_path, cap
     np.savez(test, x=np.zeros((4, 1, 8, 8), np.float32), y=np.zeros(4, np.int64))
     code, stdout, _ = _cli(capsys, "verify", bundle)
     assert code == 1 and "the test data changed" in stdout
+    # A dataset block of kind npz that names no test file cannot be re-measured: a failed check.
+    manifest["dataset"]["test_path"] = None
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    code, stdout, _ = _cli(capsys, "verify", bundle)
+    assert code == 1 and "names no test file" in stdout
 
 
 # ------------------------------------------------------------------- other kinds of model
@@ -309,6 +316,30 @@ def test_byo_two_input_model_eval_and_quantize(byo, tmp_path, capsys) -> None:
     assert code == 0, err
     with np.load(out / "calibration" / "two-int8-calib.npz") as saved:
         assert {"image", "extra"} <= set(saved.files)
+    code, _, err = _cli(capsys, "fp16", byo["two"], "--out", out, "--data", byo["two_val"])
+    assert code == 0, err
+    assert _stage(out, "fp16")["parity"]["argmax_agreement"] >= 0.99
+    # An npz without the second input's array names it.
+    bad = tmp_path / "one.npz"
+    with np.load(byo["two_val"]) as data:
+        np.savez(bad, image=data["image"], y=data["y"])
+    code, _, err = _cli(capsys, "eval", byo["two"], "--data", bad)
+    assert code == 2 and "no array for input 'extra'" in err
+
+
+def test_byo_dynamo_export_goes_through_eval_and_fp16(byo, tmp_path, capsys) -> None:
+    """The exporter torch uses by default (dynamo=True) works the same way."""
+    torch.manual_seed(0)
+    path = tmp_path / "dynamo.onnx"
+    torch.onnx.export(
+        LeNet().eval(), (torch.zeros(2, 1, 8, 8),), str(path), input_names=["pixels"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False,
+    )  # fmt: skip
+    result = _eval(capsys, tmp_path, path, "--data", byo["test"], "--reference", path)
+    assert result["n"] == 297 and result["fidelity"]["top1_agreement"] == 1.0
+    code, _, err = _cli(capsys, "fp16", path, "--out", tmp_path / "run", "--data", byo["test"])
+    assert code == 0, err
+    assert _stage(tmp_path / "run", "fp16")["parity"]["argmax_agreement"] >= 0.99
 
 
 # ------------------------------------------------------------------------------ bad input
