@@ -22,6 +22,8 @@ pytest.importorskip("sklearn")
 
 MAX_DROP = 0.02  # 5 of 244 validation samples: the budget used in these tests
 BENCH = ["--bench-seconds", "0.2", "--batch-sizes", "1,32"]
+# One recipe that quantizes the convolutions, no fallback: the SQNR measured is INT8's own.
+QUANT_CONVS = ["--recipe", "qdq-u8s8-perchannel-minmax", "--no-fallback", *BENCH]
 
 
 class LeNet(torch.nn.Module):
@@ -287,12 +289,19 @@ def test_byo_non_classifier_fidelity_is_sqnr(byo, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     code, stdout, err = _cli(
         capsys, "quantize", byo["denoiser"], "--out", out, "--calib-npz", byo["calib"],
-        "--val-npz", byo["val_nolabels"], "--min-sqnr", "25", *BENCH,
+        "--val-npz", byo["val_nolabels"], "--min-sqnr", "25", *QUANT_CONVS,
     )  # fmt: skip
     assert code == 0, err
     m = _stage(out, "quantize")
     assert m["budget"]["metric"] == "sqnr_db" and m["budget"]["min_sqnr_db"] == 25
-    assert m["int8_val_top1"] >= 25  # the INT8 output's SQNR vs FP32, in dB
+    assert 25 <= m["int8_val_top1"] < 100  # the INT8 output's SQNR vs FP32, in dB (not exact)
+    # An SQNR budget out of reach: exit 1, the metric named, nothing written.
+    code, _, err = _cli(
+        capsys, "quantize", byo["denoiser"], "--out", tmp_path / "strict", "--calib-npz",
+        byo["calib"], "--val-npz", byo["val_nolabels"], "--min-sqnr", "80", *QUANT_CONVS,
+    )  # fmt: skip
+    assert code == 1 and "80.0 dB output SQNR vs FP32" in err, err
+    assert not any(p.is_file() for p in (tmp_path / "strict").rglob("*"))
     int8 = out / "artifacts" / "denoiser-int8.onnx"
     fid = _eval(capsys, tmp_path, int8, "--data", byo["val_nolabels"], "--reference",
                 byo["denoiser"])["fidelity"]  # fmt: skip
