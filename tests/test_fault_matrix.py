@@ -125,6 +125,7 @@ ASSERTIONS = ("exit_code", "one_line", "vouched", "no_temp", "rerun")
 @dataclass
 class Tally:
     cases: dict[str, dict[str, bool]] = field(default_factory=dict)
+    lines: dict[str, str] = field(default_factory=dict)  # the error line each case printed
 
     def record(self, case: str, assertion: str, ok: bool) -> None:
         self.cases.setdefault(case, {})[assertion] = bool(ok)
@@ -137,27 +138,43 @@ class Tally:
             }
             for a in ASSERTIONS
         }
-        return {"faults_injected": len(self.cases), "assertions": per, "cases": self.cases}
+        return {
+            "faults_injected": len(self.cases),
+            "assertions": per,
+            "cases": self.cases,
+            "lines": self.lines,
+        }
+
+    def text(self) -> list[str]:
+        summary = self.summary()
+        out = [f"fault matrix: {summary['faults_injected']} faults injected"]
+        for name, counts in summary["assertions"].items():
+            out.append(f"  {name:9s} {counts['passed']}/{counts['checked']} passed")
+        return out
 
 
 TALLY = Tally()
 
 
+class _TallyReporter:
+    """Prints the tally in pytest's terminal summary (fixture output would be captured)."""
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if TALLY.cases:
+            terminalreporter.write_sep("-", "fault matrix")
+            for line in TALLY.text():
+                terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _report_tally(request: pytest.FixtureRequest) -> Iterator[None]:
+    manager = request.config.pluginmanager
+    if not manager.has_plugin("onnxship-fault-tally"):
+        manager.register(_TallyReporter(), "onnxship-fault-tally")
     yield
-    summary = TALLY.summary()
-    lines = [f"fault matrix: {summary['faults_injected']} faults injected"]
-    for name, counts in summary["assertions"].items():
-        lines.append(f"  {name:9s} {counts['passed']}/{counts['checked']} passed")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line("")
-        for line in lines:
-            reporter.write_line(line)
     target = os.environ.get("ONNXSHIP_FAULT_SUMMARY")
     if target:
-        Path(target).write_text(json.dumps(summary, indent=2) + "\n")
+        Path(target).write_text(json.dumps(TALLY.summary(), indent=2) + "\n")
 
 
 class Checks:
@@ -169,6 +186,8 @@ class Checks:
         self.failed: list[str] = []
 
     def check(self, assertion: str, ok: bool, detail: str = "") -> None:
+        if assertion == "one_line":
+            TALLY.lines[self.case] = detail
         previous = TALLY.cases.get(self.case, {}).get(assertion, True)
         TALLY.record(self.case, assertion, previous and ok)
         if not ok:
@@ -825,3 +844,72 @@ def test_corrupted_checkpoint_between_stages_is_redone_and_refused_alone(
     rc, err = run_cli("export", os.fspath(truncated), "--out", os.fspath(out))
     alone.check("rerun", rc == 0, err[-400:])
     alone.done()
+
+
+# --------------------------------------------------------------------------------------------
+# The pieces, alone (no bundle needed)
+
+
+def test_atomic_output_turns_an_oserror_into_one_environment_fault_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxship.core.artifact import atomic_write_bytes
+    from onnxship.core.errors import EnvironmentFault
+
+    def refuse(src: Any, dst: Any) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(dst))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    target = tmp_path / "model.onnx"
+    with pytest.raises(EnvironmentFault) as info:
+        atomic_write_bytes(target, b"x" * 100)
+    assert info.value.exit_code == 3 and info.value.path == target
+    assert str(info.value).startswith(f"read-only filesystem while writing ONNX model {target}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_output_keeps_a_missing_folder_a_usage_error(tmp_path: Path) -> None:
+    from onnxship.core.artifact import atomic_write_text
+    from onnxship.core.errors import EnvironmentFault, OnnxshipError
+
+    with pytest.raises(OnnxshipError, match="does not exist") as info:
+        atomic_write_text(tmp_path / "missing" / "x.json", "{}")
+    assert info.value.exit_code == 2 and not isinstance(info.value, EnvironmentFault)
+
+
+def test_cli_turns_an_escaping_oserror_into_one_line_exit_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnxship.verify
+
+    gone = tmp_path / "artifacts" / "student-int8.onnx"
+
+    def vanished(*args: Any, **kwargs: Any) -> None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(gone))
+
+    monkeypatch.setattr(onnxship.verify, "verify_bundle", vanished)
+    assert main(["verify", os.fspath(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(
+        f"onnxship verify: error: file or folder vanished mid-run while reading {gone}"
+    )
+
+
+def test_cli_sigterm_handler_is_installed_only_while_a_command_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnxship.verify
+
+    seen = []
+
+    def terminated(*args: Any, **kwargs: Any) -> None:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        signal.raise_signal(signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(onnxship.verify, "verify_bundle", terminated)
+    assert main(["verify", os.fspath(tmp_path)]) == 143
+    assert capsys.readouterr().err == "onnxship verify: terminated\n"
+    assert seen and seen[0] is not before
+    assert signal.getsignal(signal.SIGTERM) is before
