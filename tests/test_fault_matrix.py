@@ -126,6 +126,7 @@ ASSERTIONS = ("exit_code", "one_line", "vouched", "no_temp", "rerun")
 class Tally:
     cases: dict[str, dict[str, bool]] = field(default_factory=dict)
     lines: dict[str, str] = field(default_factory=dict)  # the error line each case printed
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per test (and fixture)
 
     def record(self, case: str, assertion: str, ok: bool) -> None:
         self.cases.setdefault(case, {})[assertion] = bool(ok)
@@ -143,6 +144,7 @@ class Tally:
             "assertions": per,
             "cases": self.cases,
             "lines": self.lines,
+            "cpu_s": self.cpu_s,
         }
 
     def text(self) -> list[str]:
@@ -150,7 +152,26 @@ class Tally:
         out = [f"fault matrix: {summary['faults_injected']} faults injected"]
         for name, counts in summary["assertions"].items():
             out.append(f"  {name:9s} {counts['passed']}/{counts['checked']} passed")
+        total = sum(self.cpu_s.values())
+        out.append(
+            f"  CPU time of the module's tests and fixture (this process + children): {total:.1f} s"
+        )
         return out
+
+
+def cpu_seconds() -> float:
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@pytest.fixture(autouse=True)
+def _cpu_per_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    start = cpu_seconds()
+    yield
+    TALLY.cpu_s[request.node.name] = round(cpu_seconds() - start, 2)
 
 
 TALLY = Tally()
@@ -464,6 +485,7 @@ def link_data(root: Path, source: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Iterator[World]:
+    started = cpu_seconds()
     work = tmp_path_factory.mktemp("faults")
     config = work / "tiny.toml"
     config.write_text(TINY_CONFIG)
@@ -502,6 +524,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Iterato
         rc, err = run_cli(*args)
         assert rc == 0, err[-2000:]
         w.chain_verify_rc, _ = run_cli("verify", os.fspath(w.bundle))
+        TALLY.cpu_s["world (signal chain building the shared bundle)"] = round(
+            cpu_seconds() - started, 2
+        )
         yield w
 
 
@@ -833,7 +858,8 @@ def test_corrupted_checkpoint_between_stages_is_redone_and_refused_alone(
     shutil.copy(bundle / "checkpoints" / "student.json", truncated.with_suffix(".json"))
     truncated.write_bytes(truncated.read_bytes()[:1000])
     out = tmp_path / "export"
-    rc, err = run_cli("export", os.fspath(truncated), "--out", os.fspath(out))
+    export = ("export", os.fspath(truncated), "--out", os.fspath(out), "--exporter", "torchscript")
+    rc, err = run_cli(*export)
     alone.check("exit_code", rc == 2, f"exit {rc}: {err[-400:]}")
     ok, line = one_error_line(err, "export")
     alone.check("one_line", ok and "truncated.pt" in line, line)
@@ -841,7 +867,7 @@ def test_corrupted_checkpoint_between_stages_is_redone_and_refused_alone(
     alone.check("vouched", not leftovers, ", ".join(leftovers))
     alone.check("no_temp", not temp_files(out, env) if out.exists() else True, "")
     shutil.copy(bundle / "checkpoints" / "student.pt", truncated)
-    rc, err = run_cli("export", os.fspath(truncated), "--out", os.fspath(out))
+    rc, err = run_cli(*export)
     alone.check("rerun", rc == 0, err[-400:])
     alone.done()
 
