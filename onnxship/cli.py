@@ -33,6 +33,8 @@ exit codes: 0 success/pass, 1 regression or check failed, 2 bad input or usage,
 data root:  --data-dir, else $ONNXSHIP_DATA_DIR, else ./data (MNIST/raw/*-ubyte)
 """
 
+RESUME_HINT = "temporary files removed, nothing half-written; rerun the same command to resume"
+
 # `onnxship bench compare A.json B.json` / `onnxship bench merge ...` are sub-verbs of bench;
 # argparse cannot mix a positional file list with sub-commands, so they are routed here.
 BENCH_SUBVERBS = {"compare": "bench-compare", "merge": "bench-merge"}
@@ -138,10 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(f"error: {fault}")
         return fault.exit_code
     except TerminatedBySignal:
-        fail("terminated")
+        fail(f"terminated (SIGTERM); {RESUME_HINT}")
         return EXIT_TERMINATED
     except KeyboardInterrupt:
-        fail("interrupted")
+        fail(f"interrupted (SIGINT); {RESUME_HINT}")
         return EXIT_INTERRUPTED
 
 

@@ -515,7 +515,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Iterato
                     "fired": hit,
                     "rc": rc,
                     "expected": EXIT[signame],
-                    "one_line": ok_line and line.endswith(f": {WORD[signame]}"),
+                    "one_line": ok_line and line.startswith(f"onnxship run: {WORD[signame]} ("),
                     "line": line,
                     "unvouched": unvouched_files(w.bundle),
                     "temp": temp_files(w.bundle, scratch),
@@ -743,7 +743,7 @@ def test_sigterm_to_a_real_process_mid_stage_exits_143_then_resume_verifies(
     checks = Checks("SIGTERM to a real process during prune")
     checks.check("exit_code", rc == 143, f"exit {rc}: {watcher.text[-600:]}")
     ok, line = one_error_line(watcher.text, "run")
-    checks.check("one_line", ok and line.endswith("terminated"), line)
+    checks.check("one_line", ok and line.startswith("onnxship run: terminated (SIGTERM)"), line)
     problems = unvouched_files(bundle)
     checks.check("vouched", not problems, ", ".join(problems))
     temps = temp_files(bundle, env)
@@ -936,6 +936,7 @@ def test_cli_sigterm_handler_is_installed_only_while_a_command_runs(
     before = signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(onnxship.verify, "verify_bundle", terminated)
     assert main(["verify", os.fspath(tmp_path)]) == 143
-    assert capsys.readouterr().err == "onnxship verify: terminated\n"
+    err = capsys.readouterr().err
+    assert err.startswith("onnxship verify: terminated (SIGTERM); ") and err.count("\n") == 1
     assert seen and seen[0] is not before
     assert signal.getsignal(signal.SIGTERM) is before

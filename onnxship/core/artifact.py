@@ -75,7 +75,11 @@ def require_parent_writable(path: Path, error: type[OnnxshipError] = OnnxshipErr
 
 
 # What a file is, for error messages, when the writer does not say (by name, then suffix).
-_WHAT_BY_NAME = {"manifest.json": "bundle manifest", "report.md": "bundle report"}
+_WHAT_BY_NAME = {
+    "manifest.json": "bundle manifest",
+    "report.md": "bundle report",
+    ".onnxship-run.json": "run marker",
+}
 _WHAT_BY_FOLDER = {"stages": "stage record", "plots": "plot", "results": "results file"}
 _WHAT_BY_SUFFIX = {
     ".onnx": "ONNX model",
@@ -276,4 +280,4 @@ def write_stage_record(
     # Extra keys (e.g. the pipeline's cache key) come after the contract's keys, never over them.
     for key, value in (extra or {}).items():
         record.setdefault(key, jsonable(value))
-    return atomic_write_json(stages_dir / f"{name}.json", record, what=f"stage record of '{name}'")
+    return atomic_write_json(stages_dir / f"{name}.json", record, what=f"the '{name}' stage record")
