@@ -82,6 +82,8 @@ def preprocess_model(src: str | os.PathLike[str], out_path: str | os.PathLike[st
     try:
         with quiet_stdout():
             quant_pre_process(os.fspath(src), os.fspath(out))
+    except OSError:  # a full or unwritable $TMPDIR: the machine, not the model; no retry
+        raise
     except Exception as exc:  # ORT raises plain Exceptions from shape inference
         log.warning("quant_pre_process failed (%s); retrying without symbolic shape inference", exc)
         try:
@@ -194,7 +196,7 @@ def quantize_with_recipe(
                 extra_options=extra,
                 calibration_cache_path=os.fspath(cache),
             )
-    except CalibrateError:
+    except (CalibrateError, OSError):  # an OSError is the machine (full $TMPDIR), not the recipe
         raise
     except Exception as exc:
         raise CalibrateError(

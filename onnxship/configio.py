@@ -57,7 +57,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 raise PipelineError(f"{where}: expected {len(args)} values, found {len(value)}")
             return tuple(
                 _convert(v, a, f"{where}[{i}]")
-                for i, (v, a) in enumerate(zip(args, value, strict=True))
+                for i, (v, a) in enumerate(zip(value, args, strict=True))
             )
         inner = args[0] if args else Any
         converted = [_convert(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]

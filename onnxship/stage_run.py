@@ -135,15 +135,38 @@ def cached_stage(
             ctx.progress(f"[skip] {record_name}: finished earlier, inputs and config unchanged")
             return reused
     ctx.progress(f"[run ] {record_name} ...")
-    artifact = run_stage(
-        ctx.out_dir,
-        record_name,
-        stage=stage,
-        config=config,
-        inputs=inputs,
-        produce=produce,
-        extra_outputs=list(outputs[1:]),
-        extra_record={"cache_key": key, "onnxship_version": __version__},
-    )
+    try:
+        artifact = run_stage(
+            ctx.out_dir,
+            record_name,
+            stage=stage,
+            config=config,
+            inputs=inputs,
+            produce=produce,
+            extra_outputs=list(outputs[1:]),
+            extra_record={"cache_key": key, "onnxship_version": __version__},
+        )
+    except BaseException:
+        # A stage with several outputs (weights + sidecar, INT8 model + calibration set) that
+        # fails between them, or whose record cannot be written, leaves complete files that no
+        # record vouches for; remove them so the bundle holds only what a record describes.
+        _remove_unvouched(record_path, outputs)
+        raise
     ctx.ran.append(record_name)
     return artifact
+
+
+def _remove_unvouched(record_path: Path, outputs: Sequence[Path]) -> None:
+    recorded: dict[str, str] = {}
+    try:
+        record = json.loads(record_path.read_text())
+        recorded = {Path(o["path"]).name: o["sha256"] for o in record.get("outputs", [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    for out in outputs:
+        try:
+            if out.is_file() and recorded.get(out.name) != sha256_file(out):
+                out.unlink()
+                log.info("removed %s: its stage did not finish, no record vouches for it", out)
+        except OSError as exc:  # cleanup must not mask the stage's own error
+            log.warning("could not remove %s after a failed stage: %s", out, exc)

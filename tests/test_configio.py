@@ -64,3 +64,12 @@ def test_dataclass_from_mapping_names_the_bad_key(table: dict, message: str) -> 
     with pytest.raises(PipelineError) as info:
         dataclass_from_mapping(Outer, table, "cfg")
     assert message in str(info.value)
+
+
+def test_dataclass_from_mapping_converts_fixed_length_tuples_per_position() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Widths:
+        widths: tuple[tuple[str, int], ...] = ()
+
+    cfg = dataclass_from_mapping(Widths, {"widths": [["conv_channels", 8], ["hidden", 32]]}, "cfg")
+    assert cfg.widths == (("conv_channels", 8), ("hidden", 32))

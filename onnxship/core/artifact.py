@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from onnxship.core.errors import OnnxshipError
+from onnxship.core.errors import EnvironmentFault, OnnxshipError
 
 _CHUNK = 1 << 20
 
@@ -51,7 +51,13 @@ def _current_umask() -> int:
 
 
 def require_parent_writable(path: Path, error: type[OnnxshipError] = OnnxshipError) -> None:
-    """Raise `error` (one line) unless `path`'s folder exists and is writable."""
+    """Raise `error` (one line, exit 2) unless `path`'s folder exists and is writable.
+
+    This is the up-front check of a path the user named: a folder that is missing or not
+    writable before anything is written is a usage error (choose another path). What the
+    operating system refuses *while* writing is an `EnvironmentFault` (exit 3), see
+    `atomic_output`.
+    """
     parent = path.parent
     if not parent.is_dir():
         raise error(
@@ -59,43 +65,92 @@ def require_parent_writable(path: Path, error: type[OnnxshipError] = OnnxshipErr
             "another output path"
         )
     if not os.access(parent, os.W_OK):
+        why = "is not writable"
+        with contextlib.suppress(OSError, AttributeError):
+            if os.statvfs(parent).f_flag & os.ST_RDONLY:
+                why = "is on a read-only filesystem"
         raise error(
-            f"cannot write {path}: its folder {parent} is not writable; choose a writable "
-            "output folder"
+            f"cannot write {path}: its folder {parent} {why}; choose a writable output folder"
         )
 
 
+# What a file is, for error messages, when the writer does not say (by name, then suffix).
+_WHAT_BY_NAME = {
+    "manifest.json": "bundle manifest",
+    "report.md": "bundle report",
+    ".onnxship-run.json": "run marker",
+}
+_WHAT_BY_FOLDER = {"stages": "stage record", "plots": "plot", "results": "results file"}
+_WHAT_BY_SUFFIX = {
+    ".onnx": "ONNX model",
+    ".pt": "PyTorch checkpoint",
+    ".npz": "array archive",
+    ".png": "plot",
+    ".json": "JSON file",
+    ".csv": "CSV file",
+    ".xml": "XML file",
+    ".md": "Markdown file",
+}
+
+
+def describe_output(path: Path) -> str:
+    """A short noun for the file at `path` ("ONNX model", "stage record"), for messages."""
+    if path.name in _WHAT_BY_NAME:
+        return _WHAT_BY_NAME[path.name]
+    if path.parent.name in _WHAT_BY_FOLDER:
+        return _WHAT_BY_FOLDER[path.parent.name]
+    if path.suffix == ".json" and path.with_suffix(".pt").exists():
+        return "checkpoint sidecar"
+    return _WHAT_BY_SUFFIX.get(path.suffix, "file")
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike[str], *, what: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds.
 
     The temporary file lives in the same folder so the final `os.replace` is atomic. On any
-    exception the temporary file is removed and nothing appears under `path`.
+    exception (including KeyboardInterrupt and the CLI's SIGTERM) the temporary file is removed
+    and nothing appears under `path`.
+
+    An OSError from the operating system while writing (disk full, permission denied,
+    read-only filesystem, the temporary file vanished) becomes one `EnvironmentFault` (exit 3)
+    naming `path`, `what` was being written (default: from the name, e.g. "ONNX model") and
+    the free space when the filesystem is full. This is the one place where writes meet the
+    OS: every writer in onnxship (checkpoints, ONNX files, calibration sets, records, results,
+    the manifest, the report and plots) goes through here.
     """
     final = Path(path)
     require_parent_writable(final)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    described = what or describe_output(final)
+    tmp: Path | None = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
         # mkstemp creates 0600; a deployable artifact gets the usual umask-derived mode.
         os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    except BaseException as exc:
+        if tmp is not None:
+            # Cleanup must not mask the real error (unlink fails too on a read-only remount).
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if isinstance(exc, OSError):
+            raise EnvironmentFault.from_oserror(exc, path=final, what=described) from exc
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    with atomic_output(path) as tmp:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, what: str | None = None
+) -> Path:
+    with atomic_output(path, what=what) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, what: str | None = None) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), what=what)
 
 
 def jsonable(value: Any) -> Any:
@@ -116,9 +171,9 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, what: str | None = None) -> Path:
     text = json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n"
-    return atomic_write_text(path, text)
+    return atomic_write_text(path, text, what=what)
 
 
 def config_hash(obj: Any) -> str:
@@ -225,4 +280,4 @@ def write_stage_record(
     # Extra keys (e.g. the pipeline's cache key) come after the contract's keys, never over them.
     for key, value in (extra or {}).items():
         record.setdefault(key, jsonable(value))
-    return atomic_write_json(stages_dir / f"{name}.json", record)
+    return atomic_write_json(stages_dir / f"{name}.json", record, what=f"the '{name}' stage record")
