@@ -25,10 +25,74 @@ import pytest
 from onnxship.core.artifact import sha256_file
 from onnxship.models.distributed import LR_SCALING
 
-pytestmark = pytest.mark.slow
-
 TRAIN_ARGS = ("--arch", "tiny_cnn", "--epochs", "0.1", "--augment", "shift")
 LAUNCH_TIMEOUT_S = 300  # two interpreters importing torch on a busy 2-core box
+
+
+# -- in-process units (no process group needed) ------------------------------------------
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("batch", [1, 2, 7, 128])
+def test_shard_partitions_every_global_batch_when_world_size_is(world: int, batch: int) -> None:
+    import torch
+
+    from onnxship.models.distributed import Ranks, shard
+    from onnxship.models.loop import _local_part
+
+    idx = torch.randperm(1000)[:batch]
+    parts = [shard(idx, Ranks(rank=r, world_size=world)) for r in range(world)]
+    assert sorted(torch.cat(parts).tolist()) == sorted(idx.tolist())  # disjoint, complete
+    x, y = torch.zeros(batch, 1, 2, 2), idx
+    weights = [_local_part(x, y, Ranks(rank=r, world_size=world))[2] for r in range(world)]
+    # DDP averages over ranks: sum(weight_r * mean_r) / world == the global batch mean.
+    assert sum(weights) == pytest.approx(world, abs=1e-12)
+    for r, part in enumerate(parts):
+        assert weights[r] == (0.0 if part.numel() == 0 else world * part.numel() / batch)
+
+
+def test_shard_is_the_identity_on_one_rank() -> None:
+    import torch
+
+    from onnxship.models.distributed import Ranks, shard
+
+    idx = torch.arange(5)
+    assert shard(idx, Ranks()) is idx
+
+
+def test_init_from_env_when_world_size_is_set_without_torchrun_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from onnxship.models.distributed import DistributedError, init_from_env
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(DistributedError, match="launch with torchrun") as info:
+        init_from_env()
+    assert info.value.exit_code == 2
+
+
+def test_cli_refuses_a_non_distributed_command_under_torchrun(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from onnxship.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["export", str(tmp_path / "x.pt"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "single process" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_python_dash_m_onnxship_runs_the_cli() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxship", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("onnxship ")
+
+
+# -- two processes under torchrun ---------------------------------------------------------
 
 
 def _free_port() -> int:
@@ -82,6 +146,7 @@ def two_rank_train(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -
     return base
 
 
+@pytest.mark.slow
 def test_train_under_torchrun_writes_one_checkpoint_from_rank_0(two_rank_train: Path) -> None:
     out, logs = two_rank_train / "out", two_rank_train / "logs"
     assert _files(out) == {
@@ -100,6 +165,7 @@ def test_train_under_torchrun_writes_one_checkpoint_from_rank_0(two_rank_train: 
     assert record["outputs"][0]["sha256"] == sha256_file(out / "checkpoints" / "teacher.pt")
 
 
+@pytest.mark.slow
 def test_train_under_torchrun_same_seed_and_world_size_give_identical_weights(
     two_rank_train: Path, tmp_path: Path, mnist_root: Path
 ) -> None:
@@ -111,6 +177,7 @@ def test_train_under_torchrun_same_seed_and_world_size_give_identical_weights(
     assert sha256_file(out / "checkpoints" / "teacher.pt") == sha256_file(first)
 
 
+@pytest.mark.slow
 def test_train_under_torchrun_matches_one_process_accuracy(
     two_rank_train: Path, tmp_path: Path, mnist_root: Path
 ) -> None:
@@ -126,6 +193,7 @@ def test_train_under_torchrun_matches_one_process_accuracy(
     assert abs(two["test_top1"] - one.metrics["test_top1"]) <= 0.005
 
 
+@pytest.mark.slow
 def test_train_under_torchrun_checkpoint_exports_and_distills_unchanged(
     two_rank_train: Path, tmp_path: Path, mnist_root: Path
 ) -> None:
@@ -171,6 +239,7 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen[str], limit_s: float
     pytest.fail(f"{text!r} did not appear in {path} within {limit_s} s")
 
 
+@pytest.mark.slow
 def test_train_when_a_rank_is_killed_every_rank_fails_within_the_timeout(
     tmp_path: Path, mnist_root: Path
 ) -> None:
@@ -244,6 +313,7 @@ def _workers(pid: int) -> list[int]:
     return sorted(found)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc (Linux)")
 def test_torchrun_when_a_worker_is_killed_both_exit_non_zero(
     tmp_path: Path, mnist_root: Path
