@@ -167,6 +167,7 @@ class Ranks:
 
 _CURRENT = Ranks()
 _WAIT_GROUP: Any = None
+_CPU_GROUP: Any = None  # gloo, for models trained on the CPU in a job whose backend is nccl
 
 
 def current() -> Ranks:
@@ -195,14 +196,24 @@ def translate_errors(ranks: Ranks, what: str, *, timeout_s: float | None = None)
     try:
         yield
     except (dist.DistError, RuntimeError) as exc:
-        if isinstance(exc, OnnxshipError):
-            raise
+        if isinstance(exc, OnnxshipError) or not _is_comm_failure(exc):
+            raise  # e.g. a CUDA out-of-memory error is not another rank's fault
         limit = ranks.timeout_s if timeout_s is None else timeout_s
         raise DistributedError(
             f"rank {ranks.rank}/{ranks.world_size}: {what} failed: another rank died or did not "
             f"answer within {limit:g} s ({_first_line(exc)}); see the first failing rank's "
             "error above, fix it and rerun (finished stages are reused)"
         ) from exc
+
+
+_COMM_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "socket", "peer", "store")
+
+
+def _is_comm_failure(exc: BaseException) -> bool:
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in _COMM_WORDS)
 
 
 def env_world_size() -> int:
@@ -214,7 +225,7 @@ def env_world_size() -> int:
 
 def init_from_env(device: str = "cpu", timeout_s: float = DEFAULT_TIMEOUT_S) -> Ranks:
     """Join torchrun's process group when WORLD_SIZE > 1 (idempotent); return the ranks."""
-    global _CURRENT, _WAIT_GROUP
+    global _CURRENT, _WAIT_GROUP, _CPU_GROUP
     if _CURRENT.enabled:
         return _CURRENT
     if not timeout_s > 0:
@@ -254,18 +265,20 @@ def init_from_env(device: str = "cpu", timeout_s: float = DEFAULT_TIMEOUT_S) -> 
         _WAIT_GROUP = dist.new_group(
             backend="gloo", timeout=datetime.timedelta(seconds=MAIN_WAIT_TIMEOUT_S)
         )
+        # `run --device cuda` trains the teacher on the GPUs (nccl) but distills on the CPU.
+        _CPU_GROUP = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
     _CURRENT = ranks
     log.info("rank %d/%d (local %d) joined the %s process group", rank, world, local_rank, backend)
     return ranks
 
 
 def shutdown() -> None:
-    global _CURRENT, _WAIT_GROUP
+    global _CURRENT, _WAIT_GROUP, _CPU_GROUP
     if dist.is_available() and dist.is_initialized():
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
     _CURRENT = Ranks(timeout_s=_CURRENT.timeout_s)
-    _WAIT_GROUP = None
+    _WAIT_GROUP = _CPU_GROUP = None
 
 
 @contextlib.contextmanager
@@ -301,8 +314,9 @@ def wrap(model: nn.Module, ranks: Ranks, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
+    group = _CPU_GROUP if device.type == "cpu" and ranks.backend == "nccl" else None
     with translate_errors(ranks, "broadcasting rank 0's weights"):
-        return DistributedDataParallel(model, device_ids=ids)
+        return DistributedDataParallel(model, device_ids=ids, process_group=group)
 
 
 def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ranks: Ranks | None = None) -> float:
