@@ -307,11 +307,7 @@ def distilled_from_checkpoints(
         "kd_wall_s": round(kd_s, 3),
         "no_kd_wall_s": round(no_kd_s, 3),
         "teacher_sha256": teacher_sha,
-        "world_size": ranks.world_size,
-        "dist_backend": ranks.backend,
-        "global_batch_size": cfg.sgd.batch_size,
-        "per_rank_batch_size": -(-cfg.sgd.batch_size // ranks.world_size),
-        "lr_scaling": distributed.LR_SCALING if ranks.enabled else "none (one process)",
+        **ranks.record(cfg.sgd.batch_size),
     }
     metrics["final_loss_kd"] = kd_stats["final_loss"]
     metrics["final_loss_no_kd"] = ce_stats["final_loss"]

@@ -84,12 +84,15 @@ class Ranks:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def describe(self) -> dict[str, Any]:
-        """The block stage records carry (`metrics["distributed"]`)."""
+    def record(self, batch_size: int) -> dict[str, Any]:
+        """What a training stage's metrics state about data parallelism: the world size, the
+        global and per-rank batch, and the LR scaling rule."""
         return {
             "world_size": self.world_size,
-            "backend": self.backend,
-            "timeout_s": self.timeout_s,
+            "dist_backend": self.backend,
+            "global_batch_size": batch_size,
+            "per_rank_batch_size": -(-batch_size // self.world_size),
+            "lr_scaling": LR_SCALING if self.enabled else "none (one process)",
         }
 
     # -- collectives (no-ops on one rank) ---------------------------------------------------

@@ -352,7 +352,7 @@ def train_from_mnist(
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "device": str(device),
         "amp": cfg.amp.value,
-        **distributed_metrics(cfg.sgd.batch_size, ranks),
+        **ranks.record(cfg.sgd.batch_size),
     }
     log.info(
         "trained in %.1f s: val top-1 %.4f, test top-1 %.4f", train_wall_s, val_top1, test_top1
@@ -371,15 +371,3 @@ def train_from_mnist(
         )
 
     return ranks.on_main(write, what="writing the checkpoint")
-
-
-def distributed_metrics(batch_size: int, ranks: distributed.Ranks) -> dict[str, Any]:
-    """What a record states about data parallelism: world size, global and per-rank batch,
-    and the LR scaling rule (none: the batch size is the global batch)."""
-    return {
-        "world_size": ranks.world_size,
-        "dist_backend": ranks.backend,
-        "global_batch_size": batch_size,
-        "per_rank_batch_size": -(-batch_size // ranks.world_size),
-        "lr_scaling": distributed.LR_SCALING if ranks.enabled else "none (one process)",
-    }

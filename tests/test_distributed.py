@@ -85,6 +85,13 @@ def test_cli_refuses_a_non_distributed_command_under_torchrun(
     assert not (tmp_path / "o").exists()
 
 
+def test_dist_timeout_default_agrees_with_the_library() -> None:
+    from onnxship.commands.common import DEFAULT_DIST_TIMEOUT_S
+    from onnxship.models.distributed import DEFAULT_TIMEOUT_S
+
+    assert DEFAULT_DIST_TIMEOUT_S == DEFAULT_TIMEOUT_S
+
+
 def test_python_dash_m_onnxship_runs_the_cli() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "onnxship", "--version"], capture_output=True, text=True, timeout=60
