@@ -363,3 +363,63 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+RUN_CONFIG = """
+data_dir = "{root}"
+
+[train]
+augment = "none"
+[train.sgd]
+epochs = 0.05
+
+[prune]
+macs_budget = 0.1
+
+[distill.sgd]
+epochs = 0.02
+
+[fp16]
+parity_samples = 1000
+
+[quantize]
+recipe = "qdq-u8s8-perchannel-minmax-linear"
+[quantize.calibration]
+size = 64
+[quantize.latency]
+seconds_per_batch_size = 0.2
+
+[bench]
+warmup = 1
+iterations = 5
+"""
+
+
+@pytest.mark.slow
+def test_run_under_torchrun_builds_a_verified_bundle_and_resumes_on_every_rank(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    """`torchrun -m onnxship run` on a reduced config: a bundle that `verify` accepts; a rerun
+    after the distill record is lost redoes distill on both ranks (rank 0 decided) and reuses
+    everything downstream, since the same seed and world size give the same student."""
+    from onnxship.cli import main
+
+    config = tmp_path / "small.toml"
+    config.write_text(RUN_CONFIG.format(root=mnist_root))
+    out = tmp_path / "bundle"
+    args = ("run", "--config", str(config), "--out", str(out))
+    _launch(_torchrun(*args, log_dir=tmp_path / "logs1"), mnist_root)
+    assert _rank_logs(tmp_path / "logs1", 1, "stdout") == ""
+    assert main(["verify", str(out), "--data-dir", str(mnist_root)]) == 0
+    train = json.loads((out / "stages" / "train.json").read_text())["metrics"]
+    distill = json.loads((out / "stages" / "distill.json").read_text())["metrics"]
+    assert train["world_size"] == distill["world_size"] == 2
+    student_sha = sha256_file(out / "checkpoints" / "student.pt")
+
+    (out / "stages" / "distill.json").unlink()
+    proc = _launch(_torchrun(*args, log_dir=tmp_path / "logs2"), mnist_root)
+    err0 = _rank_logs(tmp_path / "logs2", 0, "stderr")
+    assert "[run ] distill (2 ranks)" in err0
+    assert "[skip] train:" in err0 and "[skip] quantize:" in err0 and "[skip] bench:" in err0
+    assert "1 stages ran" in proc.stdout + _rank_logs(tmp_path / "logs2", 0, "stdout")
+    assert sha256_file(out / "checkpoints" / "student.pt") == student_sha
