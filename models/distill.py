@@ -13,10 +13,16 @@ KD loss looks up each sample's label and cached teacher logits from them.
 Every run also trains a second copy of the same pruned student with the same SGD config, the
 same steps and the same seed (so the same batches in the same order), on plain cross-entropy:
 `test_top1_kd` vs `test_top1_no_kd` is what distillation bought.
+
+Under torchrun (`models.distributed`) both runs are data-parallel; each rank runs the teacher
+forward on its own contiguous shard of 'fit' and the logits are all-gathered into the cache
+(a few MB), so the teacher's work is split, not repeated. Rank 0 reads the checkpoints and
+broadcasts them (other nodes need not see the files), and only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -29,7 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from onnxship.core.artifact import Artifact, sha256_file
-from onnxship.models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from onnxship.models import distributed
+from onnxship.models.checkpoint import (
+    CheckpointMeta,
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
 from onnxship.models.errors import ModelsError
 from onnxship.models.flops import count_macs, count_params
 from onnxship.models.loop import LrSchedule, SgdConfig
@@ -132,6 +144,41 @@ def teacher_logits(teacher: nn.Module, x: torch.Tensor, batch_size: int = 256) -
     return torch.cat([teacher(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
 
+@torch.no_grad()
+def sharded_teacher_logits(
+    teacher: nn.Module, x: torch.Tensor, ranks: distributed.Ranks | None = None
+) -> torch.Tensor:
+    """`teacher_logits` on all of `x`, each rank computing its contiguous shard and the
+    shards all-gathered (on one rank: `teacher_logits(teacher, x)` itself)."""
+    ranks = distributed.current() if ranks is None else ranks
+    if not ranks.enabled:
+        return teacher_logits(teacher, x)
+    lo, hi, sizes = distributed.rows_of(x.shape[0], ranks)
+    part = teacher_logits(teacher, x[lo:hi])
+    return ranks.all_gather_rows(part, sizes)
+
+
+def _load_on_all_ranks(
+    path: str | os.PathLike[str], ranks: distributed.Ranks
+) -> tuple[nn.Module, CheckpointMeta, str]:
+    """(model, meta, sha256 of the weights file): rank 0 reads and verifies the checkpoint and
+    broadcasts it, so ranks on other nodes need not see the file."""
+    if not ranks.enabled:
+        model, meta = load_checkpoint(path)
+        return model, meta, sha256_file(path)
+
+    def read() -> tuple[dict[str, torch.Tensor], CheckpointMeta, str]:
+        model, meta = load_checkpoint(path)
+        return model.state_dict(), meta, sha256_file(path)
+
+    state, meta, sha = ranks.on_main(read, what=f"reading checkpoint {path}")
+    from onnxship.models.registry import create_model
+
+    model = create_model(meta.arch, **meta.widths)
+    model.load_state_dict(state, strict=True)
+    return model.eval(), meta, sha
+
+
 def distill_student(
     student: nn.Module,
     teacher: nn.Module,
@@ -152,7 +199,7 @@ def distill_student(
     cfg.validate()
     teacher.eval()
     teacher.requires_grad_(False)
-    logits_t = cached_logits if cached_logits is not None else teacher_logits(teacher, x)
+    logits_t = cached_logits if cached_logits is not None else sharded_teacher_logits(teacher, x)
     if logits_t.shape != (x.shape[0], logits_t.shape[1]) or logits_t.requires_grad:
         raise ModelsError("cached teacher logits must be a (N, classes) tensor without grad")
     T, alpha = float(cfg.temperature), float(cfg.alpha)
@@ -186,17 +233,17 @@ def distilled_from_checkpoints(
     `teacher_val_top1`, `val_top1_start`, `steps`, MACs/params of both, wall times.
     """
     from onnxship.models.data import load_split
-    from onnxship.models.evaluate import top1
     from onnxship.models.loop import train_sgd
 
+    ranks = distributed.current()
+    top1 = distributed.top1
     cfg.validate()
-    check_pair(student_ckpt, teacher_ckpt)
+    ranks.on_main(lambda: check_pair(student_ckpt, teacher_ckpt), what="checking checkpoints")
     assert teacher_ckpt is not None
-    teacher, _ = load_checkpoint(teacher_ckpt)
-    student_kd, student_meta = load_checkpoint(student_ckpt)
-    student_ce, _ = load_checkpoint(student_ckpt)
-    teacher_sha = sha256_file(teacher_ckpt)
-    student_sha = sha256_file(student_ckpt)
+    teacher, _, teacher_sha = _load_on_all_ranks(teacher_ckpt, ranks)
+    student_kd, student_meta, student_sha = _load_on_all_ranks(student_ckpt, ranks)
+    student_ce = copy.deepcopy(student_kd)
+    start_model = copy.deepcopy(student_kd)
     if student_meta.parent_sha256 not in (None, teacher_sha):
         log.warning(
             "student %s was not pruned from teacher %s (parent sha256 differs); distilling anyway",
@@ -213,7 +260,7 @@ def distilled_from_checkpoints(
     torch.manual_seed(cfg.seed)
 
     t0 = time.perf_counter()
-    cached = teacher_logits(teacher, fit.x)
+    cached = sharded_teacher_logits(teacher, fit.x, ranks)
     logits_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -237,7 +284,6 @@ def distilled_from_checkpoints(
     if kd_stats["steps"] != ce_stats["steps"]:  # train_sgd derives steps from the config alone
         raise ModelsError("KD run and ablation took different step counts; this is a bug")
 
-    start_model, _ = load_checkpoint(student_ckpt)
     metrics: dict[str, Any] = {
         "test_top1_kd": round(top1(student_kd, test.x, test.y), 6),
         "test_top1_no_kd": round(top1(student_ce, test.x, test.y), 6),
@@ -261,6 +307,7 @@ def distilled_from_checkpoints(
         "kd_wall_s": round(kd_s, 3),
         "no_kd_wall_s": round(no_kd_s, 3),
         "teacher_sha256": teacher_sha,
+        **ranks.record(cfg.sgd.batch_size),
     }
     metrics["final_loss_kd"] = kd_stats["final_loss"]
     metrics["final_loss_no_kd"] = ce_stats["final_loss"]
@@ -286,15 +333,18 @@ def distilled_from_checkpoints(
         metrics["test_top1_no_kd"],
         metrics["teacher_test_top1"],
     )
-    return save_checkpoint(
-        student_kd,
-        out_path,
-        stage="distill",
-        seed=cfg.seed,
-        metrics=metrics,
-        parent_sha256=student_sha,
-        config=cfg,
-        extra={"teacher": os.fspath(teacher_ckpt), "teacher_sha256": teacher_sha},
-        mean=student_meta.mean,
-        std=student_meta.std,
+    return ranks.on_main(
+        lambda: save_checkpoint(
+            student_kd,
+            out_path,
+            stage="distill",
+            seed=cfg.seed,
+            metrics=metrics,
+            parent_sha256=student_sha,
+            config=cfg,
+            extra={"teacher": os.fspath(teacher_ckpt), "teacher_sha256": teacher_sha},
+            mean=student_meta.mean,
+            std=student_meta.std,
+        ),
+        what="writing the checkpoint",
     )

@@ -3,6 +3,13 @@
 Batches come from in-memory tensors, shuffled with a seeded generator, so a run is
 deterministic on CPU for a given seed. The loss is pluggable (`loss_fn(logits, x, y)`), which
 is how distillation adds its teacher term without a second loop.
+
+Under torchrun (`models.distributed`), the same loop runs data-parallel: the model is wrapped in
+DistributedDataParallel, every rank draws the same permutation and keeps its disjoint shard of
+each global batch (`cfg.batch_size` stays the global batch), and each rank's loss is weighted
+by its share of the batch so the all-reduced gradient is the global batch mean's. Augmentation
+is drawn for the whole global batch on every rank (so the generators stay in step) and then
+sharded. One process takes exactly the code path it took before.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from onnxship.models import distributed
 from onnxship.models.errors import ModelsError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,16 +87,26 @@ def train_sgd(
     device: torch.device | str = "cpu",
     desc: str = "train",
     progress: bool = True,
+    ranks: distributed.Ranks | None = None,
 ) -> dict[str, float]:
     """Train `model` in place; return {"steps", "final_loss"}.
 
     The number of optimiser steps is `ceil(N / batch_size) * epochs` (rounded), so two calls
     with the same config take the same steps: the KD-vs-no-KD ablation relies on that.
+    `ranks` (default: the running job's, `distributed.current()`) makes it data-parallel;
+    `final_loss` is then the global batch's mean loss (all-reduced).
     """
     cfg.validate()
+    ranks = distributed.current() if ranks is None else ranks
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
+    if ranks.enabled and cfg.batch_size < ranks.world_size:
+        raise ModelsError(
+            f"batch size {cfg.batch_size} is smaller than the {ranks.world_size} ranks: it is "
+            f"the global batch, split across ranks; pass --batch-size >= {ranks.world_size}"
+        )
+    net = distributed.wrap(model, ranks, device)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=cfg.lr,
@@ -113,7 +131,11 @@ def train_sgd(
     n = x.shape[0]
     step = 0
     loss_value = float("nan")
-    with tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False) as bar:
+    show = progress and ranks.is_main
+    with (
+        distributed.translate_errors(ranks, f"{desc} (gradient all-reduce)"),
+        tqdm(total=steps, desc=desc, unit="step", disable=not show, leave=False) as bar,
+    ):
         while step < steps:
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, cfg.batch_size):
@@ -123,13 +145,20 @@ def train_sgd(
                 xb, yb = x[idx], y[idx]
                 if augment is not None:
                     xb = augment(xb, generator)
+                weight = 1.0
+                if ranks.enabled:
+                    xb, yb, weight = _local_part(xb, yb, ranks)
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
                 if autocast_dtype is not None:
                     with torch.autocast(device_type=device.type, dtype=autocast_dtype):
-                        loss = loss_fn(model(xb), xb, yb)
+                        loss = loss_fn(net(xb), xb, yb)
                 else:
-                    loss = loss_fn(model(xb), xb, yb)
+                    loss = loss_fn(net(xb), xb, yb)
+                if ranks.enabled:
+                    # DDP averages gradients over the ranks; weighting each rank's mean loss by
+                    # world * local_n / global_n makes that average the global batch mean's.
+                    loss = loss * weight
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
@@ -142,7 +171,22 @@ def train_sgd(
                 step += 1
                 if step % 50 == 0 or step == steps:
                     loss_value = float(loss.detach())
+                    if ranks.enabled:
+                        loss_value = ranks.all_reduce_sum([loss_value])[0] / ranks.world_size
                     bar.set_postfix(loss=f"{loss_value:.4f}")
                 bar.update(1)
     model.eval()
     return {"steps": float(steps), "final_loss": loss_value}
+
+
+def _local_part(
+    xb: torch.Tensor, yb: torch.Tensor, ranks: distributed.Ranks
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """This rank's shard of a global batch and its loss weight (world * local_n / global_n).
+
+    A rank whose shard is empty (a last partial batch smaller than the world) still runs one
+    sample with weight 0: DDP needs every rank in every backward pass."""
+    pos = distributed.shard(torch.arange(xb.shape[0]), ranks)
+    if pos.numel() == 0:
+        return xb[:1], yb[:1], 0.0
+    return xb[pos], yb[pos], ranks.world_size * pos.numel() / xb.shape[0]

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from onnxship.core import env
 from onnxship.core.artifact import Artifact
 from onnxship.core.mnist import MNIST_MEAN, MNIST_STD
+from onnxship.models import distributed
 from onnxship.models.errors import ModelsError
 from onnxship.models.loop import AmpMode, AugmentFn, LrSchedule, SgdConfig, total_steps, train_sgd
 from onnxship.models.registry import create_model, list_models
@@ -270,18 +271,22 @@ def train_from_mnist(
 
     Metrics: test_top1, val_top1 (fractions in [0, 1]), epochs, steps, train_wall_s (the SGD
     loop only), eval_wall_s, sec_per_epoch, threads (torch.get_num_threads()), final_loss,
-    params, device, amp.
+    params, device, amp; world_size, global_batch_size, per_rank_batch_size, lr_scaling.
+
+    Under torchrun every rank trains its shard (`models.distributed`), accuracy is all-reduced,
+    and only rank 0 writes the checkpoint; every rank returns rank 0's Artifact.
     """
     from onnxship.models.data import load_split
-    from onnxship.models.evaluate import top1
 
+    ranks = distributed.current()
+    top1 = distributed.top1
     cfg.validate(cpu_flags=cpu_flags)
     out = Path(out_path)
     if out.suffix != ".pt":
         raise ModelsError(
             f"checkpoint path {out} must end in .pt (its sidecar is the same name with .json)"
         )
-    device = check_device(cfg.device)
+    device = distributed.train_device(check_device(cfg.device), ranks)
 
     fit = load_split(data_dir, "fit")
     val = load_split(data_dir, "val")
@@ -347,18 +352,22 @@ def train_from_mnist(
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "device": str(device),
         "amp": cfg.amp.value,
+        **ranks.record(cfg.sgd.batch_size),
     }
     log.info(
         "trained in %.1f s: val top-1 %.4f, test top-1 %.4f", train_wall_s, val_top1, test_top1
     )
     from onnxship.models.checkpoint import save_checkpoint
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(
-        model,
-        out,
-        stage=STAGE,
-        seed=cfg.seed,
-        metrics=metrics,
-        config=cfg.to_json(),
-    )
+    def write() -> Artifact:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return save_checkpoint(
+            model,
+            out,
+            stage=STAGE,
+            seed=cfg.seed,
+            metrics=metrics,
+            config=cfg.to_json(),
+        )
+
+    return ranks.on_main(write, what="writing the checkpoint")

@@ -38,6 +38,9 @@ RESUME_HINT = "temporary files removed, nothing half-written; rerun the same com
 # `onnxship bench compare A.json B.json` / `onnxship bench merge ...` are sub-verbs of bench;
 # argparse cannot mix a positional file list with sub-commands, so they are routed here.
 BENCH_SUBVERBS = {"compare": "bench-compare", "merge": "bench-merge"}
+# The commands that run data-parallel under torchrun (models.distributed); the others would
+# be N copies writing the same files, so they are refused there.
+DISTRIBUTED_COMMANDS = ("train", "distill", "run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not getattr(args, "func", None):
         parser.print_help()
+        return 2
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if world not in ("", "1") and args.command not in DISTRIBUTED_COMMANDS:
+        print(
+            f"onnxship {args.command}: error: launched as one of WORLD_SIZE={world} processes "
+            f"(torchrun), but only {', '.join(DISTRIBUTED_COMMANDS)} run data-parallel; run "
+            f"`onnxship {args.command}` as a single process",
+            file=sys.stderr,
+        )
         return 2
     from onnxship.core.errors import (
         EXIT_INTERRUPTED,

@@ -9,6 +9,10 @@ the onnxship version. A rerun skips a stage whose key matches and whose outputs 
 what the record says; `--force` redoes everything. Every file is written atomically and the
 record only after its outputs, so a run killed mid-stage (even kill -9) leaves no partial
 artifact and the next run redoes just that stage.
+
+Under torchrun every rank runs this function: train and distill are data-parallel, every other
+stage runs on rank 0 while the others wait (`stage_run.cached_stage`, `Ranks.on_main`), and
+only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from onnxship.export.fp16 import Fp16Config, fp16_from_onnx
 from onnxship.export.onnx_export import ExportConfig, onnx_from_checkpoint
 from onnxship.manifest import ArtifactSpec, build_manifest, write_bundle_docs
 from onnxship.measure import BenchSettings, EvalSettings, bench_stage, eval_stage
+from onnxship.models import distributed
 from onnxship.models.distill import DistillConfig, distilled_from_checkpoints
 from onnxship.models.prune import PruneConfig, pruned_from_checkpoint
 from onnxship.models.train import TrainConfig, train_from_mnist
@@ -154,8 +159,11 @@ def run_pipeline(
     progress: Callable[[str], None] = lambda msg: None,
 ) -> PipelineResult:
     out = Path(out_dir)
-    _prepare_out_dir(out, cfg, force)
-    ctx = RunContext(out_dir=out, force=force, data_dir=cfg.data_dir, progress=progress)
+    ranks = distributed.current()
+    ranks.on_main(lambda: _prepare_out_dir(out, cfg, force), what="preparing the bundle folder")
+    ctx = RunContext(
+        out_dir=out, force=force, data_dir=cfg.data_dir, progress=progress, ranks=ranks
+    )
     data_dir = cfg.data_dir
     specs: list[ArtifactSpec] = []
 
@@ -164,6 +172,7 @@ def run_pipeline(
         ctx, "train", stage="train", config=cfg.train, inputs=[],
         outputs=[teacher_ckpt, teacher_ckpt.with_suffix(".json")],
         produce=lambda: train_from_mnist(cfg.train, teacher_ckpt, data_dir=data_dir),
+        distributed=True,
     )  # fmt: skip
 
     def export(ckpt: Path, name: str, record: str) -> Path:
@@ -193,6 +202,7 @@ def run_pipeline(
         produce=lambda: distilled_from_checkpoints(
             pruned_ckpt, teacher_ckpt, cfg.distill, student_ckpt, data_dir=data_dir
         ),
+        distributed=True,
     )  # fmt: skip
 
     student_fp32 = export(student_ckpt, "student-fp32", "export-student")
@@ -239,11 +249,15 @@ def run_pipeline(
         )
 
     onnx_paths = {s.name: ctx.path("artifacts", f"{s.name}.onnx") for s in specs}
-    eval_json = eval_stage(ctx, cfg.eval, onnx_paths)
-    bench_json = bench_stage(ctx, cfg.bench, onnx_paths)
 
-    manifest_path = build_manifest(ctx, jsonable(cfg), cfg.bench, specs, eval_json, bench_json)
-    write_bundle_docs(out, manifest_path)
+    def finish() -> Path:
+        eval_json = eval_stage(ctx, cfg.eval, onnx_paths)
+        bench_json = bench_stage(ctx, cfg.bench, onnx_paths)
+        manifest = build_manifest(ctx, jsonable(cfg), cfg.bench, specs, eval_json, bench_json)
+        write_bundle_docs(out, manifest)
+        return manifest
+
+    manifest_path = ranks.on_main(finish, what="eval, bench and the manifest on rank 0")
     progress(f"[done] bundle at {out} ({len(ctx.ran)} stages ran, {len(ctx.skipped)} reused)")
     return PipelineResult(
         out_dir=out, manifest_path=manifest_path, ran=ctx.ran, skipped=ctx.skipped

@@ -37,13 +37,19 @@ def run_stage(
     produce: Callable[[], Artifact],
     extra_outputs: Sequence[str | os.PathLike[str]] = (),
     extra_record: Mapping[str, Any] | None = None,
+    ranks: Any = None,
 ) -> Artifact:
     """Call `produce()`, then write `out_dir/stages/<record_name>.json` with the artifact's
-    metrics, the input and output files with their sha256, timestamps and wall time."""
+    metrics, the input and output files with their sha256, timestamps and wall time.
+
+    `ranks` (a `models.distributed.Ranks`, under torchrun): every rank calls `produce()` (a
+    data-parallel stage), only rank 0 writes the record."""
     started = utc_now()
     t0 = time.perf_counter()
     artifact = produce()
     wall_s = time.perf_counter() - t0
+    if ranks is not None and not ranks.is_main:
+        return artifact
     write_stage_record(
         out_dir,
         record_name,
@@ -74,6 +80,9 @@ class RunContext:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     progress: Callable[[str], None] = lambda msg: None
+    # `models.distributed.Ranks` under torchrun (None: one process). Stages run on rank 0
+    # only, while the others wait, except those `cached_stage(..., distributed=True)` runs.
+    ranks: Any = None
 
     def path(self, *parts: str) -> Path:
         return self.out_dir.joinpath(*parts)
@@ -120,6 +129,71 @@ def cached_stage(
     ctx: RunContext,
     record_name: str,
     *,
+    stage: str,
+    config: Any,
+    inputs: Sequence[Path],
+    outputs: Sequence[Path],
+    produce: Callable[[], Artifact],
+    distributed: bool = False,
+) -> Artifact:
+    """Reuse the stage's finished outputs, or run `produce()` and write the record.
+
+    Under torchrun (`ctx.ranks` with world size > 1) rank 0 alone decides whether to reuse,
+    and the others follow; a `distributed` stage's `produce()` then runs on every rank (rank 0
+    writes), any other stage runs on rank 0 alone while the others wait for its artifact."""
+    ranks = ctx.ranks
+    if ranks is None or not ranks.enabled:
+        return _cached_stage_here(ctx, record_name, stage, config, inputs, outputs, produce)
+    if not distributed:
+        return ranks.on_main(  # type: ignore[no-any-return]
+            lambda: _cached_stage_here(ctx, record_name, stage, config, inputs, outputs, produce),
+            what=f"stage {record_name} on rank 0",
+        )
+    key, reused = ranks.on_main(
+        lambda: _decide(ctx, record_name, stage, config, inputs, outputs),
+        what=f"the cache decision for {record_name}",
+    )
+    if reused is not None:
+        ctx.skipped.append(record_name)
+        return reused  # type: ignore[no-any-return]
+    if ranks.is_main:
+        ctx.progress(f"[run ] {record_name} ({ranks.world_size} ranks) ...")
+    artifact = run_stage(
+        ctx.out_dir,
+        record_name,
+        stage=stage,
+        config=config,
+        inputs=inputs,
+        produce=produce,
+        extra_outputs=list(outputs[1:]),
+        extra_record={"cache_key": key, "onnxship_version": __version__},
+        ranks=ranks,
+    )
+    ctx.ran.append(record_name)
+    return artifact
+
+
+def _decide(
+    ctx: RunContext,
+    record_name: str,
+    stage: str,
+    config: Any,
+    inputs: Sequence[Path],
+    outputs: Sequence[Path],
+) -> tuple[str, Artifact | None]:
+    """(cache key, the finished stage's artifact or None when it has to run)."""
+    key = _cache_key(stage, config, inputs)
+    if ctx.force:
+        return key, None
+    reused = _reuse(ctx.path("stages", f"{record_name}.json"), key, outputs)
+    if reused is not None:
+        ctx.progress(f"[skip] {record_name}: finished earlier, inputs and config unchanged")
+    return key, reused
+
+
+def _cached_stage_here(
+    ctx: RunContext,
+    record_name: str,
     stage: str,
     config: Any,
     inputs: Sequence[Path],

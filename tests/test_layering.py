@@ -24,7 +24,7 @@ PACKAGE_DIRS = {
 }
 LIBRARIES = ("onnxship.core", "onnxship.models", "onnxship.export", "onnxship.calibrate",
              "onnxship.runtime_bench")  # fmt: skip
-CLI = ("onnxship.cli", "onnxship.commands")
+CLI = ("onnxship.cli", "onnxship.commands", "onnxship.__main__")  # __main__: python -m onnxship
 # What each library may import from onnxship (besides itself); the bench side stays torch-free.
 ALLOWED = {
     "onnxship.core": ("onnxship.core",),

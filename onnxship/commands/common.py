@@ -111,3 +111,18 @@ def output_file(out_dir: Path, subdir: str, filename: str) -> Path:
     from onnxship.api import output_path
 
     return output_path(out_dir, subdir, filename)
+
+
+DEFAULT_DIST_TIMEOUT_S = 120.0  # mirrors models.distributed.DEFAULT_TIMEOUT_S (torch-free here)
+
+
+def add_dist_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dist-timeout",
+        type=positive_float,
+        default=DEFAULT_DIST_TIMEOUT_S,
+        metavar="SECONDS",
+        help="under torchrun: a collective that waits longer than this fails on every rank "
+        "with a one-line error instead of hanging (a rank that dies is noticed at once; "
+        f"default: {DEFAULT_DIST_TIMEOUT_S:g})",
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from onnxship.commands.common import (
     add_data_dir,
+    add_dist_timeout,
     add_out_dir,
     non_negative_int,
     number,
@@ -44,6 +45,10 @@ were chosen on the validation split over 2 teachers x 3 seeds: a 9.9 %-MACs Simp
 student reached 99.04-99.13 % test top-1 (teachers 99.20 / 99.23 %); prune + distill with
 its ablation took 74 s on 2 cores. The teacher must be of the student's architecture
 (prune the teacher to get the student). Prints one summary line.
+
+Data-parallel: torchrun --nproc_per_node=N -m onnxship distill ... (gloo on CPU; each rank
+runs the teacher on its own shard; --batch-size is the global batch; only rank 0 reads the
+checkpoints and writes). See README "Scaling up".
 """
 
 
@@ -113,6 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_NAME,
         help=f"checkpoint name: writes OUT/checkpoints/NAME.pt (default: {DEFAULT_NAME})",
     )
+    add_dist_timeout(parser)
     parser.set_defaults(func=run)
 
 
@@ -123,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
     from onnxship.commands.prune import check_name
     from onnxship.core import mnist
+    from onnxship.models import distributed
     from onnxship.models.distill import DistillConfig, check_pair, distilled_from_checkpoints
     from onnxship.models.errors import ModelsError
     from onnxship.stage_run import run_stage
@@ -139,24 +146,31 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     cfg.validate()
-    check_pair(args.student, args.teacher)  # missing / mismatched teacher fails before any work
+    # A missing / mismatched teacher fails before any work; under torchrun rank 0 checks,
+    # inside the stage, since ranks on other nodes may not see the files.
+    if distributed.env_world_size() <= 1:
+        check_pair(args.student, args.teacher)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
     data_root = mnist.resolve_data_root(args.data_dir)
     student, teacher = Path(args.student), Path(args.teacher)
-    checkpoint = output_file(out, "checkpoints", f"{name}.pt")
-    artifact = run_stage(
-        out,
-        "distill",
-        stage="distill",
-        config=cfg,
-        inputs=[student, student.with_suffix(".json"), teacher, teacher.with_suffix(".json")],
-        produce=lambda: distilled_from_checkpoints(
-            student, teacher, cfg, checkpoint, data_dir=data_root
-        ),
-        extra_outputs=[checkpoint.with_suffix(".json")],
-    )
+    with distributed.session("cpu", args.dist_timeout) as ranks:
+        checkpoint = ranks.on_main(lambda: output_file(out, "checkpoints", f"{name}.pt"))
+        artifact = run_stage(
+            out,
+            "distill",
+            stage="distill",
+            config=cfg,
+            inputs=[student, student.with_suffix(".json"), teacher, teacher.with_suffix(".json")],
+            produce=lambda: distilled_from_checkpoints(
+                student, teacher, cfg, checkpoint, data_dir=data_root
+            ),
+            extra_outputs=[checkpoint.with_suffix(".json")],
+            ranks=ranks,
+        )
+    if not ranks.is_main:
+        return 0
     m = artifact.metrics
     print(
         f"distilled {m['student_arch']} {m['student_widths']} ({100 * m['macs_ratio']:.1f} % of "

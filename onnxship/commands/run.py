@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from onnxship.commands.common import add_data_dir
+from onnxship.commands.common import add_data_dir, add_dist_timeout
 
 DESCRIPTION = """\
 Run the whole pipeline into one bundle folder:
@@ -17,6 +17,9 @@ Run the whole pipeline into one bundle folder:
   report.md, plots/.
 The run is resumable: finished stages whose inputs and config are unchanged are reused; --force
 redoes everything. Defaults: configs/mnist_simplecnn.toml (CLI flags override the file).
+Data-parallel training: torchrun --nproc_per_node=N -m onnxship run ... runs train and distill
+on every rank (DistributedDataParallel) and every other stage once, on rank 0, which alone
+writes; the others wait. See README "Scaling up".
 """
 
 
@@ -37,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="redo every stage; replace a bundle made with another config")  # fmt: skip
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective config as TOML and exit (nothing is run)")  # fmt: skip
+    add_dist_timeout(parser)
     parser.set_defaults(func=run)
 
 
@@ -48,13 +52,18 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(config_to_toml(cfg))
         return 0
+    from onnxship.models import distributed
+
     start = time.perf_counter()
-    result = run_pipeline(
-        cfg,
-        args.out,
-        force=args.force,
-        progress=lambda msg: print(msg, file=sys.stderr, flush=True),
-    )
+    with distributed.session(cfg.train.device, args.dist_timeout) as ranks:
+        result = run_pipeline(
+            cfg,
+            args.out,
+            force=args.force,
+            progress=lambda msg: print(msg, file=sys.stderr, flush=True) if ranks.is_main else None,
+        )
+    if not ranks.is_main:
+        return 0
     from onnxship.manifest import read_manifest
     from onnxship.report import artifact_table, headline
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from onnxship.commands.common import (
     add_data_dir,
+    add_dist_timeout,
     add_out_dir,
     non_negative_int,
     positive_float,
@@ -42,6 +43,10 @@ shared machine.
 
 Writes OUT/checkpoints/NAME.pt (state_dict only) + NAME.json (architecture, widths,
 normalisation, seed, metrics, sha256) and OUT/stages/train.json; prints one summary line.
+
+Data-parallel: torchrun --nproc_per_node=N -m onnxship train ... (DistributedDataParallel,
+gloo on CPU, nccl with --device cuda). --batch-size is the global batch, split across the
+ranks, so the LR is not scaled; only rank 0 writes. See README "Scaling up".
 """
 
 
@@ -141,7 +146,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_NAME,
         help=f"checkpoint name: writes OUT/checkpoints/NAME.pt (default: {DEFAULT_NAME})",
     )
+    add_dist_timeout(parser)
     parser.set_defaults(func=run)
+
+
+def _ranks_note(metrics: dict) -> str:
+    world = metrics.get("world_size", 1)
+    return f" x {world} ranks, global batch {metrics['global_batch_size']}" if world > 1 else ""
 
 
 OMP_WAIT_ENV = "OMP_WAIT_POLICY"
@@ -163,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from onnxship.core import mnist
+    from onnxship.models import distributed
     from onnxship.models.errors import ModelsError
     from onnxship.models.loop import AmpMode, LrSchedule
     from onnxship.models.train import (
@@ -211,20 +223,24 @@ def run(args: argparse.Namespace) -> int:
 
     data_root = mnist.resolve_data_root(args.data_dir)
     checkpoint = out / "checkpoints" / f"{name}.pt"
-    artifact = run_stage(
-        out,
-        "train",
-        stage="train",
-        config=cfg.to_json(),
-        inputs=[mnist.raw_dir(data_root) / f for f in mnist.MNIST_FILES],
-        produce=lambda: train_from_mnist(cfg, checkpoint, data_dir=data_root),
-        extra_outputs=[checkpoint.with_suffix(".json")],
-    )
+    with distributed.session(cfg.device, args.dist_timeout) as ranks:
+        artifact = run_stage(
+            out,
+            "train",
+            stage="train",
+            config=cfg.to_json(),
+            inputs=[mnist.raw_dir(data_root) / f for f in mnist.MNIST_FILES],
+            produce=lambda: train_from_mnist(cfg, checkpoint, data_dir=data_root),
+            extra_outputs=[checkpoint.with_suffix(".json")],
+            ranks=ranks,
+        )
+    if not ranks.is_main:
+        return 0
     m = artifact.metrics
     print(
         f"trained {cfg.arch} (seed {cfg.seed}): test top-1 {100 * m['test_top1']:.2f} %, "
         f"val top-1 {100 * m['val_top1']:.2f} %, {m['epochs']:g} epochs / {m['steps']} steps in "
         f"{m['train_wall_s']:.1f} s ({m['sec_per_epoch']:.1f} s/epoch, {m['threads']} threads, "
-        f"{m['device']}) -> {artifact.path}"
+        f"{m['device']}{_ranks_note(m)}) -> {artifact.path}"
     )
     return 0
