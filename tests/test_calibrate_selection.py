@@ -25,7 +25,9 @@ RECIPE = recipes_for("auto")[0]
 def _row(name: str, val_top1: float, ratios: tuple[float, float]) -> _Candidate:
     row = _Candidate(RECIPE, name, Path(f"{name}.onnx"), [])
     row.val_top1 = val_top1
-    row.latency = {str(b): {"min_ratio": r, "p50_ratio": r} for b, r in zip((1, 64), ratios)}
+    row.latency = {
+        str(b): {"min_ratio": r, "p50_ratio": r} for b, r in zip((1, 64), ratios, strict=True)
+    }
     return row
 
 

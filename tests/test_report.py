@@ -27,13 +27,31 @@ def test_write_report_shows_a_failed_int8_candidate_as_a_row_with_its_error(
     metrics = {
         "recipe": {"name": "qdq-ok"},
         "candidates": [
-            {"name": "fp32", "val_top1": 0.99, "val_drop": 0.0, "within_budget": True,
-             "latency": {"1": {"p50_ratio": 1.0}, "64": {"p50_ratio": 1.0}}, "bytes": 90_000},
-            {"name": "qdq-ok", "val_top1": 0.989, "val_drop": 0.001, "within_budget": True,
-             "latency": {"1": {"p50_ratio": 0.8}, "64": {"p50_ratio": 0.7}}, "bytes": 40_000},
-            {"name": "qop-broken", "val_top1": None, "val_drop": None, "within_budget": False,
-             "latency": {}, "bytes": None,
-             "error": "quantize_static failed | on\nnode Conv_0"},
+            {
+                "name": "fp32",
+                "val_top1": 0.99,
+                "val_drop": 0.0,
+                "within_budget": True,
+                "latency": {"1": {"p50_ratio": 1.0}, "64": {"p50_ratio": 1.0}},
+                "bytes": 90_000,
+            },
+            {
+                "name": "qdq-ok",
+                "val_top1": 0.989,
+                "val_drop": 0.001,
+                "within_budget": True,
+                "latency": {"1": {"p50_ratio": 0.8}, "64": {"p50_ratio": 0.7}},
+                "bytes": 40_000,
+            },
+            {
+                "name": "qop-broken",
+                "val_top1": None,
+                "val_drop": None,
+                "within_budget": False,
+                "latency": {},
+                "bytes": None,
+                "error": "quantize_static failed | on\nnode Conv_0",
+            },
         ],  # fmt: skip
         "max_drop": 0.003,
         "fp32_val_top1": 0.99,
