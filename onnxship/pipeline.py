@@ -13,12 +13,14 @@ artifact and the next run redoes just that stage.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ from onnxship.stage_run import RunContext, cached_stage
 log = logging.getLogger(__name__)
 
 RUN_MARKER = ".onnxship-run.json"
+RUN_LOCK = ".onnxship-run.lock"
 BUNDLE_DIRS = ("artifacts", "checkpoints", "calibration", "stages", "results", "plots")
 
 
@@ -134,6 +137,37 @@ def _prepare_out_dir(out_dir: Path, cfg: PipelineConfig, force: bool) -> None:
     )
 
 
+@contextlib.contextmanager
+def bundle_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an advisory lock (`fcntl.flock` on OUT/.onnxship-run.lock) for the whole run, so a
+    second `onnxship run` on the same bundle refuses (exit 2) instead of interleaving writes.
+    The kernel drops the lock when the process ends, even on kill -9: no stale lock."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PipelineError(f"--out {out_dir} is a file; pass a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RUN_LOCK
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise PipelineError(
+                f"{out_dir} is in use by another onnxship run ({holder}); wait for it to "
+                "finish, or pass another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {utc_now()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 # --------------------------------------------------------------------------------------------
 # The pipeline
 
@@ -154,6 +188,13 @@ def run_pipeline(
     progress: Callable[[str], None] = lambda msg: None,
 ) -> PipelineResult:
     out = Path(out_dir)
+    with bundle_lock(out):
+        return _run_locked(cfg, out, force, progress)
+
+
+def _run_locked(
+    cfg: PipelineConfig, out: Path, force: bool, progress: Callable[[str], None]
+) -> PipelineResult:
     _prepare_out_dir(out, cfg, force)
     ctx = RunContext(out_dir=out, force=force, data_dir=cfg.data_dir, progress=progress)
     data_dir = cfg.data_dir

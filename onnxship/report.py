@@ -148,6 +148,12 @@ def _quantize_section(record: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _skipped_lines(bench_record: Mapping[str, Any] | None) -> list[str]:
+    """EPs the bench stage skipped (e.g. CUDA listed by onnxruntime but unusable here)."""
+    skipped = ((bench_record or {}).get("metrics") or {}).get("skipped_providers") or []
+    return [f"- Not benchmarked: {s.get('provider')} ({s.get('reason')})" for s in skipped]
+
+
 def write_report(out_dir: Path, manifest: Mapping[str, Any], plots: list[Path]) -> Path:
     env = manifest.get("environment", {})
     parts = [
@@ -213,6 +219,7 @@ def write_report(out_dir: Path, manifest: Mapping[str, Any], plots: list[Path]) 
         f"- Python {env.get('python')}, torch {env.get('torch')}, onnx {env.get('onnx')}, "
         f"onnxruntime {env.get('onnxruntime')}",
         f"- Available EPs: {', '.join(env.get('available_providers', []))}",
+        *_skipped_lines(_record(out_dir, "bench")),
         "",
         "## Plots",
         "",

@@ -63,3 +63,13 @@ def test_write_report_shows_a_failed_int8_candidate_as_a_row_with_its_error(
     assert "failed: quantize_static failed \\| on node Conv_0" in row
     assert row.count(" | ") == 6  # still a 7-column row
     assert "| `qdq-ok` | 98.90 % | 0.10 | True | 0.80 | 0.70 | 40000 |" in text
+
+
+def test_write_report_says_which_ep_the_bench_skipped_and_why(tmp_path: Path) -> None:
+    (tmp_path / "stages").mkdir()
+    reason = "this onnxruntime build has no CUDAExecutionProvider"
+    record = {"metrics": {"skipped_providers": [{"provider": "CUDAExecutionProvider",
+                                                 "reason": reason}]}}  # fmt: skip
+    (tmp_path / "stages" / "bench.json").write_text(json.dumps(record))
+    text = write_report(tmp_path, _manifest(), []).read_text()
+    assert f"- Not benchmarked: CUDAExecutionProvider ({reason})" in text
