@@ -20,6 +20,7 @@ from onnxship.errors import PipelineError
 from onnxship.stage_run import RunContext, cached_stage
 
 EVAL_SCHEMA = 1
+PREDICTIONS_FILE = "predictions.npz"  # one int32 array of argmax classes per artifact
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,15 @@ def eval_stage(
     raw = mnist.require_files(mnist.resolve_data_root(ctx.data_dir))
     data_files = [raw / mnist.TEST_IMAGES, raw / mnist.TEST_LABELS]
     out = ctx.path("results", "eval.json")
+    preds_path = ctx.path("results", PREDICTIONS_FILE)
 
     def produce() -> Artifact:
+        import numpy as np
+
+        from onnxship.core.artifact import atomic_output, sha256_file
+
         results: dict[str, Any] = {}
+        predictions: dict[str, Any] = {}
         for name, path in onnx_paths.items():
             results[name] = evaluate_onnx(
                 path,
@@ -78,7 +85,19 @@ def eval_stage(
                 split="test",
                 batch_size=settings.batch_size,
                 provider=settings.provider,
+                return_predictions=True,
             )
+            predictions[name] = results[name].pop("predictions").astype(np.int32)
+        # Every argmax, so `onnxship verify` on another CPU can count differing predictions.
+        with atomic_output(preds_path) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **predictions)
+        preds_sha = sha256_file(preds_path)
+        for name in results:
+            results[name]["predictions"] = {
+                "path": f"results/{PREDICTIONS_FILE}",
+                "key": name,
+                "sha256": preds_sha,
+            }
         atomic_write_json(
             out,
             {
@@ -99,7 +118,7 @@ def eval_stage(
         stage="eval",
         config=settings,
         inputs=[*onnx_paths.values(), *data_files],
-        outputs=[out],
+        outputs=[out, preds_path],
         produce=produce,
     )
     return _load_json(out)

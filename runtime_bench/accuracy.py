@@ -115,8 +115,10 @@ def evaluate_onnx(
     provider: str = "cpu",
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    return_predictions: bool = False,
 ) -> dict[str, Any]:
-    """MNIST top-1 of an `.onnx` file: {top1, correct, n, split, model_sha256, mean, std, ...}.
+    """MNIST top-1 of an `.onnx` file: {top1, correct, n, split, model_sha256, mean, std, ...}
+    (plus `predictions`, the argmax class of every sample, with `return_predictions`).
 
     The normalisation comes from the model's metadata; `mean`/`std` override it (both or
     neither) for a model exported without onnxship metadata."""
@@ -142,7 +144,8 @@ def evaluate_onnx(
     preds = predict_top1(handle, x, batch_size)
     correct = int(np.sum(preds == data.labels))
     n = int(data.labels.shape[0])
-    return {
+    extra = {"predictions": preds} if return_predictions else {}
+    return extra | {
         "model": os.fspath(p),
         "model_sha256": sha256_file(p),
         "split": split,
