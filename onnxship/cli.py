@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from onnxship import __version__
 from onnxship.commands import COMMAND_MODULES
+from onnxship.commands.common import resolve_user_paths
 
 EPILOG = """\
 pipeline:  train -> export(teacher) -> prune -> distill -> export(student) -> quantize (INT8)
@@ -73,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    resolve_user_paths(args)
     from onnxship.core.errors import OnnxshipError
 
     try:

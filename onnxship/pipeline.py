@@ -86,11 +86,27 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Pipeli
             table = tomllib.loads(p.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise PipelineError(f"config file {p} is not valid TOML: {exc}") from exc
+        _resolve_config_paths(table, p.parent)
     for key, value in overrides.items():
         if value is not None:
             table[key] = value
     where = str(path) if path is not None else "config"
     return dataclass_from_mapping(PipelineConfig, table, where)
+
+
+# Path values of a config file (as key paths into its table); relative ones are relative to the
+# config file's folder (CONTRACT.md), resolved here, once, at load time.
+CONFIG_PATH_KEYS: tuple[tuple[str, ...], ...] = (("data_dir",),)
+
+
+def _resolve_config_paths(table: dict[str, Any], base: Path) -> None:
+    for keys in CONFIG_PATH_KEYS:
+        holder: Any = table
+        for key in keys[:-1]:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        value = holder.get(keys[-1]) if isinstance(holder, dict) else None
+        if isinstance(value, str) and value:
+            holder[keys[-1]] = os.path.abspath(base / os.path.expanduser(value))
 
 
 def config_to_toml(cfg: PipelineConfig) -> str:
