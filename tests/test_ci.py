@@ -23,7 +23,9 @@ def _readme_two_commands() -> list[str]:
     return [line.split("#")[0].strip() for line in block.group(1).splitlines() if line.strip()]
 
 
-def _run_ci(tmp_path: Path, fail_on: str = "") -> tuple[subprocess.CompletedProcess[str], list[str]]:
+def _run_ci(
+    tmp_path: Path, fail_on: str = ""
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """Run a copy of .ci/run with `make` and `.venv/bin/onnxship` replaced by loggers."""
     clone = tmp_path / "clone"
     (clone / ".ci").mkdir(parents=True)
