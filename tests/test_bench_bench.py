@@ -123,7 +123,7 @@ def test_benchmark_models_requires_a_model():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="CUDAExecutionProvider absent")
+@pytest.mark.skipif(not HAS_CUDA, reason="no usable CUDAExecutionProvider")
 def test_benchmark_model_cuda_reports_device_and_end_to_end(tmp_path: Path):
     model = tiny.linear_classifier(tmp_path / "m.onnx")
     rows = benchmark_model(
