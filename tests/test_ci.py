@@ -49,7 +49,7 @@ def test_ci_runs_the_readme_commands_as_typed_with_nothing_exported(tmp_path: Pa
     commands = [c.split(" | ")[0] for c in calls]
     assert commands[:3] == ["make test", "make run", "make lint"]
     assert set(_readme_two_commands()) == {"make test", "make run"}
-    assert commands[3] == "onnxship verify runs/mnist_simplecnn"
+    assert commands[3] == "onnxship verify runs/mnist_simplecnn --data-dir ../shared/data"
     assert commands[4].startswith("onnxship gate --manifest runs/mnist_simplecnn/manifest.json")
     assert all(c.endswith("ONNXSHIP_DATA_DIR=unset") for c in calls), calls
 
