@@ -6,7 +6,11 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.onnxship-installed
 CONFIG  ?= configs/mnist_simplecnn.toml
 OUT     ?= runs/mnist_simplecnn
-export ONNXSHIP_DATA_DIR ?= ../shared/data
+# MNIST beside the clone (../shared/data) unless the caller sets it; made absolute here, so
+# tests and tools that run in another working directory still find it.
+ONNXSHIP_DATA_DIR ?= ../shared/data
+override ONNXSHIP_DATA_DIR := $(abspath $(ONNXSHIP_DATA_DIR))
+export ONNXSHIP_DATA_DIR
 
 .PHONY: run test lint install clean
 

@@ -12,10 +12,12 @@
    model: top-1 agreement for class scores, output SQNR otherwise - and on latency
    on the target EP, interleaved with the FP32 model (batch 1 and 64, one thread) - one table,
    FP32 included as a row.
-4. Among recipes within the accuracy budget, the fastest (geometric mean of INT8/FP32 over
-   the batch sizes) of those faster than FP32 at every batch size wins; if none is faster,
-   the least slow at its worst batch size. If none is within budget, the accuracy fallback
-   (`calibrate.fallback`) leaves the most sensitive nodes in float.
+4. One selection rule (`choose_recipe`): among the candidates within the accuracy budget
+   (FP32 val top-1 minus INT8 val top-1 <= max_drop, `calibrate.fallback.within_budget`), the
+   fastest wins: the lowest geometric mean over the batch sizes of its latency ratio to FP32
+   (`speed_score`). If none is within budget, the accuracy fallback (`calibrate.fallback`)
+   leaves the most sensitive nodes in float, starting from the fastest recipes, and the same
+   rule chooses among everything measured.
 5. The winner is re-timed against FP32 alone (the search's minimum is optimistic), written
    with the source's metadata (`onnxship.precision` = "int8", `onnxship.source_sha256` = the
    FP32 file's sha256) and the stage metrics describe all of it. If no INT8 recipe is faster
@@ -54,7 +56,7 @@ from onnxship.calibrate.dataset import (
     input_specs_of,
 )
 from onnxship.calibrate.errors import CalibrateError
-from onnxship.calibrate.fallback import fallback_to_float
+from onnxship.calibrate.fallback import fallback_to_float, within_budget
 from onnxship.calibrate.graph_prep import cap_opset, ort_max_qdq_opset, reshape_to_flatten
 from onnxship.calibrate.ort_static import (
     HistogramCaps,
@@ -275,19 +277,15 @@ def _ratio(row: _Candidate, batch: int, lat: LatencyConfig) -> float:
     return row.latency[str(batch)][f"{lat.statistic.value}_ratio"]
 
 
-def _speed_score(row: _Candidate, lat: LatencyConfig) -> float:
-    """Geometric mean over batch sizes of INT8/FP32 latency (lower is faster)."""
+def speed_score(row: _Candidate, lat: LatencyConfig) -> float:
+    """Geometric mean over batch sizes of INT8/FP32 latency (lower is faster); the speed half
+    of the selection rule (`choose_recipe`)."""
     ratios = [_ratio(row, b, lat) for b in lat.batch_sizes]
     return float(math.exp(sum(math.log(r) for r in ratios) / len(ratios)))
 
 
 def _faster(row: _Candidate, lat: LatencyConfig) -> bool:
     return all(_ratio(row, b, lat) < 1 - lat.faster_margin for b in lat.batch_sizes)
-
-
-def _within(row: _Candidate, fp32_top1: float, max_drop: float) -> bool:
-    # A tiny epsilon so that a drop of exactly the budget (e.g. 15/5000) counts as within it.
-    return row.val_top1 is not None and fp32_top1 - row.val_top1 <= max_drop + 1e-9
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,20 +412,22 @@ def _write_int8(
 
 
 def _row_json(
-    row: _Candidate, fp32_top1: float, cfg: QuantizeConfig, max_drop: float
+    row: _Candidate, fp32: _Candidate, cfg: QuantizeConfig, budget: float | None = None
 ) -> dict[str, Any]:
+    fp32_top1 = float(fp32.val_top1 or 0.0)
+    budget = cfg.max_drop if budget is None else budget
     out: dict[str, Any] = {
         "name": row.name,
         "options": row.recipe.options() if row.recipe else {"precision": "fp32"},
         "val_top1": row.val_top1,
         "val_drop": None if row.val_top1 is None else round(fp32_top1 - row.val_top1, 6),
-        "within_budget": row.recipe is None or _within(row, fp32_top1, max_drop),
+        "within_budget": row.recipe is None or within_budget(fp32_top1, row.val_top1, budget),
         "latency": row.latency,
         "bytes": row.path.stat().st_size if row.path.is_file() else None,
         "nodes_in_float": row.float_nodes,
     }
     if row.recipe is not None and row.latency:
-        out["speed_score"] = round(_speed_score(row, cfg.latency), 4)
+        out["speed_score"] = round(speed_score(row, cfg.latency), 4)
         out["faster_than_fp32"] = _faster(row, cfg.latency)
         out["quantize_s"] = round(row.quantize_s, 3)
     if row.error:
@@ -454,195 +454,364 @@ def int8_from_onnx(
 ) -> Artifact:
     """Quantize the FP32 model `src` to static INT8 at `out_path` (see the module docstring).
 
+    Phases: `_load_inputs` (metadata, calibration and validation data), `_prepare_graph`
+    (pre-processing in a scratch folder), `_search` (every recipe quantized, scored and timed),
+    `_fallback` (only when no recipe meets the budget), `choose_recipe` (the selection rule),
+    `_confirm` (the winner re-timed against FP32) and `_write_int8`.
+
     Writes `out_path` (and the calibration set to `calib_out` when given) only on success.
     `val_npz`: measure the budget on this dataset .npz instead of MNIST validation.
     Raises CalibrateError: bad input (exit 2); no recipe within the accuracy budget (exit 1,
     the message names the best recipe found and its drop).
     """
     started = time.perf_counter()
-    src_path = Path(src)
-    out = Path(out_path)
     cfg.validate()
-    from onnxship.core.env import cpu_model_name, isa_summary
+    inp = _load_inputs(Path(src), cfg, data_dir, calib_npz, val_npz)
+    with tempfile.TemporaryDirectory(prefix="onnxship-quantize-") as scratch_name:
+        graph = _prepare_graph(inp.src, Path(scratch_name), cfg)
+        fp32 = _Candidate(None, FP32_ROW, inp.src, [])
+        fp32.session = _session(inp.src, cfg)
+        fp32.val_top1 = inp.evalset.reference_score(fp32.session, model=os.fspath(inp.src))
+        rows = _search(inp, graph, fp32, cfg, progress)
+        fallback_info = None
+        if cfg.fallback and not _within_rows(rows, fp32, cfg, inp.budget):
+            fallback_rows = _fallback(inp, graph, fp32, rows, cfg)
+            rows.extend(fallback_rows)
+            fallback_info = {"ran": True, "candidates": [r.name for r in fallback_rows]}
+        chosen = choose_recipe(
+            rows, fp32, cfg, src=inp.src, fallback_ran=fallback_info is not None,
+            budget=inp.budget, budget_text=_budget_text(inp, cfg),
+        )  # fmt: skip
+        confirm = _confirm(chosen, fp32, inp, cfg)
+        faster = _faster(confirm, cfg.latency)
+        why = _why(confirm, faster, cfg.latency, _within_rows(rows, fp32, cfg, inp.budget), rows)
+        if cfg.require_faster and not faster:
+            raise CalibrateError(
+                f"{inp.src}: INT8 is not faster than FP32 on {inp.provider} and require_faster "
+                f"is set: {why}",
+                exit_code=1,
+            )
+        out = Path(out_path)
+        _write_int8(
+            chosen.path, out, inp.src_meta, src_sha=inp.src_sha, mean=inp.mean, std=inp.std,
+            recipe_name=chosen.name, strip_node_metadata=cfg.strip_node_metadata,
+        )  # fmt: skip
+        table = [_row_json(r, fp32, cfg, inp.budget) for r in (fp32, *rows)]
+    calib_path: str | None = None
+    if calib_out is not None:
+        inp.calib.save(calib_out)
+        calib_path = os.fspath(calib_out)
+    metrics = _metrics(inp, cfg, graph, chosen, confirm, table, fallback_info, faster, why, out)
+    metrics["calibration"]["path"] = calib_path
+    metrics["search_wall_s"] = round(time.perf_counter() - started, 2)
+    return Artifact.from_file(
+        out, stage=STAGE, config=jsonable(cfg), parent_sha256=inp.src_sha, metrics=metrics
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Phase 1: inputs (metadata, calibration set, validation set)
+
+
+@dataclass
+class _Inputs:
+    src: Path
+    provider: str
+    specs: list[InputSpec]
+    src_meta: dict[str, str]
+    src_sha: str
+    mean: tuple[float, ...] | None  # None: npz data, preprocessed by the user
+    std: tuple[float, ...] | None
+    norm_source: str
+    calib: CalibrationSet
+    evalset: EvaluationSet
+    budget: float  # the largest allowed FP32-score-minus-candidate-score for evalset's metric
+
+    def evaluate(self, session: Any, cfg: QuantizeConfig) -> float:
+        """The candidate's score on the evaluation set (top-1, or fidelity to FP32)."""
+        return self.evalset.score(session)
+
+    def feeds(self, batch_sizes: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
+        return _feeds(self.evalset.inputs, batch_sizes)
+
+
+def _load_inputs(
+    src: Path,
+    cfg: QuantizeConfig,
+    data_dir: str | os.PathLike[str] | None,
+    calib_npz: str | os.PathLike[str] | None,
+    val_npz: str | os.PathLike[str] | None,
+) -> _Inputs:
     from onnxship.runtime_bench.session import check_model_file, check_provider_available
 
-    check_model_file(src_path)
+    check_model_file(src)
     provider = check_provider_available(cfg.provider)
-    specs = input_specs_of(src_path)
-    src_meta = _source_metadata(src_path)
+    specs = input_specs_of(src)
+    src_meta = _source_metadata(src)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     norm_source = "none: npz data is preprocessed"
     if calib_npz is None or val_npz is None:  # MNIST is involved: it needs the normalisation
-        mean, std, norm_source = _normalisation(src_meta, cfg, src_path)
+        mean, std, norm_source = _normalisation(src_meta, cfg, src)
     calib = _calibration_set(specs, cfg, mean, std, data_dir, calib_npz)
-    calib_sha = calib.sha256()
     evalset = _evaluation_set(data_dir, calib, specs, mean, std, val_npz, cfg)
-    src_sha = sha256_file(src_path)
-    recipes = recipes_for(cfg.recipe)
+    return _Inputs(
+        src=src, provider=provider, specs=specs, src_meta=src_meta, src_sha=sha256_file(src),
+        mean=mean, std=std, norm_source=norm_source, calib=calib, evalset=evalset,
+        budget=evalset.drop_budget(cfg.max_drop, cfg.min_sqnr_db),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Phase 2: the graph every recipe starts from
+
+
+@dataclass
+class _Graph:
+    scratch: Path
+    cache_dir: Path  # calibration ranges, shared by every recipe with the same method
+    prepared: Path
+    rewrites: list[Any]
+    nodes: list[tuple[str, str]]  # (name, op_type) after pre-processing
+    user_excluded: list[str]
+    user_rows: list[dict[str, Any]]  # nodes_in_float entries for the user's exclusions
+
+
+def _prepare_graph(src: Path, scratch: Path, cfg: QuantizeConfig) -> _Graph:
+    """`quant_pre_process`, the exact rewrites, and the user's exclusions resolved to names."""
+    cache_dir = scratch / "ranges"
+    cache_dir.mkdir()
+    prepared = preprocess_model(src, scratch / "preprocessed.onnx")
+    prepared, rewrites = _prepare(prepared, scratch, cfg)
+    nodes = list(node_table(prepared))
+    op_of = dict(nodes)
+    excluded = list(
+        resolve_exclusions(nodes, cfg.exclude_nodes, cfg.exclude_op_types, model=os.fspath(src))
+    )
+    user_rows = [
+        {
+            "node": n,
+            "op_type": op_of[n],
+            "reason": "excluded by config ("
+            + ("exclude_nodes" if n in cfg.exclude_nodes else f"op type {op_of[n]}")
+            + ")",
+        }
+        for n in excluded
+    ]
+    return _Graph(scratch, cache_dir, prepared, rewrites, nodes, excluded, user_rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Phase 3: the search
+
+
+def _search(
+    inp: _Inputs, graph: _Graph, fp32: _Candidate, cfg: QuantizeConfig, progress: bool
+) -> list[_Candidate]:
+    """Quantize, score and time every recipe of `cfg.recipe`. A failing recipe is a row with
+    its error while searching; with one recipe named, its failure is the stage's error."""
     searching = cfg.recipe.strip().lower() == AUTO
-
-    with tempfile.TemporaryDirectory(prefix="onnxship-quantize-") as scratch_name:
-        scratch = Path(scratch_name)
-        cache_dir = scratch / "ranges"
-        cache_dir.mkdir()
-        prepared = preprocess_model(src_path, scratch / "preprocessed.onnx")
-        prepared, rewrites = _prepare(prepared, scratch, cfg)
-        nodes = node_table(prepared)
-        op_of = dict(nodes)
-        user_excluded = resolve_exclusions(
-            nodes, cfg.exclude_nodes, cfg.exclude_op_types, model=os.fspath(src_path)
+    rows: list[_Candidate] = []
+    bar = _progress(len(recipes_for(cfg.recipe)), progress)
+    for i, recipe in enumerate(recipes_for(cfg.recipe)):
+        row = _Candidate(recipe, recipe.name, graph.scratch / f"cand-{i}.onnx",
+                         graph.user_rows + _scope_rows(recipe, graph.nodes, graph.user_excluded))  # fmt: skip
+        t0 = time.perf_counter()
+        try:
+            quantize_with_recipe(
+                graph.prepared, row.path, recipe, inp.calib, cache_dir=graph.cache_dir,
+                nodes_to_exclude=graph.user_excluded, caps=cfg.caps,
+                range_overrides=cfg.range_overrides,
+            )  # fmt: skip
+            row.quantize_s = time.perf_counter() - t0
+            row.session = _session(row.path, cfg)
+            row.val_top1 = inp.evaluate(row.session, cfg)
+        except OnnxshipError as exc:  # CalibrateError, or BenchError from the session
+            if not searching:
+                raise
+            row.error = str(exc)
+            log.warning("recipe %s failed: %s", recipe.name, exc)
+        rows.append(row)
+        bar.update(1)
+    bar.close()
+    ok = [r for r in rows if r.error is None]
+    if not ok:
+        raise CalibrateError(
+            f"every recipe failed to quantize {inp.src}: "
+            + "; ".join(f"{r.name}: {r.error}" for r in rows)
         )
-        user_rows = [
-            {
-                "node": n,
-                "op_type": op_of[n],
-                "reason": "excluded by config ("
-                + ("exclude_nodes" if n in cfg.exclude_nodes else f"op type {op_of[n]}")
-                + ")",
-            }
-            for n in user_excluded
-        ]
+    measure_against_fp32(fp32, ok, inp.feeds(cfg.latency.batch_sizes), cfg.latency)
+    return rows
 
-        def evaluate(path: Path) -> float:
-            return evalset.score(_session(path, cfg))
 
-        fp32 = _Candidate(None, FP32_ROW, src_path, [])
-        fp32.session = _session(src_path, cfg)
-        fp32.val_top1 = evalset.reference_score(fp32.session, model=os.fspath(src_path))
-        fp32_top1 = float(fp32.val_top1)
-        max_drop = evalset.drop_budget(cfg.max_drop, cfg.min_sqnr_db)
+# --------------------------------------------------------------------------------------------
+# Phase 4: the accuracy fallback
 
-        rows: list[_Candidate] = []
-        bar = _progress(len(recipes), progress)
-        for i, recipe in enumerate(recipes):
-            row = _Candidate(recipe, recipe.name, scratch / f"cand-{i}.onnx",
-                             user_rows + _scope_rows(recipe, nodes, user_excluded))  # fmt: skip
-            t0 = time.perf_counter()
-            try:
-                quantize_with_recipe(
-                    prepared, row.path, recipe, calib, cache_dir=cache_dir,
-                    nodes_to_exclude=user_excluded, caps=cfg.caps,
-                    range_overrides=cfg.range_overrides,
-                )  # fmt: skip
-                row.quantize_s = time.perf_counter() - t0
-                row.session = _session(row.path, cfg)
-                row.val_top1 = evalset.score(row.session)
-            except OnnxshipError as exc:  # CalibrateError, or BenchError from the session
-                if not searching:
-                    raise
-                row.error = str(exc)
-                log.warning("recipe %s failed: %s", recipe.name, exc)
-            rows.append(row)
-            bar.update(1)
-        bar.close()
-        ok = [r for r in rows if r.error is None]
-        if not ok:
-            raise CalibrateError(
-                f"every recipe failed to quantize {src_path}: "
-                + "; ".join(f"{r.name}: {r.error}" for r in rows)
-            )
-        feeds = _feeds(evalset.inputs, cfg.latency.batch_sizes)
-        measure_against_fp32(fp32, ok, feeds, cfg.latency)
 
-        within = [r for r in ok if _within(r, fp32_top1, max_drop)]
-        fallback_info: dict[str, Any] | None = None
-        if not within and cfg.fallback:
-            by_speed = sorted(ok, key=lambda r: _speed_score(r, cfg.latency))
-            fb_rows: list[_Candidate] = []
-            for j, base in enumerate(by_speed[: cfg.fallback_recipes]):
-                assert base.recipe is not None
-                result = fallback_to_float(
-                    prepared, base.recipe, calib, evaluate=evaluate, fp32_top1=fp32_top1,
-                    max_drop=max_drop, base_excluded=user_excluded,
-                    scratch=scratch, cache_dir=cache_dir, caps=cfg.caps,
-                    range_overrides=cfg.range_overrides, max_float_nodes=cfg.max_float_nodes,
-                    probes=cfg.probes, tag=f"fb{j}",
-                )  # fmt: skip
-                info = {
-                    "from": base.name,
-                    "sensitivity": result.sensitivity,
-                    "steps": result.steps,
-                    "within_budget": result.within_budget,
-                }
-                if result.path is None:
-                    continue
-                fb = _Candidate(base.recipe, f"{base.name}+fallback", result.path,
-                                base.float_nodes + result.float_nodes)  # fmt: skip
-                fb.val_top1 = result.val_top1
-                fb.session = _session(result.path, cfg)
-                fb.fallback = info
-                fb_rows.append(fb)
-                if result.within_budget:
-                    break
-            if fb_rows:
-                measure_against_fp32(fp32, fb_rows, feeds, cfg.latency)
-                rows.extend(fb_rows)
-                within = [r for r in fb_rows if _within(r, fp32_top1, max_drop)]
-            fallback_info = {"ran": True, "candidates": [r.name for r in fb_rows]}
-
-        table = [_row_json(r, fp32_top1, cfg, max_drop) for r in (fp32, *rows)]
-        if not within:
-            best = max((r for r in rows if r.val_top1 is not None), key=lambda r: r.val_top1 or 0)
-            metric = evalset.metric.value if evalset.metric else "top1"
-            budget = (
-                f"{cfg.min_sqnr_db:.1f} dB output SQNR vs FP32"
-                if metric == "sqnr_db"
-                else f"{cfg.max_drop * 100:.2f} pp"
-            )
-            raise CalibrateError(
-                f"no INT8 recipe for {src_path} is within the accuracy budget of {budget} "
-                f"({metric} on {evalset.source}): FP32 {fp32_top1:.4f}, best found "
-                f"{best.name} with {best.val_top1:.4f} (drop "
-                f"{fp32_top1 - (best.val_top1 or 0):.4f}) after trying "
-                f"{len(rows)} candidates{' and the float fallback' if fallback_info else ''}; "
-                "raise --max-drop, calibrate with more data (--calib-size) or exclude "
-                "sensitive nodes",
-                exit_code=1,
-            )
-        chosen = min(
-            within, key=lambda r: (not _faster(r, cfg.latency), _speed_score(r, cfg.latency))
-        )
-        assert chosen.recipe is not None
-
-        # Re-time the winner against FP32 alone: the search's best is optimistically biased.
-        confirm = _Candidate(chosen.recipe, chosen.name, chosen.path, chosen.float_nodes)
-        confirm.session = chosen.session
-        confirm_fp32 = _Candidate(None, FP32_ROW, src_path, [])
-        confirm_fp32.session = fp32.session
-        measure_against_fp32(confirm_fp32, [confirm], feeds, cfg.latency)
-        faster = _faster(confirm, cfg.latency)
-        why = _why(confirm, faster, cfg.latency, within, rows)
-        if cfg.require_faster and not faster:
-            raise CalibrateError(
-                f"{src_path}: INT8 is not faster than FP32 on {provider} and require_faster "
-                f"is set: {why}",
-                exit_code=1,
-            )
-        _write_int8(
-            chosen.path, out, src_meta, src_sha=src_sha, mean=mean, std=std,
-            recipe_name=chosen.name, strip_node_metadata=cfg.strip_node_metadata,
+def _fallback(
+    inp: _Inputs, graph: _Graph, fp32: _Candidate, rows: Sequence[_Candidate], cfg: QuantizeConfig
+) -> list[_Candidate]:
+    """Leave the most sensitive nodes in float, starting from the fastest recipes (the same
+    speed order as `choose_recipe`); stop at the first result within the budget."""
+    fp32_top1 = float(fp32.val_top1 or 0.0)
+    ok = [r for r in rows if r.error is None]
+    out: list[_Candidate] = []
+    for j, base in enumerate(sorted(ok, key=lambda r: speed_score(r, cfg.latency))):
+        if j >= cfg.fallback_recipes:
+            break
+        assert base.recipe is not None
+        result = fallback_to_float(
+            graph.prepared, base.recipe, inp.calib,
+            evaluate=lambda path: inp.evaluate(_session(path, cfg), cfg),
+            fp32_top1=fp32_top1, max_drop=inp.budget, base_excluded=graph.user_excluded,
+            scratch=graph.scratch, cache_dir=graph.cache_dir, caps=cfg.caps,
+            range_overrides=cfg.range_overrides, max_float_nodes=cfg.max_float_nodes,
+            probes=cfg.probes, tag=f"fb{j}",
         )  # fmt: skip
+        if result.path is None:
+            continue
+        fb = _Candidate(base.recipe, f"{base.name}+fallback", result.path,
+                        base.float_nodes + result.float_nodes)  # fmt: skip
+        fb.val_top1 = result.val_top1
+        fb.session = _session(result.path, cfg)
+        fb.fallback = {
+            "from": base.name,
+            "sensitivity": result.sensitivity,
+            "steps": result.steps,
+            "within_budget": result.within_budget,
+        }
+        out.append(fb)
+        if result.within_budget:
+            break
+    if out:
+        measure_against_fp32(fp32, out, inp.feeds(cfg.latency.batch_sizes), cfg.latency)
+    return out
 
-    calib_path: str | None = None
-    if calib_out is not None:
-        calib.save(calib_out)
-        calib_path = os.fspath(calib_out)
-    fp32_bytes = src_path.stat().st_size
+
+# --------------------------------------------------------------------------------------------
+# Phase 5: the selection rule
+
+
+def choose_recipe(
+    rows: Sequence[_Candidate],
+    fp32: _Candidate,
+    cfg: QuantizeConfig,
+    *,
+    src: Path | None = None,
+    fallback_ran: bool = False,
+    budget: float | None = None,
+    budget_text: str | None = None,
+) -> _Candidate:
+    """The one selection rule: among the candidates within the accuracy budget
+    (`within_budget`: FP32 val top-1 minus the candidate's is at most `max_drop`), the fastest,
+    i.e. the lowest `speed_score` (geometric mean over the batch sizes of its latency ratio
+    to FP32); the first in table order on a tie.
+
+    `budget` replaces `cfg.max_drop` when the score is not top-1 (fidelity without labels:
+    `EvaluationSet.drop_budget`); `budget_text` then says what it means.
+    Raises CalibrateError (exit 1) when no candidate is within the budget.
+    """
+    budget = cfg.max_drop if budget is None else budget
+    within = _within_rows(rows, fp32, cfg, budget)
+    if within:
+        return min(within, key=lambda r: speed_score(r, cfg.latency))
+    fp32_top1 = float(fp32.val_top1 or 0.0)
+    scored = [r for r in rows if r.val_top1 is not None]
+    best = max(scored, key=lambda r: r.val_top1 or 0.0) if scored else None
+    found = (
+        f"best found {best.name} with {best.val_top1:.4f} (drop "
+        f"{(fp32_top1 - (best.val_top1 or 0.0)) * 100:.2f} pp)"
+        if best is not None
+        else "no candidate was scored"
+    )
+    raise CalibrateError(
+        f"no INT8 recipe for {src} is within the accuracy budget of "
+        f"{budget_text or f'{cfg.max_drop * 100:.2f} pp of val top-1'}: FP32 {fp32_top1:.4f}, "
+        f"{found} after trying "
+        f"{len(rows)} candidates{' and the float fallback' if fallback_ran else ''}; "
+        "raise --max-drop, calibrate with more data (--calib-size) or exclude "
+        "sensitive nodes",
+        exit_code=1,
+    )
+
+
+def _within_rows(
+    rows: Sequence[_Candidate], fp32: _Candidate, cfg: QuantizeConfig, budget: float | None = None
+) -> list[_Candidate]:
+    fp32_top1 = float(fp32.val_top1 or 0.0)
+    budget = cfg.max_drop if budget is None else budget
+    return [
+        r
+        for r in rows
+        if r.error is None and r.latency and within_budget(fp32_top1, r.val_top1, budget)
+    ]
+
+
+def _budget_text(inp: _Inputs, cfg: QuantizeConfig) -> str:
+    metric = inp.evalset.metric.value if inp.evalset.metric else "top1"
+    if metric == "sqnr_db":
+        return f"{cfg.min_sqnr_db:.1f} dB output SQNR vs FP32 (on {inp.evalset.source})"
+    return f"{cfg.max_drop * 100:.2f} pp of {metric} (on {inp.evalset.source})"
+
+
+# --------------------------------------------------------------------------------------------
+# Phase 6: confirm
+
+
+def _confirm(chosen: _Candidate, fp32: _Candidate, inp: _Inputs, cfg: QuantizeConfig) -> _Candidate:
+    """Re-time the winner against FP32 alone: the search's best is optimistically biased."""
+    assert chosen.recipe is not None
+    confirm = _Candidate(chosen.recipe, chosen.name, chosen.path, chosen.float_nodes)
+    confirm.session = chosen.session
+    confirm_fp32 = _Candidate(None, FP32_ROW, fp32.path, [])
+    confirm_fp32.session = fp32.session
+    measure_against_fp32(confirm_fp32, [confirm], inp.feeds(cfg.latency.batch_sizes), cfg.latency)
+    return confirm
+
+
+# --------------------------------------------------------------------------------------------
+# The stage record
+
+
+def _metrics(
+    inp: _Inputs,
+    cfg: QuantizeConfig,
+    graph: _Graph,
+    chosen: _Candidate,
+    confirm: _Candidate,
+    table: list[dict[str, Any]],
+    fallback_info: dict[str, Any] | None,
+    faster: bool,
+    why: str,
+    out: Path,
+) -> dict[str, Any]:
+    from onnxship.core.env import cpu_model_name, isa_summary
+
+    assert chosen.recipe is not None
+    fp32_top1 = float(table[0]["val_top1"])
+    fp32_bytes = inp.src.stat().st_size
     int8_bytes = out.stat().st_size
-    metrics = {
-        "recipe": {"name": chosen.name, "options": chosen.recipe.options(), "searched": searching},
+    return {
+        "recipe": {
+            "name": chosen.name,
+            "options": chosen.recipe.options(),
+            "searched": cfg.recipe.strip().lower() == AUTO,
+        },
+        "selection_rule": (
+            "fastest within the accuracy budget: lowest geometric mean over the batch sizes "
+            f"of the {cfg.latency.statistic.value}-latency ratio to FP32"
+        ),
         "candidates": table,
         "nodes_in_float": chosen.float_nodes,
         "fp32_val_top1": fp32_top1,
         "int8_val_top1": chosen.val_top1,
         "val_drop": round(fp32_top1 - (chosen.val_top1 or 0.0), 6),
         "max_drop": cfg.max_drop,
-        "val_samples": evalset.samples,
-        "val_split": evalset.source,
-        "budget": evalset.describe(cfg.max_drop, cfg.min_sqnr_db),
+        "val_samples": inp.evalset.samples,
+        "val_split": inp.evalset.source,
+        "budget": inp.evalset.describe(cfg.max_drop, cfg.min_sqnr_db),
         "latency": {
-            "provider": provider,
+            "provider": inp.provider,
             "threads": cfg.latency.threads,
             "statistic": cfg.latency.statistic.value,
             "by_batch": confirm.latency,
@@ -653,15 +822,15 @@ def int8_from_onnx(
         "int8_bytes": int8_bytes,
         "bytes_ratio": round(int8_bytes / fp32_bytes, 4),
         "calibration": {
-            "path": calib_path,
-            "sha256": calib_sha,
-            "samples": calib.samples,
-            "batch_size": calib.batch_size,
-            "source_split": calib.source,
+            "path": None,
+            "sha256": inp.calib.sha256(),
+            "samples": inp.calib.samples,
+            "batch_size": inp.calib.batch_size,
+            "source_split": inp.calib.source,
             "normalisation": {
-                "mean": None if mean is None else list(mean),
-                "std": None if std is None else list(std),
-                "from": norm_source,
+                "mean": None if inp.mean is None else list(inp.mean),
+                "std": None if inp.std is None else list(inp.std),
+                "from": inp.norm_source,
             },
             "histogram_cap": {
                 "max_samples": cfg.caps.max_samples,
@@ -669,14 +838,10 @@ def int8_from_onnx(
                 "applies_to": ["entropy", "percentile"],
             },
         },
-        "graph_rewrites": [r.to_json() for r in rewrites],
+        "graph_rewrites": [r.to_json() for r in graph.rewrites],
         "fallback": fallback_info,
-        "target": {"provider": provider, "cpu": cpu_model_name(), "isa": isa_summary()},
-        "search_wall_s": round(time.perf_counter() - started, 2),
+        "target": {"provider": inp.provider, "cpu": cpu_model_name(), "isa": isa_summary()},
     }
-    return Artifact.from_file(
-        out, stage=STAGE, config=jsonable(cfg), parent_sha256=src_sha, metrics=metrics
-    )
 
 
 def _prepare(prepped: Path, scratch: Path, cfg: QuantizeConfig) -> tuple[Path, list[Any]]:
@@ -693,14 +858,6 @@ def _prepare(prepped: Path, scratch: Path, cfg: QuantizeConfig) -> tuple[Path, l
     out = scratch / "prepared.onnx"
     onnx.save_model(model, os.fspath(out))
     return out, rewrites
-
-
-def _choice_key(row: _Candidate, lat: LatencyConfig) -> tuple[bool, float]:
-    """Faster-than-FP32 recipes first, by geometric-mean ratio; otherwise the least slow one
-    at its worst batch size (the closest to "never slower than FP32")."""
-    if _faster(row, lat):
-        return (False, _speed_score(row, lat))
-    return (True, max(_ratio(row, b, lat) for b in lat.batch_sizes))
 
 
 def _why(

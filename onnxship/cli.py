@@ -22,6 +22,7 @@ from typing import Any
 
 from onnxship import __version__
 from onnxship.commands import COMMAND_MODULES
+from onnxship.commands.common import resolve_user_paths
 
 EPILOG = """\
 pipeline:  train -> export(teacher) -> prune -> distill -> export(student) -> quantize (INT8)
@@ -126,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    resolve_user_paths(args)
     from onnxship.core.errors import (
         EXIT_INTERRUPTED,
         EXIT_TERMINATED,

@@ -89,7 +89,7 @@ def gate(
             cases.append(GateCase(name, False, f"artifact {name} is missing from the manifest",
                                   None, required))  # fmt: skip
             continue
-        observed = float(artifacts[name]["accuracy"]["test_top1"])
+        observed = _observed_top1(artifacts[name], f"manifest {manifest_path}: artifacts.{name}")
         ok = observed + _EPS >= required
         message = (
             f"test top-1 {observed:.4f} >= {required:.4f} (baseline {spec['test_top1']} - "
@@ -103,6 +103,21 @@ def gate(
     if check_latency:
         cases.extend(_latency_cases(artifacts, baseline.get("latency_ratios", [])))
     return cases
+
+
+def _observed_top1(entry: Any, where: str) -> float:
+    """The manifest's test top-1 of one artifact: a fraction in [0, 1], else a bad manifest
+    (exit 2) - never a number the gate compares as if it were an accuracy."""
+    accuracy = entry.get("accuracy") if isinstance(entry, dict) else None
+    if not isinstance(accuracy, dict) or "test_top1" not in accuracy:
+        raise PipelineError(
+            f"{where}: expected accuracy.test_top1 (a fraction in [0, 1]), found none; "
+            "regenerate the bundle with `onnxship run`"
+        )
+    try:
+        return _number(accuracy["test_top1"], f"{where}.accuracy.test_top1", lo=0.0, hi=1.0)
+    except PipelineError as exc:
+        raise PipelineError(f"{exc}; the manifest is damaged, regenerate the bundle") from None
 
 
 def _latency_cases(artifacts: dict[str, Any], ratios: list[dict[str, Any]]) -> list[GateCase]:

@@ -149,9 +149,14 @@ def build_manifest(
                 "split": "test",
                 "provider": eval_json.get("provider"),
                 "batch_size": eval_json.get("batch_size"),
+                "predictions": accuracy.get("predictions"),
             },
             "latency": _latency_for(path, bench_json),
         }
+        if spec.precision == "int8":
+            from onnxship.calibrate.coverage import integer_mac_share
+
+            artifacts[spec.name]["integer_macs"] = integer_mac_share(path)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "onnxship_version": __version__,

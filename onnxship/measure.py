@@ -20,6 +20,7 @@ from onnxship.errors import PipelineError
 from onnxship.stage_run import RunContext, cached_stage
 
 EVAL_SCHEMA = 1
+PREDICTIONS_FILE = "predictions.npz"  # one int32 array of argmax classes per artifact
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,15 @@ def eval_stage(
     raw = mnist.require_files(mnist.resolve_data_root(ctx.data_dir))
     data_files = [raw / mnist.TEST_IMAGES, raw / mnist.TEST_LABELS]
     out = ctx.path("results", "eval.json")
+    preds_path = ctx.path("results", PREDICTIONS_FILE)
 
     def produce() -> Artifact:
+        import numpy as np
+
+        from onnxship.core.artifact import atomic_output, sha256_file
+
         results: dict[str, Any] = {}
+        predictions: dict[str, Any] = {}
         for name, path in onnx_paths.items():
             results[name] = evaluate_onnx(
                 path,
@@ -78,7 +85,19 @@ def eval_stage(
                 split="test",
                 batch_size=settings.batch_size,
                 provider=settings.provider,
+                return_predictions=True,
             )
+            predictions[name] = results[name].pop("predictions").astype(np.int32)
+        # Every argmax, so `onnxship verify` on another CPU can count differing predictions.
+        with atomic_output(preds_path) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **predictions)
+        preds_sha = sha256_file(preds_path)
+        for name in results:
+            results[name]["predictions"] = {
+                "path": f"results/{PREDICTIONS_FILE}",
+                "key": name,
+                "sha256": preds_sha,
+            }
         atomic_write_json(
             out,
             {
@@ -99,40 +118,121 @@ def eval_stage(
         stage="eval",
         config=settings,
         inputs=[*onnx_paths.values(), *data_files],
-        outputs=[out],
+        outputs=[out, preds_path],
         produce=produce,
     )
     return _load_json(out)
 
 
-def available_bench_providers(requested: tuple[str, ...]) -> list[str]:
-    """Requested EPs resolved to ORT names; empty = every available one of CPU and CUDA."""
+CPU_EP = "CPUExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+
+
+@dataclass(frozen=True)
+class ProviderProbe:
+    """Can this process run a session on `provider`? (`reason` says why or why not.)"""
+
+    provider: str
+    usable: bool
+    reason: str
+
+
+def _probe_model() -> bytes:
+    """A one-node model (y = x + x on a [1, 4] float tensor), built in memory."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "onnxship-probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def probe_provider(provider: str) -> ProviderProbe:
+    """Create a session on `provider` alone with a tiny model and run it once.
+
+    `get_available_providers()` only says which EPs this onnxruntime build contains:
+    onnxruntime-gpu lists CUDA on a machine without a usable GPU or CUDA libraries, and ORT
+    then falls back to the CPU EP (or fails) when a session is created. Only a session that
+    really runs on the EP counts."""
+    import numpy as np
     import onnxruntime as ort
 
+    available = list(ort.get_available_providers())
+    if provider not in available:
+        return ProviderProbe(
+            provider, False, f"this onnxruntime build has no {provider} (available: {available})"
+        )
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(_probe_model(), opts, providers=[provider])
+        active = list(sess.get_providers())
+        if provider not in active:
+            return ProviderProbe(
+                provider, False,
+                f"{provider} is listed but a session fell back to {active} (no usable device "
+                "or driver/libraries)",
+            )  # fmt: skip
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        (y,) = sess.run(None, {"x": x})
+        if not np.array_equal(y, x + x):
+            return ProviderProbe(provider, False, f"{provider} computed a wrong probe result")
+    except Exception as exc:  # any failure to create or run means "not usable here"
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        return ProviderProbe(
+            provider, False, f"creating or running a {provider} session failed: {first}"
+        )
+    return ProviderProbe(provider, True, f"a probe session ran on {provider}")
+
+
+def bench_providers(requested: tuple[str, ...]) -> tuple[list[str], list[ProviderProbe]]:
+    """The EPs the pipeline benchmarks on, and the ones it skipped with the reason.
+
+    Requested EPs (names or cpu/cuda) are used as given: one that cannot run is a hard error
+    when its session is created, as with `onnxship bench --provider`. With none requested:
+    the CPU EP, plus CUDA when a probe session on it actually runs (probed once)."""
     from onnxship.runtime_bench.session import resolve_provider
 
     if requested:
-        return [resolve_provider(p) for p in requested]
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        return [resolve_provider(p) for p in requested], []
+    probe = probe_provider(CUDA_EP)
+    if probe.usable:
+        return [CUDA_EP, CPU_EP], []
+    return [CPU_EP], [probe]
 
 
 def bench_stage(
     ctx: RunContext, settings: BenchSettings, onnx_paths: Mapping[str, Path]
 ) -> dict[str, Any]:
-    """Latency of every artifact on every selected EP; returns the parsed results/bench.json."""
-    from onnxship.core.env import cpu_model_name, isa_summary
-    from onnxship.runtime_bench.bench import BenchConfig, benchmark_models
+    """Latency of every artifact on every selected EP; returns the parsed results/bench.json.
 
-    providers = available_bench_providers(settings.providers)
+    On each EP the artifacts are timed interleaved in one run (round-robin at each batch size,
+    `benchmark_models_interleaved`), so the ratios between them (the report's headline, the
+    gate's latency_ratios) compare numbers taken at the same moments."""
+    from onnxship.core.env import cpu_model_name, isa_summary
+    from onnxship.runtime_bench.bench import BenchConfig, benchmark_models_interleaved
+
+    providers, skipped = bench_providers(settings.providers)
+    for probe in skipped:
+        ctx.progress(f"[note] bench: skipping {probe.provider}: {probe.reason}")
     out = ctx.path("results", "bench.json")
     # The machine is part of the key: a bundle re-run elsewhere is re-measured there.
     key_config = {
         "settings": settings,
         "providers": providers,
+        "timing": "interleaved",
         "cpu": cpu_model_name(),
         "isa": isa_summary(),
     }
+    skipped_json = [{"provider": p.provider, "reason": p.reason} for p in skipped]
 
     def produce() -> Artifact:
         merged: dict[str, Any] | None = None
@@ -143,17 +243,22 @@ def bench_stage(
                 threads=settings.threads,
                 warmup=settings.warmup,
                 iterations=settings.iterations,
+                progress=False,
             )
-            result = benchmark_models(list(onnx_paths.values()), cfg)
+            result = benchmark_models_interleaved(list(onnx_paths.values()), cfg)
             if merged is None:
                 merged = result
                 merged["config"] = {"providers": providers, **dict(result.get("config", {}))}
             else:
                 merged["results"].extend(result["results"])
         assert merged is not None
+        merged["skipped_providers"] = skipped_json
         atomic_write_json(out, merged)
         return Artifact.from_file(
-            out, stage="bench", config=key_config, metrics={"providers": providers}
+            out,
+            stage="bench",
+            config=key_config,
+            metrics={"providers": providers, "skipped_providers": skipped_json},
         )
 
     cached_stage(

@@ -17,12 +17,14 @@ only rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ from onnxship.stage_run import RunContext, cached_stage
 log = logging.getLogger(__name__)
 
 RUN_MARKER = ".onnxship-run.json"
+RUN_LOCK = ".onnxship-run.lock"
 BUNDLE_DIRS = ("artifacts", "checkpoints", "calibration", "stages", "results", "plots")
 
 
@@ -88,11 +91,27 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Pipeli
             table = tomllib.loads(p.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise PipelineError(f"config file {p} is not valid TOML: {exc}") from exc
+        _resolve_config_paths(table, p.parent)
     for key, value in overrides.items():
         if value is not None:
             table[key] = value
     where = str(path) if path is not None else "config"
     return dataclass_from_mapping(PipelineConfig, table, where)
+
+
+# Path values of a config file (as key paths into its table); relative ones are relative to the
+# config file's folder (CONTRACT.md), resolved here, once, at load time.
+CONFIG_PATH_KEYS: tuple[tuple[str, ...], ...] = (("data_dir",),)
+
+
+def _resolve_config_paths(table: dict[str, Any], base: Path) -> None:
+    for keys in CONFIG_PATH_KEYS:
+        holder: Any = table
+        for key in keys[:-1]:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        value = holder.get(keys[-1]) if isinstance(holder, dict) else None
+        if isinstance(value, str) and value:
+            holder[keys[-1]] = os.path.abspath(base / os.path.expanduser(value))
 
 
 def config_to_toml(cfg: PipelineConfig) -> str:
@@ -139,6 +158,37 @@ def _prepare_out_dir(out_dir: Path, cfg: PipelineConfig, force: bool) -> None:
     )
 
 
+@contextlib.contextmanager
+def bundle_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an advisory lock (`fcntl.flock` on OUT/.onnxship-run.lock) for the whole run, so a
+    second `onnxship run` on the same bundle refuses (exit 2) instead of interleaving writes.
+    The kernel drops the lock when the process ends, even on kill -9: no stale lock."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PipelineError(f"--out {out_dir} is a file; pass a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RUN_LOCK
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise PipelineError(
+                f"{out_dir} is in use by another onnxship run ({holder}); wait for it to "
+                "finish, or pass another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {utc_now()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 # --------------------------------------------------------------------------------------------
 # The pipeline
 
@@ -160,6 +210,19 @@ def run_pipeline(
 ) -> PipelineResult:
     out = Path(out_dir)
     ranks = distributed.current()
+    # Only rank 0 writes, so only rank 0 holds the bundle lock; the other ranks follow it.
+    lock = bundle_lock(out) if ranks.is_main else contextlib.nullcontext()
+    with lock:
+        return _run_locked(cfg, out, force, progress, ranks)
+
+
+def _run_locked(
+    cfg: PipelineConfig,
+    out: Path,
+    force: bool,
+    progress: Callable[[str], None],
+    ranks: distributed.Ranks,
+) -> PipelineResult:
     ranks.on_main(lambda: _prepare_out_dir(out, cfg, force), what="preparing the bundle folder")
     ctx = RunContext(
         out_dir=out, force=force, data_dir=cfg.data_dir, progress=progress, ranks=ranks

@@ -90,6 +90,27 @@ def artifact_table(manifest: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _pct(value: Any) -> str:
+    return f"{100 * value:.2f}" if isinstance(value, (int, float)) else "—"
+
+
+def _candidate_row(cand: Mapping[str, Any]) -> str:
+    """One row of the candidates table; a candidate that failed is a row with its error."""
+    name = f"`{cand.get('name')}`"
+    if cand.get("error"):
+        error = " ".join(str(cand["error"]).split()).replace("|", "\\|")
+        return f"| {name} | failed: {error} | — | — | — | — | — |"
+    lat = cand.get("latency") or {}
+    ratios = [lat.get(b, {}).get("p50_ratio") for b in ("1", "64")]
+    top1 = _pct(cand.get("val_top1"))
+    return (
+        f"| {name} | {top1}{' %' if top1 != '—' else ''} | {_pct(cand.get('val_drop'))} | "
+        f"{cand.get('within_budget')} | "
+        + " | ".join("—" if r is None else f"{r:.2f}" for r in ratios)
+        + f" | {cand.get('bytes') if cand.get('bytes') is not None else '—'} |"
+    )
+
+
 def _quantize_section(record: Mapping[str, Any]) -> list[str]:
     m = record["metrics"]
     recipe = m.get("recipe")
@@ -104,15 +125,7 @@ def _quantize_section(record: Mapping[str, Any]) -> list[str]:
     float_text = "; ".join(f"{', '.join(nodes)}: {why}" for why, nodes in by_reason.items())
     rows = ["| candidate | val top-1 | drop (pp) | within budget | INT8/FP32 p50 @1 | INT8/FP32 p50 @64 | bytes |",
             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for cand in m.get("candidates") or []:
-        lat = cand.get("latency") or {}
-        ratios = [lat.get(b, {}).get("p50_ratio") for b in ("1", "64")]
-        rows.append(
-            f"| `{cand.get('name')}` | {100 * cand.get('val_top1', float('nan')):.2f} % | "
-            f"{100 * cand.get('val_drop', 0.0):.2f} | {cand.get('within_budget')} | "
-            + " | ".join("—" if r is None else f"{r:.2f}" for r in ratios)
-            + f" | {cand.get('bytes', '—')} |"
-        )
+    rows += [_candidate_row(cand) for cand in m.get("candidates") or []]
     why = m.get("int8_faster_than_fp32_why")
     target = m.get("target")
     target_ep = target.get("provider") if isinstance(target, Mapping) else target
@@ -133,6 +146,12 @@ def _quantize_section(record: Mapping[str, Any]) -> list[str]:
         *rows,
         "",
     ]
+
+
+def _skipped_lines(bench_record: Mapping[str, Any] | None) -> list[str]:
+    """EPs the bench stage skipped (e.g. CUDA listed by onnxruntime but unusable here)."""
+    skipped = ((bench_record or {}).get("metrics") or {}).get("skipped_providers") or []
+    return [f"- Not benchmarked: {s.get('provider')} ({s.get('reason')})" for s in skipped]
 
 
 def write_report(out_dir: Path, manifest: Mapping[str, Any], plots: list[Path]) -> Path:
@@ -200,6 +219,7 @@ def write_report(out_dir: Path, manifest: Mapping[str, Any], plots: list[Path]) 
         f"- Python {env.get('python')}, torch {env.get('torch')}, onnx {env.get('onnx')}, "
         f"onnxruntime {env.get('onnxruntime')}",
         f"- Available EPs: {', '.join(env.get('available_providers', []))}",
+        *_skipped_lines(_record(out_dir, "bench")),
         "",
         "## Plots",
         "",

@@ -134,8 +134,10 @@ def evaluate_onnx(
     provider: str = "cpu",
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    return_predictions: bool = False,
 ) -> dict[str, Any]:
-    """MNIST top-1 of an `.onnx` file: {top1, correct, n, split, model_sha256, mean, std, ...}.
+    """MNIST top-1 of an `.onnx` file: {top1, correct, n, split, model_sha256, mean, std, ...}
+    (plus `predictions`, the argmax class of every sample, with `return_predictions`).
 
     The normalisation comes from the model's metadata; `mean`/`std` override it (both or
     neither) for a model exported without onnxship metadata."""
@@ -162,7 +164,8 @@ def evaluate_onnx(
     preds = predict_top1(handle, x, batch_size)
     correct = int(np.sum(preds == data.labels))
     n = int(data.labels.shape[0])
-    return {
+    extra = {"predictions": preds} if return_predictions else {}
+    return extra | {
         "model": os.fspath(p),
         "model_sha256": sha256_file(p),
         "split": split,
@@ -365,9 +368,11 @@ def evaluate_npz(
     reference: str | os.PathLike[str] | None = None,
     batch_size: int = DEFAULT_EVAL_BATCH,
     provider: str = "cpu",
+    return_predictions: bool = False,
 ) -> dict[str, Any]:
     """Top-1 of an `.onnx` file on a dataset `.npz` (when it has `y`), and its fidelity to
     `reference` (when given). The npz is preprocessed: no normalisation is applied.
+    With `return_predictions`, `predictions` holds the argmax class of every sample.
 
     Returns {metric, top1?, correct?, n, fidelity?, model_sha256, data, data_sha256, ...};
     `metric` names the headline number ("top1", or the fidelity metric without labels)."""
@@ -394,6 +399,8 @@ def evaluate_npz(
     if arrays.labels is not None:
         correct, n = top1_counts(out, arrays.labels, what=f"{p} on {data}")
         result.update(metric=METRIC_TOP1, top1=correct / n, correct=correct)
+        if return_predictions:
+            result["predictions"] = np.argmax(out, axis=1)
     if reference is not None:
         ref_path = Path(reference)
         ref_handle = _eval_session(ref_path, provider)

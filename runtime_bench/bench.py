@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from onnxship.core.artifact import jsonable, sha256_file, utc_now
 from onnxship.core.env import capture_environment, usable_cores
 from onnxship.runtime_bench.errors import BenchError
 from onnxship.runtime_bench.inputs import check_batch_size, input_specs, load_npz, make_feeds
-from onnxship.runtime_bench.latency import LatencyStats, measure_latency
+from onnxship.runtime_bench.latency import LatencyStats, measure_interleaved, measure_latency
 from onnxship.runtime_bench.session import (
     CUDA_EP,
     GraphOptimization,
@@ -247,11 +248,15 @@ def _bench_cuda_graph(
     path: Path,
     cfg: BenchConfig,
     feeds: Mapping[str, np.ndarray],
+    reference: Sequence[np.ndarray],
     batch_size: int,
     base: Mapping[str, Any],
 ) -> dict[str, Any]:
     """A separate session with enable_cuda_graph=1 (a captured graph is tied to its shapes and
-    buffer addresses): inputs and outputs bound to fixed device buffers, then replayed."""
+    buffer addresses). ORT captures on the first `run_with_iobinding` after binding, so device
+    OrtValues for every input and output are bound *before* any run of this session (no plain
+    `run` first: its temporaries would be what the capture sees). One replay's outputs are then
+    checked against `reference` (a host run of the plain session) before timing."""
     import onnxruntime as ort
 
     device_id = _device_id(cfg)
@@ -259,27 +264,80 @@ def _bench_cuda_graph(
         path, cfg.provider, cfg.session_config(extra_provider_options={"enable_cuda_graph": "1"})
     )
     sess = handle.session
-    host_out = sess.run(None, dict(feeds))
     binding = sess.io_binding()
     keep = []
     for name, array in feeds.items():
         value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", device_id)
         keep.append(value)
         binding.bind_ortvalue_input(name, value)
-    for out, ref in zip(sess.get_outputs(), host_out, strict=True):
-        value = ort.OrtValue.ortvalue_from_numpy(np.empty_like(ref), "cuda", device_id)
-        keep.append(value)
+    outputs = []
+    for out, ref in zip(sess.get_outputs(), reference, strict=True):
+        value = ort.OrtValue.ortvalue_from_numpy(np.zeros_like(ref), "cuda", device_id)
+        outputs.append(value)
         binding.bind_ortvalue_output(out.name, value)
 
     def replay() -> None:
         sess.run_with_iobinding(binding)
 
-    first = _first_run_ms(replay)  # captures the graph
+    first = _first_run_ms(replay)  # the capture
+    replay()
+    max_diff = check_replay(path, [v.numpy() for v in outputs], reference)
     stats = _measure(replay, batch_size, cfg)
-    return _row(
+    row = _row(
         base, batch_size=batch_size, io=IoMode.CUDA_GRAPH, first_run_ms=first, stats=stats,
         feeds=feeds, handle=handle,
     )  # fmt: skip
+    row["replay_max_abs_diff"] = max_diff
+    return row
+
+
+# A replay must reproduce the plain session's outputs up to kernel-choice rounding.
+REPLAY_RTOL = 1e-3
+REPLAY_ATOL = 1e-4
+
+
+def check_replay(
+    path: Path, replayed: Sequence[np.ndarray], reference: Sequence[np.ndarray]
+) -> float:
+    """Max |replay - reference| over every output; BenchError when outside the tolerance."""
+    worst = 0.0
+    for i, (got, want) in enumerate(zip(replayed, reference, strict=True)):
+        got_f = np.asarray(got, dtype=np.float64)
+        want_f = np.asarray(want, dtype=np.float64)
+        if got_f.shape != want_f.shape:
+            raise BenchError(
+                f"{path}: CUDA graph replay output {i} has shape {list(got_f.shape)}, the host "
+                f"run {list(want_f.shape)}; the captured graph is not this model's computation"
+            )
+        diff = float(np.max(np.abs(got_f - want_f))) if got_f.size else 0.0
+        worst = max(worst, diff)
+        if not np.allclose(got_f, want_f, rtol=REPLAY_RTOL, atol=REPLAY_ATOL):
+            raise BenchError(
+                f"{path}: CUDA graph replay output {i} differs from the host run by up to "
+                f"{diff:.3g} (tolerance rtol {REPLAY_RTOL}, atol {REPLAY_ATOL}); its latency "
+                "would time a wrong computation. Run without --cuda-graph"
+            )
+    return worst
+
+
+def _base_row(path: Path, handle: SessionHandle, cfg: BenchConfig, exceed: bool) -> dict[str, Any]:
+    """The keys of every row of one model (before the per-batch measurements)."""
+    return {
+        "model": os.fspath(path),
+        "model_name": path.stem,
+        "model_sha256": sha256_file(path),
+        "provider": handle.provider,
+        "provider_options": dict(cfg.provider_options),
+        "threads": cfg.threads,
+        "threads_exceed_cores": exceed,
+        "spinning": cfg.spinning,
+        "graph_optimization": cfg.graph_optimization.value,
+        "warmup": cfg.warmup,
+        "iterations_requested": cfg.iterations,
+        "time_budget_s": cfg.time_budget_s,
+        "input_source": f"npz:{cfg.npz}" if cfg.npz is not None else f"random(seed={cfg.seed})",
+        "model_inputs": [s.to_json() for s in input_specs(handle)],
+    }
 
 
 def benchmark_model(
@@ -304,22 +362,7 @@ def _benchmark_model(
     handle = create_session(path, cfg.provider, cfg.session_config())
     npz = load_npz(cfg.npz) if cfg.npz is not None else None
     is_cuda = handle.provider == CUDA_EP
-    base: dict[str, Any] = {
-        "model": os.fspath(path),
-        "model_name": path.stem,
-        "model_sha256": sha256_file(path),
-        "provider": handle.provider,
-        "provider_options": dict(cfg.provider_options),
-        "threads": cfg.threads,
-        "threads_exceed_cores": exceed,
-        "spinning": cfg.spinning,
-        "graph_optimization": cfg.graph_optimization.value,
-        "warmup": cfg.warmup,
-        "iterations_requested": cfg.iterations,
-        "time_budget_s": cfg.time_budget_s,
-        "input_source": f"npz:{cfg.npz}" if cfg.npz is not None else f"random(seed={cfg.seed})",
-        "model_inputs": [s.to_json() for s in input_specs(handle)],
-    }
+    base = _base_row(path, handle, cfg, exceed)
     sess = handle.session
     run = sess.run
     dims = dict(cfg.dim_values)
@@ -363,7 +406,8 @@ def _benchmark_model(
                      stats=stats, feeds=feeds, handle=handle)
             )  # fmt: skip
         if is_cuda and cfg.cuda_graph:
-            rows.append(_bench_cuda_graph(path, cfg, feeds, batch_size, base))
+            reference = [np.asarray(v) for v in run(None, feeds)]
+            rows.append(_bench_cuda_graph(path, cfg, feeds, reference, batch_size, base))
         if progress is not None:
             progress.update(1)
     return rows, handle
@@ -401,6 +445,68 @@ def benchmark_models(
             bar.close()
     config = cfg.to_json()
     config["threads_exceed_cores"] = threads_exceed_cores(cfg.threads)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": TOOL,
+        "created": created,
+        "environment": capture_environment(tuple(providers_used)),
+        "config": config,
+        "results": results,
+    }
+
+
+def benchmark_models_interleaved(
+    paths: Sequence[str | os.PathLike[str]], cfg: BenchConfig = BenchConfig()
+) -> dict[str, Any]:
+    """Benchmark every model round-robin at each batch size (A, B, C, A, B, C, ...; see
+    `runtime_bench.latency.measure_interleaved`), so drift of a noisy machine hits every model
+    alike and ratios between the rows are taken at the same moments. Same document as
+    `benchmark_models`; each row says `"timing": "interleaved"`. Host (numpy in/out) rows only:
+    `end_to_end` on CUDA, `host` elsewhere. `time_budget_s` is not supported (fixed counts)."""
+    model_paths = [Path(p) for p in paths]
+    if not model_paths:
+        raise BenchError("no model given; pass at least one .onnx file")
+    if cfg.time_budget_s is not None:
+        raise BenchError("interleaved timing runs fixed iteration counts; drop time_budget_s")
+    created = utc_now()
+    exceed = threads_exceed_cores(cfg.threads)
+    npz = load_npz(cfg.npz) if cfg.npz is not None else None
+    handles = [create_session(p, cfg.provider, cfg.session_config()) for p in model_paths]
+    bases = [_base_row(p, h, cfg, exceed) for p, h in zip(model_paths, handles, strict=True)]
+    keys = [f"{i}:{p.name}" for i, p in enumerate(model_paths)]
+    results: list[dict[str, Any]] = []
+    for batch_size in cfg.batch_sizes:
+        feeds: dict[str, dict[str, np.ndarray]] = {}
+        fns: dict[str, Callable[[], object]] = {}
+        first: dict[str, float] = {}
+        for key, path, handle in zip(keys, model_paths, handles, strict=True):
+            feeds[key] = make_feeds(
+                handle, batch_size, npz=npz,
+                npz_source=os.fspath(cfg.npz) if cfg.npz else "the .npz", seed=cfg.seed,
+                dim_values=dict(cfg.dim_values),
+            )  # fmt: skip
+            fns[key] = partial(handle.session.run, None, feeds[key])
+            try:
+                first[key] = _first_run_ms(fns[key])
+            except Exception as exc:
+                text = str(exc).strip()
+                raise BenchError(
+                    f"{path}: inference failed at batch size {batch_size} on {handle.provider}: "
+                    f"{text.splitlines()[0] if text else type(exc).__name__}"
+                ) from exc
+        stats = measure_interleaved(
+            fns, batch_size=batch_size, warmup=cfg.warmup, iterations=cfg.iterations
+        )
+        for key, base, handle in zip(keys, bases, handles, strict=True):
+            io = IoMode.END_TO_END if handle.provider == CUDA_EP else IoMode.HOST
+            row = _row(base, batch_size=batch_size, io=io, first_run_ms=first[key],
+                       stats=stats[key], feeds=feeds[key], handle=handle)  # fmt: skip
+            row["timing"] = "interleaved"
+            results.append(row)
+    config = cfg.to_json()
+    config["threads_exceed_cores"] = exceed
+    config["timing"] = "interleaved"
+    providers_used = [p for h in handles for p in h.providers]
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": TOOL,

@@ -13,11 +13,20 @@ import pytest
 import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
 
 from onnxship.core.env import usable_cores
-from onnxship.runtime_bench.bench import ROW_KEYS, BenchConfig, benchmark_model, benchmark_models
+from onnxship.measure import probe_provider
+from onnxship.runtime_bench.bench import (
+    REPLAY_ATOL,
+    ROW_KEYS,
+    BenchConfig,
+    benchmark_model,
+    benchmark_models,
+    check_replay,
+)
 from onnxship.runtime_bench.errors import BenchError
 from onnxship.runtime_bench.results import validate_result
 
-HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+# Listed is not usable (onnxruntime-gpu lists CUDA without a GPU): a probe session decides.
+HAS_CUDA = probe_provider("CUDAExecutionProvider").usable
 FAST = {"warmup": 2, "iterations": 20, "progress": False}
 
 
@@ -114,7 +123,7 @@ def test_benchmark_models_requires_a_model():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="CUDAExecutionProvider absent")
+@pytest.mark.skipif(not HAS_CUDA, reason="no usable CUDAExecutionProvider")
 def test_benchmark_model_cuda_reports_device_and_end_to_end(tmp_path: Path):
     model = tiny.linear_classifier(tmp_path / "m.onnx")
     rows = benchmark_model(
@@ -124,3 +133,32 @@ def test_benchmark_model_cuda_reports_device_and_end_to_end(tmp_path: Path):
         (b, io) for b in (1, 64) for io in ("end_to_end", "device", "cuda_graph")
     }
     assert all(r["provider"] == "CUDAExecutionProvider" for r in rows)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no usable CUDAExecutionProvider")
+def test_benchmark_model_cuda_graph_replay_matches_the_host_run(tmp_path: Path):
+    """Untested on a GPU so far (written on a CPU-only machine): device buffers are bound
+    before the first run of the graph session, and one replay is compared with a host run."""
+    model = tiny.linear_classifier(tmp_path / "m.onnx")
+    rows = benchmark_model(
+        model, BenchConfig(provider="cuda", batch_sizes=(1, 8), cuda_graph=True, **FAST)
+    )
+    graph_rows = [r for r in rows if r["io"] == "cuda_graph"]
+    assert len(graph_rows) == 2
+    assert all(r["replay_max_abs_diff"] <= 1e-2 for r in graph_rows)
+
+
+def test_check_replay_returns_the_largest_difference_within_tolerance():
+    ref = [np.array([[1.0, -2.0, 3.0]], dtype=np.float32)]
+    got = [ref[0] + np.float32(REPLAY_ATOL / 2)]
+    # float32 rounding of 3.0 + 5e-5: within 1e-6 of the added offset
+    assert check_replay(Path("m.onnx"), got, ref) == pytest.approx(REPLAY_ATOL / 2, abs=1e-6)
+
+
+def test_check_replay_refuses_a_replay_that_differs_from_the_host_run():
+    ref = [np.zeros((2, 10), dtype=np.float32)]
+    with pytest.raises(BenchError, match="replay output 0 differs from the host run by up to 0.5"):
+        check_replay(Path("m.onnx"), [ref[0] + np.float32(0.5)], ref)
+    with pytest.raises(BenchError, match=r"has shape \[1, 10\], the host run \[2, 10\]"):
+        check_replay(Path("m.onnx"), [np.zeros((1, 10), np.float32)], ref)

@@ -28,6 +28,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import load_tensors_data
 
+from onnxship.calibrate.coverage import integer_mac_share
 from onnxship.calibrate.dataset import CalibrationSet, input_spec_of
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.graph_prep import cap_opset, ort_max_qdq_opset, reshape_to_flatten
@@ -279,3 +280,34 @@ def test_input_spec_of_reads_the_single_input(tmp_path: Path) -> None:
     (tmp_path / "bad.onnx").write_bytes(b"\x00garbage")
     with pytest.raises(CalibrateError, match="not a readable ONNX model"):
         input_spec_of(tmp_path / "bad.onnx")
+
+
+# MACs of the tiny graph for one sample, by hand: conv 2 x 4 x 4 outputs x (1 x 3 x 3) = 288;
+# fc 3 outputs x 8 = 24.
+CONV_MACS, FC_MACS = 288, 24
+
+
+@pytest.mark.parametrize(
+    ("recipe", "exclude", "integer"),
+    [
+        ("qdq-u8s8-perchannel-minmax", [], CONV_MACS + FC_MACS),
+        ("qop-u8s8-pertensor-minmax", [], CONV_MACS + FC_MACS),
+        ("qdq-u8s8-perchannel-minmax-linear", [], FC_MACS),
+        ("qdq-u8s8-perchannel-minmax", ["conv"], FC_MACS),
+    ],
+)
+def test_integer_mac_share_counts_the_macs_of_quantized_nodes(
+    prepared: Path, tmp_path: Path, recipe: str, exclude: list[str], integer: int
+) -> None:
+    out = _quantize(prepared, tmp_path, recipe, nodes_to_exclude=exclude)
+    share = integer_mac_share(out)
+    assert share["total_macs"] == CONV_MACS + FC_MACS
+    assert share["integer_macs"] == integer
+    assert share["share"] == pytest.approx(integer / (CONV_MACS + FC_MACS), abs=1e-6)
+    assert share["nodes_without_shapes"] == []
+    assert (share["float_nodes"] == ["conv"]) == (integer == FC_MACS)
+
+
+def test_integer_mac_share_of_a_float_model_is_zero(prepared: Path) -> None:
+    share = integer_mac_share(prepared)
+    assert share["share"] == 0.0 and share["total_macs"] == CONV_MACS + FC_MACS

@@ -139,3 +139,15 @@ def test_read_baseline_accepts_the_committed_baseline() -> None:
 def test_read_baseline_names_the_missing_file(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="does not exist"):
         read_baseline(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize("observed", [1.5, -0.01, 98.7, "0.99", None])
+def test_gate_exits_2_when_the_manifest_accuracy_is_not_a_fraction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], observed: object
+) -> None:
+    manifest = _manifest(tmp_path, {"student-int8": observed})  # type: ignore[dict-item]
+    baseline = _baseline(tmp_path, {"artifacts": {"student-int8": {"test_top1": 0.98}}})
+    assert main(["gate", "--manifest", str(manifest), "--baseline", str(baseline)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "artifacts.student-int8.accuracy.test_top1" in err and "[0.0, 1.0]" in err

@@ -3,7 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+DATA_DIR_ENV = "ONNXSHIP_DATA_DIR"
+
+
+def resolve_user_paths(args: argparse.Namespace) -> None:
+    """The CLI's edge: every path the user gave - each `Path` flag or positional (lists too)
+    and `$ONNXSHIP_DATA_DIR` - made absolute against the caller's working directory, once, so
+    nothing downstream (a library call, a child process, a config written to a bundle) ever
+    sees a relative path. Config-file values are resolved against the file's folder by
+    `onnxship.pipeline.load_config`."""
+    for key, value in vars(args).items():
+        if isinstance(value, Path):
+            setattr(args, key, Path(os.path.abspath(value)))
+        elif isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
+            setattr(args, key, [Path(os.path.abspath(v)) for v in value])
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        os.environ[DATA_DIR_ENV] = os.path.abspath(env)
 
 
 def positive_int(text: str) -> int:

@@ -5,24 +5,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import add_data_dir
+from onnxship.commands.common import add_data_dir, non_negative_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "verify",
-        help="check a bundle: checksums, every file loads in ORT, accuracy equals the manifest",
-        description="Check every artifact of a bundle against its manifest.json: sha256 and size, "
-        "no external-data sidecar, loads in ONNX Runtime (CPU), and test accuracy (MNIST, or the "
-        "test .npz named by the manifest's dataset block) "
-        "re-measured with the recorded settings equals the manifest exactly. Exit 0 if all pass, "
-        "1 if any fails (the failing artifacts are named), 2 on bad input. Needs only "
-        "onnxruntime + numpy.",
+        help="check a bundle: contract artifacts, checksums, content vs precision, accuracy",
+        description="Check a bundle against its manifest.json: the four contract artifacts are "
+        "listed; each file's sha256 and size match; it has no external-data references; its "
+        "content matches its precision label (int8: quantized ops, fp16: float16 weights, fp32: "
+        "neither); it loads in ONNX Runtime (CPU); and its test accuracy (MNIST, or the test .npz named by the manifest's dataset block) re-measured with "
+        "the recorded settings equals the manifest exactly when this machine's CPU, ISA and "
+        "onnxruntime match the manifest's environment - otherwise at most --max-differing test "
+        "predictions may differ from the recorded ones. Exit 0 if all pass, 1 if any fails (the "
+        "failing artifacts are named), 2 on bad input. Needs only onnxruntime + numpy.",
     )
     parser.add_argument("bundle", type=Path, help="bundle folder holding manifest.json")
     add_data_dir(parser)
     parser.add_argument("--skip-accuracy", action="store_true",
                         help="only checksums and loading (no MNIST needed)")  # fmt: skip
+    parser.add_argument("--max-differing", type=non_negative_int, default=None,
+                        help="differing test predictions allowed when the environment differs "
+                        "from the manifest's (default: 0.1%% of the test set, 10 of 10,000)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON")
     parser.set_defaults(func=run)
 
@@ -32,7 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from onnxship.verify import verify_bundle
 
     report = verify_bundle(
-        args.bundle, data_dir=args.data_dir, check_accuracy=not args.skip_accuracy
+        args.bundle,
+        data_dir=args.data_dir,
+        check_accuracy=not args.skip_accuracy,
+        max_differing=args.max_differing,
     )
     print(report.markdown())
     if args.json:

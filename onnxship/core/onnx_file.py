@@ -260,3 +260,52 @@ def external_data_refs(path: str | os.PathLike[str]) -> list[ExternalRef]:
     size = p.stat().st_size
     with open(p, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         return _scan_model(mm, size, p)
+
+
+# NodeProto.op_type / domain, TensorProto.data_type (onnx.proto), and the data types counted.
+_NODE_OP_TYPE, _NODE_DOMAIN = 4, 7
+_TENSOR_DATA_TYPE = 2
+TENSOR_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16",
+                 11: "float64", 16: "bfloat16"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GraphContent:
+    """What the main graph of a model holds: node op types (`domain::op` outside the default
+    domain) and initializer data types, each with its count."""
+
+    op_types: dict[str, int]
+    initializer_dtypes: dict[str, int]
+
+
+def graph_content(path: str | os.PathLike[str]) -> GraphContent:
+    """Op types and initializer data types of the model's main graph (stdlib only; what
+    `onnxship verify` checks a file's `precision` label against)."""
+    p = Path(path)
+    check_model_file(p)
+    size = p.stat().st_size
+    ops: dict[str, int] = {}
+    dtypes: dict[str, int] = {}
+    with open(p, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        graph = next(v for n, w, v in _fields(mm, 0, size) if n == _MODEL_GRAPH and w == 2)
+        for number, wire, value in _fields(mm, *graph):
+            if wire != 2:
+                continue
+            if number == _GRAPH_NODE:
+                op, domain = "", ""
+                for n_num, n_wire, n_val in _fields(mm, *value):
+                    if n_num == _NODE_OP_TYPE and n_wire == 2:
+                        op = _text(mm, n_val)
+                    elif n_num == _NODE_DOMAIN and n_wire == 2:
+                        domain = _text(mm, n_val)
+                key = op if domain in ("", "ai.onnx") else f"{domain}::{op}"
+                ops[key] = ops.get(key, 0) + 1
+            elif number == _GRAPH_INITIALIZER:
+                code = next(
+                    (t_val for t_num, t_wire, t_val in _fields(mm, *value)
+                     if t_num == _TENSOR_DATA_TYPE and t_wire == 0),
+                    0,
+                )  # fmt: skip
+                name = TENSOR_DTYPES.get(code, f"type{code}")
+                dtypes[name] = dtypes.get(name, 0) + 1
+    return GraphContent(ops, dtypes)

@@ -1,0 +1,81 @@
+"""The pipeline's bench stage: EP selection by a real probe session, interleaved timing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
+
+import onnxship.runtime_bench.bench as bench_module
+from onnxship.measure import BenchSettings, bench_providers, bench_stage, probe_provider
+from onnxship.stage_run import RunContext
+
+CPU_ONLY = "CUDAExecutionProvider" not in ort.get_available_providers()
+
+
+def test_probe_provider_cpu_is_usable() -> None:
+    probe = probe_provider("CPUExecutionProvider")
+    assert probe.usable, probe.reason
+
+
+@pytest.mark.skipif(not CPU_ONLY, reason="this machine's onnxruntime lists CUDA")
+def test_probe_provider_cuda_not_usable_with_a_reason_on_a_cpu_only_machine() -> None:
+    probe = probe_provider("CUDAExecutionProvider")
+    assert not probe.usable
+    assert "no CUDAExecutionProvider" in probe.reason and "CPUExecutionProvider" in probe.reason
+
+
+def test_probe_provider_unknown_ep_is_not_usable() -> None:
+    probe = probe_provider("NoSuchExecutionProvider")
+    assert not probe.usable and "NoSuchExecutionProvider" in probe.reason
+
+
+@pytest.mark.skipif(not CPU_ONLY, reason="this machine's onnxruntime lists CUDA")
+def test_bench_providers_skips_cuda_saying_why_when_no_session_can_run_on_it() -> None:
+    providers, skipped = bench_providers(())
+    assert providers == ["CPUExecutionProvider"]
+    assert [p.provider for p in skipped] == ["CUDAExecutionProvider"]
+    assert skipped[0].reason
+
+
+def test_bench_providers_keeps_an_explicitly_requested_ep_unprobed() -> None:
+    # A requested EP that cannot run fails loudly at session creation (as `bench --provider`).
+    assert bench_providers(("cuda", "cpu")) == (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        [],
+    )
+
+
+def test_bench_stage_times_every_artifact_interleaved_in_one_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = {
+        "a": tiny.linear_classifier(tmp_path / "a.onnx", seed=0),
+        "b": tiny.linear_classifier(tmp_path / "b.onnx", seed=1),
+        "c": tiny.pixel_classifier(tmp_path / "c.onnx"),
+    }
+    calls: list[tuple[int, list[str]]] = []
+    real = bench_module.measure_interleaved
+
+    def spy(fns, *, batch_size, warmup, iterations):  # type: ignore[no-untyped-def]
+        calls.append((batch_size, list(fns)))
+        return real(fns, batch_size=batch_size, warmup=warmup, iterations=iterations)
+
+    monkeypatch.setattr(bench_module, "measure_interleaved", spy)
+    bundle = tmp_path / "bundle"
+    for folder in ("results", "stages"):
+        (bundle / folder).mkdir(parents=True)
+    ctx = RunContext(out_dir=bundle, force=False, data_dir=None)
+    settings = BenchSettings(batch_sizes=(1, 4), warmup=1, iterations=3, providers=("cpu",))
+    doc = bench_stage(ctx, settings, paths)
+    # One round-robin per batch size over all three artifacts.
+    assert [(b, len(names)) for b, names in calls] == [(1, 3), (4, 3)]
+    rows = doc["results"]
+    assert len(rows) == 6 and {r["timing"] for r in rows} == {"interleaved"}
+    assert {r["iterations"] for r in rows} == {3}
+    assert doc["config"]["timing"] == "interleaved"
+    record = json.loads((bundle / "stages" / "bench.json").read_text())
+    assert record["metrics"]["skipped_providers"] == []
