@@ -224,14 +224,18 @@ def test_byo_quantize_fidelity_budget_without_labels(byo, tmp_path, capsys) -> N
 
 
 def test_byo_bench_with_npz_and_verify_with_npz_dataset_block(byo, tmp_path, capsys) -> None:
+    """A bundle of a plain-torch model (the contract's four artifacts made by eval/fp16/quantize
+    on npz data) verifies against the test .npz its manifest's dataset block names."""
     from onnxship.core.artifact import sha256_file
     from onnxship.core.dataset import DatasetInfo, DatasetKind
+    from onnxship.verify import current_environment
 
     bundle = tmp_path / "bundle"
     (bundle / "artifacts").mkdir(parents=True)
     (bundle / "data").mkdir()
-    model = bundle / "artifacts" / "lenet-fp32.onnx"
+    model = bundle / "artifacts" / "student-fp32.onnx"
     model.write_bytes(byo["model"].read_bytes())
+    (bundle / "artifacts" / "teacher-fp32.onnx").write_bytes(byo["model"].read_bytes())
     test = bundle / "data" / "test.npz"
     test.write_bytes(byo["test"].read_bytes())
     bench_json = tmp_path / "bench.json"
@@ -242,25 +246,37 @@ def test_byo_bench_with_npz_and_verify_with_npz_dataset_block(byo, tmp_path, cap
     assert code == 0, err
     rows = json.loads(bench_json.read_text())["results"]
     assert {r["batch_size"] for r in rows} == {1, 8}
-    measured = _eval(capsys, tmp_path, model, "--data", test)
+    code, _, err = _cli(capsys, "fp16", model, "--out", bundle, "--data", test)
+    assert code == 0, err
+    code, _, err = _cli(
+        capsys, "quantize", model, "--out", bundle, "--calib-npz", byo["calib"],
+        "--val-npz", byo["val"], "--max-drop", MAX_DROP, *BENCH,
+    )  # fmt: skip
+    assert code == 0, err
     info = DatasetInfo(DatasetKind.NPZ, "digits", (1, 8, 8), class_names=tuple("0123456789"),
                        test_sha256=sha256_file(test), test_path="data/test.npz")  # fmt: skip
+    artifacts = {}
+    for name in ("teacher-fp32", "student-fp32", "student-int8", "student-fp16"):
+        path = bundle / "artifacts" / f"{name}.onnx"
+        measured = _eval(capsys, tmp_path, path, "--data", test)
+        artifacts[name] = {
+            "path": f"artifacts/{name}.onnx",
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+            "precision": name.rsplit("-", 1)[1],
+            "accuracy": {
+                "test_top1": measured["top1"],
+                "correct": measured["correct"],
+                "split": "test",
+                "provider": "cpu",
+                "batch_size": 1000,
+            },
+        }
     manifest = {
         "schema_version": 1,
+        "environment": current_environment(),
         "dataset": info.to_json(),
-        "artifacts": {
-            "lenet-fp32": {
-                "path": "artifacts/lenet-fp32.onnx",
-                "sha256": sha256_file(model),
-                "bytes": model.stat().st_size,
-                "accuracy": {
-                    "test_top1": measured["top1"],
-                    "split": "test",
-                    "provider": "cpu",
-                    "batch_size": 1000,
-                },
-            }  # fmt: skip
-        },
+        "artifacts": artifacts,
     }
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     code, stdout, err = _cli(capsys, "verify", bundle)
