@@ -474,17 +474,19 @@ def int8_from_onnx(
         fp32.val_top1 = inp.evalset.reference_score(fp32.session, model=os.fspath(inp.src))
         rows = _search(inp, graph, fp32, cfg, progress)
         fallback_info = None
-        if cfg.fallback and not _within_rows(rows, fp32, cfg, inp.budget):
+        if cfg.fallback and not _within_rows(rows, fp32, cfg, inp.budget(cfg)):
             fallback_rows = _fallback(inp, graph, fp32, rows, cfg)
             rows.extend(fallback_rows)
             fallback_info = {"ran": True, "candidates": [r.name for r in fallback_rows]}
         chosen = choose_recipe(
             rows, fp32, cfg, src=inp.src, fallback_ran=fallback_info is not None,
-            budget=inp.budget, budget_text=_budget_text(inp, cfg),
+            budget=inp.budget(cfg), budget_text=_budget_text(inp, cfg),
         )  # fmt: skip
         confirm = _confirm(chosen, fp32, inp, cfg)
         faster = _faster(confirm, cfg.latency)
-        why = _why(confirm, faster, cfg.latency, _within_rows(rows, fp32, cfg, inp.budget), rows)
+        why = _why(
+            confirm, faster, cfg.latency, _within_rows(rows, fp32, cfg, inp.budget(cfg)), rows
+        )
         if cfg.require_faster and not faster:
             raise CalibrateError(
                 f"{inp.src}: INT8 is not faster than FP32 on {inp.provider} and require_faster "
@@ -496,7 +498,7 @@ def int8_from_onnx(
             chosen.path, out, inp.src_meta, src_sha=inp.src_sha, mean=inp.mean, std=inp.std,
             recipe_name=chosen.name, strip_node_metadata=cfg.strip_node_metadata,
         )  # fmt: skip
-        table = [_row_json(r, fp32, cfg, inp.budget) for r in (fp32, *rows)]
+        table = [_row_json(r, fp32, cfg, inp.budget(cfg)) for r in (fp32, *rows)]
     calib_path: str | None = None
     if calib_out is not None:
         inp.calib.save(calib_out)
@@ -525,7 +527,6 @@ class _Inputs:
     norm_source: str
     calib: CalibrationSet
     evalset: EvaluationSet
-    budget: float  # the largest allowed FP32-score-minus-candidate-score for evalset's metric
 
     def evaluate(self, session: Any, cfg: QuantizeConfig) -> float:
         """The candidate's score on the evaluation set (top-1, or fidelity to FP32)."""
@@ -533,6 +534,12 @@ class _Inputs:
 
     def feeds(self, batch_sizes: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
         return _feeds(self.evalset.inputs, batch_sizes)
+
+    def budget(self, cfg: QuantizeConfig) -> float:
+        """The largest allowed FP32-score-minus-candidate-score for the evaluation set's
+        metric. Known only once the FP32 reference was scored (it decides top-1 agreement
+        vs output SQNR for data without labels)."""
+        return self.evalset.drop_budget(cfg.max_drop, cfg.min_sqnr_db)
 
 
 def _load_inputs(
@@ -558,7 +565,6 @@ def _load_inputs(
     return _Inputs(
         src=src, provider=provider, specs=specs, src_meta=src_meta, src_sha=sha256_file(src),
         mean=mean, std=std, norm_source=norm_source, calib=calib, evalset=evalset,
-        budget=evalset.drop_budget(cfg.max_drop, cfg.min_sqnr_db),
     )  # fmt: skip
 
 
@@ -663,7 +669,7 @@ def _fallback(
         result = fallback_to_float(
             graph.prepared, base.recipe, inp.calib,
             evaluate=lambda path: inp.evaluate(_session(path, cfg), cfg),
-            fp32_top1=fp32_top1, max_drop=inp.budget, base_excluded=graph.user_excluded,
+            fp32_top1=fp32_top1, max_drop=inp.budget(cfg), base_excluded=graph.user_excluded,
             scratch=graph.scratch, cache_dir=graph.cache_dir, caps=cfg.caps,
             range_overrides=cfg.range_overrides, max_float_nodes=cfg.max_float_nodes,
             probes=cfg.probes, tag=f"fb{j}",
