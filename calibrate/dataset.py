@@ -328,6 +328,8 @@ def calibration_set_from_npz(
             keys = list(data.keys())
             if spec.name in keys:
                 key = spec.name
+            elif "x" in keys:  # the contract's dataset npz (x, y)
+                key = "x"
             elif GENERIC_INPUT_KEY in keys:
                 key = GENERIC_INPUT_KEY
             elif len(keys) == 1:

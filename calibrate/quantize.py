@@ -46,6 +46,7 @@ from onnxship.calibrate.dataset import (
     InputSpec,
     calibration_set_from_mnist,
     calibration_set_from_npz,
+    check_inputs,
     input_spec_of,
 )
 from onnxship.calibrate.errors import CalibrateError
@@ -331,6 +332,23 @@ def _eval_set(
     return x, val.labels[keep], int((~keep).sum())
 
 
+def _eval_set_npz(
+    path: str | os.PathLike[str], spec: InputSpec
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The accuracy budget's data from a labelled npz (x, y): (x, labels, 0 held out)."""
+    from onnxship.core.dataset import load_npz
+    from onnxship.core.errors import CoreError
+
+    try:
+        data = load_npz(path, input_names=[spec.name], require_labels=True)
+    except CoreError as exc:
+        raise CalibrateError(str(exc)) from exc
+    x = data.only_input()
+    assert data.labels is not None
+    check_inputs(x, spec, source=os.fspath(path), batch_size=1)
+    return x, data.labels, 0
+
+
 def _calibration_set(
     spec: InputSpec,
     cfg: QuantizeConfig,
@@ -420,6 +438,7 @@ def int8_from_onnx(
     calib_npz: str | os.PathLike[str] | None = None,
     calib_out: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    val_npz: str | os.PathLike[str] | None = None,
 ) -> Artifact:
     """Quantize the FP32 model `src` to static INT8 at `out_path` (see the module docstring).
 
@@ -441,7 +460,10 @@ def int8_from_onnx(
     mean, std, norm_source = _normalisation(src_meta, cfg, src_path)
     calib = _calibration_set(spec, cfg, mean, std, data_dir, calib_npz)
     calib_sha = calib.sha256()
-    x_val, y_val, held_out = _eval_set(data_dir, calib, spec, mean, std)
+    if val_npz is not None:
+        x_val, y_val, held_out = _eval_set_npz(val_npz, spec)
+    else:
+        x_val, y_val, held_out = _eval_set(data_dir, calib, spec, mean, std)
     src_sha = sha256_file(src_path)
     recipes = recipes_for(cfg.recipe)
     searching = cfg.recipe.strip().lower() == AUTO
@@ -600,7 +622,9 @@ def int8_from_onnx(
         "val_drop": round(fp32_top1 - (chosen.val_top1 or 0.0), 6),
         "max_drop": cfg.max_drop,
         "val_samples": int(y_val.shape[0]),
-        "val_split": f"{SOURCE_SPLIT} minus the {held_out} calibration images",
+        "val_split": f"npz:{Path(val_npz).name}"
+        if val_npz is not None
+        else f"{SOURCE_SPLIT} minus the {held_out} calibration images",
         "latency": {
             "provider": provider,
             "threads": cfg.latency.threads,

@@ -228,14 +228,28 @@ def _source_meta(path: Path, model: Any) -> dict[str, str]:
     return raw
 
 
+def _npz_inputs(path: str | os.PathLike[str], samples: int) -> tuple[np.ndarray, Any]:
+    from onnxship.core.dataset import load_npz
+    from onnxship.core.errors import CoreError
+
+    try:
+        data = load_npz(path)
+    except CoreError as exc:
+        raise ExportError(str(exc)) from exc
+    x = data.only_input()[:samples]
+    return x, None if data.labels is None else data.labels[:samples]
+
+
 def fp16_from_onnx(
     src: str | os.PathLike[str],
     cfg: Fp16Config,
     out_path: str | os.PathLike[str],
     *,
     data_dir: str | os.PathLike[str] | None = None,
+    data_npz: str | os.PathLike[str] | None = None,
 ) -> Artifact:
     """Convert the FP32 `.onnx` at `src` to FP16 at `out_path` (one checked file).
+    Parity data: the first `parity_samples` of `data_npz` (x, y) when given, else MNIST test.
 
     Raises `ExportError` (exit 2) for bad input (corrupt or non-FP32 source, unwritable output)
     and `ExportError(exit_code=1)` when a value overflows float16 or parity fails.
@@ -299,7 +313,10 @@ def fp16_from_onnx(
         },
     )
 
-    x, labels = mnist_test_inputs(data_dir, cfg.parity_samples, mean, std)
+    if data_npz is not None:
+        x, labels = _npz_inputs(data_npz, cfg.parity_samples)
+    else:
+        x, labels = mnist_test_inputs(data_dir, cfg.parity_samples, mean, std)
     ref_session = ort_session(src_path)
     reference = run_batched(ref_session, x, 1000)
 
@@ -354,7 +371,9 @@ def fp16_from_onnx(
         "bytes_ratio_target": BYTES_RATIO_TARGET,
         "bytes_ratio_ok": ratio <= BYTES_RATIO_TARGET,
         "parity": parity.to_metrics(),
-        "top1_on_parity_samples": {
+        "top1_on_parity_samples": None
+        if labels is None
+        else {
             "samples": int(labels.shape[0]),
             "fp32": float((reference.argmax(axis=1) == labels).mean()),
             "fp16": float((fp16_logits.argmax(axis=1) == labels).mean()),

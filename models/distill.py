@@ -30,6 +30,7 @@ from torch import nn
 
 from onnxship.core.artifact import Artifact, sha256_file
 from onnxship.models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from onnxship.models.data import DataConfig
 from onnxship.models.errors import ModelsError
 from onnxship.models.flops import count_macs, count_params
 from onnxship.models.loop import LrSchedule, SgdConfig
@@ -177,22 +178,24 @@ def distilled_from_checkpoints(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    data: DataConfig | None = None,
 ) -> Artifact:
     """Distill the (pruned) student checkpoint from the teacher; write the KD student.
+    The data is `data`, else the one the teacher's checkpoint records, else MNIST.
 
     Trains on the 'fit' split; decisions use 'val', reported accuracy 'test'. Also runs the
     ablation (same student, same steps and seed, no teacher). Metrics: `test_top1_kd`,
     `test_top1_no_kd`, `val_top1_kd`, `val_top1_no_kd`, `teacher_test_top1`,
     `teacher_val_top1`, `val_top1_start`, `steps`, MACs/params of both, wall times.
     """
-    from onnxship.models.data import load_split
+    from onnxship.models.data import open_data
     from onnxship.models.evaluate import top1
     from onnxship.models.loop import train_sgd
 
     cfg.validate()
     check_pair(student_ckpt, teacher_ckpt)
     assert teacher_ckpt is not None
-    teacher, _ = load_checkpoint(teacher_ckpt)
+    teacher, teacher_meta = load_checkpoint(teacher_ckpt)
     student_kd, student_meta = load_checkpoint(student_ckpt)
     student_ce, _ = load_checkpoint(student_ckpt)
     teacher_sha = sha256_file(teacher_ckpt)
@@ -204,12 +207,16 @@ def distilled_from_checkpoints(
             teacher_ckpt,
         )
 
-    fit, val, test = (load_split(data_dir, s) for s in ("fit", "val", "test"))
+    recorded = teacher_meta.data
+    splits = open_data(data or (DataConfig.from_json(recorded) if recorded else None), data_dir)
+    fit, val, test = (splits.split(s) for s in ("fit", "val", "test"))
+    shape = (1, *teacher_meta.input_shape)
     teacher.requires_grad_(False)
     # channels_last makes the CPU conv + max-pool kernels of these small CNNs ~20 % faster
     # (measured); only float rounding differs, and checkpoints are saved contiguous (NCHW).
     for model in (teacher, student_kd, student_ce):
-        model.to(memory_format=torch.channels_last)
+        if fit.x.ndim == 4:  # channels_last is for NCHW images only
+            model.to(memory_format=torch.channels_last)
     torch.manual_seed(cfg.seed)
 
     t0 = time.perf_counter()
@@ -253,8 +260,8 @@ def distilled_from_checkpoints(
         "seed": cfg.seed,
         "student_arch": student_meta.arch,
         "student_widths": dict(student_meta.widths),
-        "student_macs": count_macs(student_kd),
-        "teacher_macs": count_macs(teacher),
+        "student_macs": count_macs(student_kd, shape),
+        "teacher_macs": count_macs(teacher, shape),
         "student_params": count_params(student_kd),
         "teacher_params": count_params(teacher),
         "teacher_logits_s": round(logits_s, 3),
@@ -295,6 +302,5 @@ def distilled_from_checkpoints(
         parent_sha256=student_sha,
         config=cfg,
         extra={"teacher": os.fspath(teacher_ckpt), "teacher_sha256": teacher_sha},
-        mean=student_meta.mean,
-        std=student_meta.std,
+        like=student_meta,
     )

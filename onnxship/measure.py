@@ -60,13 +60,21 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 
 def eval_stage(
-    ctx: RunContext, settings: EvalSettings, onnx_paths: Mapping[str, Path]
+    ctx: RunContext,
+    settings: EvalSettings,
+    onnx_paths: Mapping[str, Path],
+    *,
+    data_npz: Path | None = None,
 ) -> dict[str, Any]:
-    """Test top-1 of every artifact; returns the parsed results/eval.json."""
+    """Test top-1 of every artifact (MNIST test, or the labelled `data_npz`); returns the
+    parsed results/eval.json."""
     from onnxship.runtime_bench.accuracy import evaluate_onnx
 
-    raw = mnist.require_files(mnist.resolve_data_root(ctx.data_dir))
-    data_files = [raw / mnist.TEST_IMAGES, raw / mnist.TEST_LABELS]
+    if data_npz is not None:
+        data_files = [data_npz]
+    else:
+        raw = mnist.require_files(mnist.resolve_data_root(ctx.data_dir))
+        data_files = [raw / mnist.TEST_IMAGES, raw / mnist.TEST_LABELS]
     out = ctx.path("results", "eval.json")
 
     def produce() -> Artifact:
@@ -78,6 +86,7 @@ def eval_stage(
                 split="test",
                 batch_size=settings.batch_size,
                 provider=settings.provider,
+                data_npz=data_npz,
             )
         atomic_write_json(
             out,

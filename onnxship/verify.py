@@ -1,7 +1,8 @@
 """`onnxship verify DIR`: is this bundle what its manifest says? (torch-free)
 
 For every artifact: the file exists, its bytes and sha256 match, it is self-contained (no
-external-data sidecar), it loads in ONNX Runtime, and its MNIST test accuracy re-measured with
+external-data sidecar), it loads in ONNX Runtime, and its test accuracy (MNIST, or the bundle's
+copy of the run's own test data, `dataset.test_data` in the manifest) re-measured with
 the recorded settings equals the manifest's value exactly (same data, same runtime, same file:
 any difference means something changed).
 """
@@ -69,6 +70,8 @@ def verify_bundle(
     manifest = read_manifest(root / "manifest.json")
     report = VerifyReport(bundle=root)
     add = report.checks.append
+    test_data = (manifest.get("dataset") or {}).get("test_data")
+    data_npz = root / test_data["path"] if test_data else None
     for name, entry in manifest["artifacts"].items():
         path = root / entry["path"]
         if not path.is_file():
@@ -104,6 +107,7 @@ def verify_bundle(
             split=recorded.get("split", "test"),
             batch_size=int(recorded.get("batch_size") or 1000),
             provider=recorded.get("provider") or "cpu",
+            data_npz=data_npz,
         )
         same = measured["top1"] == recorded["test_top1"]
         add(Check(name, "accuracy", same,

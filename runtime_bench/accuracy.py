@@ -115,6 +115,7 @@ def evaluate_onnx(
     provider: str = "cpu",
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    data_npz: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """MNIST top-1 of an `.onnx` file: {top1, correct, n, split, model_sha256, mean, std, ...}.
 
@@ -123,6 +124,8 @@ def evaluate_onnx(
     if (mean is None) != (std is None):
         raise BenchError("give both mean and std (or neither, to read them from the model)")
     p = Path(path)
+    if data_npz is not None:
+        return _evaluate_npz(p, data_npz, batch_size=batch_size, provider=provider)
     handle = create_session(
         p, provider, SessionConfig(intra_op_threads=1, inter_op_threads=1, record_assignment=False)
     )
@@ -155,4 +158,38 @@ def evaluate_onnx(
         "provider": handle.provider,
         "batch_size": batch_size,
         "data_dir": os.fspath(root),
+    }
+
+
+def _evaluate_npz(
+    path: Path, data_npz: str | os.PathLike[str], *, batch_size: int, provider: str
+) -> dict[str, Any]:
+    """Top-1 of `path` on a labelled npz (x preprocessed, y int64): no normalisation applied."""
+    from onnxship.core.dataset import load_npz
+    from onnxship.core.errors import CoreError
+
+    handle = create_session(
+        path,
+        provider,
+        SessionConfig(intra_op_threads=1, inter_op_threads=1, record_assignment=False),
+    )
+    try:
+        data = load_npz(data_npz, require_labels=True)
+    except CoreError as exc:
+        raise BenchError(str(exc)) from exc
+    assert data.labels is not None
+    preds = predict_top1(handle, data.only_input(), batch_size)
+    correct = int(np.sum(preds == data.labels))
+    n = int(data.labels.shape[0])
+    return {
+        "model": os.fspath(path),
+        "model_sha256": sha256_file(path),
+        "split": "test",
+        "top1": correct / n,
+        "correct": correct,
+        "n": n,
+        "data": os.fspath(data_npz),
+        "data_sha256": data.sha256,
+        "provider": handle.provider,
+        "batch_size": batch_size,
     }
