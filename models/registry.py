@@ -238,6 +238,8 @@ class ModelFactory:
         module_name, function_name = self.split()
         where = f" (searched {self.search_path} first)" if self.search_path else ""
         added = False
+        if self.search_path:
+            _forget_if_elsewhere(module_name, Path(self.search_path))
         if self.search_path and self.search_path not in sys.path:
             sys.path.insert(0, self.search_path)
             added = True
@@ -293,6 +295,21 @@ class ModelFactory:
             kwargs=dict(raw.get("kwargs", {})),
             search_path=raw.get("search_path"),
         )
+
+
+def _forget_if_elsewhere(module_name: str, folder: Path) -> None:
+    """Drop an already imported `module_name` package from sys.modules when `folder` holds a
+    module of that name too: the config's own module wins over one imported earlier from
+    another folder (two projects with a `nets.py` each, in one process)."""
+    top = module_name.split(".")[0]
+    cached = sys.modules.get(top)
+    if cached is None or not ((folder / f"{top}.py").is_file() or (folder / top).is_dir()):
+        return
+    origin = getattr(cached, "__file__", None)
+    if origin and Path(origin).resolve().is_relative_to(folder.resolve()):
+        return
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
 
 
 def factory_search_path(config_file: str | os.PathLike[str] | None) -> str | None:

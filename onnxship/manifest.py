@@ -109,8 +109,8 @@ def build_manifest(
     dataset: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ctx.out_dir/manifest.json from the artifacts, their stage records and measurements.
-    `dataset`: the contract's top-level block (DatasetInfo.to_json(), plus `test_data`, the
-    bundle's copy of non-MNIST test data that `verify` re-measures on)."""
+    `dataset`: the contract's top-level block (DatasetInfo.to_json(); for non-MNIST data
+    `test_path`, the bundle's copy of the test data that `verify` re-measures on)."""
     from onnxship.core.artifact import sha256_file
     from onnxship.export.checks import describe_onnx
     from onnxship.models.checkpoint import load_checkpoint

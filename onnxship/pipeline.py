@@ -365,9 +365,10 @@ def _own_model_and_data(cfg: PipelineConfig) -> _OwnRun | None:
 
 
 def _write_data_npz(ctx: RunContext, splits: DataSplits) -> tuple[Path, Path]:
-    """The carved validation split (INT8 calibration + budget) and the test split (FP16
-    parity, eval, verify) as contract npz files inside the bundle; rewritten only when their
-    content changes, so cached stages keyed on their sha256 stay valid."""
+    """The carved validation split (INT8 calibration + budget) and the test data (FP16
+    parity, eval, verify) as contract npz files inside the bundle: `data/val.npz`, and
+    `data/test.npz` (a byte copy of an npz test file; decoded images for an image folder).
+    Rewritten only when their content changes, so stages keyed on their sha256 stay cached."""
     import tempfile
 
     from onnxship.core.artifact import sha256_file
@@ -376,7 +377,10 @@ def _write_data_npz(ctx: RunContext, splits: DataSplits) -> tuple[Path, Path]:
     for name in ("val", "test"):
         target = ctx.path("data", f"{name}.npz")
         with tempfile.TemporaryDirectory(prefix="onnxship-data-") as scratch:
-            fresh = splits.write_npz(name, Path(scratch) / f"{name}.npz")
+            if name == "test" and splits.config.kind is DatasetKind.NPZ:
+                fresh = Path(splits.config.test or "")
+            else:
+                fresh = splits.write_npz(name, Path(scratch) / f"{name}.npz")
             if not target.is_file() or sha256_file(target) != sha256_file(fresh):
                 atomic_write_bytes(target, fresh.read_bytes())
         paths.append(target)
@@ -384,8 +388,9 @@ def _write_data_npz(ctx: RunContext, splits: DataSplits) -> tuple[Path, Path]:
 
 
 def _dataset_block(teacher_ckpt: Path, test_npz: Path | None, out: Path) -> dict[str, Any]:
-    """The manifest's `dataset` block: the teacher checkpoint's DatasetInfo, plus the bundle's
-    copy of the test data when it is not MNIST (what `verify` re-measures on)."""
+    """The manifest's `dataset` block: the teacher checkpoint's DatasetInfo; when the data is
+    not MNIST, `test_path` (relative to the bundle) names the npz every accuracy was measured
+    on and `test_sha256` is that file's hash (what `verify` re-measures on and checks)."""
     from onnxship.core.dataset import mnist_info
     from onnxship.models.checkpoint import read_checkpoint_meta
 
@@ -395,8 +400,6 @@ def _dataset_block(teacher_ckpt: Path, test_npz: Path | None, out: Path) -> dict
     if test_npz is not None:
         from onnxship.core.artifact import sha256_file
 
-        block["test_data"] = {
-            "path": os.path.relpath(test_npz, out),
-            "sha256": sha256_file(test_npz),
-        }
+        block["test_path"] = os.path.relpath(test_npz, out)
+        block["test_sha256"] = sha256_file(test_npz)
     return block

@@ -2,7 +2,7 @@
 
 For every artifact: the file exists, its bytes and sha256 match, it is self-contained (no
 external-data sidecar), it loads in ONNX Runtime, and its test accuracy (MNIST, or the bundle's
-copy of the run's own test data, `dataset.test_data` in the manifest) re-measured with
+copy of the run's own test data, `dataset.test_path` in the manifest) re-measured with
 the recorded settings equals the manifest's value exactly (same data, same runtime, same file:
 any difference means something changed).
 """
@@ -70,8 +70,8 @@ def verify_bundle(
     manifest = read_manifest(root / "manifest.json")
     report = VerifyReport(bundle=root)
     add = report.checks.append
-    test_data = (manifest.get("dataset") or {}).get("test_data")
-    data_npz = root / test_data["path"] if test_data else None
+    test_path = (manifest.get("dataset") or {}).get("test_path")
+    data_npz = root / test_path if test_path else None
     for name, entry in manifest["artifacts"].items():
         path = root / entry["path"]
         if not path.is_file():
