@@ -793,6 +793,9 @@ def pruned_from_checkpoint(
     if meta.factory is None:
         metrics.setdefault("widths_before", dict(meta.widths))
         metrics.setdefault("widths_after", _widths(pruned))
+    else:  # a factory model's "widths": the output channels of its conv and linear layers
+        metrics["widths_before"] = _layer_widths(model)
+        metrics["widths_after"] = _layer_widths(pruned)
     log.info(
         "pruned %s: %s -> %s MACs, val top-1 %.4f -> %.4f",
         src_path,
@@ -812,6 +815,14 @@ def pruned_from_checkpoint(
         extra={"pruned_from": os.fspath(src_path), "pruned_from_sha256": parent},
         like=meta,
     )
+
+
+def _layer_widths(model: nn.Module) -> dict[str, int]:
+    return {
+        name: int(getattr(m, "out_channels", getattr(m, "out_features", 0)))
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+    }
 
 
 def _recorded_data(raw: Mapping[str, Any] | None) -> DataConfig | None:
