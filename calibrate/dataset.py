@@ -10,18 +10,21 @@ from) and its sha256 goes into the stage record.
 
 from __future__ import annotations
 
+import enum
 import io
 import os
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.core.artifact import atomic_write_bytes, sha256_bytes, sha256_file
+from onnxship.runtime_bench.inputs import InputSpec  # the one InputSpec (one fact, one place)
 
 # Where MNIST calibration images come from (recorded in the stage record).
 SOURCE_SPLIT = "train:validation"
@@ -29,29 +32,14 @@ SOURCE_SPLIT = "train:validation"
 INDICES_KEY = "train_indices"  # int64 indices into the 60,000-image training split
 LABELS_KEY = "labels"  # int64 labels of those images (for inspection only; not used to calibrate)
 GENERIC_INPUT_KEY = "inputs"  # accepted in a user's .npz besides the model's input name
+X_KEY, Y_KEY = "x", "y"  # CONTRACT.md's dataset .npz: inputs and labels
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """The model's one input: name, shape (ints, or strings / None for symbolic dims), dtype."""
-
-    name: str
-    shape: tuple[int | str | None, ...]
-    dtype: str
-
-    def describe(self) -> str:
-        dims = ", ".join("N" if not isinstance(d, int) else str(d) for d in self.shape)
-        return f"input {self.name!r} {self.dtype} [{dims}]"
-
-    def sample_shape(self) -> tuple[int | None, ...]:
-        """Shape of one sample (without the batch axis); None where the dim is symbolic."""
-        return tuple(d if isinstance(d, int) and d > 0 else None for d in self.shape[1:])
-
-
-def input_spec_of(model_path: str | os.PathLike[str]) -> InputSpec:
-    """Read the model's single graph input (name, shape, dtype) with onnx, weights not loaded."""
+def input_specs_of(model_path: str | os.PathLike[str]) -> list[InputSpec]:
+    """The model's graph inputs (name, shape, type), read with onnx, weights not loaded."""
     import onnx
-    from onnx import helper
+
+    from onnxship.runtime_bench.inputs import ort_type_of
 
     path = Path(model_path)
     if not path.is_file():
@@ -61,27 +49,39 @@ def input_spec_of(model_path: str | os.PathLike[str]) -> InputSpec:
     except Exception as exc:  # onnx raises DecodeError / ValueError subclasses
         raise CalibrateError(
             f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); "
-            "pass the FP32 .onnx written by `onnxship export`"
+            "pass an FP32 .onnx file"
         ) from exc
     initializers = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
+    specs = []
+    for inp in model.graph.input:
+        if inp.name in initializers:
+            continue
+        ttype = inp.type.tensor_type
+        dims: list[int | str | None] = []
+        for d in ttype.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        type_name = onnx.TensorProto.DataType.Name(ttype.elem_type)
+        specs.append(InputSpec(name=inp.name, shape=tuple(dims), ort_type=ort_type_of(type_name)))
+    if not specs:
+        raise CalibrateError(f"{path} has no graph inputs; there is nothing to calibrate")
+    return specs
+
+
+def input_spec_of(model_path: str | os.PathLike[str]) -> InputSpec:
+    """The model's single graph input (CalibrateError when it has several)."""
+    specs = input_specs_of(model_path)
+    if len(specs) != 1:
         raise CalibrateError(
-            f"{path} has {len(inputs)} graph inputs ({', '.join(i.name for i in inputs)}); "
-            "calibration supports models with exactly one input"
+            f"{model_path} has {len(specs)} graph inputs ({', '.join(s.name for s in specs)}); "
+            "MNIST calibration supports models with exactly one input; pass --calib-npz with "
+            "one array per input"
         )
-    inp = inputs[0]
-    ttype = inp.type.tensor_type
-    dims: list[int | str | None] = []
-    for d in ttype.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    dtype = str(helper.tensor_dtype_to_np_dtype(ttype.elem_type))
-    return InputSpec(name=inp.name, shape=tuple(dims), dtype=dtype)
+    return specs[0]
 
 
 @dataclass(frozen=True)
@@ -111,24 +111,37 @@ class CalibrationConfig:
 
 
 class CalibrationSet:
-    """Preprocessed calibration inputs, iterable many times as `{input_name: batch}` feeds."""
+    """Preprocessed calibration inputs, iterable many times as `{input_name: batch}` feeds.
+
+    `inputs` is one array (a single-input model, named `input_name`) or a mapping from input
+    name to array (several inputs, the same number of samples each)."""
 
     def __init__(
         self,
-        inputs: np.ndarray,
+        inputs: np.ndarray | Mapping[str, np.ndarray],
         *,
-        input_name: str,
+        input_name: str | None = None,
         batch_size: int,
         source: str,
         train_indices: np.ndarray | None = None,
         labels: np.ndarray | None = None,
     ) -> None:
-        self.inputs = inputs
-        self.input_name = input_name
+        if isinstance(inputs, Mapping):
+            self.feeds = dict(inputs)
+        else:
+            if input_name is None:
+                raise CalibrateError("a single calibration array needs its input_name")
+            self.feeds = {input_name: inputs}
+        self.input_name = next(iter(self.feeds))
         self.batch_size = batch_size
         self.source = source
         self.train_indices = train_indices
         self.labels = labels
+
+    @property
+    def inputs(self) -> np.ndarray:
+        """The first (for a single-input model: the only) input's array."""
+        return self.feeds[self.input_name]
 
     @property
     def samples(self) -> int:
@@ -140,7 +153,7 @@ class CalibrationSet:
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, self.samples, self.batch_size):
-            yield {self.input_name: self.inputs[start : start + self.batch_size]}
+            yield {k: v[start : start + self.batch_size] for k, v in self.feeds.items()}
 
     def head(self, max_samples: int) -> CalibrationSet:
         """The first `max_samples` samples (a whole number of batches, at least one batch)."""
@@ -148,8 +161,7 @@ class CalibrationSet:
         if keep >= self.samples:
             return self
         return CalibrationSet(
-            self.inputs[:keep],
-            input_name=self.input_name,
+            {k: v[:keep] for k, v in self.feeds.items()},
             batch_size=self.batch_size,
             source=self.source,
             train_indices=None if self.train_indices is None else self.train_indices[:keep],
@@ -161,10 +173,10 @@ class CalibrationSet:
         return OrtCalibrationReader(self)
 
     def to_npz_bytes(self) -> bytes:
-        """The set as .npz bytes (inputs under the model's input name, plus the training-split
+        """The set as .npz bytes (inputs under the model's input names, plus the training-split
         indices and labels when known). Byte-identical for identical data: entries carry a
         fixed timestamp, unlike `numpy.savez`, so the sha256 identifies the data."""
-        arrays: dict[str, np.ndarray] = {self.input_name: self.inputs}
+        arrays: dict[str, np.ndarray] = dict(self.feeds)
         if self.train_indices is not None:
             arrays[INDICES_KEY] = np.asarray(self.train_indices, dtype=np.int64)
         if self.labels is not None:
@@ -315,48 +327,240 @@ def calibration_set_from_mnist(
     )
 
 
-def calibration_set_from_npz(
-    path: str | os.PathLike[str], spec: InputSpec, cfg: CalibrationConfig
-) -> CalibrationSet:
-    """Load a user's .npz of preprocessed inputs: the array under the model's input name, or
-    under 'inputs', or the only array in the file."""
-    p = Path(path)
+def _npz_arrays(p: Path, what: str) -> dict[str, np.ndarray]:
     if not p.is_file():
-        raise CalibrateError(f"calibration file {p} does not exist; pass an existing .npz")
+        raise CalibrateError(f"{what} file {p} does not exist; pass an existing .npz")
     try:
         with np.load(p, allow_pickle=False) as data:
-            keys = list(data.keys())
-            if spec.name in keys:
-                key = spec.name
-            elif "x" in keys:  # the contract's dataset npz (x, y)
-                key = "x"
-            elif GENERIC_INPUT_KEY in keys:
-                key = GENERIC_INPUT_KEY
-            elif len(keys) == 1:
-                key = keys[0]
-            else:
-                raise CalibrateError(
-                    f"calibration file {p} holds arrays {keys}; expected one named "
-                    f"{spec.name!r} (the model's input) or {GENERIC_INPUT_KEY!r}; rename it"
-                )
-            arr = np.asarray(data[key])
-            indices = np.asarray(data[INDICES_KEY]) if INDICES_KEY in keys else None
-            labels = np.asarray(data[LABELS_KEY]) if LABELS_KEY in keys else None
-    except CalibrateError:
-        raise
+            return {key: np.asarray(data[key]) for key in data.files}
     except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled objects), OSError
         raise CalibrateError(
-            f"calibration file {p} is not a readable .npz ({type(exc).__name__}: {exc}); "
+            f"{what} file {p} is not a readable .npz ({type(exc).__name__}: {exc}); "
             "write it with numpy.savez"
         ) from exc
+
+
+def _pick_inputs(
+    arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], p: Path, what: str
+) -> dict[str, np.ndarray]:
+    """One array per model input: named after it; for a single input also 'x' (the
+    contract's name), 'inputs', or the only array besides labels and indices."""
+    keys = [k for k in arrays if k not in (Y_KEY, LABELS_KEY, INDICES_KEY)]
+    picked: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.name in arrays:
+            picked[spec.name] = arrays[spec.name]
+            continue
+        if len(specs) == 1:
+            key = next((k for k in (X_KEY, GENERIC_INPUT_KEY) if k in arrays), None)
+            if key is None and len(keys) == 1:
+                key = keys[0]
+            if key is not None:
+                picked[spec.name] = arrays[key]
+                continue
+            raise CalibrateError(
+                f"{what} file {p} holds arrays {list(arrays)}; expected one named "
+                f"{spec.name!r} (the model's input), {X_KEY!r} or {GENERIC_INPUT_KEY!r}; "
+                "rename it"
+            )
+        raise CalibrateError(
+            f"{what} file {p} holds arrays {list(arrays)}, but the model's {spec.describe()} "
+            f"has none; a model with several inputs needs one array per input, named after it "
+            f"({', '.join(repr(s.name) for s in specs)})"
+        )
+    return picked
+
+
+def calibration_set_from_npz(
+    path: str | os.PathLike[str],
+    spec: InputSpec | Sequence[InputSpec],
+    cfg: CalibrationConfig,
+) -> CalibrationSet:
+    """Load a user's .npz of preprocessed inputs (the whole file; see `_pick_inputs` for the
+    array names). A model with several inputs takes one array per input, named after it."""
+    p = Path(path)
+    specs = [spec] if isinstance(spec, InputSpec) else list(spec)
+    arrays = _npz_arrays(p, "calibration")
+    picked = _pick_inputs(arrays, specs, p, "calibration")
     if cfg.batch_size < 1:
         raise CalibrateError(f"calibration batch size must be >= 1, got {cfg.batch_size}")
-    arr = check_inputs(arr, spec, source=os.fspath(p), batch_size=cfg.batch_size)
+    feeds = {
+        s.name: check_inputs(picked[s.name], s, source=os.fspath(p), batch_size=cfg.batch_size)
+        for s in specs
+    }
+    counts = {name: a.shape[0] for name, a in feeds.items()}
+    if len(set(counts.values())) > 1:
+        raise CalibrateError(
+            f"calibration file {p}: the input arrays disagree on the number of samples "
+            f"({counts}); every input needs one row per sample"
+        )
+    labels = arrays.get(LABELS_KEY, arrays.get(Y_KEY))
     return CalibrationSet(
-        arr,
-        input_name=spec.name,
+        feeds,
         batch_size=cfg.batch_size,
         source=f"npz:{p.name}",
-        train_indices=indices,
+        train_indices=arrays.get(INDICES_KEY),
         labels=labels,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluation set: what the accuracy budget is measured on
+
+
+class BudgetMetric(enum.Enum):
+    """What an INT8 candidate is scored on (higher is better for all three)."""
+
+    TOP1 = "top1"  # labels: top-1, budget = FP32 top-1 minus max_drop
+    AGREEMENT = "top1_agreement"  # no labels, class scores: agreement with FP32 >= 1 - max_drop
+    SQNR = "sqnr_db"  # no labels, other outputs: output SQNR vs FP32 >= min_sqnr_db
+
+
+class EvaluationSet:
+    """Samples an INT8 candidate is scored on against the FP32 model (never the test split).
+
+    Built from MNIST's validation part minus the calibration images, or from a user's `.npz`
+    (`--val-npz`). With labels the score is top-1; without, fidelity to the FP32 model, whose
+    outputs `reference_score` records: top-1 agreement for class scores ([batch, classes]),
+    output SQNR in dB otherwise (`BudgetMetric`). `drop_budget` expresses the budget as a
+    largest allowed "FP32 score minus candidate score", so one comparison serves every metric.
+    """
+
+    def __init__(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        labels: np.ndarray | None,
+        *,
+        source: str,
+        sha256: str | None = None,
+        batch_size: int = 500,
+    ) -> None:
+        self.inputs = dict(inputs)
+        self.labels = labels
+        self.source = source
+        self.sha256 = sha256
+        self.batch_size = batch_size
+        self.metric = BudgetMetric.TOP1 if labels is not None else None
+        self.reference: np.ndarray | None = None
+
+    @property
+    def samples(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0])
+
+    def _outputs(self, session: Any) -> np.ndarray:
+        from onnxship.runtime_bench.accuracy import check_data, run_model
+        from onnxship.runtime_bench.inputs import input_specs
+
+        feeds = check_data(input_specs(session), self.inputs, source=self.source)
+        return run_model(session, feeds, self.batch_size)
+
+    def reference_score(self, session: Any, *, model: str = "the FP32 model") -> float:
+        """Score the FP32 model; without labels its outputs become the reference."""
+        from onnxship.runtime_bench.accuracy import SQNR_CAP_DB, is_classifier_output, top1_counts
+
+        out = self._outputs(session)
+        if self.labels is not None:
+            correct, n = top1_counts(out, self.labels, what=f"{model} on {self.source}")
+            return correct / n
+        self.reference = out
+        if is_classifier_output(out):
+            self.metric = BudgetMetric.AGREEMENT
+            return 1.0
+        self.metric = BudgetMetric.SQNR
+        return SQNR_CAP_DB
+
+    def score(self, session: Any) -> float:
+        from onnxship.runtime_bench.accuracy import fidelity, top1_counts
+
+        out = self._outputs(session)
+        if self.labels is not None:
+            correct, n = top1_counts(out, self.labels, what=self.source)
+            return correct / n
+        if self.reference is None:
+            raise CalibrateError("score the FP32 model (reference_score) before any candidate")
+        return float(fidelity(self.reference, out)["value"])
+
+    def drop_budget(self, max_drop: float, min_sqnr_db: float) -> float:
+        """The largest allowed FP32-score-minus-candidate-score for this metric."""
+        from onnxship.runtime_bench.accuracy import SQNR_CAP_DB
+
+        if self.metric is BudgetMetric.SQNR:
+            return SQNR_CAP_DB - min_sqnr_db
+        return max_drop
+
+    def describe(self, max_drop: float, min_sqnr_db: float) -> dict[str, Any]:
+        """The record's `budget` block: which metric, on what data, and the threshold."""
+        metric = self.metric or BudgetMetric.TOP1
+        out: dict[str, Any] = {
+            "metric": metric.value,
+            "data": self.source,
+            "data_sha256": self.sha256,
+            "samples": self.samples,
+            "labels": self.labels is not None,
+        }
+        if metric is BudgetMetric.SQNR:
+            out["min_sqnr_db"] = min_sqnr_db
+        else:
+            out["max_drop"] = max_drop
+            out["reference"] = "labels" if metric is BudgetMetric.TOP1 else "fp32 outputs"
+        return out
+
+
+def evaluation_set_from_mnist(
+    root: str | os.PathLike[str],
+    calib: CalibrationSet,
+    spec: InputSpec,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    batch_size: int = 500,
+) -> EvaluationSet:
+    """MNIST's validation images not used for calibration (the test split is never opened)."""
+    from onnxship.core import mnist
+
+    val = mnist.load_split(root, "val")
+    _, dims = mnist.check_idx_header(
+        mnist.raw_dir(root) / mnist.TRAIN_LABELS, expect_magic=mnist.LABEL_MAGIC
+    )
+    _, val_idx = mnist.validation_split(dims[0])
+    keep = np.ones(val_idx.shape[0], dtype=bool)
+    if calib.train_indices is not None:
+        keep &= ~np.isin(val_idx, calib.train_indices)
+    x = mnist.normalize(val.images[keep], mean, std)
+    want = spec.sample_shape()
+    if any(w is not None and w != g for w, g in zip(want, x.shape[1:], strict=False)):
+        raise CalibrateError(
+            f"the model's {spec.describe()} does not take MNIST images {tuple(x.shape[1:])}; "
+            "measure the accuracy budget on your own data with --val-npz VAL.npz (and "
+            "calibrate with --calib-npz CALIB.npz)"
+        )
+    held_out = int((~keep).sum())
+    return EvaluationSet(
+        {spec.name: x},
+        val.labels[keep],
+        source=f"{SOURCE_SPLIT} minus the {held_out} calibration images",
+        batch_size=batch_size,
+    )
+
+
+def evaluation_set_from_npz(
+    path: str | os.PathLike[str], specs: Sequence[InputSpec], *, batch_size: int = 500
+) -> EvaluationSet:
+    """A user's validation `.npz` (CONTRACT.md layout; `y` optional: fidelity without it)."""
+    from onnxship.core.dataset import load_npz
+    from onnxship.core.errors import CoreError
+    from onnxship.runtime_bench.accuracy import non_float_dtypes
+
+    try:
+        data = load_npz(
+            path, input_names=[s.name for s in specs], input_dtypes=non_float_dtypes(specs)
+        )
+    except CoreError as exc:
+        raise CalibrateError(str(exc)) from exc
+    return EvaluationSet(
+        data.inputs,
+        data.labels,
+        source=f"npz:{Path(path).name}",
+        sha256=data.sha256,
+        batch_size=batch_size,
     )

@@ -3,10 +3,13 @@
 `int8_from_onnx(src, cfg, out_path)`:
 
 1. Calibration set from the validation part of MNIST's training split (or a user's .npz),
-   preprocessed with the normalisation stored in the model's metadata.
+   preprocessed with the normalisation stored in the model's metadata; the evaluation set
+   (`calibrate.dataset.EvaluationSet`) from the rest of that validation part, or from a
+   user's `--val-npz` (any model: no metadata needed when both sets are npz files).
 2. `quant_pre_process`, then exact graph rewrites (`calibrate.graph_prep`), in a temporary folder.
 3. Every recipe of the search (or the one named) is quantized with `quantize_static` and
-   scored on validation top-1 (the validation images not used for calibration) and on latency
+   scored on the evaluation set - top-1 with labels; without labels fidelity to the FP32
+   model: top-1 agreement for class scores, output SQNR otherwise - and on latency
    on the target EP, interleaved with the FP32 model (batch 1 and 64, one thread) - one table,
    FP32 included as a row.
 4. Among recipes within the accuracy budget, the fastest (geometric mean of INT8/FP32 over
@@ -40,14 +43,15 @@ from typing import Any
 import numpy as np
 
 from onnxship.calibrate.dataset import (
-    SOURCE_SPLIT,
     CalibrationConfig,
     CalibrationSet,
+    EvaluationSet,
     InputSpec,
     calibration_set_from_mnist,
     calibration_set_from_npz,
-    check_inputs,
-    input_spec_of,
+    evaluation_set_from_mnist,
+    evaluation_set_from_npz,
+    input_specs_of,
 )
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.fallback import fallback_to_float
@@ -124,7 +128,10 @@ class QuantizeConfig:
 
     recipe: "auto" (search the presets) or one recipe name (see `calibrate.recipes`).
     provider: target EP for accuracy and latency ('cpu', 'cuda' or an ORT EP name).
-    max_drop: accuracy budget, FP32 val top-1 minus INT8 val top-1 (0.003 = 0.3 pp).
+    max_drop: accuracy budget, FP32 val top-1 minus INT8 val top-1 (0.003 = 0.3 pp); without
+      labels, 1 minus INT8's top-1 agreement with FP32.
+    min_sqnr_db: the budget without labels for a model whose output is not class scores:
+      INT8's output SQNR vs FP32 on the evaluation set, in dB.
     exclude_nodes / exclude_op_types: always left in float (names after quant_pre_process).
     mean / std: override the normalisation (needed when the model has no onnxship metadata).
     fallback: run the accuracy fallback when no recipe meets the budget.
@@ -158,6 +165,7 @@ class QuantizeConfig:
     flatten_reshapes: bool = True
     strip_node_metadata: bool = True
     eval_batch: int = 500
+    min_sqnr_db: float = 30.0
 
     def validate(self) -> None:
         recipes_for(self.recipe)  # raises on an unknown name, listing the known ones
@@ -178,6 +186,11 @@ class QuantizeConfig:
                 )
             if any(not s > 0 for s in self.std):
                 raise CalibrateError(f"--std values must be > 0, got {list(self.std)}")
+        if not 0 < self.min_sqnr_db < 140:
+            raise CalibrateError(
+                f"min_sqnr_db must be in (0, 140) dB, got {self.min_sqnr_db}; 30 dB = an RMS "
+                "error of 3 % of the output's RMS"
+            )
         for name in ("max_float_nodes", "probes", "fallback_recipes", "eval_batch"):
             if getattr(self, name) < 1:
                 raise CalibrateError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -291,76 +304,72 @@ def _source_metadata(src: Path) -> dict[str, str]:
 def _normalisation(
     raw: dict[str, str], cfg: QuantizeConfig, src: Path
 ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    from onnxship.core.dataset import require_mnist_data
     from onnxship.core.errors import CoreError
     from onnxship.core.model_meta import parse_meta
 
     if cfg.mean is not None and cfg.std is not None:
         return tuple(cfg.mean), tuple(cfg.std), "override (--mean/--std)"
     try:
+        require_mnist_data(
+            raw, source=os.fspath(src), flag="--calib-npz CALIB.npz --val-npz VAL.npz"
+        )
         meta = parse_meta(raw, source=os.fspath(src))
     except CoreError as exc:
-        raise CalibrateError(str(exc)) from exc
+        if "not MNIST" in str(exc):
+            raise CalibrateError(str(exc)) from exc
+        raise CalibrateError(
+            f"{exc}; or calibrate and measure on your own preprocessed data with "
+            "--calib-npz CALIB.npz --val-npz VAL.npz"
+        ) from exc
     return meta.mean, meta.std, "model metadata"
 
 
-def _eval_set(
+def _evaluation_set(
     data_dir: str | os.PathLike[str] | None,
     calib: CalibrationSet,
-    spec: InputSpec,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Validation images not used for calibration: (x, labels, number held out)."""
+    specs: Sequence[InputSpec],
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    val_npz: str | os.PathLike[str] | None,
+    cfg: QuantizeConfig,
+) -> EvaluationSet:
+    """What the budget is measured on: the user's --val-npz, else MNIST validation images
+    not used for calibration."""
+    if val_npz is not None:
+        return evaluation_set_from_npz(val_npz, specs, batch_size=cfg.eval_batch)
     from onnxship.core import mnist
 
+    assert mean is not None and std is not None
+    spec = _single(specs, "the accuracy budget on MNIST")
     root = mnist.resolve_data_root(data_dir)
-    val = mnist.load_split(root, "val")
-    _, dims = mnist.check_idx_header(
-        mnist.raw_dir(root) / mnist.TRAIN_LABELS, expect_magic=mnist.LABEL_MAGIC
-    )
-    _, val_idx = mnist.validation_split(dims[0])
-    keep = np.ones(val_idx.shape[0], dtype=bool)
-    if calib.train_indices is not None:
-        keep &= ~np.isin(val_idx, calib.train_indices)
-    x = mnist.normalize(val.images[keep], mean, std)
-    want = spec.sample_shape()
-    if any(w is not None and w != g for w, g in zip(want, x.shape[1:], strict=False)):
+    return evaluation_set_from_mnist(root, calib, spec, mean, std, batch_size=cfg.eval_batch)
+
+
+def _single(specs: Sequence[InputSpec], what: str) -> InputSpec:
+    if len(specs) != 1:
         raise CalibrateError(
-            f"the model's {spec.describe()} does not take MNIST images {tuple(x.shape[1:])}; "
-            "quantize an MNIST classifier exported by `onnxship export`"
+            f"the model has {len(specs)} inputs ({', '.join(s.name for s in specs)}); "
+            f"{what} needs a single-input model; pass --calib-npz and --val-npz with one "
+            "array per input"
         )
-    return x, val.labels[keep], int((~keep).sum())
-
-
-def _eval_set_npz(
-    path: str | os.PathLike[str], spec: InputSpec
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """The accuracy budget's data from a labelled npz (x, y): (x, labels, 0 held out)."""
-    from onnxship.core.dataset import load_npz
-    from onnxship.core.errors import CoreError
-
-    try:
-        data = load_npz(path, input_names=[spec.name], require_labels=True)
-    except CoreError as exc:
-        raise CalibrateError(str(exc)) from exc
-    x = data.only_input()
-    assert data.labels is not None
-    check_inputs(x, spec, source=os.fspath(path), batch_size=1)
-    return x, data.labels, 0
+    return specs[0]
 
 
 def _calibration_set(
-    spec: InputSpec,
+    specs: Sequence[InputSpec],
     cfg: QuantizeConfig,
-    mean: Sequence[float],
-    std: Sequence[float],
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
     data_dir: str | os.PathLike[str] | None,
     calib_npz: str | os.PathLike[str] | None,
 ) -> CalibrationSet:
     if calib_npz is not None:
-        return calibration_set_from_npz(calib_npz, spec, cfg.calibration)
+        return calibration_set_from_npz(calib_npz, specs, cfg.calibration)
     from onnxship.core import mnist
 
+    assert mean is not None and std is not None
+    spec = _single(specs, "MNIST calibration")
     return calibration_set_from_mnist(
         mnist.resolve_data_root(data_dir), spec, mean, std, cfg.calibration
     )
@@ -376,8 +385,8 @@ def _write_int8(
     src_meta: dict[str, str],
     *,
     src_sha: str,
-    mean: Sequence[float],
-    std: Sequence[float],
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
     recipe_name: str,
     strip_node_metadata: bool,
 ) -> None:
@@ -388,12 +397,13 @@ def _write_int8(
 
     model = onnx.load(os.fspath(chosen))
     meta = dict(src_meta)
-    meta[model_meta.INPUT_MEAN] = json.dumps([float(v) for v in mean])
-    meta[model_meta.INPUT_STD] = json.dumps([float(v) for v in std])
+    if mean is not None and std is not None:  # None: npz data, preprocessed by the user
+        meta[model_meta.INPUT_MEAN] = json.dumps([float(v) for v in mean])
+        meta[model_meta.INPUT_STD] = json.dumps([float(v) for v in std])
+        meta.setdefault(model_meta.INPUT_PREPROCESS, model_meta.PREPROCESS_TEXT)
     meta[model_meta.PRECISION] = "int8"
     meta[model_meta.SOURCE_SHA256] = src_sha
     meta[RECIPE_KEY] = recipe_name
-    meta.setdefault(model_meta.INPUT_PREPROCESS, model_meta.PREPROCESS_TEXT)
     if strip_node_metadata:
         for node in model.graph.node:
             del node.metadata_props[:]
@@ -403,13 +413,15 @@ def _write_int8(
         onnx.save_model(model, os.fspath(tmp), save_as_external_data=False)
 
 
-def _row_json(row: _Candidate, fp32_top1: float, cfg: QuantizeConfig) -> dict[str, Any]:
+def _row_json(
+    row: _Candidate, fp32_top1: float, cfg: QuantizeConfig, max_drop: float
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": row.name,
         "options": row.recipe.options() if row.recipe else {"precision": "fp32"},
         "val_top1": row.val_top1,
         "val_drop": None if row.val_top1 is None else round(fp32_top1 - row.val_top1, 6),
-        "within_budget": row.recipe is None or _within(row, fp32_top1, cfg.max_drop),
+        "within_budget": row.recipe is None or _within(row, fp32_top1, max_drop),
         "latency": row.latency,
         "bytes": row.path.stat().st_size if row.path.is_file() else None,
         "nodes_in_float": row.float_nodes,
@@ -443,6 +455,7 @@ def int8_from_onnx(
     """Quantize the FP32 model `src` to static INT8 at `out_path` (see the module docstring).
 
     Writes `out_path` (and the calibration set to `calib_out` when given) only on success.
+    `val_npz`: measure the budget on this dataset .npz instead of MNIST validation.
     Raises CalibrateError: bad input (exit 2); no recipe within the accuracy budget (exit 1,
     the message names the best recipe found and its drop).
     """
@@ -455,15 +468,16 @@ def int8_from_onnx(
 
     check_model_file(src_path)
     provider = check_provider_available(cfg.provider)
-    spec = input_spec_of(src_path)
+    specs = input_specs_of(src_path)
     src_meta = _source_metadata(src_path)
-    mean, std, norm_source = _normalisation(src_meta, cfg, src_path)
-    calib = _calibration_set(spec, cfg, mean, std, data_dir, calib_npz)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    norm_source = "none: npz data is preprocessed"
+    if calib_npz is None or val_npz is None:  # MNIST is involved: it needs the normalisation
+        mean, std, norm_source = _normalisation(src_meta, cfg, src_path)
+    calib = _calibration_set(specs, cfg, mean, std, data_dir, calib_npz)
     calib_sha = calib.sha256()
-    if val_npz is not None:
-        x_val, y_val, held_out = _eval_set_npz(val_npz, spec)
-    else:
-        x_val, y_val, held_out = _eval_set(data_dir, calib, spec, mean, std)
+    evalset = _evaluation_set(data_dir, calib, specs, mean, std, val_npz, cfg)
     src_sha = sha256_file(src_path)
     recipes = recipes_for(cfg.recipe)
     searching = cfg.recipe.strip().lower() == AUTO
@@ -491,16 +505,13 @@ def int8_from_onnx(
         ]
 
         def evaluate(path: Path) -> float:
-            from onnxship.runtime_bench.accuracy import top1_on_arrays
-
-            return top1_on_arrays(_session(path, cfg), x_val, y_val, batch_size=cfg.eval_batch)
+            return evalset.score(_session(path, cfg))
 
         fp32 = _Candidate(None, FP32_ROW, src_path, [])
         fp32.session = _session(src_path, cfg)
-        from onnxship.runtime_bench.accuracy import top1_on_arrays
-
-        fp32.val_top1 = top1_on_arrays(fp32.session, x_val, y_val, batch_size=cfg.eval_batch)
+        fp32.val_top1 = evalset.reference_score(fp32.session, model=os.fspath(src_path))
         fp32_top1 = float(fp32.val_top1)
+        max_drop = evalset.drop_budget(cfg.max_drop, cfg.min_sqnr_db)
 
         rows: list[_Candidate] = []
         bar = _progress(len(recipes), progress)
@@ -516,7 +527,7 @@ def int8_from_onnx(
                 )  # fmt: skip
                 row.quantize_s = time.perf_counter() - t0
                 row.session = _session(row.path, cfg)
-                row.val_top1 = top1_on_arrays(row.session, x_val, y_val, batch_size=cfg.eval_batch)
+                row.val_top1 = evalset.score(row.session)
             except OnnxshipError as exc:  # CalibrateError, or BenchError from the session
                 if not searching:
                     raise
@@ -531,10 +542,10 @@ def int8_from_onnx(
                 f"every recipe failed to quantize {src_path}: "
                 + "; ".join(f"{r.name}: {r.error}" for r in rows)
             )
-        feeds = _feeds(spec, x_val, cfg.latency.batch_sizes)
+        feeds = _feeds(evalset.inputs, cfg.latency.batch_sizes)
         measure_against_fp32(fp32, ok, feeds, cfg.latency)
 
-        within = [r for r in ok if _within(r, fp32_top1, cfg.max_drop)]
+        within = [r for r in ok if _within(r, fp32_top1, max_drop)]
         fallback_info: dict[str, Any] | None = None
         if not within and cfg.fallback:
             by_speed = sorted(ok, key=lambda r: _speed_score(r, cfg.latency))
@@ -543,7 +554,7 @@ def int8_from_onnx(
                 assert base.recipe is not None
                 result = fallback_to_float(
                     prepared, base.recipe, calib, evaluate=evaluate, fp32_top1=fp32_top1,
-                    max_drop=cfg.max_drop, base_excluded=user_excluded,
+                    max_drop=max_drop, base_excluded=user_excluded,
                     scratch=scratch, cache_dir=cache_dir, caps=cfg.caps,
                     range_overrides=cfg.range_overrides, max_float_nodes=cfg.max_float_nodes,
                     probes=cfg.probes, tag=f"fb{j}",
@@ -567,17 +578,23 @@ def int8_from_onnx(
             if fb_rows:
                 measure_against_fp32(fp32, fb_rows, feeds, cfg.latency)
                 rows.extend(fb_rows)
-                within = [r for r in fb_rows if _within(r, fp32_top1, cfg.max_drop)]
+                within = [r for r in fb_rows if _within(r, fp32_top1, max_drop)]
             fallback_info = {"ran": True, "candidates": [r.name for r in fb_rows]}
 
-        table = [_row_json(fp32, fp32_top1, cfg), *(_row_json(r, fp32_top1, cfg) for r in rows)]
+        table = [_row_json(r, fp32_top1, cfg, max_drop) for r in (fp32, *rows)]
         if not within:
             best = max((r for r in rows if r.val_top1 is not None), key=lambda r: r.val_top1 or 0)
+            metric = evalset.metric.value if evalset.metric else "top1"
+            budget = (
+                f"{cfg.min_sqnr_db:.1f} dB output SQNR vs FP32"
+                if metric == "sqnr_db"
+                else f"{cfg.max_drop * 100:.2f} pp"
+            )
             raise CalibrateError(
-                f"no INT8 recipe for {src_path} is within the accuracy budget of "
-                f"{cfg.max_drop * 100:.2f} pp: FP32 val top-1 {fp32_top1:.4f}, best found "
+                f"no INT8 recipe for {src_path} is within the accuracy budget of {budget} "
+                f"({metric} on {evalset.source}): FP32 {fp32_top1:.4f}, best found "
                 f"{best.name} with {best.val_top1:.4f} (drop "
-                f"{(fp32_top1 - (best.val_top1 or 0)) * 100:.2f} pp) after trying "
+                f"{fp32_top1 - (best.val_top1 or 0):.4f}) after trying "
                 f"{len(rows)} candidates{' and the float fallback' if fallback_info else ''}; "
                 "raise --max-drop, calibrate with more data (--calib-size) or exclude "
                 "sensitive nodes",
@@ -621,10 +638,9 @@ def int8_from_onnx(
         "int8_val_top1": chosen.val_top1,
         "val_drop": round(fp32_top1 - (chosen.val_top1 or 0.0), 6),
         "max_drop": cfg.max_drop,
-        "val_samples": int(y_val.shape[0]),
-        "val_split": f"npz:{Path(val_npz).name}"
-        if val_npz is not None
-        else f"{SOURCE_SPLIT} minus the {held_out} calibration images",
+        "val_samples": evalset.samples,
+        "val_split": evalset.source,
+        "budget": evalset.describe(cfg.max_drop, cfg.min_sqnr_db),
         "latency": {
             "provider": provider,
             "threads": cfg.latency.threads,
@@ -642,7 +658,11 @@ def int8_from_onnx(
             "samples": calib.samples,
             "batch_size": calib.batch_size,
             "source_split": calib.source,
-            "normalisation": {"mean": list(mean), "std": list(std), "from": norm_source},
+            "normalisation": {
+                "mean": None if mean is None else list(mean),
+                "std": None if std is None else list(std),
+                "from": norm_source,
+            },
             "histogram_cap": {
                 "max_samples": cfg.caps.max_samples,
                 "batches_in_memory": cfg.caps.batches_in_memory,
@@ -743,13 +763,13 @@ def _scope_rows(
 
 
 def _feeds(
-    spec: InputSpec, x_val: np.ndarray, batch_sizes: Sequence[int]
+    inputs: dict[str, np.ndarray], batch_sizes: Sequence[int]
 ) -> dict[int, dict[str, np.ndarray]]:
-    """Real validation images as latency feeds (repeated if a batch exceeds the set)."""
+    """Real validation samples as latency feeds (repeated if a batch exceeds the set)."""
     out = {}
     for b in batch_sizes:
-        rows = np.arange(b) % x_val.shape[0]
-        out[b] = {spec.name: np.ascontiguousarray(x_val[rows])}
+        rows = np.arange(b) % next(iter(inputs.values())).shape[0]
+        out[b] = {name: np.ascontiguousarray(x[rows]) for name, x in inputs.items()}
     return out
 
 

@@ -203,13 +203,14 @@ class ParityResult:
     disagreements: int  # samples whose argmax differs (worst batch size)
     worst: WorstElement
     per_batch_size: dict[int, dict[str, float]] = field(default_factory=dict)
+    data: str | None = None  # what the samples are (None: the MNIST test split)
 
     def to_metrics(self) -> dict[str, Any]:
         return {
             "reference": self.reference_name,
             "candidate": self.candidate_name,
             "samples": self.samples,
-            "data": "MNIST test split, first images in file order",
+            "data": self.data or "MNIST test split, first images in file order",
             "batch_sizes": list(self.batch_sizes),
             "max_abs_logit_diff": self.max_abs_logit_diff,
             "mean_abs_logit_diff": self.mean_abs_logit_diff,
@@ -247,7 +248,7 @@ class ParityResult:
         if problems:
             raise ExportError(
                 f"parity check failed for {what} vs {self.reference_name} on {self.samples} "
-                f"MNIST test images at batch sizes {', '.join(map(str, self.batch_sizes))}: "
+                f"{f'samples of {self.data}' if self.data else 'MNIST test images'} at batch sizes {', '.join(map(str, self.batch_sizes))}: "
                 f"{'; '.join(problems)}; {self.describe_worst()}; {fix}",
                 exit_code=1,
             )

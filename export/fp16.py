@@ -22,9 +22,12 @@
    rejects the result ("Nodes in a graph must be topologically sorted");
 5. copies the metadata with precision "fp16" and source sha256 = the FP32 file's sha256;
 6. writes one file atomically after `check_onnx_file` and parity vs the FP32 model in real
-   ONNX Runtime sessions on the MNIST test set (all 10,000 by default) at batch 1 and 1,000:
-   argmax agreement >= `min_agreement` (99.9 %) or `ExportError(exit_code=1)` showing the worst
-   element; max |Δlogit| is reported. The FP16/FP32 byte ratio is reported (target <= 0.55).
+   ONNX Runtime sessions at batch 1 and 1,000 on the parity data: the MNIST test set (all
+   10,000 by default, normalised with the model's metadata), or your own dataset `.npz`
+   (`data=`: preprocessed, fed as is, one array per input; no metadata needed). Class scores
+   ([batch, classes]): argmax agreement >= `min_agreement` (99.9 %); any other output: SQNR
+   >= `min_sqnr_db`; else `ExportError(exit_code=1)` showing the worst element; max |Δ| is
+   reported. The FP16/FP32 byte ratio is reported (target <= 0.55).
 
 Note: ONNX Runtime's CPU provider has few float16 kernels; it runs such a file by inserting
 casts, so FP16 is a size (and GPU) format here, not a CPU speed-up.
@@ -32,6 +35,7 @@ casts, so FP16 is a size (and GPU) format here, not a CPU speed-up.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -76,6 +80,8 @@ class Fp16Config:
     min_agreement: argmax agreement with the FP32 model required on the parity images.
     parity_samples: MNIST test images compared (10,000 = the full test set).
     parity_batch_sizes: ORT batch sizes the FP16 model is run at (>= 2 distinct sizes).
+    min_sqnr_db: output SQNR vs FP32 required for a model whose output is not class scores
+        (parity on your own data only; 40 dB = an RMS error of 1 % of the output's RMS).
     """
 
     keep_io_types: bool = True
@@ -83,6 +89,7 @@ class Fp16Config:
     min_agreement: float = 0.999
     parity_samples: int = MNIST_TEST_SIZE
     parity_batch_sizes: tuple[int, ...] = (1, 1000)
+    min_sqnr_db: float = 40.0
 
     def validate(self) -> None:
         if not (math.isfinite(self.min_agreement) and 0 <= self.min_agreement <= 1):
@@ -95,6 +102,8 @@ class Fp16Config:
                 f"{self.parity_samples}"
             )
         check_parity_batch_sizes(self.parity_batch_sizes, example="1,1000")
+        if not math.isfinite(self.min_sqnr_db):
+            raise ExportError(f"min_sqnr_db must be a finite number of dB, got {self.min_sqnr_db}")
         bad = [op for op in self.op_block_list if not op or not op.replace("_", "").isalnum()]
         if bad:
             raise ExportError(
@@ -203,7 +212,7 @@ def _convert(source: Any, cfg: Fp16Config) -> tuple[Any, list[str]]:
     return converted, block
 
 
-def _source_meta(path: Path, model: Any) -> dict[str, str]:
+def _source_meta(path: Path, model: Any, *, need_normalisation: bool) -> dict[str, str]:
     raw = model_meta.metadata_of_proto(model)
     precision = raw.get(model_meta.PRECISION)
     if precision is not None and precision != "fp32":
@@ -211,10 +220,24 @@ def _source_meta(path: Path, model: Any) -> dict[str, str]:
             f"{path} is a {precision} model (metadata {model_meta.PRECISION}); fp16 converts "
             "FP32 models only — pass the FP32 export (e.g. artifacts/student-fp32.onnx)"
         )
-    try:
-        model_meta.parse_meta(raw, source=str(path))
-    except CoreError as exc:
-        raise ExportError(str(exc)) from exc
+    if need_normalisation:
+        from onnxship.core.dataset import require_mnist_data
+
+        try:
+            require_mnist_data(raw, source=str(path), flag="--data PARITY.npz")
+        except CoreError as exc:
+            raise ExportError(str(exc)) from exc
+    if need_normalisation and (model_meta.INPUT_MEAN not in raw or model_meta.INPUT_STD not in raw):
+        raise ExportError(
+            f"{path} has no onnxship metadata (onnxship.input_mean / onnxship.input_std), so "
+            "MNIST parity images cannot be normalised for it; pass your own preprocessed "
+            "parity data with --data PARITY.npz ('x', or one array per input)"
+        )
+    if need_normalisation:
+        try:
+            model_meta.parse_meta(raw, source=str(path))
+        except CoreError as exc:
+            raise ExportError(str(exc)) from exc
     float_inputs = [
         vi.name
         for vi in model.graph.input
@@ -228,28 +251,18 @@ def _source_meta(path: Path, model: Any) -> dict[str, str]:
     return raw
 
 
-def _npz_inputs(path: str | os.PathLike[str], samples: int) -> tuple[np.ndarray, Any]:
-    from onnxship.core.dataset import load_npz
-    from onnxship.core.errors import CoreError
-
-    try:
-        data = load_npz(path)
-    except CoreError as exc:
-        raise ExportError(str(exc)) from exc
-    x = data.only_input()[:samples]
-    return x, None if data.labels is None else data.labels[:samples]
-
-
 def fp16_from_onnx(
     src: str | os.PathLike[str],
     cfg: Fp16Config,
     out_path: str | os.PathLike[str],
     *,
     data_dir: str | os.PathLike[str] | None = None,
-    data_npz: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | None = None,
 ) -> Artifact:
     """Convert the FP32 `.onnx` at `src` to FP16 at `out_path` (one checked file).
-    Parity data: the first `parity_samples` of `data_npz` (x, y) when given, else MNIST test.
+
+    data: a dataset `.npz` for the parity check instead of the MNIST test set (any model,
+    metadata or not; preprocessed inputs, fed as is).
 
     Raises `ExportError` (exit 2) for bad input (corrupt or non-FP32 source, unwritable output)
     and `ExportError(exit_code=1)` when a value overflows float16 or parity fails.
@@ -276,10 +289,10 @@ def fp16_from_onnx(
         raise ExportError(f"cannot write {out}: its folder {out.parent} is not writable")
 
     source = check_onnx_file(src_path)
-    raw_meta = _source_meta(src_path, source)
+    raw_meta = _source_meta(src_path, source, need_normalisation=data is None)
     source_sha256 = sha256_file(src_path)
-    mean = tuple(json.loads(raw_meta[model_meta.INPUT_MEAN]))
-    std = tuple(json.loads(raw_meta[model_meta.INPUT_STD]))
+    ref_session = ort_session(src_path)
+    parity_data = _ParityData.load(ref_session, data, data_dir, cfg, raw_meta)
 
     converted, block = _convert(source, cfg)
     ranges = fp16_range_report(source, converted)
@@ -313,29 +326,18 @@ def fp16_from_onnx(
         },
     )
 
-    if data_npz is not None:
-        x, labels = _npz_inputs(data_npz, cfg.parity_samples)
-    else:
-        x, labels = mnist_test_inputs(data_dir, cfg.parity_samples, mean, std)
-    ref_session = ort_session(src_path)
-    reference = run_batched(ref_session, x, 1000)
+    reference = parity_data.run(ref_session, 1000)
+    parity_data.check_labels(reference, what=f"{src_path} on {data}")
 
     with atomic_output(out) as tmp:
         onnx.save_model(final, os.fspath(tmp), save_as_external_data=False)
         checked = check_onnx_file(tmp)
         description = describe_model(checked)
         session = ort_session(tmp)
-        outputs = {bs: run_batched(session, x, bs) for bs in cfg.parity_batch_sizes}
-        parity = compare_logits(
-            reference, outputs, reference_name="fp32-onnx", candidate_name="fp16-onnx"
+        outputs = {bs: parity_data.run(session, bs) for bs in cfg.parity_batch_sizes}
+        parity_metrics, fp16_logits = parity_data.check(
+            reference, outputs, cfg, what=f"{out.name} (FP16 of {src_path.name})"
         )
-        parity.require(
-            what=f"{out.name} (FP16 of {src_path.name})",
-            atol=None,
-            min_agreement=cfg.min_agreement,
-            fix="keep the sensitive op types in float32 with --op-block-list",
-        )
-        fp16_logits = outputs[max(outputs)]
 
     fp32_bytes = src_path.stat().st_size
     fp16_bytes = out.stat().st_size
@@ -370,23 +372,136 @@ def fp16_from_onnx(
         "bytes_ratio": round(ratio, 4),
         "bytes_ratio_target": BYTES_RATIO_TARGET,
         "bytes_ratio_ok": ratio <= BYTES_RATIO_TARGET,
-        "parity": parity.to_metrics(),
-        "top1_on_parity_samples": None
-        if labels is None
-        else {
-            "samples": int(labels.shape[0]),
-            "fp32": float((reference.argmax(axis=1) == labels).mean()),
-            "fp16": float((fp16_logits.argmax(axis=1) == labels).mean()),
-        },
+        "parity": parity_metrics,
+        "top1_on_parity_samples": parity_data.top1(reference, fp16_logits),
         "versions": {"onnx": onnx.__version__, "onnxruntime": ort.__version__},
     }
     log.info(
-        "fp16 %s: %.1f %% of FP32 bytes, argmax agreement %.4f, max |dlogit| %.2e",
+        "fp16 %s: %.1f %% of FP32 bytes, parity %s",
         out,
         100 * ratio,
-        parity.argmax_agreement,
-        parity.max_abs_logit_diff,
+        {k: v for k, v in parity_metrics.items() if not isinstance(v, dict | list)},
     )
     return Artifact.from_file(
         out, stage="fp16", config=cfg, parent_sha256=source_sha256, metrics=metrics
     )
+
+
+# ------------------------------------------------------------------------------ parity data
+
+
+@dataclass(frozen=True)
+class _ParityData:
+    """The samples FP16 is compared with FP32 on: MNIST test images, or a dataset `.npz`."""
+
+    inputs: dict[str, np.ndarray]  # by model input name (float32; cast per session)
+    labels: np.ndarray | None
+    description: str | None  # None = the MNIST test split (ParityResult's default wording)
+    sha256: str | None = None
+
+    @classmethod
+    def load(
+        cls,
+        ref_session: Any,
+        data: str | os.PathLike[str] | None,
+        data_dir: str | os.PathLike[str] | None,
+        cfg: Fp16Config,
+        raw_meta: dict[str, str],
+    ) -> _ParityData:
+        if data is None:
+            mean = tuple(json.loads(raw_meta[model_meta.INPUT_MEAN]))
+            std = tuple(json.loads(raw_meta[model_meta.INPUT_STD]))
+            x, labels = mnist_test_inputs(data_dir, cfg.parity_samples, mean, std)
+            return cls({ref_session.get_inputs()[0].name: x}, labels, None)
+        from onnxship.runtime_bench.accuracy import load_data_for
+        from onnxship.runtime_bench.errors import BenchError
+
+        try:
+            arrays, _ = load_data_for(ref_session, data)
+        except BenchError as exc:
+            raise ExportError(str(exc)) from exc
+        return cls(dict(arrays.inputs), arrays.labels, f"{Path(data).name}", arrays.sha256)
+
+    def run(self, session: Any, batch_size: int) -> np.ndarray:
+        from onnxship.runtime_bench.accuracy import check_data, run_model
+        from onnxship.runtime_bench.inputs import input_specs
+
+        if self.description is None:  # MNIST: one image input (as before)
+            return run_batched(session, next(iter(self.inputs.values())), batch_size)
+        feeds = check_data(input_specs(session), self.inputs, source=self.description)
+        return run_model(session, feeds, batch_size)
+
+    def check(
+        self, reference: np.ndarray, outputs: dict[int, np.ndarray], cfg: Fp16Config, *, what: str
+    ) -> tuple[dict[str, Any], np.ndarray]:
+        """Parity metrics (raises ExportError(exit 1) on failure) and the FP16 outputs."""
+        from onnxship.runtime_bench.accuracy import fidelity, is_classifier_output
+
+        last = outputs[max(outputs)]
+        if is_classifier_output(reference):
+            parity = dataclasses.replace(
+                compare_logits(
+                    reference, outputs, reference_name="fp32-onnx", candidate_name="fp16-onnx"
+                ),
+                data=self.description,
+            )
+            parity.require(
+                what=what,
+                atol=None,
+                min_agreement=cfg.min_agreement,
+                fix="keep the sensitive op types in float32 with --op-block-list",
+            )
+            out = parity.to_metrics()
+            out["metric"] = "top1_agreement"
+            if self.sha256:
+                out["data_sha256"] = self.sha256
+            return out, last
+        per_bs = {bs: fidelity(reference, o) for bs, o in outputs.items()}
+        worst_bs = min(per_bs, key=lambda bs: per_bs[bs]["sqnr_db"])
+        worst = per_bs[worst_bs]
+        out = {
+            "reference": "fp32-onnx",
+            "candidate": "fp16-onnx",
+            "metric": "sqnr_db",
+            "data": self.description,
+            "data_sha256": self.sha256,
+            "samples": worst["samples"],
+            "batch_sizes": list(outputs),
+            "sqnr_db": worst["sqnr_db"],
+            "max_abs_error": max(f["max_abs_error"] for f in per_bs.values()),
+            "min_sqnr_db": cfg.min_sqnr_db,
+            "per_batch_size": {str(bs): f for bs, f in per_bs.items()},
+        }
+        if not worst["sqnr_db"] >= cfg.min_sqnr_db:
+            raise ExportError(
+                f"parity check failed for {what} vs fp32-onnx on {worst['samples']} samples of "
+                f"{self.description}: output SQNR {worst['sqnr_db']:.1f} dB < required "
+                f"{cfg.min_sqnr_db:.1f} dB at batch size {worst_bs} (max |error| "
+                f"{worst['max_abs_error']:.3g}); keep the sensitive op types in float32 with "
+                "--op-block-list",
+                exit_code=1,
+            )
+        return out, last
+
+    def check_labels(self, reference: np.ndarray, what: str) -> None:
+        """Labels of a user's npz must be classes of the model (ExportError, exit 2)."""
+        from onnxship.runtime_bench.accuracy import is_classifier_output, top1_counts
+        from onnxship.runtime_bench.errors import BenchError
+
+        if self.description is None or self.labels is None or not is_classifier_output(reference):
+            return
+        try:
+            top1_counts(reference, self.labels, what=what)
+        except BenchError as exc:
+            raise ExportError(str(exc)) from exc
+
+    def top1(self, reference: np.ndarray, fp16_out: np.ndarray) -> dict[str, Any] | None:
+        from onnxship.runtime_bench.accuracy import is_classifier_output
+
+        if self.labels is None or not is_classifier_output(reference):
+            return None
+        return {
+            "samples": int(self.labels.shape[0]),
+            "fp32": float((reference.argmax(axis=1) == self.labels).mean()),
+            "fp16": float((fp16_out.argmax(axis=1) == self.labels).mean()),
+        }

@@ -99,8 +99,10 @@ def fp16(
     name: str | None = None,
     record_name: str = "fp16",
     data_dir: PathLike | None = None,
+    data: PathLike | None = None,
 ) -> Artifact:
-    """FP32 `.onnx` -> `out_dir/artifacts/<name>.onnx` in FP16, parity-checked against FP32."""
+    """FP32 `.onnx` -> `out_dir/artifacts/<name>.onnx` in FP16, parity-checked against FP32
+    on MNIST's test set, or on `data` (a dataset `.npz`, for any model)."""
     from onnxship.export.errors import ExportError
     from onnxship.export.fp16 import Fp16Config, fp16_from_onnx
 
@@ -117,8 +119,8 @@ def fp16(
         record_name,
         stage="fp16",
         config=cfg,
-        inputs=[src],
-        produce=lambda: fp16_from_onnx(src, cfg, target, data_dir=data_dir),
+        inputs=[src, *([Path(data)] if data is not None else [])],
+        produce=lambda: fp16_from_onnx(src, cfg, target, data_dir=data_dir, data=data),
     )
 
 
@@ -131,8 +133,12 @@ def quantize(
     calib_npz: PathLike | None = None,
     data_dir: PathLike | None = None,
     progress: bool = False,
+    val_npz: PathLike | None = None,
 ) -> Artifact:
-    """FP32 `.onnx` -> static INT8 `out_dir/artifacts/<name>.onnx` (+ its calibration npz)."""
+    """FP32 `.onnx` -> static INT8 `out_dir/artifacts/<name>.onnx` (+ its calibration npz).
+
+    calib_npz / val_npz: your own dataset `.npz` files to calibrate on and to measure the
+    accuracy budget on (top-1 with labels, fidelity to FP32 without); MNIST otherwise."""
     from onnxship.calibrate.quantize import STAGE, QuantizeConfig, int8_from_onnx
 
     cfg = cfg or QuantizeConfig()
@@ -142,12 +148,13 @@ def quantize(
     target = output_path(out_dir, "artifacts", f"{name}.onnx")
     calib_path = output_path(out_dir, "calibration", f"{name}-calib.npz")
     calib = Path(calib_npz) if calib_npz is not None else None
+    val = Path(val_npz) if val_npz is not None else None
     return run_stage(
         out_dir,
         STAGE,
         stage=STAGE,
         config={"name": name, "source": os.fspath(src), **jsonable(cfg)},
-        inputs=[src, *([calib] if calib else [])],
+        inputs=[src, *([calib] if calib else []), *([val] if val else [])],
         produce=lambda: int8_from_onnx(
             src,
             cfg,
@@ -156,6 +163,7 @@ def quantize(
             calib_npz=calib,
             calib_out=calib_path,
             progress=progress,
+            val_npz=val,
         ),
         extra_outputs=[calib_path],
     )
@@ -165,19 +173,39 @@ def evaluate(
     model: PathLike,
     *,
     data_dir: PathLike | None = None,
-    split: str = "test",
+    split: str | None = None,
     batch_size: int = 1000,
     provider: str = "cpu",
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    data: PathLike | None = None,
+    reference: PathLike | None = None,
 ) -> dict[str, Any]:
-    """Top-1 of an `.onnx` file measured in ONNX Runtime (torch-free)."""
-    from onnxship.runtime_bench.accuracy import evaluate_onnx
+    """Top-1 of an `.onnx` file measured in ONNX Runtime (torch-free).
 
+    data: a dataset `.npz` (CONTRACT.md; preprocessed, fed as is) instead of MNIST; without
+    labels, `reference` (the FP32 model) gives fidelity instead (top-1 agreement or SQNR)."""
+    from onnxship.runtime_bench.accuracy import evaluate_npz, evaluate_onnx
+    from onnxship.runtime_bench.errors import BenchError
+
+    if data is not None:
+        given = [f for f, v in (("--split", split), ("--mean", mean), ("--std", std)) if v]
+        if given:
+            raise BenchError(
+                f"{', '.join(given)} apply to MNIST, not to --data {data}: an npz holds "
+                "preprocessed inputs and is fed as is; drop them"
+            )
+        return evaluate_npz(
+            model, data, reference=reference, batch_size=batch_size, provider=provider
+        )
+    if reference is not None:
+        raise BenchError(
+            "--reference compares two models on your own data: pass it with --data FILE.npz"
+        )
     return evaluate_onnx(
         model,
         data_dir=data_dir,
-        split=split,
+        split=split or "test",
         batch_size=batch_size,
         provider=provider,
         mean=mean,

@@ -68,7 +68,7 @@ def eval_stage(
 ) -> dict[str, Any]:
     """Test top-1 of every artifact (MNIST test, or the labelled `data_npz`); returns the
     parsed results/eval.json."""
-    from onnxship.runtime_bench.accuracy import evaluate_onnx
+    from onnxship.runtime_bench.accuracy import evaluate_npz, evaluate_onnx
 
     if data_npz is not None:
         data_files = [data_npz]
@@ -80,13 +80,17 @@ def eval_stage(
     def produce() -> Artifact:
         results: dict[str, Any] = {}
         for name, path in onnx_paths.items():
+            if data_npz is not None:
+                results[name] = evaluate_npz(
+                    path, data_npz, batch_size=settings.batch_size, provider=settings.provider
+                )
+                continue
             results[name] = evaluate_onnx(
                 path,
                 data_dir=ctx.data_dir,
                 split="test",
                 batch_size=settings.batch_size,
                 provider=settings.provider,
-                data_npz=data_npz,
             )
         atomic_write_json(
             out,

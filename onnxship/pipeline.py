@@ -285,7 +285,7 @@ def run_pipeline(
         cached_stage(
             ctx, record, stage="fp16", config=cfg.fp16,
             inputs=[src, *([test_npz] if test_npz else [])], outputs=[target],
-            produce=lambda: fp16_from_onnx(src, cfg.fp16, target, data_dir=data_dir, data_npz=test_npz),
+            produce=lambda: fp16_from_onnx(src, cfg.fp16, target, data_dir=data_dir, data=test_npz),
         )  # fmt: skip
 
     quantize(student_fp32, "student-int8", "quantize")

@@ -1,10 +1,12 @@
 """`onnxship verify DIR`: is this bundle what its manifest says? (torch-free)
 
 For every artifact: the file exists, its bytes and sha256 match, it is self-contained (no
-external-data sidecar), it loads in ONNX Runtime, and its test accuracy (MNIST, or the bundle's
-copy of the run's own test data, `dataset.test_path` in the manifest) re-measured with
+external-data sidecar), it loads in ONNX Runtime, and its test accuracy re-measured with
 the recorded settings equals the manifest's value exactly (same data, same runtime, same file:
-any difference means something changed).
+any difference means something changed). The test data is the one the manifest's `dataset`
+block names: MNIST's test split (kind "mnist", or no block), or the test `.npz` at
+`dataset.test_path` (kind "npz"; relative to the bundle), whose sha256 must equal
+`dataset.test_sha256`.
 """
 
 from __future__ import annotations
@@ -63,15 +65,13 @@ def verify_bundle(
     data_dir: str | os.PathLike[str] | None = None,
     check_accuracy: bool = True,
 ) -> VerifyReport:
-    from onnxship.runtime_bench.accuracy import evaluate_onnx
     from onnxship.runtime_bench.session import create_session
 
     root = Path(bundle)
     manifest = read_manifest(root / "manifest.json")
     report = VerifyReport(bundle=root)
     add = report.checks.append
-    test_path = (manifest.get("dataset") or {}).get("test_path")
-    data_npz = root / test_path if test_path else None
+    measure = _accuracy_source(root, manifest, data_dir, add) if check_accuracy else None
     for name, entry in manifest["artifacts"].items():
         path = root / entry["path"]
         if not path.is_file():
@@ -98,18 +98,55 @@ def verify_bundle(
             add(Check(name, "loads in ORT", False, str(exc)))
             continue
         add(Check(name, "loads in ORT", True, "CPUExecutionProvider"))
-        if not check_accuracy:
+        if measure is None:
             continue
         recorded = entry["accuracy"]
-        measured = evaluate_onnx(
+        measured = measure(path, recorded)
+        same = measured["top1"] == recorded["test_top1"]
+        add(Check(name, "accuracy", same,
+                  f"test top-1 {measured['top1']:.4f} (manifest {recorded['test_top1']:.4f})"))  # fmt: skip
+    return report
+
+
+def _accuracy_source(
+    root: Path,
+    manifest: dict[str, Any],
+    data_dir: str | os.PathLike[str] | None,
+    add: Any,
+) -> Any:
+    """How to re-measure an artifact's accuracy, from the manifest's `dataset` block; None
+    (with a failed check) when the recorded test data is missing or changed."""
+    from onnxship.runtime_bench.accuracy import evaluate_npz, evaluate_onnx
+
+    dataset = manifest.get("dataset") or {}
+    if dataset.get("kind", "mnist") == "mnist":
+        return lambda path, recorded: evaluate_onnx(
             path,
             data_dir=data_dir,
             split=recorded.get("split", "test"),
             batch_size=int(recorded.get("batch_size") or 1000),
             provider=recorded.get("provider") or "cpu",
-            data_npz=data_npz,
         )
-        same = measured["top1"] == recorded["test_top1"]
-        add(Check(name, "accuracy", same,
-                  f"test top-1 {measured['top1']:.4f} (manifest {recorded['test_top1']:.4f})"))  # fmt: skip
-    return report
+    if not dataset.get("test_path"):  # npz, or an image folder's test split saved as npz
+        add(Check("dataset", "test data", False,
+                  f"the manifest's dataset block (kind {dataset.get('kind')!r}) names no test "
+                  "file (test_path) to re-measure accuracy on"))  # fmt: skip
+        return None
+    test = Path(dataset["test_path"])
+    test = test if test.is_absolute() else root / test
+    if not test.is_file():
+        add(Check("dataset", "test data", False, f"{test} is missing"))
+        return None
+    digest = sha256_file(test)
+    if dataset.get("test_sha256") and digest != dataset["test_sha256"]:
+        add(Check("dataset", "test data", False,
+                  f"{test}: expected sha256 {dataset['test_sha256'][:12]}…, found "
+                  f"{digest[:12]}…: the test data changed after the run"))  # fmt: skip
+        return None
+    add(Check("dataset", "test data", True, f"{dataset['test_path']} sha256 {digest[:12]}…"))
+    return lambda path, recorded: evaluate_npz(
+        path,
+        test,
+        batch_size=int(recorded.get("batch_size") or 1000),
+        provider=recorded.get("provider") or "cpu",
+    )

@@ -1,28 +1,47 @@
-"""Top-1 accuracy of an `.onnx` file on MNIST, through an ONNX Runtime session (no torch).
+"""Accuracy and fidelity of an `.onnx` file, through an ONNX Runtime session (no torch).
 
-The images are read from the idx files with numpy (`runtime_bench.mnist`) and normalised with
-the mean and std stored in the model's own metadata, so preprocessing cannot drift from what
-the model was trained with. The result is deterministic: a fixed batch size, one intra-op
-thread and sequential execution, so the same file, data and runtime give exactly the same
-top-1 (`onnxship verify` relies on that).
+Two data sources:
+- MNIST (`evaluate_onnx`): the idx files read with numpy and normalised with the mean and std
+  stored in the model's own metadata, so preprocessing cannot drift from training;
+- a dataset `.npz` (`evaluate_npz`, CONTRACT.md): already preprocessed, fed as is (no
+  normalisation), one array per model input (`x` for a single-input model) and optional
+  int64 labels `y`.
+
+With labels the measure is top-1 (the model's first output must be `[batch, classes]`).
+Without labels, or besides them, a model can be compared with a reference (its FP32 parent):
+top-1 agreement for classifiers, output SQNR (dB) otherwise, max |error| always
+(`fidelity`). Results are deterministic: a fixed batch size, one intra-op thread and
+sequential execution, so the same file, data and runtime give exactly the same numbers
+(`onnxship verify` relies on that).
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from onnxship.core.artifact import sha256_file
+from onnxship.core.dataset import ArrayData, load_npz, require_mnist_data
+from onnxship.core.errors import CoreError
 from onnxship.core.mnist import load_split, normalize, resolve_data_root
 from onnxship.core.model_meta import parse_meta
 from onnxship.runtime_bench.errors import BenchError
-from onnxship.runtime_bench.inputs import ORT_TO_NUMPY, input_specs
+from onnxship.runtime_bench.inputs import ORT_TO_NUMPY, InputSpec, input_specs
 from onnxship.runtime_bench.session import SessionConfig, create_session
 
 DEFAULT_EVAL_BATCH = 1000
+# SQNR of outputs identical up to float32 round-off (a relative error ~1e-7); the value
+# reported for an exact match, so that every SQNR stays a finite number in records.
+SQNR_CAP_DB = 140.0
+
+METRIC_TOP1 = "top1"
+METRIC_AGREEMENT = "top1_agreement"
+METRIC_SQNR = "sqnr_db"
 
 
 def _prepare(x: np.ndarray, shape: tuple[Any, ...], dtype: np.dtype, name: str) -> np.ndarray:
@@ -115,7 +134,6 @@ def evaluate_onnx(
     provider: str = "cpu",
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
-    data_npz: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """MNIST top-1 of an `.onnx` file: {top1, correct, n, split, model_sha256, mean, std, ...}.
 
@@ -124,8 +142,6 @@ def evaluate_onnx(
     if (mean is None) != (std is None):
         raise BenchError("give both mean and std (or neither, to read them from the model)")
     p = Path(path)
-    if data_npz is not None:
-        return _evaluate_npz(p, data_npz, batch_size=batch_size, provider=provider)
     handle = create_session(
         p, provider, SessionConfig(intra_op_threads=1, inter_op_threads=1, record_assignment=False)
     )
@@ -134,6 +150,7 @@ def evaluate_onnx(
         norm_source = "arguments"
     else:
         raw = dict(handle.session.get_modelmeta().custom_metadata_map)
+        require_mnist_data(raw, source=str(p), flag="--data TEST.npz")
         meta = parse_meta(raw, source=str(p))
         mean_used, std_used = meta.mean, meta.std
         norm_source = "model metadata"
@@ -161,35 +178,230 @@ def evaluate_onnx(
     }
 
 
-def _evaluate_npz(
-    path: Path, data_npz: str | os.PathLike[str], *, batch_size: int, provider: str
-) -> dict[str, Any]:
-    """Top-1 of `path` on a labelled npz (x preprocessed, y int64): no normalisation applied."""
-    from onnxship.core.dataset import load_npz
-    from onnxship.core.errors import CoreError
+# --------------------------------------------------------------------------------------------
+# Any model, any data: arrays named after the model's inputs (CONTRACT.md's npz layout)
 
-    handle = create_session(
+
+def _eval_session(path: Path, provider: str) -> Any:
+    return create_session(
         path,
         provider,
         SessionConfig(intra_op_threads=1, inter_op_threads=1, record_assignment=False),
     )
+
+
+def _show(shape: Sequence[Any]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def check_data(
+    specs: Sequence[InputSpec], inputs: Mapping[str, np.ndarray], *, source: str
+) -> dict[str, np.ndarray]:
+    """The arrays to feed, checked against the model's inputs: rank, fixed per-sample dims and
+    dtype (float32 data feeds a float16 input, cast; any other mismatch is an error)."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.name not in inputs:
+            raise BenchError(
+                f"{source} has no array for the model's {spec.describe()}; name one array "
+                "per input after the input ('x' for a single-input model)"
+            )
+        x = inputs[spec.name]
+        want = spec.sample_shape()
+        if x.ndim != len(spec.shape) or any(
+            w is not None and w != g for w, g in zip(want, x.shape[1:], strict=False)
+        ):
+            raise BenchError(
+                f"{source}: array for input '{spec.name}' has shape {list(x.shape)} "
+                f"(per sample {list(x.shape[1:])}), but the model's {spec.describe()} takes "
+                f"per sample {_show(want)}; save the data preprocessed to the model's input "
+                "shape"
+            )
+        dtype = spec.dtype
+        if x.dtype != dtype and not (x.dtype == np.float32 and dtype == np.float16):
+            raise BenchError(
+                f"{source}: array for input '{spec.name}' has dtype {x.dtype}, but the model's "
+                f"{spec.describe()} takes {dtype}; convert it with .astype('{dtype}')"
+            )
+        feeds[spec.name] = np.ascontiguousarray(x.astype(dtype, copy=False))
+    return feeds
+
+
+def run_model(
+    session: Any, inputs: Mapping[str, np.ndarray], batch_size: int = DEFAULT_EVAL_BATCH
+) -> np.ndarray:
+    """The model's first output over all samples, run in fixed-size batches (float outputs as
+    float32). A model with a fixed batch dimension is fed in batches of that size; the last
+    batch is padded by repeating its last sample and the padding's outputs are dropped."""
+    sess = getattr(session, "session", session)
+    specs = input_specs(sess)
+    if batch_size < 1:
+        raise BenchError(f"batch size must be >= 1, got {batch_size}")
+    first = specs[0]
+    fixed_batch = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None
+    step = fixed_batch or batch_size
+    n = int(next(iter(inputs.values())).shape[0])
+    if n == 0:
+        raise BenchError("no samples to evaluate")
+    out_name = sess.get_outputs()[0].name
+    chunks: list[np.ndarray] = []
+    for start in range(0, n, step):
+        feed = {k: v[start : start + step] for k, v in inputs.items()}
+        real = next(iter(feed.values())).shape[0]
+        if fixed_batch and real < step:
+            feed = {
+                k: np.concatenate([v, np.repeat(v[-1:], step - real, axis=0)], axis=0)
+                for k, v in feed.items()
+            }
+        fed = next(iter(feed.values())).shape[0]
+        (out,) = sess.run([out_name], feed)
+        out = np.asarray(out)
+        if out.ndim == 0 or out.shape[0] != fed:
+            raise BenchError(
+                f"output '{out_name}' has shape {list(out.shape)} for a batch of {fed}; "
+                "expected the batch along axis 0"
+            )
+        chunks.append(out[:real])
+    result = np.concatenate(chunks, axis=0)
+    if np.issubdtype(result.dtype, np.floating):
+        result = result.astype(np.float32, copy=False)
+    return result
+
+
+def is_classifier_output(out: np.ndarray) -> bool:
+    """Class scores: `[batch, classes]` with at least two classes."""
+    return out.ndim == 2 and out.shape[1] >= 2
+
+
+def top1_counts(out: np.ndarray, labels: np.ndarray, *, what: str) -> tuple[int, int]:
+    """(correct, n) of argmax(out) vs labels; BenchError for a non-classifier output or labels
+    outside the model's classes."""
+    if not is_classifier_output(out):
+        raise BenchError(
+            f"{what}: its output has shape {_show(['batch', *out.shape[1:]])}, not [batch, "
+            "classes], so top-1 is undefined; measure fidelity to the FP32 model instead "
+            "(data without 'y', and a reference model)"
+        )
+    classes = out.shape[1]
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise BenchError(
+            f"{what}: labels range over [{labels.min()}, {labels.max()}], but the model "
+            f"outputs {classes} classes (expected labels in [0, {classes - 1}]); check the "
+            "label encoding or the model"
+        )
+    correct = int(np.sum(np.argmax(out, axis=1) == labels))
+    return correct, int(labels.shape[0])
+
+
+def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """10 log10(sum ref^2 / sum (cand - ref)^2), capped at SQNR_CAP_DB (exact match)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    err = np.asarray(candidate, dtype=np.float64) - ref
+    noise = float(np.sum(err * err))
+    signal = float(np.sum(ref * ref))
+    if not math.isfinite(noise):
+        return -math.inf
+    if noise == 0.0:
+        return SQNR_CAP_DB
+    if signal == 0.0:
+        return -SQNR_CAP_DB
+    return min(SQNR_CAP_DB, 10.0 * math.log10(signal / noise))
+
+
+def fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+    """How closely `candidate` outputs follow `reference` outputs on the same samples.
+
+    metric: "top1_agreement" for class scores ([batch, classes]), else "sqnr_db"; value is
+    that metric. max_abs_error and sqnr_db are always reported."""
+    if reference.shape != candidate.shape:
+        raise BenchError(
+            f"the model's output has shape {list(candidate.shape)}, the reference's "
+            f"{list(reference.shape)}; fidelity compares models with the same output"
+        )
+    diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
+    out: dict[str, Any] = {
+        "samples": int(reference.shape[0]),
+        "max_abs_error": float(diff.max()) if diff.size else 0.0,
+        "sqnr_db": round(sqnr_db(reference, candidate), 3),
+    }
+    if is_classifier_output(reference):
+        agree = float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
+        out.update(metric=METRIC_AGREEMENT, value=agree, top1_agreement=agree)
+    else:
+        out.update(metric=METRIC_SQNR, value=out["sqnr_db"])
+    return out
+
+
+def non_float_dtypes(specs: Sequence[InputSpec]) -> dict[str, Any]:
+    """Inputs whose data is not float32 by contract (integer ids, bools): name -> dtype."""
+    return {
+        s.name: s.dtype
+        for s in specs
+        if s.ort_type in ORT_TO_NUMPY and not np.issubdtype(s.dtype, np.floating)
+    }
+
+
+def load_data_for(
+    session: Any, path: str | os.PathLike[str], *, require_labels: bool = False
+) -> tuple[ArrayData, dict[str, np.ndarray]]:
+    """Read a dataset `.npz` for this model's inputs: (the checked file, the feeds)."""
+    specs = input_specs(session)
     try:
-        data = load_npz(data_npz, require_labels=True)
+        data = load_npz(
+            path,
+            input_names=[s.name for s in specs],
+            require_labels=require_labels,
+            input_dtypes=non_float_dtypes(specs),
+        )
     except CoreError as exc:
         raise BenchError(str(exc)) from exc
-    assert data.labels is not None
-    preds = predict_top1(handle, data.only_input(), batch_size)
-    correct = int(np.sum(preds == data.labels))
-    n = int(data.labels.shape[0])
-    return {
-        "model": os.fspath(path),
-        "model_sha256": sha256_file(path),
-        "split": "test",
-        "top1": correct / n,
-        "correct": correct,
-        "n": n,
-        "data": os.fspath(data_npz),
-        "data_sha256": data.sha256,
+    return data, check_data(specs, data.inputs, source=os.fspath(path))
+
+
+def evaluate_npz(
+    path: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    reference: str | os.PathLike[str] | None = None,
+    batch_size: int = DEFAULT_EVAL_BATCH,
+    provider: str = "cpu",
+) -> dict[str, Any]:
+    """Top-1 of an `.onnx` file on a dataset `.npz` (when it has `y`), and its fidelity to
+    `reference` (when given). The npz is preprocessed: no normalisation is applied.
+
+    Returns {metric, top1?, correct?, n, fidelity?, model_sha256, data, data_sha256, ...};
+    `metric` names the headline number ("top1", or the fidelity metric without labels)."""
+    p = Path(path)
+    handle = _eval_session(p, provider)
+    arrays, feeds = load_data_for(handle, data)
+    if arrays.labels is None and reference is None:
+        raise BenchError(
+            f"{data} has no 'y' labels, so top-1 cannot be measured; to measure fidelity "
+            "instead, pass the FP32 model it came from as the reference (--reference FP32.onnx)"
+        )
+    out = run_model(handle, feeds, batch_size)
+    result: dict[str, Any] = {
+        "model": os.fspath(p),
+        "model_sha256": sha256_file(p),
+        "data": os.fspath(data),
+        "data_sha256": arrays.sha256,
+        "split": "npz",
+        "n": arrays.n,
+        "normalization_from": "none (the npz is preprocessed)",
         "provider": handle.provider,
         "batch_size": batch_size,
     }
+    if arrays.labels is not None:
+        correct, n = top1_counts(out, arrays.labels, what=f"{p} on {data}")
+        result.update(metric=METRIC_TOP1, top1=correct / n, correct=correct)
+    if reference is not None:
+        ref_path = Path(reference)
+        ref_handle = _eval_session(ref_path, provider)
+        ref_feeds = check_data(input_specs(ref_handle), arrays.inputs, source=os.fspath(data))
+        ref_out = run_model(ref_handle, ref_feeds, batch_size)
+        fid = fidelity(ref_out, out)
+        fid["reference"] = os.fspath(ref_path)
+        fid["reference_sha256"] = sha256_file(ref_path)
+        result["fidelity"] = fid
+        result.setdefault("metric", fid["metric"])
+    return result

@@ -1,4 +1,5 @@
-"""Input feeds built from a model's input spec: fixed-seed random data, or real data from `.npz`.
+"""Model input specs (the one `InputSpec` of onnxship) and the feeds built from them:
+fixed-seed random data, or real data from `.npz`.
 
 The batch dimension is the first dimension of an input when it is symbolic (a `dim_param` such
 as "batch", or unnamed); it takes the requested batch size. Any other symbolic dimension needs
@@ -58,6 +59,24 @@ class InputSpec:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.ort_type}
+
+    def describe(self) -> str:
+        """e.g. "input 'input' float32 [N, 1, 28, 28]" (for error messages; N = the batch)."""
+        dims = ", ".join(
+            str(d) if isinstance(d, int) else "N" if axis == 0 else (d or "?")
+            for axis, d in enumerate(self.shape)
+        )
+        kind = self.ort_type.removeprefix("tensor(").removesuffix(")")
+        return f"input {self.name!r} {'float32' if kind == 'float' else kind} [{dims}]"
+
+    def sample_shape(self) -> tuple[int | None, ...]:
+        """Shape of one sample (without the batch axis); None where the dim is symbolic."""
+        return tuple(d if isinstance(d, int) else None for d in self.shape[1:])
+
+
+def ort_type_of(elem_type_name: str) -> str:
+    """ONNX `TensorProto.DataType` name (e.g. "FLOAT") -> ORT type string ("tensor(float)")."""
+    return f"tensor({elem_type_name.lower()})"
 
 
 def _session_of(session: Any) -> Any:
@@ -179,11 +198,16 @@ def npz_feeds(
     dim_values: Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Feeds at `batch_size` from real data: the first `batch_size` rows of each named array
-    (rows repeated cyclically when the file has fewer). A model with one input accepts a file
-    with one array of any name."""
+    (rows repeated cyclically when the file has fewer). A model with one input accepts a
+    dataset file ('x', labels 'y' ignored) or a file with one array of any name."""
     specs = input_specs(session)
-    if len(specs) == 1 and len(arrays) == 1 and specs[0].name not in arrays:
-        arrays = {specs[0].name: next(iter(arrays.values()))}
+    if len(specs) == 1 and specs[0].name not in arrays:
+        # CONTRACT.md's dataset layout: 'x' (labels 'y' ignored), or the file's only array.
+        data_arrays = {k: v for k, v in arrays.items() if k != "y"}
+        if "x" in data_arrays:
+            arrays = {specs[0].name: data_arrays["x"]}
+        elif len(data_arrays) == 1:
+            arrays = {specs[0].name: next(iter(data_arrays.values()))}
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
         raise BenchError(

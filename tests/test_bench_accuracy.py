@@ -87,3 +87,52 @@ def test_top1_on_arrays_rejects_multi_input_models(tmp_path: Path):
     handle = create_session(tiny.two_input_model(tmp_path / "two.onnx"))
     with pytest.raises(BenchError, match="one input"):
         top1_on_arrays(handle, np.zeros((2, 4), np.float32), np.zeros(2))
+
+
+# ------------------------------------------------------------------ your own data (npz)
+
+
+def test_evaluate_npz_exact_top1_and_fixed_batch_padding(tmp_path: Path):
+    """The crafted images as a preprocessed npz: exactly 173 of 250 right, fixed batch too."""
+    from onnxship.runtime_bench.accuracy import evaluate_npz
+
+    images, labels = tiny.crafted_mnist(250, 173, seed=1)
+    data = tmp_path / "test.npz"
+    np.savez(data, x=normalize(images), y=labels.astype(np.int64))
+    result = evaluate_npz(tiny.pixel_classifier(tmp_path / "p.onnx"), data, batch_size=64)
+    assert (result["correct"], result["n"], result["metric"]) == (173, 250, "top1")
+    dyn = evaluate_npz(tiny.linear_classifier(tmp_path / "dyn.onnx"), data, batch_size=32)
+    b1 = evaluate_npz(tiny.linear_classifier(tmp_path / "b1.onnx", batch=1), data)
+    assert b1["correct"] == dyn["correct"]
+
+
+def test_evaluate_npz_integer_input_takes_its_own_dtype(tmp_path: Path):
+    """Non-image inputs: one array per input name; an int64 input takes int64 data."""
+    from onnxship.runtime_bench.accuracy import evaluate_npz
+
+    model = tiny.two_input_model(tmp_path / "two.onnx")
+    x = np.zeros((6, 4), np.float32)
+    ids = np.tile(np.arange(4, dtype=np.int64), (6, 1))  # y = x + ids: argmax is class 3
+    np.savez(tmp_path / "d.npz", x=x, ids=ids, y=np.full(6, 3, np.int64))
+    assert evaluate_npz(model, tmp_path / "d.npz")["top1"] == 1.0
+    np.savez(tmp_path / "f.npz", x=x, ids=ids.astype(np.float32), y=np.full(6, 3, np.int64))
+    with pytest.raises(BenchError, match="'ids' has dtype float32, the model input expects int64"):
+        evaluate_npz(model, tmp_path / "f.npz")
+
+
+def test_fidelity_is_agreement_for_class_scores_and_sqnr_otherwise():
+    from onnxship.runtime_bench.accuracy import SQNR_CAP_DB, fidelity
+
+    ref = np.ones((10, 4), np.float32)
+    ref[:, 0] = 2.0
+    cand = ref.copy()
+    cand[:3, 1] = 3.0  # 3 of 10 argmaxes move
+    fid = fidelity(ref, cand)
+    assert fid["metric"] == "top1_agreement" and fid["value"] == pytest.approx(0.7)
+    assert fid["max_abs_error"] == pytest.approx(2.0)
+    maps = np.ones((5, 2, 3, 3), np.float32)
+    fid = fidelity(maps, maps * 1.1)  # noise = 1 % of the signal's energy: 20 dB
+    assert fid["metric"] == "sqnr_db" and fid["value"] == pytest.approx(20.0, abs=1e-3)
+    assert fidelity(maps, maps)["sqnr_db"] == SQNR_CAP_DB
+    with pytest.raises(BenchError, match="same output"):
+        fidelity(maps, maps[:, :1])

@@ -20,7 +20,7 @@ from onnxship.calibrate.dataset import (
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.core import mnist
 
-SPEC = InputSpec(name="input", shape=("batch", 1, 28, 28), dtype="float32")
+SPEC = InputSpec(name="input", shape=("batch", 1, 28, 28), ort_type="tensor(float)")
 MEAN, STD = (0.1307,), (0.3081,)
 
 
@@ -103,7 +103,7 @@ def test_calibration_set_save_is_byte_reproducible_and_loads_back(tmp_path: Path
     np.testing.assert_array_equal(back.inputs, calib.inputs)
 
 
-@pytest.mark.parametrize("key", ["input", "inputs", "anything"])
+@pytest.mark.parametrize("key", ["input", "x", "inputs", "anything"])
 def test_calibration_set_from_npz_finds_the_inputs_array(tmp_path: Path, key: str) -> None:
     x = np.zeros((8, 1, 28, 28), np.float32)
     np.savez(tmp_path / "c.npz", **{key: x})
@@ -187,3 +187,22 @@ def test_calibration_config_smaller_than_one_batch_is_rejected() -> None:
 def test_calibration_set_from_mnist_larger_than_validation_is_rejected(mnist_root: Path) -> None:
     with pytest.raises(CalibrateError, match="exceeds the 5000 images"):
         calibration_set_from_mnist(mnist_root, SPEC, MEAN, STD, CalibrationConfig(size=6000))
+
+
+def test_calibration_set_from_npz_with_several_inputs_feeds_each_by_name(tmp_path: Path) -> None:
+    specs = [
+        InputSpec(name="image", shape=("batch", 1, 8, 8), ort_type="tensor(float)"),
+        InputSpec(name="extra", shape=("batch", 3), ort_type="tensor(float)"),
+    ]
+    image = np.random.default_rng(0).standard_normal((10, 1, 8, 8)).astype(np.float32)
+    extra = np.ones((10, 3), np.float32)
+    path = _npz(tmp_path, image=image, extra=extra, y=np.zeros(10, np.int64))
+    calib = calibration_set_from_npz(path, specs, CalibrationConfig(batch_size=4))
+    batches = list(calib)
+    assert [sorted(b) for b in batches] == [["extra", "image"]] * 3
+    assert [b["image"].shape[0] for b in batches] == [4, 4, 2]
+    assert calib.head(4).samples == 4 and sorted(calib.head(4).feeds) == ["extra", "image"]
+    with np.load(path) as data:
+        np.savez(tmp_path / "one.npz", image=data["image"])
+    with pytest.raises(CalibrateError, match="input 'extra'.*one array per input"):
+        calibration_set_from_npz(tmp_path / "one.npz", specs, CalibrationConfig(batch_size=4))

@@ -13,8 +13,11 @@ converter: float32 inputs/outputs kept by default, --op-block-list op types kept
 (added to the converter's default list). Weights beyond float16's range (|w| > 65504) are an
 error naming the tensors, never silently clipped; tiny weights (< 2^-24) are reported. The
 graph is topologically sorted (onnx-ir) so it passes onnx.checker (full_check) and strict
-shape inference. Parity with the FP32 model in ONNX Runtime on the MNIST test set (10,000
-images, batch 1 and 1000): argmax agreement >= 99.9 %, max |dlogit| reported.
+shape inference. Parity with the FP32 model in ONNX Runtime at batch 1 and 1000, on your own
+data with --data PARITY.npz (any model, onnxship metadata or not: 'x' or one array per input,
+preprocessed, fed as is) or else on the MNIST test set (10,000 images, normalised with the
+model's metadata): argmax agreement >= --min-agreement (99.9 %) for class scores
+([batch, classes]), output SQNR >= --min-sqnr dB for any other output; max |d| reported.
 Writes OUT/artifacts/NAME.onnx and OUT/stages/RECORD.json.
 """
 
@@ -55,12 +58,12 @@ def _fraction(text: str) -> float:
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "fp16",
-        help="FP32 .onnx -> FP16 .onnx (float32 I/O kept, parity vs FP32 on the test set)",
+        help="FP32 .onnx -> FP16 .onnx (float32 I/O kept, parity vs FP32 on test data)",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", type=Path, help="FP32 .onnx written by `onnxship export`")
+    parser.add_argument("model", type=Path, help="FP32 .onnx (onnxship's export or your own)")
     add_out_dir(parser)
     parser.add_argument(
         "--name",
@@ -90,7 +93,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--min-agreement",
         type=_fraction,
         default=0.999,
-        help="argmax agreement with the FP32 model required on the test set (default: 0.999)",
+        help="argmax agreement with the FP32 model required on the parity data (default: 0.999)",
+    )
+    parser.add_argument(
+        "--min-sqnr",
+        type=float,
+        default=40.0,
+        metavar="DB",
+        help="output SQNR vs FP32 required when the output is not class scores (default: 40)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="PARITY.npz",
+        help="parity data: your own preprocessed inputs ('x' or one array per input)",
     )
     add_data_dir(parser)
     parser.set_defaults(func=run)
@@ -104,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         keep_io_types=not args.no_keep_io_types,
         op_block_list=tuple(args.op_block_list),
         min_agreement=args.min_agreement,
+        min_sqnr_db=args.min_sqnr,
     )
     out_dir: Path = args.out
     artifact = api.fp16(
@@ -113,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         record_name=args.record_name,
         data_dir=args.data_dir,
+        data=args.data,
     )
     m = artifact.metrics
     parity = m["parity"]
@@ -120,10 +139,17 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {artifact.path} ({artifact.bytes} bytes = {m['bytes_ratio']:.1%} of the FP32 "
         f"file, target <= {m['bytes_ratio_target']:.0%})"
     )
+    where = f"samples of {args.data}" if args.data is not None else "MNIST test images"
+    if parity.get("metric") == "sqnr_db":
+        result = f"output SQNR {parity['sqnr_db']:.1f} dB, max |d| {parity['max_abs_error']:.2e}"
+    else:
+        result = (
+            f"argmax agreement {parity['argmax_agreement']:.2%}, max |dlogit| "
+            f"{parity['max_abs_logit_diff']:.2e}"
+        )
     print(
-        f"parity vs FP32 on {parity['samples']} MNIST test images at batch "
-        f"{','.join(map(str, parity['batch_sizes']))}: argmax agreement "
-        f"{parity['argmax_agreement']:.2%}, max |dlogit| {parity['max_abs_logit_diff']:.2e}"
+        f"parity vs FP32 on {parity['samples']} {where} at batch "
+        f"{','.join(map(str, parity['batch_sizes']))}: {result}"
     )
     if m["fp16_range"]["underflow_values"]:
         print(

@@ -24,6 +24,7 @@ from onnxship.commands.common import (
 DEFAULT_CALIB_SIZE = 256  # mirrors calibrate.dataset.CalibrationConfig (tests check they agree)
 DEFAULT_CALIB_BATCH = 32
 DEFAULT_MAX_DROP = 0.003
+DEFAULT_MIN_SQNR = 30.0  # mirrors calibrate.quantize.QuantizeConfig.min_sqnr_db
 DEFAULT_BENCH_SECONDS = 2.5  # mirrors calibrate.quantize.LatencyConfig.seconds_per_batch_size
 
 
@@ -35,15 +36,22 @@ def _description() -> str:
 Quantize an FP32 .onnx to static INT8 with onnxruntime.quantization (quant_pre_process, then
 quantize_static with calibration data).
 
-Calibration data: --calib-size images (class-balanced, seeded) from the validation part of
-MNIST's *training* split - never the test split - normalised with the mean/std stored in the
-model's metadata (--mean/--std override it; required for a model without onnxship metadata);
-or your own preprocessed inputs with --calib-npz (an array named after the model's input, or
-'inputs'). The set is saved as OUT/calibration/NAME-calib.npz; its sha256 is in the record.
+Any model, your own data (no onnxship metadata needed):
+  onnxship quantize MODEL.onnx --out DIR --calib-npz CALIB.npz --val-npz VAL.npz
+calibrates on CALIB ('x', or one array per model input, preprocessed float32) and measures the
+accuracy budget on VAL: with labels 'y', FP32 minus INT8 top-1 <= --max-drop; without labels,
+fidelity to the FP32 model: top-1 agreement >= 1 - --max-drop for class scores ([batch,
+classes]), output SQNR >= --min-sqnr dB otherwise. The record's `budget` says which.
 
---recipe {AUTO} (default) searches these recipes on the target provider, scoring each on
-validation top-1 (the validation images not used for calibration) and on latency interleaved
-with the FP32 model at --batch-sizes (one thread), and keeps the fastest within --max-drop:
+MNIST (the default): --calib-size images (class-balanced, seeded) from the validation part of
+MNIST's *training* split - never the test split - normalised with the mean/std stored in the
+model's metadata (--mean/--std override it); the budget is measured on the other validation
+images. The calibration set is saved as OUT/calibration/NAME-calib.npz; its sha256 is in the
+record.
+
+--recipe {AUTO} (default) searches these recipes on the target provider, scoring each on the
+budget's metric and on latency interleaved with the FP32 model at --batch-sizes (one thread),
+and keeps the fastest within the budget:
 {presets}
 Any other grid point can be named: {GRAMMAR}.
 '-linear' quantizes only Gemm/MatMul and keeps convolutions in float.
@@ -94,8 +102,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"images per calibration batch (default: {DEFAULT_CALIB_BATCH})",
     )
     parser.add_argument(
-        "--calib-npz", type=Path, default=None, help="use your own .npz of preprocessed inputs"
-    )
+        "--calib-npz", type=Path, default=None, metavar="CALIB.npz",
+        help="calibrate on your own .npz of preprocessed inputs (used whole)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--val-npz", type=Path, default=None, metavar="VAL.npz",
+        help="measure the accuracy budget on your own .npz ('y' labels: top-1; none: fidelity "
+        "to FP32)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min-sqnr", type=positive_float, default=DEFAULT_MIN_SQNR, metavar="DB",
+        help="budget without labels for outputs that are not class scores: INT8 output SQNR "
+        f"vs FP32, in dB (default: {DEFAULT_MIN_SQNR:g})",
+    )  # fmt: skip
     parser.add_argument(
         "--max-drop",
         type=fraction,
@@ -173,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         std=args.std,
         fallback=not args.no_fallback,
         require_faster=args.require_faster,
+        min_sqnr_db=args.min_sqnr,
     )
     artifact = api.quantize(
         args.model,
@@ -180,16 +200,22 @@ def run(args: argparse.Namespace) -> int:
         cfg,
         name=args.name,
         calib_npz=args.calib_npz,
+        val_npz=args.val_npz,
         data_dir=args.data_dir,
         progress=True,
     )
     m = artifact.metrics
     lat = m["latency"]["by_batch"]
     ratios = ", ".join(f"b{b} {v['min_ratio']:.2f}x/{v['p50_ratio']:.2f}x" for b, v in lat.items())
+    metric = m["budget"]["metric"]
+    scored = {"top1": "val top-1", "top1_agreement": "top-1 agreement with FP32"}.get(
+        metric, "output SQNR (dB) vs FP32"
+    )
     print(
         f"quantize: {artifact.path} ({artifact.bytes} bytes, {m['bytes_ratio']:.0%} of FP32) "
-        f"recipe {m['recipe']['name']}; val top-1 FP32 {m['fp32_val_top1']:.4f} -> INT8 "
-        f"{m['int8_val_top1']:.4f}; INT8/FP32 latency (min/p50) {ratios}; "
+        f"recipe {m['recipe']['name']}; {scored} on {m['val_split']}: FP32 "
+        f"{m['fp32_val_top1']:.4f} -> INT8 {m['int8_val_top1']:.4f}; INT8/FP32 latency "
+        f"(min/p50) {ratios}; "
         f"faster than FP32: {'yes' if m['int8_faster_than_fp32'] else 'no'}; "
         f"{len(m['candidates']) - 1} candidates in {m['search_wall_s']:.1f} s"
     )

@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "verify",
         help="check a bundle: checksums, every file loads in ORT, accuracy equals the manifest",
         description="Check every artifact of a bundle against its manifest.json: sha256 and size, "
-        "no external-data sidecar, loads in ONNX Runtime (CPU), and MNIST test accuracy "
+        "no external-data sidecar, loads in ONNX Runtime (CPU), and test accuracy (MNIST, or the "
+        "test .npz named by the manifest's dataset block) "
         "re-measured with the recorded settings equals the manifest exactly. Exit 0 if all pass, "
         "1 if any fails (the failing artifacts are named), 2 on bad input. Needs only "
         "onnxruntime + numpy.",

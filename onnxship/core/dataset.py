@@ -53,6 +53,7 @@ class DatasetInfo:
     std: tuple[float, ...] | None = None
     class_names: tuple[str, ...] = ()
     test_sha256: str | None = None  # of the test data the accuracies are measured on
+    test_path: str | None = None  # npz: the test file (relative to the bundle when inside it)
 
     @property
     def num_classes(self) -> int | None:
@@ -71,6 +72,7 @@ class DatasetInfo:
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "test_sha256": self.test_sha256,
+            "test_path": self.test_path,
         }
 
     @classmethod
@@ -86,6 +88,7 @@ class DatasetInfo:
                 std=None if not norm else tuple(float(v) for v in norm["std"]),
                 class_names=tuple(str(c) for c in data.get("class_names", ())),
                 test_sha256=data.get("test_sha256"),
+                test_path=data.get("test_path"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CoreError(
@@ -95,6 +98,30 @@ class DatasetInfo:
 
     def to_metadata(self) -> str:
         return json.dumps(self.to_json(), sort_keys=True)
+
+
+def dataset_of_metadata(raw: Mapping[str, str], *, source: str) -> DatasetInfo | None:
+    """The `onnxship.dataset` entry of a model's metadata map, or None when absent."""
+    if METADATA_KEY not in raw:
+        return None
+    try:
+        data = json.loads(raw[METADATA_KEY])
+    except ValueError as exc:
+        raise CoreError(
+            f"{source}: unreadable {METADATA_KEY} metadata ({exc}); re-export it"
+        ) from exc
+    return DatasetInfo.from_json(data, source=f"{source} ({METADATA_KEY})")
+
+
+def require_mnist_data(raw: Mapping[str, str], *, source: str, flag: str) -> None:
+    """MNIST is the default data source; a model whose metadata says it was trained on other
+    data needs that data passed (`flag`, e.g. "--data TEST.npz") instead."""
+    info = dataset_of_metadata(raw, source=source)
+    if info is not None and info.kind is not DatasetKind.MNIST:
+        raise CoreError(
+            f"{source} was trained on {info.kind.value} data '{info.name}' (input "
+            f"{list(info.input_shape)}), not MNIST; pass that data preprocessed with {flag}"
+        )
 
 
 def mnist_info(test_sha256: str | None = None) -> DatasetInfo:
@@ -140,12 +167,15 @@ def load_npz(
     input_names: Sequence[str] | None = None,
     num_classes: int | None = None,
     require_labels: bool = False,
+    input_dtypes: Mapping[str, Any] | None = None,
 ) -> ArrayData:
     """Read and check a dataset `.npz` (see the module docstring for the layout).
 
     input_names: the model's input names. One input: the array `x` (or an array named after the
     input). Several inputs: one array per input name. None: `x` alone.
     num_classes: labels must lie in [0, num_classes).
+    input_dtypes: the model's input dtypes by name (default: float32 for every input, as the
+    contract says); a model with integer inputs (token ids) takes arrays of that dtype.
     """
     p = Path(path)
     if not p.is_file():
@@ -178,16 +208,17 @@ def load_npz(
             )
     count = None
     for name, x in inputs.items():
-        if x.dtype != np.float32:
+        want = np.dtype((input_dtypes or {}).get(name, np.float32))
+        if x.dtype != want:
             raise CoreError(
-                f"{p}: input array '{name}' has dtype {x.dtype}, expected float32 (already "
-                "preprocessed); convert it with x.astype('float32')"
+                f"{p}: input array '{name}' has dtype {x.dtype}, the model input expects "
+                f"{want} (already preprocessed); convert it with x.astype('{want}')"
             )
         if x.ndim < 1 or x.shape[0] == 0:
             raise CoreError(
                 f"{p}: input array '{name}' has shape {x.shape}, expected [N, ...] with N >= 1"
             )
-        if not np.isfinite(x).all():
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             bad = int(np.count_nonzero(~np.isfinite(x)))
             raise CoreError(
                 f"{p}: input array '{name}' holds {bad} NaN or Inf value(s); expected finite "
