@@ -98,7 +98,7 @@ def module_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
     """{module name: {attribute: value}} for every layer with channel-count attributes."""
     shapes: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
-        attrs = {}
+        attrs: dict[str, Any] = {}
         for attr in SHAPE_ATTRS:
             value = getattr(module, attr, None)
             if isinstance(value, int) and not isinstance(value, bool):

@@ -500,17 +500,14 @@ def gzip_state_bytes(model: nn.Module) -> int:
 # The stage.
 
 
-_Data = DataSplits  # the stage's data: open_data(...) (kept as a name for callers)
-
-
-def _val_top1(model: nn.Module, data: _Data) -> float:
+def _val_top1(model: nn.Module, data: DataSplits) -> float:
     from onnxship.models.evaluate import top1
 
     val = data.split("val")
     return round(top1(model, val.x, val.y), 6)
 
 
-def _finetune(model: nn.Module, cfg: PruneConfig, data: _Data, step: int) -> float:
+def _finetune(model: nn.Module, cfg: PruneConfig, data: DataSplits, step: int) -> float:
     from onnxship.models.loop import train_sgd
 
     assert cfg.finetune is not None
@@ -528,7 +525,7 @@ def _finetune(model: nn.Module, cfg: PruneConfig, data: _Data, step: int) -> flo
 
 
 def prune_model_structured(
-    model: nn.Module, cfg: PruneConfig, data: _Data | None = None
+    model: nn.Module, cfg: PruneConfig, data: DataSplits | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Structured pruning of `model` (not modified) to the config's target; returns the new
     model and the metrics of the schedule (per-step widths and validation accuracy)."""
@@ -575,7 +572,7 @@ def _schedule_metrics(
 
 
 def prune_model_unstructured(
-    model: nn.Module, cfg: PruneConfig, data: _Data | None = None
+    model: nn.Module, cfg: PruneConfig, data: DataSplits | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Unstructured magnitude pruning of a copy of `model`, baked with `prune.remove`."""
     cfg.validate()
@@ -623,7 +620,7 @@ def _classifier_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Modul
     Found by their output width matching the logits' among the last Linear/Conv layers."""
     with torch.no_grad():
         classes = int(model(example).shape[1])
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    layers: list[nn.Module] = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     last = [
         m for m in layers if getattr(m, "out_features", getattr(m, "out_channels", 0)) == classes
     ]
