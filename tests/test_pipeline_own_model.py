@@ -313,3 +313,86 @@ def test_run_exits_2_when_the_data_holds_nan(
     x[3, 0, 2, 2] = np.nan
     err = _bad_run(write_project(tmp_path, x=x, y=y), capsys)
     assert "NaN or Inf" in err
+
+
+def test_run_own_model_on_an_image_folder_goes_through_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 12)):
+        for label, base in (("dark", 60), ("light", 190)):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            for i in range(n // 2):
+                pixels = np.clip(rng.normal(base, 30, (10, 10, 3)), 0, 255).astype("uint8")
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    (tmp_path / "tinynets.py").write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+
+            def tiny(classes=2):
+                return nn.Sequential(
+                    nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                    nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                    nn.Flatten(), nn.Linear(8, classes),
+                )
+            """
+        )
+    )
+    config = tmp_path / "run.toml"
+    config.write_text(
+        textwrap.dedent(
+            """
+            [model]
+            factory = "tinynets:tiny"
+            [data]
+            kind = "imagefolder"
+            train = "train"
+            test = "test"
+            resize = 8
+            mean = [0.5, 0.5, 0.5]
+            std = [0.25, 0.25, 0.25]
+            val_fraction = 0.25
+            [train.sgd]
+            epochs = 10
+            batch_size = 8
+            [prune]
+            macs_budget = 0.5
+            [distill.sgd]
+            epochs = 5
+            batch_size = 8
+            [quantize]
+            max_drop = 0.2
+            [quantize.calibration]
+            size = 8
+            batch_size = 4
+            [quantize.latency]
+            seconds_per_batch_size = 0.1
+            min_iterations = 5
+            max_iterations = 10
+            [bench]
+            warmup = 1
+            iterations = 5
+            [extra]
+            teacher_int8 = false
+            teacher_fp16 = false
+            """
+        )
+    )
+    out = tmp_path / "bundle"
+    assert main(["run", "--config", str(config), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    dataset = manifest["dataset"]
+    assert dataset["kind"] == "imagefolder"
+    assert dataset["input_shape"] == [3, 8, 8]
+    assert dataset["class_names"] == ["dark", "light"]
+    assert dataset["normalisation"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
+    assert manifest["artifacts"]["student-fp32"]["accuracy"]["n"] == 12
+    assert (
+        manifest["artifacts"]["student-fp32"]["macs"]
+        < manifest["artifacts"]["teacher-fp32"]["macs"]
+    )
+    assert main(["verify", str(out)]) == 0
