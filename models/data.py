@@ -47,7 +47,7 @@ SPLITS = ("train", "fit", "val", "test")
 
 @dataclass(frozen=True)
 class TensorSplit:
-    x: torch.Tensor  # float32 (N, 1, 28, 28), normalised
+    x: torch.Tensor  # float32 (N, *input_shape), normalised (MNIST: (N, 1, 28, 28))
     y: torch.Tensor  # int64 (N,)
 
     def __len__(self) -> int:

@@ -396,3 +396,26 @@ def test_run_own_model_on_an_image_folder_goes_through_verify(
         < manifest["artifacts"]["teacher-fp32"]["macs"]
     )
     assert main(["verify", str(out)]) == 0
+
+
+def test_load_config_resolves_paths_relative_to_the_config_file(tmp_path: Path) -> None:
+    from onnxship.pipeline import load_config
+
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    config = folder / "run.toml"
+    config.write_text(RUN_TOML.replace("kwargs = { width = 16 }", 'state_dict = "w/start.pt"'))
+    cfg = load_config(config)
+    assert cfg.data.train == str(folder / "data" / "train.npz")
+    assert cfg.data.test == str(folder / "data" / "test.npz")
+    assert cfg.model.state_dict == str(folder / "w" / "start.pt")
+    assert cfg.model.search_path == str(folder)
+
+
+def test_run_exits_2_when_a_state_dict_is_given_without_a_factory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('[model]\nstate_dict = "start.pt"\n')
+    err = _bad_run(config, capsys)
+    assert "needs [model] factory" in err
