@@ -225,6 +225,8 @@ def run_pipeline(
         train_inputs = cfg.data.files() or [p for p in (val_npz, test_npz) if p is not None]
         if cfg.model.state_dict:
             train_inputs.append(Path(cfg.model.state_dict))
+        if own.source is not None and own.source.is_file():
+            train_inputs.append(own.source)
     cached_stage(
         ctx, "train", stage="train", config=train_config, inputs=train_inputs,
         outputs=[teacher_ckpt, teacher_ckpt.with_suffix(".json")],
@@ -334,6 +336,7 @@ def run_pipeline(
 class _OwnRun:
     splits: DataSplits
     factory: ModelFactory | None
+    source: Path | None  # the factory's module file: editing it invalidates the train stage
 
 
 def _own_model_and_data(cfg: PipelineConfig) -> _OwnRun | None:
@@ -361,7 +364,13 @@ def _own_model_and_data(cfg: PipelineConfig) -> _OwnRun | None:
             f"{cfg.train.arch} takes MNIST's [1, 28, 28] images; name your network with "
             'factory = "pkg.module:function"'
         )
-    return _OwnRun(splits=splits, factory=factory)
+    import inspect
+
+    try:
+        source: Path | None = Path(inspect.getfile(factory.resolve()))
+    except (TypeError, OSError):  # a builtin or C function has no file
+        source = None
+    return _OwnRun(splits=splits, factory=factory, source=source)
 
 
 def _write_data_npz(ctx: RunContext, splits: DataSplits) -> tuple[Path, Path]:
