@@ -5,7 +5,8 @@ so BatchNorm uses its running statistics and the exporter folds it into the conv
 exports it with the dynamo exporter (falling back to the TorchScript exporter only when dynamo
 fails, recording which ran and why), and writes ONE file atomically:
 
-- input `input` [batch, 1, 28, 28] float32, output `logits` [batch, num_classes]; the batch
+- input `input` [batch, *input_shape] float32 (the checkpoint's dataset: [1, 28, 28] for MNIST),
+  output `logits` [batch, num_classes]; the batch
   dimension is exported from a batch-2 example and must come out symbolic (checked);
 - weights inline: the dynamo exporter's in-memory `ModelProto` is saved without external data
   (its default `f=path` writes a small `.onnx` plus a `.onnx.data` sidecar), so no `.onnx.data`
@@ -13,7 +14,8 @@ fails, recording which ran and why), and writes ONE file atomically:
 - `metadata_props`: the keys of `onnxship.core.model_meta` (producer, source sha256,
   architecture, widths, normalisation, preprocessing recipe, class labels, precision "fp32");
 - checked before it is renamed into place: `onnx.checker` (full_check), strict shape
-  inference, and parity against PyTorch on real MNIST test images in a real ONNX Runtime
+  inference, and parity against PyTorch on real test samples of the checkpoint's dataset
+  (MNIST by default; npz / imagefolder: up to `parity_samples` of them) in a real ONNX Runtime
   session at batch 1 and a larger batch (max |Δlogit| <= 1e-4, 100 % argmax agreement). A
   failure raises `ExportError(exit_code=1)` and leaves nothing under `out_path`.
 
@@ -47,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onnxship.core import dataset as dataset_meta
 from onnxship.core import model_meta
 from onnxship.core.artifact import Artifact, atomic_output, require_parent_writable
 from onnxship.export.checks import (
@@ -350,9 +353,11 @@ def _dim0(vi: Any) -> tuple[str | None, int | None]:
     return (d.dim_param or None), (int(d.dim_value) if d.HasField("dim_value") else None)
 
 
-def _require_interface(proto: Any, *, num_classes: int, exporter: str) -> None:
-    """Input `input` [batch, 1, 28, 28] float32 and output `logits` [batch, num_classes], with
-    a symbolic batch dimension on both."""
+def _require_interface(
+    proto: Any, *, num_classes: int, exporter: str, input_shape: tuple[int, ...] = (1, 28, 28)
+) -> None:
+    """Input `input` [batch, *input_shape] float32 and output `logits` [batch, num_classes],
+    with a symbolic batch dimension on both."""
     desc = describe_model(proto)
     names_in = [io_["name"] for io_ in desc["inputs"]]
     names_out = [io_["name"] for io_ in desc["outputs"]]
@@ -372,10 +377,10 @@ def _require_interface(proto: Any, *, num_classes: int, exporter: str) -> None:
             )
     shape_in = desc["inputs"][0]["shape"][1:]
     shape_out = desc["outputs"][0]["shape"][1:]
-    if shape_in != [1, 28, 28] or shape_out != [num_classes]:
+    if shape_in != list(input_shape) or shape_out != [num_classes]:
         raise ExportError(
             f"exported shapes are input [batch, {shape_in}] and output [batch, {shape_out}]; "
-            f"expected [batch, 1, 28, 28] and [batch, {num_classes}]"
+            f"expected [batch, {list(input_shape)}] and [batch, {num_classes}]"
         )
     if desc["inputs"][0]["dtype"] != "float32" or desc["outputs"][0]["dtype"] != "float32":
         raise ExportError(
@@ -397,6 +402,7 @@ def _metadata(meta: Any, *, source_sha256: str) -> dict[str, str]:
         model_meta.INPUT_PREPROCESS: model_meta.PREPROCESS_TEXT,
         model_meta.CLASS_LABELS: json.dumps(list(meta.class_labels)),
         model_meta.PRECISION: "fp32",
+        **({} if meta.dataset is None else {dataset_meta.METADATA_KEY: meta.dataset.to_metadata()}),
     }
 
 
@@ -420,6 +426,23 @@ def mnist_test_inputs(
     return mnist.normalize(images, mean, std), split.labels[:samples]
 
 
+def parity_inputs(
+    meta: Any, data: Any, data_dir: str | os.PathLike[str] | None, samples: int
+) -> tuple[Any, Any]:
+    """Test inputs for parity: MNIST's first `samples` images, or for a checkpoint trained on
+    other data (recorded in its sidecar, or `data`) the first `samples` of its test split."""
+    from onnxship.core.dataset import DatasetKind
+
+    recorded = data if data is not None else meta.data
+    if meta.dataset is None or meta.dataset.kind is DatasetKind.MNIST:
+        return mnist_test_inputs(data_dir, samples, meta.mean, meta.std)
+    from onnxship.models.data import DataConfig, open_data
+
+    cfg = recorded if isinstance(recorded, DataConfig) else DataConfig.from_json(recorded)
+    test = open_data(cfg, data_dir).split("test")
+    return test.x[:samples].numpy(), test.y[:samples].numpy()
+
+
 def _torch_logits(model: Any, x: Any, batch_size: int = 250) -> Any:
     import numpy as np
     import torch
@@ -441,8 +464,10 @@ def onnx_from_checkpoint(
     out_path: str | os.PathLike[str],
     *,
     data_dir: str | os.PathLike[str] | None = None,
+    data: Any = None,
 ) -> Artifact:
     """Export the checkpoint `src` (.pt + .json sidecar) to one checked `.onnx` at `out_path`.
+    Parity data: `data` (a models.data.DataConfig), else what the checkpoint records.
 
     Raises `ExportError` (exit 2) for bad input (opset onnxruntime cannot run, unwritable
     output, exporter failure), `ModelsError` for a checkpoint that does not match its
@@ -461,10 +486,12 @@ def onnx_from_checkpoint(
     model, meta = load_checkpoint(src)
     model.eval()
     num_classes = len(meta.class_labels)
-    example = torch.zeros(cfg.export_batch, 1, 28, 28, dtype=torch.float32)
+    example = torch.zeros(cfg.export_batch, *meta.input_shape, dtype=torch.float32)
 
     proto, exporter, opset, fallback_reason, export_wall_s = _run_exporters(model, example, cfg)
-    _require_interface(proto, num_classes=num_classes, exporter=exporter)
+    _require_interface(
+        proto, num_classes=num_classes, exporter=exporter, input_shape=meta.input_shape
+    )
     model_meta.set_metadata(proto, _metadata(meta, source_sha256=meta.weights_sha256))
     proto.doc_string = (
         f"{meta.arch} {json.dumps(dict(meta.widths), sort_keys=True)} exported by torch "
@@ -476,7 +503,7 @@ def onnx_from_checkpoint(
             "one self-contained file; onnxship ships single-file models only"
         )
 
-    x, _labels = mnist_test_inputs(data_dir, cfg.parity_samples, meta.mean, meta.std)
+    x, _labels = parity_inputs(meta, data, data_dir, cfg.parity_samples)
     reference = _torch_logits(model, x)
 
     with atomic_output(out) as tmp:

@@ -39,9 +39,11 @@ from onnxship.models import distributed
 from onnxship.models.checkpoint import (
     CheckpointMeta,
     load_checkpoint,
+    model_from_state,
     read_checkpoint_meta,
     save_checkpoint,
 )
+from onnxship.models.data import DataConfig
 from onnxship.models.errors import ModelsError
 from onnxship.models.flops import count_macs, count_params
 from onnxship.models.loop import LrSchedule, SgdConfig
@@ -172,11 +174,7 @@ def _load_on_all_ranks(
         return model.state_dict(), meta, sha256_file(path)
 
     state, meta, sha = ranks.on_main(read, what=f"reading checkpoint {path}")
-    from onnxship.models.registry import create_model
-
-    model = create_model(meta.arch, **meta.widths)
-    model.load_state_dict(state, strict=True)
-    return model.eval(), meta, sha
+    return model_from_state(meta, state, source=path), meta, sha
 
 
 def distill_student(
@@ -224,15 +222,17 @@ def distilled_from_checkpoints(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    data: DataConfig | None = None,
 ) -> Artifact:
     """Distill the (pruned) student checkpoint from the teacher; write the KD student.
+    The data is `data`, else the one the teacher's checkpoint records, else MNIST.
 
     Trains on the 'fit' split; decisions use 'val', reported accuracy 'test'. Also runs the
     ablation (same student, same steps and seed, no teacher). Metrics: `test_top1_kd`,
     `test_top1_no_kd`, `val_top1_kd`, `val_top1_no_kd`, `teacher_test_top1`,
     `teacher_val_top1`, `val_top1_start`, `steps`, MACs/params of both, wall times.
     """
-    from onnxship.models.data import load_split
+    from onnxship.models.data import open_data
     from onnxship.models.loop import train_sgd
 
     ranks = distributed.current()
@@ -240,7 +240,7 @@ def distilled_from_checkpoints(
     cfg.validate()
     ranks.on_main(lambda: check_pair(student_ckpt, teacher_ckpt), what="checking checkpoints")
     assert teacher_ckpt is not None
-    teacher, _, teacher_sha = _load_on_all_ranks(teacher_ckpt, ranks)
+    teacher, teacher_meta, teacher_sha = _load_on_all_ranks(teacher_ckpt, ranks)
     student_kd, student_meta, student_sha = _load_on_all_ranks(student_ckpt, ranks)
     student_ce = copy.deepcopy(student_kd)
     start_model = copy.deepcopy(student_kd)
@@ -251,12 +251,16 @@ def distilled_from_checkpoints(
             teacher_ckpt,
         )
 
-    fit, val, test = (load_split(data_dir, s) for s in ("fit", "val", "test"))
+    recorded = teacher_meta.data
+    splits = open_data(data or (DataConfig.from_json(recorded) if recorded else None), data_dir)
+    fit, val, test = (splits.split(s) for s in ("fit", "val", "test"))
+    shape = (1, *teacher_meta.input_shape)
     teacher.requires_grad_(False)
     # channels_last makes the CPU conv + max-pool kernels of these small CNNs ~20 % faster
     # (measured); only float rounding differs, and checkpoints are saved contiguous (NCHW).
     for model in (teacher, student_kd, student_ce):
-        model.to(memory_format=torch.channels_last)
+        if fit.x.ndim == 4:  # channels_last is for NCHW images only
+            model.to(memory_format=torch.channels_last)
     torch.manual_seed(cfg.seed)
 
     t0 = time.perf_counter()
@@ -299,8 +303,8 @@ def distilled_from_checkpoints(
         "seed": cfg.seed,
         "student_arch": student_meta.arch,
         "student_widths": dict(student_meta.widths),
-        "student_macs": count_macs(student_kd),
-        "teacher_macs": count_macs(teacher),
+        "student_macs": count_macs(student_kd, shape),
+        "teacher_macs": count_macs(teacher, shape),
         "student_params": count_params(student_kd),
         "teacher_params": count_params(teacher),
         "teacher_logits_s": round(logits_s, 3),
@@ -343,8 +347,7 @@ def distilled_from_checkpoints(
             parent_sha256=student_sha,
             config=cfg,
             extra={"teacher": os.fspath(teacher_ckpt), "teacher_sha256": teacher_sha},
-            mean=student_meta.mean,
-            std=student_meta.std,
+            like=student_meta,
         ),
         what="writing the checkpoint",
     )

@@ -46,10 +46,11 @@ from torch.nn.utils import prune as torch_prune
 
 from onnxship.core.artifact import Artifact, sha256_file
 from onnxship.models.checkpoint import load_checkpoint, save_checkpoint
+from onnxship.models.data import DataConfig, DataSplits, open_data
 from onnxship.models.errors import ModelsError
 from onnxship.models.flops import count_macs, count_nonzero_params, count_params
 from onnxship.models.loop import SgdConfig
-from onnxship.models.registry import create_model
+from onnxship.models.registry import ChannelGroup, create_model, prune_groups
 
 log = logging.getLogger(__name__)
 
@@ -181,45 +182,9 @@ def _check_open_unit(value: Any, what: str, meaning: str) -> None:
 # Channel groups: which layers one registry width touches.
 
 
-@dataclass(frozen=True)
-class Consumer:
-    """A module reading a pruned channel: `per_channel` input columns per channel (the
-    flattened spatial size for conv -> flatten -> Linear, 1 otherwise)."""
-
-    module: str
-    per_channel: int = 1
-
-
-@dataclass(frozen=True)
-class ChannelGroup:
-    width: str  # the registry width it sets (create_model keyword)
-    producer: str  # Conv2d or Linear whose output rows are the channels
-    norm: str | None  # BatchNorm2d between producer and consumers, pruned with it
-    consumers: tuple[Consumer, ...]
-
-
-_SIMPLE_CNN_GROUPS = (
-    ChannelGroup("conv_channels", "conv1", None, (Consumer("fc1", 13 * 13),)),
-    ChannelGroup("hidden", "fc1", None, (Consumer("fc2"),)),
-)
-PRUNE_SPECS: dict[str, tuple[ChannelGroup, ...]] = {
-    "simple_cnn": _SIMPLE_CNN_GROUPS,
-    "tiny_cnn": _SIMPLE_CNN_GROUPS,
-    "bn_cnn": (
-        ChannelGroup("conv1_channels", "conv1", "bn1", (Consumer("conv2"),)),
-        ChannelGroup("conv2_channels", "conv2", "bn2", (Consumer("fc1", 7 * 7),)),
-        ChannelGroup("hidden", "fc1", None, (Consumer("fc2"),)),
-    ),
-}
-
-
 def prune_spec(arch: str) -> tuple[ChannelGroup, ...]:
-    if arch not in PRUNE_SPECS:
-        raise ModelsError(
-            f"architecture {arch!r} has no structured-pruning spec; supported: "
-            f"{', '.join(sorted(PRUNE_SPECS))} (or use method=unstructured)"
-        )
-    return PRUNE_SPECS[arch]
+    """The channel groups `arch` declared when it was registered (models.registry)."""
+    return prune_groups(arch)
 
 
 def _arch(model: nn.Module) -> str:
@@ -293,6 +258,19 @@ def select_channels(
 # Rewiring.
 
 
+def _per_channel(consumer: nn.Module, producer: nn.Module, channels: int) -> int:
+    """Input columns of `consumer` per producer channel: 1 for a conv or a Linear after a
+    Linear; the flattened spatial size for a Linear after a conv (read off the layers)."""
+    if isinstance(consumer, nn.Linear) and isinstance(producer, nn.Conv2d):
+        if consumer.in_features % channels:
+            raise ModelsError(
+                f"{type(consumer).__name__} has {consumer.in_features} inputs, not a multiple "
+                f"of the {channels} channels feeding it; the channel groups do not match"
+            )
+        return consumer.in_features // channels
+    return 1
+
+
 def _consumer_index(consumer: nn.Module, idx: torch.Tensor, per_channel: int) -> torch.Tensor:
     if isinstance(consumer, nn.Conv2d) or per_channel == 1:
         return idx
@@ -336,10 +314,11 @@ def prune_structured(model: nn.Module, keep: Mapping[str, torch.Tensor]) -> nn.M
             for suffix in ("weight", "bias", "running_mean", "running_var"):
                 key = f"{group.norm}.{suffix}"
                 state[key] = state[key].index_select(0, idx)
+        producer = _module(model, group.producer)
         for consumer in group.consumers:
-            module = _module(model, consumer.module)
-            cols = _consumer_index(module, idx, consumer.per_channel)
-            key = f"{consumer.module}.weight"
+            module = _module(model, consumer)
+            cols = _consumer_index(module, idx, _per_channel(module, producer, full))
+            key = f"{consumer}.weight"
             state[key] = state[key].index_select(1, cols)
     pruned = create_model(arch, **new_widths)
     try:
@@ -521,27 +500,14 @@ def gzip_state_bytes(model: nn.Module) -> int:
 # The stage.
 
 
-@dataclass
-class _Data:
-    root: str | os.PathLike[str] | None
-    _cache: dict[str, Any]
-
-    def split(self, name: str) -> Any:
-        if name not in self._cache:
-            from onnxship.models.data import load_split
-
-            self._cache[name] = load_split(self.root, name)
-        return self._cache[name]
-
-
-def _val_top1(model: nn.Module, data: _Data) -> float:
+def _val_top1(model: nn.Module, data: DataSplits) -> float:
     from onnxship.models.evaluate import top1
 
     val = data.split("val")
     return round(top1(model, val.x, val.y), 6)
 
 
-def _finetune(model: nn.Module, cfg: PruneConfig, data: _Data, step: int) -> float:
+def _finetune(model: nn.Module, cfg: PruneConfig, data: DataSplits, step: int) -> float:
     from onnxship.models.loop import train_sgd
 
     assert cfg.finetune is not None
@@ -559,7 +525,7 @@ def _finetune(model: nn.Module, cfg: PruneConfig, data: _Data, step: int) -> flo
 
 
 def prune_model_structured(
-    model: nn.Module, cfg: PruneConfig, data: _Data | None = None
+    model: nn.Module, cfg: PruneConfig, data: DataSplits | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Structured pruning of `model` (not modified) to the config's target; returns the new
     model and the metrics of the schedule (per-step widths and validation accuracy)."""
@@ -606,7 +572,7 @@ def _schedule_metrics(
 
 
 def prune_model_unstructured(
-    model: nn.Module, cfg: PruneConfig, data: _Data | None = None
+    model: nn.Module, cfg: PruneConfig, data: DataSplits | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Unstructured magnitude pruning of a copy of `model`, baked with `prune.remove`."""
     cfg.validate()
@@ -649,14 +615,137 @@ def prune_model_unstructured(
     return pruned, metrics
 
 
+def _classifier_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The layers whose outputs are the logits: never pruned (the class count is fixed).
+    Found by their output width matching the logits' among the last Linear/Conv layers."""
+    with torch.no_grad():
+        classes = int(model(example).shape[1])
+    layers: list[nn.Module] = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    last = [
+        m for m in layers if getattr(m, "out_features", getattr(m, "out_channels", 0)) == classes
+    ]
+    return last[-1:] if last else layers[-1:]
+
+
+def _depgraph_pruner(
+    model: nn.Module, ratio: float, steps: int, example: torch.Tensor, importance: Importance
+) -> Any:
+    """Torch-Pruning's DepGraph pruner on `model` (pruned in place by `.step()`): coupled
+    layers - residual adds, concatenations, depthwise convs, BatchNorms - are pruned together,
+    channels ranked by the group's L1/L2 weight magnitude; `ratio` of every group's channels
+    is gone after `steps` calls (linear schedule). The classifier's outputs are never pruned."""
+    import torch_pruning as tp
+
+    p = 1 if importance is Importance.L1 else 2
+    return tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=p),
+        pruning_ratio=ratio,
+        iterative_steps=steps,
+        ignored_layers=_classifier_layers(model, example),
+        global_pruning=False,
+    )
+
+
+# A MACs budget is reached by small DepGraph steps (up to DEPGRAPH_MAX_RATIO of every group's
+# channels in DEPGRAPH_STEPS steps), stopping at the first that fits: MACs are not monotone in
+# a one-shot ratio (measured on a residual+concat net: one-shot 0.5 -> 108,704 MACs, 0.7 ->
+# 130,880; >= 0.95 prunes nothing, as a group would vanish), but fall step by step.
+DEPGRAPH_MAX_RATIO = 0.9
+DEPGRAPH_STEPS = 30
+
+
+def prune_model_depgraph(
+    model: nn.Module,
+    cfg: PruneConfig,
+    input_shape: tuple[int, ...],
+    data: DataSplits | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Structured pruning of any network (a user's factory model) with Torch-Pruning's DepGraph;
+    `model` is not modified.
+
+    Width ratios: one number, the fraction of channels kept in every prunable group. MACs
+    budget: DepGraph steps until MACs <= budget * MACs(model). With `steps` > 1 the budget (or
+    ratio) is reached geometrically over the steps, with a fine-tune after each when configured.
+    """
+    cfg.validate()
+    if isinstance(cfg.width_ratios, Mapping):
+        raise ModelsError(
+            "width ratios by name apply to registry architectures; for a factory model give one "
+            "number (the fraction of channels kept in every layer) or a MACs budget"
+        )
+    example = torch.zeros((1, *input_shape), dtype=torch.float32)
+    macs_src = count_macs(model, example.shape)
+    current = copy.deepcopy(model).eval()
+    history: list[dict[str, Any]] = []
+    finetune_s = 0.0
+    if cfg.width_ratios is not None:
+        pruner = _depgraph_pruner(
+            current, 1.0 - float(cfg.width_ratios), cfg.steps, example, cfg.importance
+        )
+    else:
+        pruner = _depgraph_pruner(
+            current, DEPGRAPH_MAX_RATIO, DEPGRAPH_STEPS, example, cfg.importance
+        )
+        budget = cfg.effective_macs_budget or DEFAULT_MACS_BUDGET
+    taken = 0
+    for k in range(1, cfg.steps + 1):
+        current.eval()
+        if cfg.width_ratios is not None:
+            pruner.step()
+            taken += 1
+        else:
+            limit = budget ** (k / cfg.steps) * macs_src
+            while count_macs(current, example.shape) > limit:
+                if taken == DEPGRAPH_STEPS:
+                    reached = count_macs(current, example.shape)
+                    raise ModelsError(
+                        f"a MACs budget of {budget} ({limit:,.0f} of {macs_src:,} MACs) is out "
+                        f"of reach: DepGraph pruning of {DEPGRAPH_MAX_RATIO:.0%} of every "
+                        f"prunable group leaves {reached:,} MACs (unprunable layers dominate); "
+                        f"pass a budget >= {reached / macs_src:.4f}"
+                    )
+                pruner.step()
+                taken += 1
+        entry: dict[str, Any] = {
+            "step": k,
+            "depgraph_steps": taken,
+            "macs": count_macs(current, example.shape),
+        }
+        if data is not None:
+            entry["val_top1_pruned"] = _val_top1(current, data)
+        if cfg.finetune is not None and data is not None:
+            finetune_s += _finetune(current, cfg, data, k)
+            entry["val_top1_finetuned"] = _val_top1(current, data)
+        history.append(entry)
+        log.info("DepGraph prune step %d/%d: %s", k, cfg.steps, entry)
+    current.eval()
+    metrics: dict[str, Any] = {
+        "pruner": f"torch-pruning {_tp_version()} DepGraph (MetaPruner, group magnitude)",
+        "depgraph_steps": taken,
+    }
+    metrics.update(_schedule_metrics(history, cfg, data is not None, finetune_s))
+    return current, metrics
+
+
+def _tp_version() -> str:
+    from importlib.metadata import version
+
+    return version("torch-pruning")
+
+
 def pruned_from_checkpoint(
     src: str | os.PathLike[str],
     cfg: PruneConfig,
     out_path: str | os.PathLike[str],
     *,
     data_dir: str | os.PathLike[str] | None = None,
+    data: DataConfig | None = None,
 ) -> Artifact:
     """Prune the checkpoint `src` and write the pruned checkpoint (+ sidecar) to `out_path`.
+    The data is `data`, else the one the checkpoint records, else MNIST under `data_dir`.
+    Registry architectures prune by their channel groups; a user's factory model by DepGraph.
 
     Metrics: macs/params before and after, widths before/after, `val_top1_before`,
     `val_top1_pruned` (right after pruning), `val_top1_finetuned` when fine-tuning, and for
@@ -666,21 +755,26 @@ def pruned_from_checkpoint(
     src_path = Path(src)
     model, meta = load_checkpoint(src_path)
     parent = sha256_file(src_path)
-    data = _Data(data_dir, {})
+    splits = open_data(data or _recorded_data(meta.data), data_dir)
+    shape = (1, *meta.input_shape)
     t0 = time.perf_counter()
     metrics: dict[str, Any] = {
         "method": cfg.method.value,
         "arch": meta.arch,
-        "macs_before": count_macs(model),
+        "macs_before": count_macs(model, shape),
         "params_before": count_params(model),
-        "val_top1_before": _val_top1(model, data),
+        "val_top1_before": _val_top1(model, splits),
     }
-    if cfg.method is PruneMethod.STRUCTURED:
-        pruned, extra = prune_model_structured(model, cfg, data)
+    if cfg.method is PruneMethod.STRUCTURED and meta.factory is not None:
+        pruned, extra = prune_model_depgraph(model, cfg, meta.input_shape, splits)
+        metrics["macs_budget"] = cfg.effective_macs_budget
+        metrics["width_ratios"] = cfg.width_ratios
+    elif cfg.method is PruneMethod.STRUCTURED:
+        pruned, extra = prune_model_structured(model, cfg, splits)
         metrics["macs_budget"] = cfg.effective_macs_budget
         metrics["width_ratios"] = cfg.width_ratios
     else:
-        pruned, extra = prune_model_unstructured(model, cfg, data)
+        pruned, extra = prune_model_unstructured(model, cfg, splits)
         metrics["gzip_bytes_before"] = gzip_state_bytes(model)
         metrics["gzip_bytes_after"] = gzip_state_bytes(pruned)
         metrics["params_nonzero_after"] = count_nonzero_params(pruned)
@@ -688,13 +782,17 @@ def pruned_from_checkpoint(
             "unstructured sparsity keeps every tensor at full size: dense inference is not "
             "faster and the raw file is not smaller; the benefit is the gzip-compressed download"
         )
-    metrics["macs_after"] = count_macs(pruned)
+    metrics["macs_after"] = count_macs(pruned, shape)
     metrics["params_after"] = count_params(pruned)
     metrics["macs_ratio"] = round(metrics["macs_after"] / metrics["macs_before"], 6)
     metrics.update(extra)
     metrics["prune_wall_s"] = round(time.perf_counter() - t0, 3)
-    metrics.setdefault("widths_before", dict(meta.widths))
-    metrics.setdefault("widths_after", _widths(pruned))
+    if meta.factory is None:
+        metrics.setdefault("widths_before", dict(meta.widths))
+        metrics.setdefault("widths_after", _widths(pruned))
+    else:  # a factory model's "widths": the output channels of its conv and linear layers
+        metrics["widths_before"] = _layer_widths(model)
+        metrics["widths_after"] = _layer_widths(pruned)
     log.info(
         "pruned %s: %s -> %s MACs, val top-1 %.4f -> %.4f",
         src_path,
@@ -712,6 +810,17 @@ def pruned_from_checkpoint(
         parent_sha256=parent,
         config=cfg,
         extra={"pruned_from": os.fspath(src_path), "pruned_from_sha256": parent},
-        mean=meta.mean,
-        std=meta.std,
+        like=meta,
     )
+
+
+def _layer_widths(model: nn.Module) -> dict[str, int]:
+    return {
+        name: int(getattr(m, "out_channels", getattr(m, "out_features", 0)))
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+    }
+
+
+def _recorded_data(raw: Mapping[str, Any] | None) -> DataConfig | None:
+    return None if raw is None else DataConfig.from_json(raw)

@@ -1,13 +1,28 @@
-"""Architectures as plain functions in a registry (timm style).
+"""Architectures as plain functions in a registry (timm style), and users' own factories.
 
 `create_model("simple_cnn", conv_channels=8, hidden=32)` builds a model; a pruned student is
 the same architecture with smaller widths, so its checkpoint reloads by name + widths alone.
 Every model exposes `widths() -> dict[str, int]` (the keyword arguments that rebuild it).
+
+An architecture declares its structured-pruning channel groups when it is registered
+(`register_model(name, prune_groups=...)`): which width a producer's output channels set, the
+BatchNorm pruned with it and the modules that read those channels. `prune_groups(arch)` reads
+them back; nothing else keeps a second table.
+
+A user's own network comes from a factory, `ModelFactory("pkg.module:function", kwargs)`,
+imported with a given folder (the config file's) first on `sys.path`; `build()` checks that it
+returns an `nn.Module`. Such models are pruned with Torch-Pruning's dependency graph
+(`models.prune`), not with channel groups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,14 +37,45 @@ NUM_CLASSES = 10
 IMAGE_SIZE = 28
 
 
-def register_model(name: str) -> Callable[[ModelFn], ModelFn]:
+@dataclass(frozen=True)
+class ChannelGroup:
+    """One registry width for structured pruning: `producer` (Conv2d or Linear) owns the
+    channels as output rows, `norm` (a BatchNorm2d, or None) is pruned with it, and every
+    module in `consumers` loses the matching input slices. A Linear consumer of a conv producer
+    (through a flatten) owns `in_features // channels` columns per channel, read off the
+    layers at prune time, so the table never repeats a spatial size."""
+
+    width: str  # the registry width it sets (create_model keyword)
+    producer: str
+    norm: str | None
+    consumers: tuple[str, ...]
+
+
+_PRUNE_GROUPS: dict[str, tuple[ChannelGroup, ...]] = {}
+
+
+def register_model(
+    name: str, *, prune_groups: tuple[ChannelGroup, ...] = ()
+) -> Callable[[ModelFn], ModelFn]:
     def decorator(fn: ModelFn) -> ModelFn:
         if name in _REGISTRY:
             raise ModelsError(f"architecture {name!r} is registered twice")
         _REGISTRY[name] = fn
+        if prune_groups:
+            _PRUNE_GROUPS[name] = tuple(prune_groups)
         return fn
 
     return decorator
+
+
+def prune_groups(arch: str) -> tuple[ChannelGroup, ...]:
+    """The channel groups `arch` declared at registration (structured pruning)."""
+    if arch not in _PRUNE_GROUPS:
+        raise ModelsError(
+            f"architecture {arch!r} declares no structured-pruning channel groups; supported: "
+            f"{', '.join(sorted(_PRUNE_GROUPS))} (or use method=unstructured)"
+        )
+    return _PRUNE_GROUPS[arch]
 
 
 def list_models() -> list[str]:
@@ -134,19 +180,137 @@ class BnCNN(nn.Module):
         }
 
 
-@register_model("simple_cnn")
+_SIMPLE_CNN_GROUPS = (
+    ChannelGroup("conv_channels", "conv1", None, ("fc1",)),
+    ChannelGroup("hidden", "fc1", None, ("fc2",)),
+)
+
+
+@register_model("simple_cnn", prune_groups=_SIMPLE_CNN_GROUPS)
 def simple_cnn(conv_channels: int = 32, hidden: int = 128) -> SimpleCNN:
     return SimpleCNN(conv_channels=conv_channels, hidden=hidden)
 
 
-@register_model("bn_cnn")
+@register_model(
+    "bn_cnn",
+    prune_groups=(
+        ChannelGroup("conv1_channels", "conv1", "bn1", ("conv2",)),
+        ChannelGroup("conv2_channels", "conv2", "bn2", ("fc1",)),
+        ChannelGroup("hidden", "fc1", None, ("fc2",)),
+    ),
+)
 def bn_cnn(conv1_channels: int = 16, conv2_channels: int = 32, hidden: int = 128) -> BnCNN:
     return BnCNN(conv1_channels=conv1_channels, conv2_channels=conv2_channels, hidden=hidden)
 
 
-@register_model("tiny_cnn")
+@register_model("tiny_cnn", prune_groups=_SIMPLE_CNN_GROUPS)
 def tiny_cnn(conv_channels: int = 4, hidden: int = 8) -> SimpleCNN:
     """A SimpleCNN small enough for unit tests (registered like a real model, as in timm)."""
     model = SimpleCNN(conv_channels=conv_channels, hidden=hidden)
     model.arch_name = "tiny_cnn"
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# A user's own network: "pkg.module:function" plus keyword arguments.
+
+
+@dataclass(frozen=True)
+class ModelFactory:
+    """`factory` = "pkg.module:function" returning an `nn.Module`; `kwargs` its keyword
+    arguments; `search_path` the folder put first on `sys.path` while importing (the config
+    file's folder), or None."""
+
+    factory: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    search_path: str | None = None
+
+    def split(self) -> tuple[str, str]:
+        module, sep, function = self.factory.partition(":")
+        if not sep or not module.strip() or not function.strip() or ":" in function:
+            raise ModelsError(
+                f"model factory {self.factory!r} is not 'pkg.module:function'; write e.g. "
+                'factory = "my_pkg.nets:small_resnet"'
+            )
+        return module.strip(), function.strip()
+
+    def resolve(self) -> Callable[..., Any]:
+        module_name, function_name = self.split()
+        where = f" (searched {self.search_path} first)" if self.search_path else ""
+        added = False
+        if self.search_path:
+            _forget_if_elsewhere(module_name, Path(self.search_path))
+        if self.search_path and self.search_path not in sys.path:
+            sys.path.insert(0, self.search_path)
+            added = True
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # ImportError, SyntaxError, anything the module raises
+            first = " ".join(str(exc).split())[:200]
+            raise ModelsError(
+                f"model factory {self.factory!r}: module {module_name!r} does not import{where} "
+                f"({type(exc).__name__}: {first}); put {module_name.replace('.', '/')}.py next "
+                "to the config file or make it importable"
+            ) from exc
+        finally:
+            if added:
+                sys.path.remove(self.search_path)  # type: ignore[arg-type]
+        fn = getattr(module, function_name, None)
+        if not callable(fn):
+            raise ModelsError(
+                f"model factory {self.factory!r}: module {module_name!r} "
+                f"({getattr(module, '__file__', '?')}) has no function {function_name!r}; "
+                "name a function that returns an nn.Module"
+            )
+        return fn
+
+    def build(self) -> nn.Module:
+        fn = self.resolve()
+        try:
+            model = fn(**dict(self.kwargs))
+        except Exception as exc:
+            first = " ".join(str(exc).split())[:200]
+            raise ModelsError(
+                f"model factory {self.factory!r} failed with kwargs {dict(self.kwargs)} "
+                f"({type(exc).__name__}: {first}); check [model] kwargs"
+            ) from exc
+        if not isinstance(model, nn.Module):
+            raise ModelsError(
+                f"model factory {self.factory!r} returned {type(model).__name__}, expected a "
+                "torch.nn.Module; return the network itself"
+            )
+        return model
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "factory": self.factory,
+            "kwargs": dict(self.kwargs),
+            "search_path": self.search_path,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ModelFactory:
+        return cls(
+            factory=str(raw["factory"]),
+            kwargs=dict(raw.get("kwargs", {})),
+            search_path=raw.get("search_path"),
+        )
+
+
+def _forget_if_elsewhere(module_name: str, folder: Path) -> None:
+    """Drop an already imported `module_name` package from sys.modules when `folder` holds a
+    module of that name too: the config's own module wins over one imported earlier from
+    another folder (two projects with a `nets.py` each, in one process)."""
+    top = module_name.split(".")[0]
+    cached = sys.modules.get(top)
+    if cached is None or not ((folder / f"{top}.py").is_file() or (folder / top).is_dir()):
+        return
+    origin = getattr(cached, "__file__", None)
+    if origin and Path(origin).resolve().is_relative_to(folder.resolve()):
+        return
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
+
+
+def factory_search_path(config_file: str | os.PathLike[str] | None) -> str | None:
+    return None if config_file is None else os.fspath(Path(config_file).resolve().parent)

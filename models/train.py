@@ -33,11 +33,13 @@ import torch.nn.functional as F
 
 from onnxship.core import env
 from onnxship.core.artifact import Artifact
+from onnxship.core.dataset import DatasetKind
 from onnxship.core.mnist import MNIST_MEAN, MNIST_STD
 from onnxship.models import distributed
+from onnxship.models.data import DataConfig
 from onnxship.models.errors import ModelsError
 from onnxship.models.loop import AmpMode, AugmentFn, LrSchedule, SgdConfig, total_steps, train_sgd
-from onnxship.models.registry import create_model, list_models
+from onnxship.models.registry import ModelFactory, create_model, list_models
 
 log = logging.getLogger(__name__)
 
@@ -265,9 +267,14 @@ def train_from_mnist(
     data_dir: str | os.PathLike[str] | None = None,
     cpu_flags: Iterable[str] | None = None,
     progress: bool = True,
+    data: DataConfig | None = None,
+    factory: ModelFactory | None = None,
+    initial_state: str | os.PathLike[str] | None = None,
 ) -> Artifact:
-    """Train `cfg.arch` from scratch on MNIST 'fit', evaluate 'val' and 'test', write the
-    checkpoint `out_path` (.pt, plus its .json sidecar) and return it as an Artifact.
+    """Train `cfg.arch` (or a user's `factory` model) from scratch on the data's 'fit' split
+    (MNIST unless `data` says otherwise), evaluate 'val' and 'test', write the checkpoint
+    `out_path` (.pt, plus its .json sidecar) and return it as an Artifact. `initial_state`: a
+    plain state_dict (.pt) to start from instead of training (the SGD loop is skipped).
 
     Metrics: test_top1, val_top1 (fractions in [0, 1]), epochs, steps, train_wall_s (the SGD
     loop only), eval_wall_s, sec_per_epoch, threads (torch.get_num_threads()), final_loss,
@@ -276,7 +283,7 @@ def train_from_mnist(
     Under torchrun every rank trains its shard (`models.distributed`), accuracy is all-reduced,
     and only rank 0 writes the checkpoint; every rank returns rank 0's Artifact.
     """
-    from onnxship.models.data import load_split
+    from onnxship.models.data import open_data
 
     ranks = distributed.current()
     top1 = distributed.top1
@@ -288,12 +295,18 @@ def train_from_mnist(
         )
     device = distributed.train_device(check_device(cfg.device), ranks)
 
-    fit = load_split(data_dir, "fit")
-    val = load_split(data_dir, "val")
-    test = load_split(data_dir, "test")
+    splits = open_data(data, data_dir)
+    fit, val, test = (splits.split(s) for s in ("fit", "val", "test"))
 
     torch.manual_seed(cfg.seed)  # weight init
-    model = create_model(cfg.arch, **cfg.widths_dict)
+    model = factory.build() if factory is not None else create_model(cfg.arch, **cfg.widths_dict)
+    splits.check_model(model)
+    is_mnist = splits.info.kind is DatasetKind.MNIST
+    # The shift fills with MNIST's background value; other data trains unaugmented.
+    augment = cfg.augment if is_mnist else Augment.NONE
+    if initial_state is not None:
+        load_initial_state(model, initial_state)
+        cfg = replace(cfg, sgd=replace(cfg.sgd, epochs=0.0))
     x, y = fit.x, fit.y
     if device.type == "cuda":  # keep the whole split on the GPU: no per-batch copies
         x, y = x.to(device), y.to(device)
@@ -312,18 +325,21 @@ def train_from_mnist(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    result = train_sgd(
-        model,
-        x,
-        y,
-        cfg.sgd,
-        seed=cfg.seed,
-        augment=_augment_fn(cfg.augment),
-        amp=cfg.amp,
-        device=device,
-        desc=f"train {cfg.arch}",
-        progress=progress,
-    )
+    if initial_state is not None:
+        result = {"steps": 0.0, "final_loss": float("nan")}
+    else:
+        result = train_sgd(
+            model,
+            x,
+            y,
+            cfg.sgd,
+            seed=cfg.seed,
+            augment=_augment_fn(augment),
+            amp=cfg.amp,
+            device=device,
+            desc=f"train {factory.factory if factory else cfg.arch}",
+            progress=progress,
+        )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     train_wall_s = time.perf_counter() - t0
@@ -343,7 +359,7 @@ def train_from_mnist(
         "epochs": int(cfg.sgd.epochs) if float(cfg.sgd.epochs).is_integer() else cfg.sgd.epochs,
         "steps": int(result["steps"]),
         "train_wall_s": round(train_wall_s, 3),
-        "sec_per_epoch": round(train_wall_s / cfg.sgd.epochs, 3),
+        "sec_per_epoch": round(train_wall_s / cfg.sgd.epochs, 3) if cfg.sgd.epochs else None,
         "eval_wall_s": round(eval_wall_s, 3),
         "threads": torch.get_num_threads(),
         "final_loss": result["final_loss"] if math.isfinite(result["final_loss"]) else None,
@@ -354,6 +370,11 @@ def train_from_mnist(
         "amp": cfg.amp.value,
         **ranks.record(cfg.sgd.batch_size),
     }
+    if not is_mnist:
+        metrics["augment"] = augment.value
+        metrics["dataset"] = splits.info.name
+    if initial_state is not None:
+        metrics["initial_state"] = os.fspath(initial_state)
     log.info(
         "trained in %.1f s: val top-1 %.4f, test top-1 %.4f", train_wall_s, val_top1, test_top1
     )
@@ -368,6 +389,32 @@ def train_from_mnist(
             seed=cfg.seed,
             metrics=metrics,
             config=cfg.to_json(),
+            dataset=splits.info,
+            data=splits.config.to_json(),
+            factory=factory,
         )
 
     return ranks.on_main(write, what="writing the checkpoint")
+
+
+def load_initial_state(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a plain state_dict (`torch.load(weights_only=True)`) into `model`, strictly."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelsError(f"[model] state_dict {p} does not exist; pass an existing .pt file")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelsError(
+            f"[model] state_dict {p} was refused by torch.load(weights_only=True) "
+            f"({type(exc).__name__}); save it with torch.save(model.state_dict(), path)"
+        ) from exc
+    if not isinstance(state, dict):
+        raise ModelsError(f"[model] state_dict {p} holds a {type(state).__name__}, not a dict")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelsError(
+            f"[model] state_dict {p} does not fit the factory's model: {first}"
+        ) from exc

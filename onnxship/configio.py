@@ -153,11 +153,7 @@ def to_toml(data: Mapping[str, Any], *, prefix: str = "") -> str:
     for key, value in data.items():
         if value is None:
             lines.append(f"# {key}: default (unset)")
-        elif (
-            isinstance(value, Mapping)
-            and value
-            and all(not isinstance(v, Mapping) or v for v in value.values())
-        ):
+        elif isinstance(value, Mapping) and value:
             tables.append((key, value))
         else:
             lines.append(f"{key} = {_toml_scalar(value)}")

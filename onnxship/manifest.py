@@ -105,8 +105,12 @@ def build_manifest(
     specs: Sequence[ArtifactSpec],
     eval_json: dict[str, Any],
     bench_json: dict[str, Any],
+    *,
+    dataset: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ctx.out_dir/manifest.json from the artifacts, their stage records and measurements."""
+    """Write ctx.out_dir/manifest.json from the artifacts, their stage records and measurements.
+    `dataset`: the contract's top-level block (DatasetInfo.to_json(); for non-MNIST data
+    `test_path`, the bundle's copy of the test data that `verify` re-measures on)."""
     from onnxship.core.artifact import sha256_file
     from onnxship.export.checks import describe_onnx
     from onnxship.models.checkpoint import load_checkpoint
@@ -119,8 +123,11 @@ def build_manifest(
         path = out_dir / "artifacts" / f"{spec.name}.onnx"
         record = json.loads((out_dir / "stages" / f"{spec.record}.json").read_text())
         if spec.checkpoint not in complexity:
-            model, _ = load_checkpoint(spec.checkpoint)
-            complexity[spec.checkpoint] = (count_macs(model), count_params(model))
+            model, meta = load_checkpoint(spec.checkpoint)
+            complexity[spec.checkpoint] = (
+                count_macs(model, (1, *meta.input_shape)),
+                count_params(model),
+            )
         macs, params = complexity[spec.checkpoint]
         description = describe_onnx(path)
         accuracy = eval_json["artifacts"][spec.name]
@@ -172,6 +179,8 @@ def build_manifest(
         },
         "artifacts": artifacts,
     }
+    if dataset is not None:
+        manifest["dataset"] = dict(dataset)
     return atomic_write_json(out_dir / "manifest.json", manifest)
 
 

@@ -61,13 +61,21 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 
 def eval_stage(
-    ctx: RunContext, settings: EvalSettings, onnx_paths: Mapping[str, Path]
+    ctx: RunContext,
+    settings: EvalSettings,
+    onnx_paths: Mapping[str, Path],
+    *,
+    data_npz: Path | None = None,
 ) -> dict[str, Any]:
-    """Test top-1 of every artifact; returns the parsed results/eval.json."""
-    from onnxship.runtime_bench.accuracy import evaluate_onnx
+    """Test top-1 of every artifact (MNIST test, or the labelled `data_npz`); returns the
+    parsed results/eval.json."""
+    from onnxship.runtime_bench.accuracy import evaluate_npz, evaluate_onnx
 
-    raw = mnist.require_files(mnist.resolve_data_root(ctx.data_dir))
-    data_files = [raw / mnist.TEST_IMAGES, raw / mnist.TEST_LABELS]
+    if data_npz is not None:
+        data_files = [data_npz]
+    else:
+        raw = mnist.require_files(mnist.resolve_data_root(ctx.data_dir))
+        data_files = [raw / mnist.TEST_IMAGES, raw / mnist.TEST_LABELS]
     out = ctx.path("results", "eval.json")
     preds_path = ctx.path("results", PREDICTIONS_FILE)
 
@@ -79,6 +87,11 @@ def eval_stage(
         results: dict[str, Any] = {}
         predictions: dict[str, Any] = {}
         for name, path in onnx_paths.items():
+            if data_npz is not None:
+                results[name] = evaluate_npz(
+                    path, data_npz, batch_size=settings.batch_size, provider=settings.provider
+                )
+                continue
             results[name] = evaluate_onnx(
                 path,
                 data_dir=ctx.data_dir,

@@ -4,6 +4,13 @@
     search on the CPU EP) -> fp16 -> eval (every artifact, MNIST test, ORT) -> bench (every
     artifact, every available EP) -> manifest.json, report.md, plots/
 
+With `[model] factory = "pkg.module:function"` and `[data] kind = "npz" | "imagefolder"` the
+same stages run on a user's own network and data (ONNX-side stages read the data as npz: the
+carved validation split is written to `data/val.npz` for INT8 calibration and its accuracy
+budget; the test split is `data/test.npz` for FP16 parity, eval and `verify`). Everything is
+checked before the bundle folder is touched: a factory that does not import or build, data
+that the model cannot take or whose labels exceed its classes, bad npz files.
+
 Each stage's record carries a cache key: the sha256 of its config, its input files' sha256 and
 the onnxship version. A rerun skips a stage whose key matches and whose outputs still hash to
 what the record says; `--force` redoes everything. Every file is written atomically and the
@@ -25,7 +32,7 @@ import os
 import shutil
 import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +40,24 @@ from onnxship import __version__
 from onnxship.calibrate.quantize import QuantizeConfig, int8_from_onnx
 from onnxship.configio import dataclass_from_mapping, to_toml
 from onnxship.core.artifact import (
+    atomic_write_bytes,
     atomic_write_json,
     config_hash,
     jsonable,
     utc_now,
 )
+from onnxship.core.dataset import DatasetKind
 from onnxship.errors import PipelineError
 from onnxship.export.fp16 import Fp16Config, fp16_from_onnx
 from onnxship.export.onnx_export import ExportConfig, onnx_from_checkpoint
 from onnxship.manifest import ArtifactSpec, build_manifest, write_bundle_docs
 from onnxship.measure import BenchSettings, EvalSettings, bench_stage, eval_stage
 from onnxship.models import distributed
+from onnxship.models.data import DataConfig, DataSplits, open_data
 from onnxship.models.distill import DistillConfig, distilled_from_checkpoints
+from onnxship.models.errors import ModelsError
 from onnxship.models.prune import PruneConfig, pruned_from_checkpoint
+from onnxship.models.registry import ModelFactory
 from onnxship.models.train import TrainConfig, train_from_mnist
 from onnxship.stage_run import RunContext, cached_stage
 
@@ -53,7 +65,25 @@ log = logging.getLogger(__name__)
 
 RUN_MARKER = ".onnxship-run.json"
 RUN_LOCK = ".onnxship-run.lock"
-BUNDLE_DIRS = ("artifacts", "checkpoints", "calibration", "stages", "results", "plots")
+BUNDLE_DIRS = ("artifacts", "checkpoints", "calibration", "stages", "results", "plots", "data")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """`[model]`: a user's own network. factory: "pkg.module:function" returning an
+    nn.Module (imported with the config file's folder first on sys.path), kwargs: its keyword
+    arguments, state_dict: a plain state_dict to start from instead of training. Unset
+    factory: the built-in registry model of `[train] arch`."""
+
+    factory: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    state_dict: str | None = None
+    search_path: str | None = None  # set by load_config: the config file's folder
+
+    def to_factory(self) -> ModelFactory | None:
+        if self.factory is None:
+            return None
+        return ModelFactory(self.factory, dict(self.kwargs), self.search_path)
 
 
 @dataclass(frozen=True)
@@ -68,6 +98,8 @@ class ExtraArtifacts:
 @dataclass(frozen=True)
 class PipelineConfig:
     data_dir: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     # The default student: <= 10 % of the teacher's MACs (issue 3's target), stated explicitly.
     prune: PruneConfig = field(default_factory=lambda: PruneConfig(macs_budget=0.1))
@@ -96,12 +128,22 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Pipeli
         if value is not None:
             table[key] = value
     where = str(path) if path is not None else "config"
-    return dataclass_from_mapping(PipelineConfig, table, where)
+    cfg = dataclass_from_mapping(PipelineConfig, table, where)
+    if path is None or cfg.model.factory is None or cfg.model.search_path:
+        return cfg
+    # The factory's module is imported with the config file's folder first on sys.path.
+    folder = os.fspath(Path(path).resolve().parent)
+    return replace(cfg, model=replace(cfg.model, search_path=folder))
 
 
 # Path values of a config file (as key paths into its table); relative ones are relative to the
 # config file's folder (CONTRACT.md), resolved here, once, at load time.
-CONFIG_PATH_KEYS: tuple[tuple[str, ...], ...] = (("data_dir",),)
+CONFIG_PATH_KEYS: tuple[tuple[str, ...], ...] = (
+    ("data_dir",),
+    ("data", "train"),
+    ("data", "test"),
+    ("model", "state_dict"),
+)
 
 
 def _resolve_config_paths(table: dict[str, Any], base: Path) -> None:
@@ -209,11 +251,12 @@ def run_pipeline(
     progress: Callable[[str], None] = lambda msg: None,
 ) -> PipelineResult:
     out = Path(out_dir)
+    own = _own_model_and_data(cfg)  # checked before anything is written
     ranks = distributed.current()
     # Only rank 0 writes, so only rank 0 holds the bundle lock; the other ranks follow it.
     lock = bundle_lock(out) if ranks.is_main else contextlib.nullcontext()
     with lock:
-        return _run_locked(cfg, out, force, progress, ranks)
+        return _run_locked(cfg, out, force, progress, ranks, own)
 
 
 def _run_locked(
@@ -222,6 +265,7 @@ def _run_locked(
     force: bool,
     progress: Callable[[str], None],
     ranks: distributed.Ranks,
+    own: _OwnRun | None,
 ) -> PipelineResult:
     ranks.on_main(lambda: _prepare_out_dir(out, cfg, force), what="preparing the bundle folder")
     ctx = RunContext(
@@ -229,12 +273,32 @@ def _run_locked(
     )
     data_dir = cfg.data_dir
     specs: list[ArtifactSpec] = []
+    data = own.splits.config if own is not None else None
+    factory = cfg.model.to_factory()
+    val_npz = test_npz = None
+    if own is not None:
+        splits = own.splits
+        val_npz, test_npz = ranks.on_main(
+            lambda: _write_data_npz(ctx, splits), what="writing the data files"
+        )
 
     teacher_ckpt = ctx.path("checkpoints", "teacher.pt")
+    train_config: Any = cfg.train
+    train_inputs: list[Path] = []
+    if own is not None:  # the default MNIST run keeps its cache keys
+        train_config = {"train": cfg.train, "model": cfg.model, "data": cfg.data}
+        train_inputs = cfg.data.files() or [p for p in (val_npz, test_npz) if p is not None]
+        if cfg.model.state_dict:
+            train_inputs.append(Path(cfg.model.state_dict))
+        if own.source is not None and own.source.is_file():
+            train_inputs.append(own.source)
     cached_stage(
-        ctx, "train", stage="train", config=cfg.train, inputs=[],
+        ctx, "train", stage="train", config=train_config, inputs=train_inputs,
         outputs=[teacher_ckpt, teacher_ckpt.with_suffix(".json")],
-        produce=lambda: train_from_mnist(cfg.train, teacher_ckpt, data_dir=data_dir),
+        produce=lambda: train_from_mnist(
+            cfg.train, teacher_ckpt, data_dir=data_dir, data=data, factory=factory,
+            initial_state=cfg.model.state_dict,
+        ),
         distributed=True,
     )  # fmt: skip
 
@@ -242,7 +306,7 @@ def _run_locked(
         target = ctx.path("artifacts", f"{name}.onnx")
         cached_stage(
             ctx, record, stage="export", config=cfg.export, inputs=[ckpt], outputs=[target],
-            produce=lambda: onnx_from_checkpoint(ckpt, cfg.export, target, data_dir=data_dir),
+            produce=lambda: onnx_from_checkpoint(ckpt, cfg.export, target, data_dir=data_dir, data=data),
         )  # fmt: skip
         return target
 
@@ -255,7 +319,7 @@ def _run_locked(
     cached_stage(
         ctx, "prune", stage="prune", config=cfg.prune, inputs=[teacher_ckpt],
         outputs=[pruned_ckpt, pruned_ckpt.with_suffix(".json")],
-        produce=lambda: pruned_from_checkpoint(teacher_ckpt, cfg.prune, pruned_ckpt, data_dir=data_dir),
+        produce=lambda: pruned_from_checkpoint(teacher_ckpt, cfg.prune, pruned_ckpt, data_dir=data_dir, data=data),
     )  # fmt: skip
 
     student_ckpt = ctx.path("checkpoints", "student.pt")
@@ -263,7 +327,7 @@ def _run_locked(
         ctx, "distill", stage="distill", config=cfg.distill, inputs=[pruned_ckpt, teacher_ckpt],
         outputs=[student_ckpt, student_ckpt.with_suffix(".json")],
         produce=lambda: distilled_from_checkpoints(
-            pruned_ckpt, teacher_ckpt, cfg.distill, student_ckpt, data_dir=data_dir
+            pruned_ckpt, teacher_ckpt, cfg.distill, student_ckpt, data_dir=data_dir, data=data
         ),
         distributed=True,
     )  # fmt: skip
@@ -277,15 +341,20 @@ def _run_locked(
         target = ctx.path("artifacts", f"{name}.onnx")
         calib = ctx.path("calibration", f"{name}-calib.npz")
         cached_stage(
-            ctx, record, stage="quantize", config=cfg.quantize, inputs=[src], outputs=[target, calib],
-            produce=lambda: int8_from_onnx(src, cfg.quantize, target, data_dir=data_dir, calib_out=calib),
+            ctx, record, stage="quantize", config=cfg.quantize,
+            inputs=[src, *([val_npz] if val_npz else [])], outputs=[target, calib],
+            produce=lambda: int8_from_onnx(
+                src, cfg.quantize, target, data_dir=data_dir, calib_out=calib,
+                calib_npz=val_npz, val_npz=val_npz,
+            ),
         )  # fmt: skip
 
     def fp16(src: Path, name: str, record: str) -> None:
         target = ctx.path("artifacts", f"{name}.onnx")
         cached_stage(
-            ctx, record, stage="fp16", config=cfg.fp16, inputs=[src], outputs=[target],
-            produce=lambda: fp16_from_onnx(src, cfg.fp16, target, data_dir=data_dir),
+            ctx, record, stage="fp16", config=cfg.fp16,
+            inputs=[src, *([test_npz] if test_npz else [])], outputs=[target],
+            produce=lambda: fp16_from_onnx(src, cfg.fp16, target, data_dir=data_dir, data=test_npz),
         )  # fmt: skip
 
     quantize(student_fp32, "student-int8", "quantize")
@@ -314,9 +383,12 @@ def _run_locked(
     onnx_paths = {s.name: ctx.path("artifacts", f"{s.name}.onnx") for s in specs}
 
     def finish() -> Path:
-        eval_json = eval_stage(ctx, cfg.eval, onnx_paths)
+        eval_json = eval_stage(ctx, cfg.eval, onnx_paths, data_npz=test_npz)
         bench_json = bench_stage(ctx, cfg.bench, onnx_paths)
-        manifest = build_manifest(ctx, jsonable(cfg), cfg.bench, specs, eval_json, bench_json)
+        dataset = _dataset_block(teacher_ckpt, test_npz, out)
+        manifest = build_manifest(
+            ctx, jsonable(cfg), cfg.bench, specs, eval_json, bench_json, dataset=dataset
+        )
         write_bundle_docs(out, manifest)
         return manifest
 
@@ -325,3 +397,89 @@ def _run_locked(
     return PipelineResult(
         out_dir=out, manifest_path=manifest_path, ran=ctx.ran, skipped=ctx.skipped
     )
+
+
+# --------------------------------------------------------------------------------------------
+# A user's own model and data
+
+
+@dataclass(frozen=True)
+class _OwnRun:
+    splits: DataSplits
+    factory: ModelFactory | None
+    source: Path | None  # the factory's module file: editing it invalidates the train stage
+
+
+def _own_model_and_data(cfg: PipelineConfig) -> _OwnRun | None:
+    """Check a user's factory and data before the bundle folder is touched (None: the
+    default MNIST run with a registry model, checked by its stages as before)."""
+    factory = cfg.model.to_factory()
+    if factory is None and cfg.data.kind is DatasetKind.MNIST:
+        if cfg.model.state_dict is not None:
+            raise PipelineError(
+                "[model] state_dict needs [model] factory: it is loaded into the factory's model"
+            )
+        return None
+    try:
+        splits = open_data(cfg.data, cfg.data_dir)
+        if factory is not None:
+            model = factory.build()
+            for name in ("fit", "val", "test"):
+                splits.split(name)
+            splits.check_model(model)
+    except ModelsError as exc:
+        raise PipelineError(str(exc)) from exc
+    if factory is None:
+        raise PipelineError(
+            f"[data] kind = {cfg.data.kind.value!r} needs [model] factory: the built-in "
+            f"{cfg.train.arch} takes MNIST's [1, 28, 28] images; name your network with "
+            'factory = "pkg.module:function"'
+        )
+    import inspect
+
+    try:
+        source: Path | None = Path(inspect.getfile(factory.resolve()))
+    except (TypeError, OSError):  # a builtin or C function has no file
+        source = None
+    return _OwnRun(splits=splits, factory=factory, source=source)
+
+
+def _write_data_npz(ctx: RunContext, splits: DataSplits) -> tuple[Path, Path]:
+    """The carved validation split (INT8 calibration + budget) and the test data (FP16
+    parity, eval, verify) as contract npz files inside the bundle: `data/val.npz`, and
+    `data/test.npz` (a byte copy of an npz test file; decoded images for an image folder).
+    Rewritten only when their content changes, so stages keyed on their sha256 stay cached."""
+    import tempfile
+
+    from onnxship.core.artifact import sha256_file
+
+    paths = []
+    for name in ("val", "test"):
+        target = ctx.path("data", f"{name}.npz")
+        with tempfile.TemporaryDirectory(prefix="onnxship-data-") as scratch:
+            if name == "test" and splits.config.kind is DatasetKind.NPZ:
+                fresh = Path(splits.config.test or "")
+            else:
+                fresh = splits.write_npz(name, Path(scratch) / f"{name}.npz")
+            if not target.is_file() or sha256_file(target) != sha256_file(fresh):
+                atomic_write_bytes(target, fresh.read_bytes())
+        paths.append(target)
+    return paths[0], paths[1]
+
+
+def _dataset_block(teacher_ckpt: Path, test_npz: Path | None, out: Path) -> dict[str, Any]:
+    """The manifest's `dataset` block: the teacher checkpoint's DatasetInfo; when the data is
+    not MNIST, `test_path` (relative to the bundle) names the npz every accuracy was measured
+    on and `test_sha256` is that file's hash (what `verify` re-measures on and checks)."""
+    from onnxship.core.dataset import mnist_info
+    from onnxship.models.checkpoint import read_checkpoint_meta
+
+    meta = read_checkpoint_meta(teacher_ckpt)
+    info = meta.dataset or mnist_info()
+    block = info.to_json()
+    if test_npz is not None:
+        from onnxship.core.artifact import sha256_file
+
+        block["test_path"] = os.path.relpath(test_npz, out)
+        block["test_sha256"] = sha256_file(test_npz)
+    return block

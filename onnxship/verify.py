@@ -297,7 +297,7 @@ def _accuracy_source(
             provider=recorded.get("provider") or "cpu",
             return_predictions=True,
         )
-    if dataset.get("kind") != "npz" or not dataset.get("test_path"):
+    if not dataset.get("test_path"):  # npz, or an image folder's test split saved as npz
         add(Check("dataset", "test data", False,
                   f"the manifest's dataset block (kind {dataset.get('kind')!r}) names no test "
                   "file (test_path) to re-measure accuracy on"))  # fmt: skip

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         f"{m['exporter']} exporter{fallback}, {m['export_wall_s']:.1f} s)"
     )
     print(
-        f"parity vs PyTorch on {parity['samples']} MNIST test images at batch "
+        f"parity vs PyTorch on {parity['samples']} test samples at batch "
         f"{','.join(map(str, parity['batch_sizes']))}: max |dlogit| "
         f"{parity['max_abs_logit_diff']:.2e}, argmax agreement {parity['argmax_agreement']:.2%}"
     )
