@@ -89,17 +89,21 @@ def eval_stage(
         for name, path in onnx_paths.items():
             if data_npz is not None:
                 results[name] = evaluate_npz(
-                    path, data_npz, batch_size=settings.batch_size, provider=settings.provider
+                    path,
+                    data_npz,
+                    batch_size=settings.batch_size,
+                    provider=settings.provider,
+                    return_predictions=True,
                 )
-                continue
-            results[name] = evaluate_onnx(
-                path,
-                data_dir=ctx.data_dir,
-                split="test",
-                batch_size=settings.batch_size,
-                provider=settings.provider,
-                return_predictions=True,
-            )
+            else:
+                results[name] = evaluate_onnx(
+                    path,
+                    data_dir=ctx.data_dir,
+                    split="test",
+                    batch_size=settings.batch_size,
+                    provider=settings.provider,
+                    return_predictions=True,
+                )
             predictions[name] = results[name].pop("predictions").astype(np.int32)
         # Every argmax, so `onnxship verify` on another CPU can count differing predictions.
         with atomic_output(preds_path) as tmp, open(tmp, "wb") as handle:
