@@ -127,7 +127,7 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ModelsError(f"model factory {spec!r}: {module_name} has no callable {attr!r}")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,9 @@ def patch_candidate(kernel: int, stride: int, channels: int, hidden: int) -> Stu
     return StudentCandidate(
         f"patch k{kernel}s{stride} c{channels} h{hidden}",
         "patch_cnn",
-        {"kernel": kernel, "stride": stride, "conv_channels": channels, "hidden": hidden},
+        _kwargs_tuple(
+            {"kernel": kernel, "stride": stride, "conv_channels": channels, "hidden": hidden}
+        ),
     )
 
 

@@ -65,6 +65,15 @@ seconds_per_batch_size = 0.2
 [bench]
 warmup = 1
 iterations = 5
+
+[search]
+max_trained = 1
+[search.screen]
+seconds_per_batch_size = 0.05
+min_iterations = 3
+max_iterations = 5
+[search.train]
+epochs = 0.02
 """
 
 
