@@ -70,7 +70,7 @@ class SearchTrainConfig:
     """KD for a candidate trained from scratch (the issue's prototype recipe: T=2, alpha=0.5,
     OneCycle, +-2 px shifts)."""
 
-    epochs: float = 12.0
+    epochs: float = 10.0
     batch_size: int = 128
     lr: float = 0.05
     temperature: float = 2.0
@@ -94,7 +94,7 @@ class SearchConfig:
     max_drop: float = 0.003
     rank_batch: int = 64
     max_trained: int = 2
-    budget_s: float = 120.0
+    budget_s: float = 45.0
     screen: ScreenConfig = field(default_factory=ScreenConfig)
     train: SearchTrainConfig = field(default_factory=SearchTrainConfig)
 
