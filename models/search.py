@@ -59,6 +59,10 @@ class StudentCandidate:
     kwargs: tuple[tuple[str, Any], ...] = ()
     origin: str = SCRATCH
     factory: Callable[..., nn.Module] | None = field(default=None, compare=False, repr=False)
+    # False: screened (its latency is on the Pareto plot) but never trained - the space knows
+    # it cannot hold the accuracy (`prior` says why, e.g. a measured miss).
+    plausible: bool = True
+    prior: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kwargs", _kwargs_tuple(self.kwargs))
@@ -103,7 +107,14 @@ class StudentCandidate:
         return True
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "arch": self.arch, "widths": self.widths, "origin": self.origin}
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "widths": self.widths,
+            "origin": self.origin,
+            "plausible": self.plausible,
+            "prior": self.prior,
+        }
 
 
 def _is_structural(key: str) -> bool:
@@ -190,28 +201,43 @@ def pruned_candidate(teacher: TeacherInfo) -> StudentCandidate:
     return StudentCandidate("pruned-teacher", teacher.arch, (), origin=PRUNED)
 
 
-def patch_candidate(kernel: int, stride: int, channels: int, hidden: int) -> StudentCandidate:
+def patch_candidate(
+    kernel: int, stride: int, channels: int, hidden: int, prior: str = ""
+) -> StudentCandidate:
+    """A `patch_cnn` candidate; a non-empty `prior` (why it cannot hold the accuracy) makes it
+    screen-only."""
     return StudentCandidate(
         f"patch k{kernel}s{stride} c{channels} h{hidden}",
         "patch_cnn",
         _kwargs_tuple(
             {"kernel": kernel, "stride": stride, "conv_channels": channels, "hidden": hidden}
         ),
+        plausible=not prior,
+        prior=prior,
     )
 
 
-# The MNIST grid: overlapping 6x6/4 stems (6x6 grid) and patchify 4x4/4 stems (7x7 grid), the
-# widths that can plausibly hold the accuracy; the screen orders them by measured latency.
-# Measured (10 epochs KD from the 99.14 %-val teacher, cached teacher targets, +-2 px shifts,
-# 2-core Zen 4; val / test top-1): 6x6/4 c24 h64 98.92 / 99.06 %; 6x6/4 c32 h64 99.08 /
-# 99.19 %. Stems that missed the 0.3 pp budget are left out so the training budget goes to
-# plausible candidates: 4x4/4 c24 h64 98.48 / 98.87 %; 7x7/7 c48 h64 98.38 / 98.86 %; 4x4/4
-# c16 h64 98.86 % test (the issue's prototype).
-MNIST_GRID: tuple[tuple[int, int, int, int], ...] = (
-    (6, 4, 24, 64),
-    (6, 4, 32, 64),
-    (4, 4, 32, 64),
-    (4, 4, 32, 128),
+# The MNIST grid: overlapping 6x6/4 stems (6x6 grid) and patchify 4x4/4 / 7x7/7 stems, a few
+# widths each; the screen orders them by measured latency and the fastest plausible ones are
+# trained. Measured (10 epochs KD from the 99.14 %-val teacher, cached teacher targets, +-2 px
+# shifts, 2-core Zen 4; val / test top-1): 6x6/4 c24 h64 98.92 / 99.06 %; 6x6/4 c32 h64
+# 99.08 / 99.19 %. Candidates measured (or, narrower, bound) to miss the 0.3 pp budget stay
+# in the screen - their latency is on the Pareto plot - but are not trained again.
+_MISS_C24 = "measured: 4x4/4 c24 h64 reached val 98.48 % (teacher 99.14 %)"
+_MISS_K7 = "measured: 7x7/7 c48 h64 reached val 98.38 % (teacher 99.14 %)"
+_MISS_C16 = "narrower than 6x6/4 c24 h64, which kept only 0.08 pp of the 0.3 pp budget (val)"
+_MISS_PROTO = "issue 13 prototype: 4x4/4 c16 h64 reached test 98.86 % (teacher 99.20 %)"
+MNIST_GRID: tuple[tuple[int, int, int, int, str], ...] = (
+    (6, 4, 16, 64, _MISS_C16),
+    (6, 4, 24, 64, ""),
+    (6, 4, 32, 64, ""),
+    (4, 4, 32, 64, ""),
+    (4, 4, 32, 128, ""),
+    (4, 4, 8, 64, _MISS_PROTO),
+    (4, 4, 16, 64, _MISS_PROTO),
+    (4, 4, 24, 64, _MISS_C24),
+    (7, 7, 32, 64, _MISS_K7),
+    (7, 7, 48, 64, _MISS_K7),
 )
 
 

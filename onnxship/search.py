@@ -284,6 +284,9 @@ def select(
         if winner is not None:
             out.status, out.reason = "screened", f"slower than the winner {winner.name}"
             continue
+        if not getattr(cand, "plausible", True):
+            out.status, out.reason = "skipped", f"not plausible: {cand.prior}"
+            continue
         blocker = next((f for f in failed if f.dominates(cand)), None)
         if blocker is not None:
             out.status = "skipped"

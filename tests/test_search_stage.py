@@ -192,3 +192,19 @@ def test_pareto_plot_is_written_with_trained_and_screened_out_candidates(tmp_pat
     path = write_pareto_plot(tmp_path, metrics)
     assert path == tmp_path / "search_pareto.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_select_screens_but_never_trains_a_candidate_the_space_marks_implausible() -> None:
+    tiny = patch_candidate(4, 4, 8, 64, prior="measured to miss the budget")
+    ok = patch_candidate(6, 4, 24, 64)
+    seen: list[str] = []
+
+    def evaluate(c: StudentCandidate) -> float:
+        seen.append(c.name)
+        return 0.99
+
+    winner, out = select([tiny, ok], {tiny.name: 20.0, ok.name: 12.0}, evaluate,
+                         teacher_val=0.9912, max_drop=0.003, max_trained=1, budget_s=0)  # fmt: skip
+    assert winner is ok and seen == [ok.name]
+    assert out[tiny.name].status == "skipped"
+    assert "measured to miss the budget" in out[tiny.name].reason
