@@ -306,8 +306,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def write_pareto_plot(plots_dir: Path, metrics: Mapping[str, Any]) -> Path:
     """Validation top-1 vs screened latency (best precision, rank batch) of every candidate:
-    trained ones at their accuracy, screened-out ones on a strip below the axis; the front of
-    the trained ones, the teacher and the accuracy budget."""
+    trained ones at their accuracy (with their Pareto front, the teacher and the budget line),
+    screened-out ones (latency only) in a strip below on the same latency axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -327,35 +327,41 @@ def write_pareto_plot(plots_dir: Path, metrics: Mapping[str, Any]) -> Path:
             trained.append((point[0], 100 * cand["val_top1"], cand["name"], cand["status"]))
         else:
             screened.append((point[0], cand["name"]))
-    accs = [a for _, a, _, _ in trained] + [teacher_val]
-    floor = min(min(accs), teacher_val - budget) - 0.4
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, (ax, rug) = plt.subplots(
+        2, 1, figsize=(7.5, 5.4), sharex=True, gridspec_kw={"height_ratios": [4, 1]}
+    )
+    colours = {"kept": "#228833", "rejected": "#cc3311"}
     for lat, acc, name, status in trained:
-        colour = "#228833" if status == "kept" else "#cc3311"
-        ax.scatter(lat, acc, color=colour, s=40, zorder=3)
+        ax.scatter(lat, acc, color=colours.get(status, "#4477aa"), s=40, zorder=3)
         ax.annotate(name, (lat, acc), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    front = pareto_front([(lat, acc) for lat, acc, _, _ in trained])
+    front = pareto_front(
+        [(lat, acc) for lat, acc, _, _ in trained]
+        + ([(float(teacher_ms), teacher_val)] if teacher_ms else [])
+    )
     if len(front) > 1:
         ax.plot(*zip(*front, strict=True), color="#228833", alpha=0.5, label="Pareto front")
-    for i, (lat, name) in enumerate(sorted(screened)):
-        y = floor + 0.1 + 0.08 * (i % 3)
-        ax.scatter(lat, y, marker="x", color="#777777", s=25, zorder=2)
-        ax.annotate(name, (lat, y), fontsize=6, rotation=30, xytext=(2, 2),
-                    textcoords="offset points", color="#555555")  # fmt: skip
     if teacher_ms:
         ax.scatter(teacher_ms, teacher_val, marker="*", s=120, color="#0077bb", zorder=3,
                    label="teacher-fp32")  # fmt: skip
     ax.axhline(teacher_val - budget, color="#ee7733", ls="--", lw=1,
                label=f"budget: teacher - {budget:.2f} pp")  # fmt: skip
-    ax.scatter([], [], marker="x", color="#777777", label="screened, not trained (latency only)")
     ax.scatter([], [], color="#cc3311", label="trained, outside budget")
     ax.scatter([], [], color="#228833", label="trained, within budget")
+    ax.scatter([], [], color="#4477aa", label="trained earlier (pruned teacher)")
+    for i, (lat, name) in enumerate(sorted(screened)):
+        y = i % 4
+        rug.scatter(lat, y, marker="x", color="#777777", s=25)
+        rug.annotate(name, (lat, y), fontsize=6, xytext=(3, -2), textcoords="offset points",
+                     color="#555555")  # fmt: skip
+    rug.set_yticks([])
+    rug.set_ylim(-0.8, 3.8)
+    rug.set_ylabel("screened\nonly", fontsize=8)
     ax.set_xscale("log")
-    ax.set_ylim(bottom=floor)
-    ax.set_xlabel(f"min latency at batch {batch}, best precision (ms, log; screen, interleaved)")
+    rug.set_xlabel(f"min latency at batch {batch}, best precision (ms, log; screen, interleaved)")
     ax.set_ylabel("validation top-1 (%)")
     ax.set_title("Student search: accuracy vs latency on the target")
     ax.grid(True, alpha=0.3)
+    rug.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path = _save(fig, plots_dir / "search_pareto.png")

@@ -494,6 +494,12 @@ def searched_from_checkpoints(
             "status": out.status,
             "reason": out.reason,
             "val_top1": out.val_top1,
+            # The pruned teacher is trained already: its validation score costs one pass.
+            **(
+                {"val_top1": round(top1(pruned, val.x, val.y), 6), "val_from": "pruned + distilled"}
+                if cand.origin == PRUNED and out.val_top1 is None
+                else {}
+            ),
             "speedup_vs_teacher_fp32": None if math.isnan(out.speedup) else round(out.speedup, 3),
             "macs": count_macs(model),
             "params": count_params(model),
