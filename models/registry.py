@@ -314,3 +314,62 @@ def _forget_if_elsewhere(module_name: str, folder: Path) -> None:
 
 def factory_search_path(config_file: str | os.PathLike[str] | None) -> str | None:
     return None if config_file is None else os.fspath(Path(config_file).resolve().parent)
+
+
+# --------------------------------------------------------------------------------------------
+# Latency-shaped students (issue 13): a strided or patchify stem instead of a full-resolution
+# conv + max-pool. On ORT's CPU EP the student's time went to its 26x26 conv, the pool and the
+# NCHWc reorders, not to its MACs; a stride-k stem cuts those per-pixel costs by k^2.
+
+
+class PatchCNN(nn.Module):
+    """Conv(1->C, k x k, stride s, no padding) -> BN -> ReLU -> Linear(C*g*g -> H) -> ReLU ->
+    Linear(H -> 10), with g = (28 - k) // s + 1.
+
+    `kernel == stride` is a patchify stem (non-overlapping k x k patches, e.g. 4x4/4 -> 7x7
+    grid); `kernel > stride` overlaps neighbouring patches. The BatchNorm is folded into the
+    conv on export (eval mode), so it costs nothing at inference. Widths: `kernel`, `stride`,
+    `conv_channels`, `hidden` (all positive integers, so checkpoints rebuild it by name).
+    """
+
+    arch_name = "patch_cnn"
+
+    def __init__(
+        self, kernel: int = 4, stride: int = 4, conv_channels: int = 16, hidden: int = 64
+    ) -> None:
+        super().__init__()
+        if kernel > IMAGE_SIZE or stride > kernel:
+            raise ModelsError(
+                f"patch_cnn: kernel={kernel}, stride={stride} must satisfy stride <= kernel <= "
+                f"{IMAGE_SIZE}; e.g. kernel=4, stride=4 (patchify)"
+            )
+        self.kernel, self.stride = kernel, stride
+        self.conv_channels, self.hidden = conv_channels, hidden
+        self.grid = (IMAGE_SIZE - kernel) // stride + 1
+        self.conv1 = nn.Conv2d(1, conv_channels, kernel_size=kernel, stride=stride, bias=False)
+        self.bn1 = nn.BatchNorm2d(conv_channels)
+        self.relu1 = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(conv_channels * self.grid * self.grid, hidden)
+        self.relu2 = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.relu2(self.fc1(self.flatten(x)))
+        return self.fc2(x)
+
+    def widths(self) -> dict[str, int]:
+        return {
+            "kernel": self.kernel,
+            "stride": self.stride,
+            "conv_channels": self.conv_channels,
+            "hidden": self.hidden,
+        }
+
+
+@register_model("patch_cnn")
+def patch_cnn(
+    kernel: int = 4, stride: int = 4, conv_channels: int = 16, hidden: int = 64
+) -> PatchCNN:
+    return PatchCNN(kernel=kernel, stride=stride, conv_channels=conv_channels, hidden=hidden)

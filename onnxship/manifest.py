@@ -164,6 +164,15 @@ def build_manifest(
             from onnxship.calibrate.coverage import integer_mac_share
 
             artifacts[spec.name]["integer_macs"] = integer_mac_share(path)
+    budget = float(dict(config.get("search") or {}).get("max_drop", DEFAULT_RECOMMEND_DROP))
+    int8_gate = {
+        spec.name: int8_shipping_verdict(
+            json.loads((out_dir / "stages" / f"{spec.record}.json").read_text()).get("metrics", {})
+        )
+        for spec in specs
+        if spec.precision == "int8"
+    }
+    recommended, recommended_detail = recommend(artifacts, max_drop=budget, int8_verdicts=int8_gate)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "onnxship_version": __version__,
@@ -178,10 +187,102 @@ def build_manifest(
             "results": "results/bench.json",
         },
         "artifacts": artifacts,
+        "recommended": recommended,
+        "recommended_detail": recommended_detail,
     }
     if dataset is not None:
         manifest["dataset"] = dict(dataset)
     return atomic_write_json(out_dir / "manifest.json", manifest)
+
+
+# --------------------------------------------------------------------------------------------
+# issue 13: `recommended` - per measured EP, the fastest artifact within the accuracy budget
+
+DEFAULT_RECOMMEND_DROP = 0.003
+RECOMMEND_BATCH = "64"
+MIN_INT8_SPEEDUP = 1.3  # an INT8 artifact ships only when >= 1.3x its own FP32 at batch 64
+
+
+def int8_shipping_verdict(
+    quantize_metrics: Mapping[str, Any], min_speedup: float = MIN_INT8_SPEEDUP
+) -> tuple[bool, str]:
+    """(ships, why) for an INT8 artifact from its quantize record: the re-timed INT8/FP32
+    ratio at batch 64 (interleaved with its own FP32) must be <= 1 / min_speedup."""
+    by_batch = dict(dict(quantize_metrics.get("latency") or {}).get("by_batch") or {})
+    row = by_batch.get(RECOMMEND_BATCH)
+    if not row:
+        return False, f"its quantize record has no batch-{RECOMMEND_BATCH} INT8/FP32 ratio"
+    stat = dict(quantize_metrics.get("latency") or {}).get("statistic", "min")
+    ratio = float(row.get(f"{stat}_ratio", row.get("min_ratio", float("nan"))))
+    speedup = 1.0 / ratio if ratio > 0 else float("nan")
+    if speedup >= min_speedup:
+        return True, (
+            f"INT8 is {speedup:.2f}x its own FP32 at batch {RECOMMEND_BATCH} (>= {min_speedup}x)"
+        )
+    return False, (
+        f"INT8 is only {speedup:.2f}x its own FP32 at batch {RECOMMEND_BATCH} (< {min_speedup}x, "
+        "interleaved re-run in the quantize stage): the FP32 artifact ships instead"
+    )
+
+
+def recommend(
+    artifacts: Mapping[str, Mapping[str, Any]],
+    *,
+    max_drop: float,
+    teacher: str = "teacher-fp32",
+    int8_verdicts: Mapping[str, tuple[bool, str]] | None = None,
+    batch: str = RECOMMEND_BATCH,
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Per EP with a latency at `batch` (else the largest measured batch): the artifact with
+    the lowest p50 whose test top-1 >= teacher's - max_drop, among those not refused by their
+    INT8 verdict. Returns ({ep: name}, {ep: detail})."""
+    verdicts = dict(int8_verdicts or {})
+    if teacher not in artifacts:
+        return {}, {}
+    floor = float(artifacts[teacher]["accuracy"]["test_top1"]) - max_drop - 1e-9
+    providers: list[str] = []
+    for entry in artifacts.values():
+        providers += [ep for ep in entry.get("latency", {}) if ep not in providers]
+    chosen: dict[str, str] = {}
+    detail: dict[str, Any] = {}
+    for ep in providers:
+        batches = {b for e in artifacts.values() for b in e.get("latency", {}).get(ep, {})}
+        if not batches:
+            continue
+        at = batch if batch in batches else max(batches, key=int)
+        excluded: dict[str, str] = {}
+        ranked = []
+        for name, entry in artifacts.items():
+            p50 = entry.get("latency", {}).get(ep, {}).get(at, {}).get("p50_ms")
+            if p50 is None:
+                continue
+            top1 = float(entry["accuracy"]["test_top1"])
+            if top1 < floor:
+                excluded[name] = f"test top-1 {top1:.4f} < teacher - {100 * max_drop:.2f} pp"
+                continue
+            ships, why = verdicts.get(name, (True, ""))
+            if not ships:
+                excluded[name] = why
+                continue
+            ranked.append((float(p50), name))
+        if not ranked:
+            continue
+        p50, name = min(ranked)
+        teacher_p50 = artifacts[teacher].get("latency", {}).get(ep, {}).get(at, {}).get("p50_ms")
+        chosen[ep] = name
+        detail[ep] = {
+            "artifact": name,
+            "batch_size": int(at),
+            "p50_ms": p50,
+            "speedup_vs_teacher_fp32": round(teacher_p50 / p50, 3) if teacher_p50 else None,
+            "test_top1": artifacts[name]["accuracy"]["test_top1"],
+            "teacher_test_top1": artifacts[teacher]["accuracy"]["test_top1"],
+            "max_drop": max_drop,
+            "not_eligible": excluded,
+            "rule": "lowest p50 at this batch size among artifacts whose test top-1 is within "
+            "max_drop of teacher-fp32; INT8 only where >= 1.3x its own FP32 at batch 64",
+        }
+    return chosen, detail
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

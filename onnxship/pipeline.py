@@ -59,6 +59,7 @@ from onnxship.models.errors import ModelsError
 from onnxship.models.prune import PruneConfig, pruned_from_checkpoint
 from onnxship.models.registry import ModelFactory
 from onnxship.models.train import TrainConfig, train_from_mnist
+from onnxship.search import SearchConfig, searched_from_checkpoints
 from onnxship.stage_run import RunContext, cached_stage
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,8 @@ class PipelineConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
     bench: BenchSettings = field(default_factory=BenchSettings)
     extra: ExtraArtifacts = field(default_factory=ExtraArtifacts)
+    # issue 13: the latency-searched student (searched-fp32/int8/fp16) and `recommended`.
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> PipelineConfig:
@@ -379,6 +382,30 @@ def _run_locked(
                 "teacher-fp16", "teacher", "fp16", "teacher-fp32", "fp16-teacher", teacher_ckpt
             )
         )
+
+    # ---- issue 13: hardware-aware student search (onnxship.search) -------------------------
+    if cfg.search.enabled:
+        searched_ckpt = ctx.path("checkpoints", "searched.pt")
+        cached_stage(
+            ctx, "search", stage="search", config=cfg.search,
+            inputs=[teacher_ckpt, student_ckpt, teacher_fp32],
+            outputs=[searched_ckpt, searched_ckpt.with_suffix(".json")],
+            produce=lambda: searched_from_checkpoints(
+                teacher_ckpt, student_ckpt, teacher_fp32, cfg.search, searched_ckpt,
+                data_dir=data_dir,
+            ),
+        )  # fmt: skip
+        searched_fp32 = export(searched_ckpt, "searched-fp32", "export-searched")
+        quantize(searched_fp32, "searched-int8", "quantize-searched")
+        fp16(searched_fp32, "searched-fp16", "fp16-searched")
+        specs += [
+            ArtifactSpec("searched-fp32", "searched", "fp32", None, "export-searched", searched_ckpt),
+            ArtifactSpec("searched-int8", "searched", "int8", "searched-fp32", "quantize-searched",
+                         searched_ckpt),
+            ArtifactSpec("searched-fp16", "searched", "fp16", "searched-fp32", "fp16-searched",
+                         searched_ckpt),
+        ]  # fmt: skip
+    # ---- end issue 13 --------------------------------------------------------------------------
 
     onnx_paths = {s.name: ctx.path("artifacts", f"{s.name}.onnx") for s in specs}
 

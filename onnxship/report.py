@@ -212,6 +212,9 @@ def write_report(out_dir: Path, manifest: Mapping[str, Any], plots: list[Path]) 
     quant = _record(out_dir, "quantize")
     if quant:
         parts += _quantize_section(quant)
+    search = _record(out_dir, "search")  # issue 13
+    if search:
+        parts += search_section(search["metrics"], manifest)
     parts += [
         "## Environment",
         "",
@@ -272,6 +275,10 @@ def write_plots(out_dir: Path, manifest: Mapping[str, Any]) -> list[Path]:
     written.append(_save(fig, plots_dir / "accuracy_vs_latency.png"))
     plt.close(fig)
 
+    search = _record(out_dir, "search")  # issue 13
+    if search:
+        written.append(write_pareto_plot(plots_dir, search["metrics"]))
+
     fig, ax = plt.subplots(figsize=(7, 3.5))
     names = list(arts)
     sizes = [arts[n]["bytes"] / 1024 for n in names]
@@ -291,3 +298,141 @@ def _save(fig: Any, path: Path) -> Path:
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# issue 13: the student search (stages/search.json)
+
+
+def _search_point(cand: Mapping[str, Any], batch: str) -> tuple[float, str] | None:
+    """(latency ms, precision) of a candidate's best precision at `batch` (screen, min)."""
+    options = [
+        (lat[batch]["min_ms"], label)
+        for label, lat in (cand.get("latency") or {}).items()
+        if batch in lat
+    ]
+    return min(options) if options else None
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (latency, accuracy) points no other point beats on both (lower latency, higher
+    accuracy), sorted by latency."""
+    front: list[tuple[float, float]] = []
+    for lat, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or acc > front[-1][1]:
+            front.append((lat, acc))
+    return front
+
+
+def write_pareto_plot(plots_dir: Path, metrics: Mapping[str, Any]) -> Path:
+    """Validation top-1 vs screened latency (best precision, rank batch) of every candidate:
+    trained ones at their accuracy (with their Pareto front, the teacher and the budget line),
+    screened-out ones (latency only) in a strip below on the same latency axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch = str(metrics.get("rank_batch", 64))
+    teacher_val = 100 * float(metrics.get("teacher_val_top1", 0.0))
+    budget = 100 * float(metrics.get("max_drop", 0.0))
+    teacher_ms = (metrics.get("teacher_latency_ms") or {}).get(batch, {}).get("min_ms")
+    trained: list[tuple[float, float, str, str]] = []
+    screened: list[tuple[float, str]] = []
+    for cand in metrics.get("candidates") or []:
+        point = _search_point(cand, batch)
+        if point is None:
+            continue
+        if cand.get("val_top1") is not None:
+            trained.append((point[0], 100 * cand["val_top1"], cand["name"], cand["status"]))
+        else:
+            screened.append((point[0], cand["name"]))
+    fig, (ax, rug) = plt.subplots(
+        2, 1, figsize=(7.5, 5.4), sharex=True, gridspec_kw={"height_ratios": [4, 1]}
+    )
+    colours = {"kept": "#228833", "rejected": "#cc3311"}
+    for lat, acc, name, status in trained:
+        ax.scatter(lat, acc, color=colours.get(status, "#4477aa"), s=40, zorder=3)
+        ax.annotate(name, (lat, acc), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    front = pareto_front(
+        [(lat, acc) for lat, acc, _, _ in trained]
+        + ([(float(teacher_ms), teacher_val)] if teacher_ms else [])
+    )
+    if len(front) > 1:
+        ax.plot(*zip(*front, strict=True), color="#228833", alpha=0.5, label="Pareto front")
+    if teacher_ms:
+        ax.scatter(teacher_ms, teacher_val, marker="*", s=120, color="#0077bb", zorder=3,
+                   label="teacher-fp32")  # fmt: skip
+    ax.axhline(teacher_val - budget, color="#ee7733", ls="--", lw=1,
+               label=f"budget: teacher - {budget:.2f} pp")  # fmt: skip
+    ax.scatter([], [], color="#cc3311", label="trained, outside budget")
+    ax.scatter([], [], color="#228833", label="trained, within budget")
+    ax.scatter([], [], color="#4477aa", label="trained earlier (pruned teacher)")
+    for i, (lat, name) in enumerate(sorted(screened)):
+        y = i % 4
+        rug.scatter(lat, y, marker="x", color="#777777", s=25)
+        rug.annotate(name, (lat, y), fontsize=6, xytext=(3, -2), textcoords="offset points",
+                     color="#555555")  # fmt: skip
+    rug.set_yticks([])
+    rug.set_ylim(-0.8, 3.8)
+    rug.set_ylabel("screened\nonly", fontsize=8)
+    ax.set_xscale("log")
+    rug.set_xlabel(f"min latency at batch {batch}, best precision (ms, log; screen, interleaved)")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title("Student search: accuracy vs latency on the target")
+    ax.grid(True, alpha=0.3)
+    rug.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = _save(fig, plots_dir / "search_pareto.png")
+    plt.close(fig)
+    return path
+
+
+def search_section(metrics: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[str]:
+    batches = sorted({b for c in metrics.get("candidates") or []
+                      for lat in (c.get("latency") or {}).values() for b in lat}, key=int)  # fmt: skip
+    head = ["candidate", "MACs", "status", "val top-1", "best"]
+    head += [f"{p} ×teacher @{b}" for p in ("FP32", "INT8") for b in batches]
+    rows = ["| " + " | ".join(head) + " | reason |", "|" + "---|" * (len(head) + 1)]
+    for cand in metrics.get("candidates") or []:
+        ratios = cand.get("ratios_vs_teacher_fp32") or {}
+        int8 = {b: max((r.get(b, 0.0) for k, r in ratios.items() if k.startswith("int8")),
+                       default=None) for b in batches}  # fmt: skip
+        cells = [f"`{cand['name']}`", f"{cand.get('macs', 0):,}", cand.get("status", ""),
+                 "—" if cand.get("val_top1") is None else f"{100 * cand['val_top1']:.2f} %",
+                 str(cand.get("best_precision", "—"))]  # fmt: skip
+        cells += [_fmt_ratio((ratios.get("fp32") or {}).get(b)) for b in batches]
+        cells += [_fmt_ratio(int8[b]) for b in batches]
+        rows.append("| " + " | ".join(cells) + f" | {cand.get('reason', '')} |")
+    rec = manifest.get("recommended") or {}
+    detail = manifest.get("recommended_detail") or {}
+    rec_lines = [
+        f"- **{ep}**: `{name}` ({detail.get(ep, {}).get('speedup_vs_teacher_fp32')}× teacher-fp32 "
+        f"at batch {detail.get(ep, {}).get('batch_size')}, test top-1 "
+        f"{100 * float(detail.get(ep, {}).get('test_top1', 0)):.2f} %)"
+        for ep, name in rec.items()
+    ]
+    return [
+        "## Student search (latency measured on the target)",
+        "",
+        f"Winner: `{metrics.get('winner')}` ({metrics.get('winner_arch')} "
+        f"{metrics.get('winner_widths')}), validation top-1 "
+        f"{100 * float(metrics.get('winner_val_top1') or 0):.2f} % vs the teacher's "
+        f"{100 * float(metrics.get('teacher_val_top1', 0)):.2f} % (budget "
+        f"{100 * float(metrics.get('max_drop', 0)):.2f} pp, decided on validation). Screen "
+        f"ratios are teacher-fp32 / candidate min latency, untrained weights, interleaved with "
+        f"the teacher in one run on {metrics.get('provider')} ({metrics.get('threads')} thread).",
+        "",
+        *rows,
+        "",
+        "Recommended artifact per EP (fastest in the bench stage within the accuracy budget on "
+        "test):",
+        "",
+        *(rec_lines or ["- none"]),
+        "",
+    ]
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}×"

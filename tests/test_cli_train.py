@@ -56,7 +56,7 @@ def test_train_cli_exits_2_listing_known_architectures_when_arch_is_unknown(
     rc, _, err = _run(["train", "--out", str(tmp_path), "--arch", "vgg16"], capsys)
     assert rc == 2
     assert err.startswith("onnxship train: error: unknown architecture 'vgg16'")
-    assert "bn_cnn, simple_cnn, tiny_cnn" in err
+    assert "bn_cnn, patch_cnn, simple_cnn, tiny_cnn" in err
     _assert_nothing_written(tmp_path)
 
 

@@ -74,7 +74,7 @@ def test_train_config_validate_refuses_epochs_when_not_positive(epochs: float) -
     [
         (
             {"arch": "lenet"},
-            "unknown architecture 'lenet'; known architectures: bn_cnn, simple_cnn",
+            "unknown architecture 'lenet'; known architectures: bn_cnn, patch_cnn, simple_cnn",
         ),
         ({"seed": -1}, "seed must be an integer >= 0"),
         ({"sgd": SgdConfig(batch_size=0)}, "batch size must be >= 1"),

@@ -74,6 +74,15 @@ seconds_per_batch_size = 0.2
 [bench]
 warmup = 1
 iterations = 5
+
+[search]
+max_trained = 1
+[search.screen]
+seconds_per_batch_size = 0.05
+min_iterations = 3
+max_iterations = 5
+[search.train]
+epochs = 0.02
 """
 
 
@@ -146,6 +155,7 @@ def test_pipeline_bundle_has_every_contract_key(bundle: Path) -> None:
     assert {p.name for p in (bundle / "plots").glob("*.png")} >= {
         "accuracy_vs_latency.png",
         "size.png",
+        "search_pareto.png",
     }
 
 
@@ -160,6 +170,29 @@ def test_pipeline_reaches_the_reduced_configs_accuracy_levels(bundle: Path) -> N
     # float, and the manifest says so (measured share 0.516).
     share = arts["student-int8"]["integer_macs"]["share"]
     assert 0.0 < share < 1.0, share
+
+
+def test_pipeline_bundle_adds_the_searched_student_and_recommends_one_per_ep(bundle: Path) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    arts = manifest["artifacts"]
+    for name in ("searched-fp32", "searched-int8", "searched-fp16"):
+        assert arts[name]["model"] == "searched"
+    assert arts["searched-int8"]["parent"] == "searched-fp32"
+    record = json.loads((bundle / "stages" / "search.json").read_text())["metrics"]
+    assert record["decided_on"] == "val" and record["winner"]
+    assert any(c["origin"] == "pruned" for c in record["candidates"])
+    rec = manifest["recommended"]
+    assert set(rec) == set(manifest["environment"]["available_providers"]) & {
+        "CPUExecutionProvider", "CUDAExecutionProvider"
+    }  # fmt: skip
+    for ep, name in rec.items():
+        detail = manifest["recommended_detail"][ep]
+        floor = arts["teacher-fp32"]["accuracy"]["test_top1"] - detail["max_drop"] - 1e-9
+        assert arts[name]["accuracy"]["test_top1"] >= floor
+        eligible = [n for n, a in arts.items() if n not in detail["not_eligible"]]
+        p50 = {n: arts[n]["latency"][ep]["64"]["p50_ms"] for n in eligible}
+        assert p50[name] == min(p50.values())
+    assert "Student search" in (bundle / "report.md").read_text()
 
 
 def test_pipeline_stage_records_follow_the_contract(bundle: Path) -> None:

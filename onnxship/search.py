@@ -1,0 +1,550 @@
+"""The `search` stage (issue 13): the fastest student that keeps the accuracy, chosen by
+latency measured on the target EP.
+
+1. **Screen.** Every candidate of the search space (`models.search`) is built with untrained
+   weights, exported to ONNX (TorchScript exporter: ~0.1 s a model, the graph the dynamo
+   exporter gives for these layers), quantized to INT8 with the screen recipes, and timed on
+   the target EP in FP32 and INT8, round-robin with the teacher's FP32 artifact in one run
+   (`runtime_bench.latency.measure_interleaved`), at every screen batch size. A candidate's
+   speed is its best precision's teacher-fp32 / candidate latency ratio at `rank_batch`.
+2. **Train.** Fastest first: a candidate is trained with KD from the teacher (T, alpha, OneCycle
+   SGD, +-2 px shifts with the teacher run online on the shifted batch) and scored on the
+   *validation* split. It is kept when its val top-1 is within `max_drop` of the teacher's.
+   The first kept candidate wins: every candidate after it is slower. A candidate is skipped
+   without training when a wider one of the same architecture already missed the budget (it
+   cannot plausibly hold accuracy), and training stops when the candidate or seconds budget is
+   spent. The pruned teacher (the pipeline's pruned + distilled student) is a candidate like the
+   others; it is already trained, so it only needs its validation score.
+3. The winner's checkpoint is written (`checkpoints/searched.pt`): the pipeline exports it to
+   FP32, quantizes it (the quantize stage decides INT8 on measurement) and converts it to FP16.
+
+Decisions use validation only; test accuracy is measured later by the eval stage, like every
+artifact's. The record keeps every candidate (screened, skipped, trained, kept) for the Pareto
+plot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxship.core.artifact import Artifact, jsonable, sha256_file
+from onnxship.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+STAGE = "search"
+TEACHER_ROW = "teacher-fp32"
+SCREEN_OPSET = 17
+SCREEN_RECIPES = ("qdq-u8s8-perchannel-minmax", "qdq-u8s8-perchannel-minmax-linear")
+
+
+@dataclass(frozen=True)
+class ScreenConfig:
+    """Latency screen: batch sizes, ORT intra-op threads, seconds per batch size for the
+    interleaved round-robin (iterations = budget / one round, clamped), INT8 recipes tried."""
+
+    batch_sizes: tuple[int, ...] = (1, 64)
+    threads: int = 1
+    warmup: int = 5
+    seconds_per_batch_size: float = 3.0
+    min_iterations: int = 10
+    max_iterations: int = 300
+    int8_recipes: tuple[str, ...] = SCREEN_RECIPES
+
+
+@dataclass(frozen=True)
+class SearchTrainConfig:
+    """KD for a candidate trained from scratch (the issue's prototype recipe: T=2, alpha=0.5,
+    OneCycle, +-2 px shifts)."""
+
+    epochs: float = 10.0
+    batch_size: int = 128
+    lr: float = 0.05
+    temperature: float = 2.0
+    alpha: float = 0.5
+    shift: bool = True
+    teacher_online: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """space: a registered search space (`models.search.list_spaces()`) or "auto".
+    provider: the target EP of the screen. max_drop: accuracy budget on validation top-1 vs the
+    teacher (0.003 = 0.3 pp). rank_batch: the batch size candidates are ranked at.
+    max_trained / budget_s: the search's budget, in candidates trained and in seconds of
+    training (no candidate is started once `budget_s` is spent; 0 = no limit)."""
+
+    enabled: bool = True
+    space: str = "auto"
+    provider: str = "cpu"
+    max_drop: float = 0.003
+    rank_batch: int = 64
+    max_trained: int = 2
+    budget_s: float = 45.0
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
+    train: SearchTrainConfig = field(default_factory=SearchTrainConfig)
+
+    def validate(self) -> None:
+        if not 0 <= self.max_drop < 1:
+            raise PipelineError(
+                f"search.max_drop must be a fraction in [0, 1) (0.003 = 0.3 pp), got {self.max_drop}"
+            )
+        if self.max_trained < 0 or self.budget_s < 0:
+            raise PipelineError(
+                f"search.max_trained and search.budget_s must be >= 0, got {self.max_trained} "
+                f"and {self.budget_s}"
+            )
+        if self.rank_batch not in self.screen.batch_sizes:
+            raise PipelineError(
+                f"search.rank_batch {self.rank_batch} is not among the screen batch sizes "
+                f"{list(self.screen.batch_sizes)}; add it to search.screen.batch_sizes"
+            )
+        s = self.screen
+        if s.threads < 0 or s.min_iterations < 1 or s.max_iterations < s.min_iterations:
+            raise PipelineError(
+                f"search.screen: threads >= 0 and 1 <= min_iterations <= max_iterations, got "
+                f"{s.threads}, {s.min_iterations}, {s.max_iterations}"
+            )
+        if not self.train.epochs > 0 or self.train.batch_size < 1 or not self.train.lr > 0:
+            raise PipelineError(
+                "search.train: epochs, batch_size and lr must be > 0, got "
+                f"{self.train.epochs}, {self.train.batch_size}, {self.train.lr}"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Screen
+
+
+@dataclass
+class ScreenRow:
+    """One screened model: its ONNX files per precision and its latency per batch size."""
+
+    name: str
+    files: dict[str, Path] = field(default_factory=dict)  # precision label -> .onnx
+    latency: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    error: str | None = None
+
+
+def export_for_screen(model: Any, path: Path, opset: int = SCREEN_OPSET) -> Path:
+    """A fast TorchScript export (batch dimension symbolic) of an eval-mode model."""
+    import torch
+
+    model.eval()
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(2, 1, 28, 28),),
+            os.fspath(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            do_constant_folding=True,
+            training=torch.onnx.TrainingMode.EVAL,
+        )
+    return path
+
+
+def quantize_for_screen(
+    fp32: Path, recipe_name: str, calib_x: np.ndarray, scratch: Path, tag: str
+) -> Path:
+    """Static INT8 of `fp32` with one recipe (ranges from `calib_x`): for latency only."""
+    from onnxship.calibrate.dataset import CalibrationSet
+    from onnxship.calibrate.ort_static import preprocess_model, quantize_with_recipe
+    from onnxship.calibrate.recipes import parse_recipe
+
+    prepped = scratch / f"{tag}-prep.onnx"
+    if not prepped.is_file():
+        preprocess_model(fp32, prepped)
+    calib = CalibrationSet(calib_x, input_name="input", batch_size=32, source="screen")
+    cache = scratch / f"{tag}-ranges"
+    cache.mkdir(exist_ok=True)
+    out = scratch / f"{tag}-{recipe_name}.onnx"
+    return quantize_with_recipe(prepped, out, parse_recipe(recipe_name), calib, cache_dir=cache)
+
+
+def time_interleaved(
+    rows: Sequence[ScreenRow], feeds_x: np.ndarray, cfg: ScreenConfig, provider: str
+) -> None:
+    """Time every file of every row round-robin in one run, per batch size; fill `.latency`
+    with p50 and min (ms) per precision label."""
+    from onnxship.runtime_bench.latency import measure_interleaved
+    from onnxship.runtime_bench.session import SessionConfig, create_session
+
+    session_cfg = SessionConfig(intra_op_threads=cfg.threads)
+    sessions: dict[tuple[str, str], Any] = {}
+    for row in rows:
+        for label, path in row.files.items():
+            sessions[(row.name, label)] = create_session(path, provider, session_cfg).session
+    for batch in cfg.batch_sizes:
+        idx = np.arange(batch) % feeds_x.shape[0]
+        feed = {"input": np.ascontiguousarray(feeds_x[idx])}
+        fns: dict[str, Callable[[], object]] = {}
+        for (name, label), sess in sessions.items():
+            fns[f"{name}\x00{label}"] = _runner(sess, feed)
+        for fn in fns.values():
+            fn()
+        start = time.perf_counter()
+        for fn in fns.values():
+            fn()
+        one_round = max(time.perf_counter() - start, 1e-6)
+        iterations = int(cfg.seconds_per_batch_size / one_round)
+        iterations = max(cfg.min_iterations, min(cfg.max_iterations, iterations))
+        stats = measure_interleaved(fns, batch_size=batch, warmup=cfg.warmup, iterations=iterations)
+        for key, st in stats.items():
+            name, label = key.split("\x00")
+            row = next(r for r in rows if r.name == name)
+            row.latency.setdefault(label, {})[str(batch)] = {
+                "p50_ms": round(st.p50_ms, 5),
+                "min_ms": round(st.min_ms, 5),
+                "iterations": iterations,
+            }
+
+
+def _runner(session: Any, feed: dict[str, np.ndarray]) -> Callable[[], object]:
+    def run() -> object:
+        return session.run(None, feed)
+
+    return run
+
+
+def best_precision(row: ScreenRow, batch: int, statistic: str = "min_ms") -> tuple[str, float]:
+    """The precision label with the lowest latency at `batch`, and that latency."""
+    options = [
+        (lat[str(batch)][statistic], label)
+        for label, lat in row.latency.items()
+        if str(batch) in lat
+    ]
+    if not options:
+        raise PipelineError(f"candidate {row.name} has no latency at batch {batch}")
+    value, label = min(options)
+    return label, value
+
+
+# --------------------------------------------------------------------------------------------
+# Selection (pure: tested without training)
+
+
+@dataclass
+class Outcome:
+    """What the search did with one candidate (the record's row)."""
+
+    name: str
+    speedup: float  # teacher-fp32 latency / candidate's best precision latency at rank_batch
+    status: str = "screened"  # screened | skipped | trained | kept | pruned-kept | ...
+    val_top1: float | None = None
+    reason: str = ""
+
+
+def select(
+    order: Sequence[Any],
+    speedups: dict[str, float],
+    evaluate: Callable[[Any], float | None],
+    *,
+    teacher_val: float,
+    max_drop: float,
+    max_trained: int,
+    budget_s: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[Any | None, dict[str, Outcome]]:
+    """Walk candidates fastest first; return (winner or None, outcome per candidate).
+
+    `evaluate(candidate)` trains it if needed and returns its validation top-1 (None = it
+    failed). Within budget: `teacher_val - val <= max_drop` (+1e-9 so a drop of exactly the
+    budget counts). Candidates of origin PRUNED are already trained and never count against
+    `max_trained`.
+    """
+    from onnxship.models.search import PRUNED
+
+    ranked = sorted(order, key=lambda c: -speedups[c.name])
+    outcomes = {c.name: Outcome(c.name, speedups[c.name]) for c in ranked}
+    failed: list[Any] = []
+    trained = 0
+    start = clock()
+    winner = None
+    for cand in ranked:
+        out = outcomes[cand.name]
+        if winner is not None:
+            out.status, out.reason = "screened", f"slower than the winner {winner.name}"
+            continue
+        if not getattr(cand, "plausible", True):
+            out.status, out.reason = "skipped", f"not plausible: {cand.prior}"
+            continue
+        blocker = next((f for f in failed if f.dominates(cand)), None)
+        if blocker is not None:
+            out.status = "skipped"
+            out.reason = f"not plausible: {blocker.name} (as wide or wider) missed the budget"
+            continue
+        if cand.origin != PRUNED:
+            if trained >= max_trained:
+                out.status, out.reason = "screened", f"candidate budget spent ({max_trained})"
+                continue
+            if budget_s and clock() - start >= budget_s:
+                out.status, out.reason = "screened", f"time budget spent ({budget_s:g} s)"
+                continue
+            trained += 1
+        val = evaluate(cand)
+        out.val_top1 = val
+        if val is None:
+            out.status, out.reason = "failed", "training or evaluation failed"
+            failed.append(cand)
+            continue
+        drop = teacher_val - val
+        if drop <= max_drop + 1e-9:
+            out.status = "kept"
+            out.reason = f"val drop {100 * drop:.2f} pp <= {100 * max_drop:.2f} pp"
+            winner = cand
+        else:
+            out.status = "rejected"
+            out.reason = f"val drop {100 * drop:.2f} pp > {100 * max_drop:.2f} pp"
+            failed.append(cand)
+    return winner, outcomes
+
+
+# --------------------------------------------------------------------------------------------
+# KD training of a candidate (torch)
+
+
+def kd_train(
+    model: Any,
+    teacher: Any,
+    x: Any,
+    y: Any,
+    cfg: SearchTrainConfig,
+    *,
+    cached_logits: Any = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """KD from `teacher`. With `cfg.teacher_online` the teacher runs on every (shifted) batch;
+    otherwise its logits on the unshifted images are computed once (`cached_logits` or here)
+    and serve as the soft target of every shifted copy: the teacher was itself trained with
+    the same +-2 px shifts, and its forward pass was ~3/4 of a KD step's time (measured)."""
+    import torch
+
+    from onnxship.models.distill import kd_loss, teacher_logits
+    from onnxship.models.loop import LrSchedule, SgdConfig, train_sgd
+    from onnxship.models.train import shift_batch
+
+    teacher.eval()
+    teacher.requires_grad_(False)
+    # channels_last: ~20 % faster CPU conv kernels (see models.distill); weights save as NCHW.
+    teacher.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)
+    T, alpha = float(cfg.temperature), float(cfg.alpha)
+    sgd = SgdConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule=LrSchedule.ONECYCLE
+    )
+    augment = shift_batch if cfg.shift else None
+    torch.manual_seed(cfg.seed)
+    if cfg.teacher_online:
+
+        def online(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                zt = teacher(xb)
+            return kd_loss(logits, zt, yb, T, alpha)
+
+        return train_sgd(model, x, y, sgd, seed=cfg.seed, loss_fn=online, augment=augment,
+                         desc="search KD", progress=progress)  # fmt: skip
+    zt_all = cached_logits if cached_logits is not None else teacher_logits(teacher, x)
+
+    def cached(logits: torch.Tensor, _xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return kd_loss(logits, zt_all[idx], y[idx], T, alpha)
+
+    indices = torch.arange(x.shape[0])
+    return train_sgd(model, x, indices, sgd, seed=cfg.seed, loss_fn=cached, augment=augment,
+                     desc="search KD", progress=progress)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+
+
+def searched_from_checkpoints(
+    teacher_ckpt: str | os.PathLike[str],
+    pruned_ckpt: str | os.PathLike[str],
+    teacher_onnx: str | os.PathLike[str],
+    cfg: SearchConfig,
+    out_path: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    candidates: Sequence[Any] | None = None,
+) -> Artifact:
+    """Screen, train, select (see the module docstring); write the winner's checkpoint.
+
+    `pruned_ckpt` is the pipeline's pruned + distilled student (the PRUNED candidate);
+    `teacher_onnx` the teacher's FP32 artifact (the latency reference). `candidates` overrides
+    the space (tests)."""
+    import torch
+
+    from onnxship.core.env import cpu_model_name, isa_summary
+    from onnxship.models.checkpoint import load_checkpoint, save_checkpoint
+    from onnxship.models.data import load_split
+    from onnxship.models.distill import teacher_logits
+    from onnxship.models.evaluate import top1
+    from onnxship.models.flops import count_macs, count_params
+    from onnxship.models.search import PRUNED, TeacherInfo, space_candidates
+    from onnxship.runtime_bench.session import check_provider_available
+
+    cfg.validate()
+    started = time.perf_counter()
+    provider = check_provider_available(cfg.provider)
+    teacher, teacher_meta = load_checkpoint(teacher_ckpt)
+    pruned, pruned_meta = load_checkpoint(pruned_ckpt)
+    info = TeacherInfo(teacher_meta.arch, teacher_meta.widths, task="mnist")
+    cands = list(candidates) if candidates is not None else space_candidates(cfg.space, info)
+
+    fit, val = load_split(data_dir, "fit"), load_split(data_dir, "val")
+    teacher_val = top1(teacher, val.x, val.y)
+    calib_x = val.x[:64].numpy()
+    feeds_x = val.x[:256].numpy()
+
+    # 1. Screen: untrained weights (the pruned teacher with its own), interleaved with the teacher.
+    t0 = time.perf_counter()
+    rows: list[ScreenRow] = [ScreenRow(TEACHER_ROW, {"fp32": Path(teacher_onnx)})]
+    models: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="onnxship-search-") as scratch_name:
+        scratch = Path(scratch_name)
+        for i, cand in enumerate(cands):
+            row = ScreenRow(cand.name)
+            torch.manual_seed(cfg.train.seed)
+            model = pruned if cand.origin == PRUNED else cand.build()
+            models[cand.name] = model
+            try:
+                fp32 = export_for_screen(model, scratch / f"c{i}.onnx")
+                row.files["fp32"] = fp32
+                for recipe in cfg.screen.int8_recipes:
+                    row.files[f"int8:{recipe}"] = quantize_for_screen(
+                        fp32, recipe, calib_x, scratch, f"c{i}"
+                    )
+            except Exception as exc:  # one broken candidate must not end the search
+                row.error = f"{type(exc).__name__}: {exc}"
+                row.files.clear()
+                log.warning("search: candidate %s could not be screened: %s", cand.name, exc)
+            rows.append(row)
+        timed = [r for r in rows if r.files]
+        time_interleaved(timed, feeds_x, cfg.screen, provider)
+    screen_s = time.perf_counter() - t0
+
+    teacher_row = rows[0]
+    rank = cfg.rank_batch
+    teacher_ms = {b: teacher_row.latency["fp32"][str(b)]["min_ms"] for b in cfg.screen.batch_sizes}
+    screened = [c for c, r in zip(cands, rows[1:], strict=True) if r.files]
+    speedups = {c.name: teacher_ms[rank] / best_precision(r, rank)[1]
+                for c, r in zip(cands, rows[1:], strict=True) if r.files}  # fmt: skip
+
+    # 2. Train fastest first, keep within budget.
+    train_log: dict[str, dict[str, Any]] = {}
+    trained_models: dict[str, Any] = {}
+
+    def evaluate(cand: Any) -> float | None:
+        model = models[cand.name]
+        t = time.perf_counter()
+        if cand.origin != PRUNED:
+            torch.manual_seed(cfg.train.seed)
+            model = cand.build()
+            stats = kd_train(model, teacher, fit.x, fit.y, cfg.train,
+                             cached_logits=fit_logits, progress=progress)  # fmt: skip
+            train_log[cand.name] = {"final_loss": stats["final_loss"], "steps": stats["steps"]}
+        model.eval()
+        acc = top1(model, val.x, val.y)
+        train_log.setdefault(cand.name, {})["wall_s"] = round(time.perf_counter() - t, 2)
+        trained_models[cand.name] = model
+        return acc
+
+    fit_logits = None if cfg.train.teacher_online else teacher_logits(teacher, fit.x)
+    winner, outcomes = select(
+        screened, speedups, evaluate, teacher_val=teacher_val, max_drop=cfg.max_drop,
+        max_trained=cfg.max_trained, budget_s=cfg.budget_s,
+    )  # fmt: skip
+    for c, r in zip(cands, rows[1:], strict=True):
+        if not r.files:
+            outcomes[c.name] = Outcome(c.name, float("nan"), "failed", None, r.error or "")
+
+    if winner is None:
+        # Nothing new within budget: the pruned teacher (already in the bundle) ships again.
+        winner = next(c for c in cands if c.origin == PRUNED)
+        outcomes[winner.name].reason += "; no candidate within budget: the pruned teacher ships"
+        trained_models.setdefault(winner.name, pruned)
+    best = trained_models[winner.name]
+
+    table = []
+    for cand, row in zip(cands, rows[1:], strict=True):
+        out = outcomes[cand.name]
+        model = models[cand.name]
+        entry: dict[str, Any] = {
+            **cand.to_json(),
+            "status": out.status,
+            "reason": out.reason,
+            "val_top1": out.val_top1,
+            # The pruned teacher is trained already: its validation score costs one pass.
+            **(
+                {"val_top1": round(top1(pruned, val.x, val.y), 6), "val_from": "pruned + distilled"}
+                if cand.origin == PRUNED and out.val_top1 is None
+                else {}
+            ),
+            "speedup_vs_teacher_fp32": None if math.isnan(out.speedup) else round(out.speedup, 3),
+            "macs": count_macs(model),
+            "params": count_params(model),
+            "latency": row.latency,
+            "ratios_vs_teacher_fp32": {
+                label: {b: round(teacher_ms[int(b)] / v["min_ms"], 3) for b, v in lat.items()}
+                for label, lat in row.latency.items()
+            },
+        }
+        if row.files:
+            entry["best_precision"] = best_precision(row, rank)[0]
+        if cand.name in train_log:
+            entry["train"] = train_log[cand.name]
+        table.append(entry)
+
+    metrics: dict[str, Any] = {
+        "winner": winner.name,
+        "winner_arch": winner.arch if winner.origin != PRUNED else pruned_meta.arch,
+        "winner_widths": dict(best.widths()),
+        "winner_origin": winner.origin,
+        "winner_val_top1": outcomes[winner.name].val_top1,
+        "teacher_val_top1": round(teacher_val, 6),
+        "max_drop": cfg.max_drop,
+        "decided_on": "val",
+        "rank_batch": rank,
+        "statistic": "min",
+        "provider": provider,
+        "threads": cfg.screen.threads,
+        "teacher_latency_ms": teacher_row.latency["fp32"],
+        "candidates": table,
+        "screen_wall_s": round(screen_s, 2),
+        "search_wall_s": round(time.perf_counter() - started, 2),
+        "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "target": {"provider": provider, "cpu": cpu_model_name(), "isa": isa_summary()},
+    }
+    log.info("search: winner %s (val %.4f)", winner.name, outcomes[winner.name].val_top1 or 0)
+    return save_checkpoint(
+        best,
+        out_path,
+        stage=STAGE,
+        seed=cfg.train.seed,
+        metrics=metrics,
+        parent_sha256=sha256_file(teacher_ckpt),
+        config=jsonable(cfg),
+        extra={"teacher": os.fspath(teacher_ckpt)},
+        mean=teacher_meta.mean,
+        std=teacher_meta.std,
+    )

@@ -1,0 +1,210 @@
+"""The search stage (issue 13): the latency screen on real ONNX Runtime sessions, the selection
+rule (fastest within the budget, on validation), the manifest's `recommended` map and the
+Pareto plot. Tiny models; no timed assertions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from onnxship.errors import PipelineError
+from onnxship.manifest import int8_shipping_verdict, recommend
+from onnxship.models.registry import create_model
+from onnxship.models.search import PRUNED, StudentCandidate, patch_candidate
+from onnxship.report import pareto_front, write_pareto_plot
+from onnxship.search import (
+    ScreenConfig,
+    ScreenRow,
+    SearchConfig,
+    best_precision,
+    export_for_screen,
+    quantize_for_screen,
+    select,
+    time_interleaved,
+)
+
+FAST_SCREEN = ScreenConfig(
+    batch_sizes=(1, 4), warmup=1, seconds_per_batch_size=0.01, min_iterations=3, max_iterations=3
+)
+
+
+def test_screen_times_fp32_and_int8_of_each_candidate_interleaved(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    teacher = export_for_screen(create_model("tiny_cnn"), tmp_path / "t.onnx")
+    student = export_for_screen(
+        create_model("patch_cnn", kernel=7, stride=7, conv_channels=2, hidden=4),
+        tmp_path / "s.onnx",
+    )
+    int8 = quantize_for_screen(student, "qdq-u8s8-perchannel-minmax-linear", x, tmp_path, "s")
+    rows = [
+        ScreenRow("teacher", {"fp32": teacher}),
+        ScreenRow("s", {"fp32": student, "int8": int8}),
+    ]
+    time_interleaved(rows, x, FAST_SCREEN, "cpu")
+    for row in rows:
+        for lat in row.latency.values():
+            assert set(lat) == {"1", "4"}
+            for cell in lat.values():
+                assert cell["iterations"] == 3
+                assert 0 < cell["min_ms"] <= cell["p50_ms"]
+    assert set(rows[1].latency) == {"fp32", "int8"}
+    label, value = best_precision(rows[1], 4)
+    assert value == min(rows[1].latency[p]["4"]["min_ms"] for p in ("fp32", "int8"))
+    assert label in ("fp32", "int8")
+
+
+def test_screened_fp32_graph_matches_torch(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = create_model("patch_cnn", kernel=6, stride=4, conv_channels=3, hidden=5).eval()
+    path = export_for_screen(model, tmp_path / "m.onnx")
+    x = torch.randn(3, 1, 28, 28)
+    got = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
+
+
+def _cands() -> list[StudentCandidate]:
+    return [
+        patch_candidate(4, 4, 8, 64),  # fastest
+        patch_candidate(4, 4, 16, 64),
+        patch_candidate(7, 7, 32, 64),
+        StudentCandidate("pruned-teacher", "simple_cnn", (), origin=PRUNED),  # slowest
+    ]
+
+
+SPEED = {"patch k4s4 c8 h64": 20.0, "patch k4s4 c16 h64": 14.0, "patch k7s7 c32 h64": 12.0,
+         "pruned-teacher": 3.0}  # fmt: skip
+
+
+def test_select_picks_the_fastest_candidate_within_budget_on_validation() -> None:
+    val = {"patch k4s4 c8 h64": 0.985, "patch k4s4 c16 h64": 0.9885, "patch k7s7 c32 h64": 0.99,
+           "pruned-teacher": 0.989}  # fmt: skip
+    seen: list[str] = []
+
+    def evaluate(c: StudentCandidate) -> float:
+        seen.append(c.name)
+        return val[c.name]
+
+    winner, out = select(_cands(), SPEED, evaluate, teacher_val=0.9912, max_drop=0.003,
+                         max_trained=5, budget_s=0)  # fmt: skip
+    # 0.9912 - 0.9885 = 0.27 pp <= 0.3 pp: the 14x candidate wins; slower ones are not trained.
+    assert winner is not None and winner.name == "patch k4s4 c16 h64"
+    assert seen == ["patch k4s4 c8 h64", "patch k4s4 c16 h64"]
+    assert out["patch k4s4 c8 h64"].status == "rejected"
+    assert out["patch k4s4 c16 h64"].status == "kept"
+    assert out["patch k7s7 c32 h64"].status == "screened"
+    assert "slower than the winner" in out["pruned-teacher"].reason
+
+
+def test_select_counts_a_drop_of_exactly_the_budget_as_within() -> None:
+    winner, _ = select(_cands()[:1], SPEED, lambda c: 0.9882, teacher_val=0.9912, max_drop=0.003,
+                       max_trained=1, budget_s=0)  # fmt: skip
+    assert winner is not None
+
+
+def test_select_skips_narrower_candidates_of_a_stem_that_missed_the_budget() -> None:
+    cands = [patch_candidate(4, 4, 32, 64), patch_candidate(4, 4, 16, 64)]
+    speed = {cands[0].name: 10.0, cands[1].name: 5.0}
+    winner, out = select(cands, speed, lambda c: 0.97, teacher_val=0.99, max_drop=0.003,
+                         max_trained=5, budget_s=0)  # fmt: skip
+    assert winner is None
+    assert out[cands[1].name].status == "skipped"
+    assert cands[0].name in out[cands[1].name].reason
+
+
+def test_select_stops_training_at_the_candidate_budget_but_scores_the_pruned_teacher() -> None:
+    winner, out = select(_cands(), SPEED, lambda c: 0.98 if c.origin != PRUNED else 0.99,
+                         teacher_val=0.9912, max_drop=0.003, max_trained=1, budget_s=0)  # fmt: skip
+    assert winner is not None and winner.origin == PRUNED
+    assert out["patch k4s4 c8 h64"].status == "rejected"
+    for name in ("patch k4s4 c16 h64", "patch k7s7 c32 h64"):
+        assert out[name].status == "screened"
+        assert "candidate budget" in out[name].reason
+    assert out["pruned-teacher"].status == "kept"
+
+
+def test_search_config_refuses_a_rank_batch_that_is_not_screened() -> None:
+    with pytest.raises(PipelineError, match="rank_batch 32 is not among"):
+        SearchConfig(rank_batch=32).validate()
+
+
+def _art(top1: float, p50: dict[str, float]) -> dict:
+    return {
+        "accuracy": {"test_top1": top1},
+        "latency": {"CPUExecutionProvider": {b: {"p50_ms": v} for b, v in p50.items()}},
+    }
+
+
+def test_recommend_names_the_fastest_artifact_within_the_budget_per_ep() -> None:
+    arts = {
+        "teacher-fp32": _art(0.992, {"1": 0.05, "64": 1.3}),
+        "student-int8": _art(0.9906, {"1": 0.014, "64": 0.29}),
+        "searched-fp32": _art(0.9895, {"1": 0.008, "64": 0.11}),  # 0.25 pp below: within
+        "searched-int8": _art(0.9880, {"1": 0.007, "64": 0.09}),  # 0.40 pp below: out
+    }
+    chosen, detail = recommend(arts, max_drop=0.003)
+    assert chosen == {"CPUExecutionProvider": "searched-fp32"}
+    d = detail["CPUExecutionProvider"]
+    assert d["batch_size"] == 64
+    assert d["speedup_vs_teacher_fp32"] == pytest.approx(1.3 / 0.11, rel=1e-3)
+    assert "searched-int8" in d["not_eligible"]
+
+
+def test_recommend_ships_fp32_when_int8_is_not_1_3x_its_own_fp32() -> None:
+    arts = {
+        "teacher-fp32": _art(0.992, {"64": 1.3}),
+        "searched-fp32": _art(0.991, {"64": 0.11}),
+        "searched-int8": _art(0.991, {"64": 0.10}),
+    }
+    slow = int8_shipping_verdict({"latency": {"statistic": "min",
+                                              "by_batch": {"64": {"min_ratio": 0.9}}}})  # fmt: skip
+    assert slow[0] is False and "1.11x" in slow[1]
+    chosen, detail = recommend(arts, max_drop=0.003, int8_verdicts={"searched-int8": slow})
+    assert chosen["CPUExecutionProvider"] == "searched-fp32"
+    assert "FP32 artifact ships" in detail["CPUExecutionProvider"]["not_eligible"]["searched-int8"]
+    fast = int8_shipping_verdict({"latency": {"by_batch": {"64": {"min_ratio": 0.7}}}})
+    assert fast[0] is True
+    chosen, _ = recommend(arts, max_drop=0.003, int8_verdicts={"searched-int8": fast})
+    assert chosen["CPUExecutionProvider"] == "searched-int8"
+
+
+def test_pareto_front_keeps_only_points_nothing_beats_on_both_axes() -> None:
+    pts = [(1.0, 98.0), (0.5, 97.0), (2.0, 99.0), (1.5, 97.5), (0.4, 96.0)]
+    assert pareto_front(pts) == [(0.4, 96.0), (0.5, 97.0), (1.0, 98.0), (2.0, 99.0)]
+
+
+def test_pareto_plot_is_written_with_trained_and_screened_out_candidates(tmp_path: Path) -> None:
+    lat = {"fp32": {"64": {"min_ms": 0.2, "p50_ms": 0.3}}, "int8": {"64": {"min_ms": 0.15}}}
+    metrics = {
+        "rank_batch": 64, "teacher_val_top1": 0.9912, "max_drop": 0.003,
+        "teacher_latency_ms": {"64": {"min_ms": 1.3}},
+        "candidates": [
+            {"name": "a", "status": "kept", "val_top1": 0.989, "latency": lat},
+            {"name": "b", "status": "rejected", "val_top1": 0.985, "latency": lat},
+            {"name": "c", "status": "screened", "val_top1": None, "latency": lat},
+        ],
+    }  # fmt: skip
+    path = write_pareto_plot(tmp_path, metrics)
+    assert path == tmp_path / "search_pareto.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_select_screens_but_never_trains_a_candidate_the_space_marks_implausible() -> None:
+    tiny = patch_candidate(4, 4, 8, 64, prior="measured to miss the budget")
+    ok = patch_candidate(6, 4, 24, 64)
+    seen: list[str] = []
+
+    def evaluate(c: StudentCandidate) -> float:
+        seen.append(c.name)
+        return 0.99
+
+    winner, out = select([tiny, ok], {tiny.name: 20.0, ok.name: 12.0}, evaluate,
+                         teacher_val=0.9912, max_drop=0.003, max_trained=1, budget_s=0)  # fmt: skip
+    assert winner is ok and seen == [ok.name]
+    assert out[tiny.name].status == "skipped"
+    assert "measured to miss the budget" in out[tiny.name].reason
