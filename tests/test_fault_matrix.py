@@ -52,6 +52,7 @@ import pytest
 
 from onnxship.cli import main
 from onnxship.core.artifact import sha256_file
+from onnxship.pipeline import RUN_LOCK, RUN_MARKER
 
 pytestmark = pytest.mark.slow
 
@@ -412,8 +413,8 @@ def unvouched_files(bundle: Path) -> list[str]:
         rel = path.relative_to(bundle)
         if path.name.endswith(".tmp"):
             continue  # counted by no_temp
-        if rel.parts[0] == "stages" or path.name in (".onnxship-run.json", "manifest.json"):
-            continue  # records, the marker and the manifest are the vouchers themselves
+        if rel.parts[0] == "stages" or path.name in (RUN_MARKER, RUN_LOCK, "manifest.json"):
+            continue  # records, the marker and the manifest vouch; the lock file is bookkeeping
         if rel.parts[0] == "plots" or path.name == "report.md":
             if not has_manifest:
                 problems.append(f"{rel} without a manifest")
