@@ -165,7 +165,7 @@ class Ranks:
                 f"rank {self.rank}/{self.world_size}: rank 0 failed: {payload[1]}",
                 exit_code=payload[2],
             )
-        return payload[1]  # type: ignore[no-any-return]
+        return payload[1]
 
 
 _CURRENT = Ranks()

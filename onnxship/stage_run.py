@@ -145,7 +145,7 @@ def cached_stage(
     if ranks is None or not ranks.enabled:
         return _cached_stage_here(ctx, record_name, stage, config, inputs, outputs, produce)
     if not distributed:
-        return ranks.on_main(  # type: ignore[no-any-return]
+        return ranks.on_main(
             lambda: _cached_stage_here(ctx, record_name, stage, config, inputs, outputs, produce),
             what=f"stage {record_name} on rank 0",
         )
@@ -155,7 +155,7 @@ def cached_stage(
     )
     if reused is not None:
         ctx.skipped.append(record_name)
-        return reused  # type: ignore[no-any-return]
+        return reused
     if ranks.is_main:
         ctx.progress(f"[run ] {record_name} ({ranks.world_size} ranks) ...")
     artifact = run_stage(

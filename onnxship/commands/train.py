@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from onnxship.commands.common import (
     add_data_dir,
@@ -150,7 +152,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _ranks_note(metrics: dict) -> str:
+def _ranks_note(metrics: Mapping[str, Any]) -> str:
     world = metrics.get("world_size", 1)
     return f" x {world} ranks, global batch {metrics['global_batch_size']}" if world > 1 else ""
 
