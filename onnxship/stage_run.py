@@ -200,14 +200,11 @@ def _cached_stage_here(
     outputs: Sequence[Path],
     produce: Callable[[], Artifact],
 ) -> Artifact:
-    key = _cache_key(stage, config, inputs)
+    key, reused = _decide(ctx, record_name, stage, config, inputs, outputs)
+    if reused is not None:
+        ctx.skipped.append(record_name)
+        return reused
     record_path = ctx.path("stages", f"{record_name}.json")
-    if not ctx.force:
-        reused = _reuse(record_path, key, outputs)
-        if reused is not None:
-            ctx.skipped.append(record_name)
-            ctx.progress(f"[skip] {record_name}: finished earlier, inputs and config unchanged")
-            return reused
     ctx.progress(f"[run ] {record_name} ...")
     try:
         artifact = run_stage(
