@@ -158,19 +158,7 @@ def cached_stage(
         return reused
     if ranks.is_main:
         ctx.progress(f"[run ] {record_name} ({ranks.world_size} ranks) ...")
-    artifact = run_stage(
-        ctx.out_dir,
-        record_name,
-        stage=stage,
-        config=config,
-        inputs=inputs,
-        produce=produce,
-        extra_outputs=list(outputs[1:]),
-        extra_record={"cache_key": key, "onnxship_version": __version__},
-        ranks=ranks,
-    )
-    ctx.ran.append(record_name)
-    return artifact
+    return _run_recorded(ctx, record_name, stage, config, inputs, outputs, produce, key, ranks)
 
 
 def _decide(
@@ -204,8 +192,22 @@ def _cached_stage_here(
     if reused is not None:
         ctx.skipped.append(record_name)
         return reused
-    record_path = ctx.path("stages", f"{record_name}.json")
     ctx.progress(f"[run ] {record_name} ...")
+    return _run_recorded(ctx, record_name, stage, config, inputs, outputs, produce, key, None)
+
+
+def _run_recorded(
+    ctx: RunContext,
+    record_name: str,
+    stage: str,
+    config: Any,
+    inputs: Sequence[Path],
+    outputs: Sequence[Path],
+    produce: Callable[[], Artifact],
+    key: str,
+    ranks: Any,
+) -> Artifact:
+    """Run the stage and write its record with the cache key (one rank or many)."""
     try:
         artifact = run_stage(
             ctx.out_dir,
@@ -216,12 +218,15 @@ def _cached_stage_here(
             produce=produce,
             extra_outputs=list(outputs[1:]),
             extra_record={"cache_key": key, "onnxship_version": __version__},
+            ranks=ranks,
         )
     except BaseException:
         # A stage with several outputs (weights + sidecar, INT8 model + calibration set) that
         # fails between them, or whose record cannot be written, leaves complete files that no
         # record vouches for; remove them so the bundle holds only what a record describes.
-        _remove_unvouched(record_path, outputs)
+        # Only the writer (rank 0) cleans up.
+        if ranks is None or ranks.is_main:
+            _remove_unvouched(ctx.path("stages", f"{record_name}.json"), outputs)
         raise
     ctx.ran.append(record_name)
     return artifact
