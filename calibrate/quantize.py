@@ -407,8 +407,41 @@ def _write_int8(
             del node.metadata_props[:]
             node.doc_string = ""
     model_meta.set_metadata(model, meta, replace_all=True)
+    drop_unused_opset_imports(model)
     with atomic_output(out_path) as tmp:
         onnx.save_model(model, os.fspath(tmp), save_as_external_data=False)
+
+
+def _node_domains(graph: Any) -> set[str]:
+    """Domains of every node of `graph`, its subgraphs (If/Loop/Scan bodies) included."""
+    domains: set[str] = set()
+    for node in graph.node:
+        domains.add(node.domain)
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                domains |= _node_domains(attr.g)
+            for sub in attr.graphs:
+                domains |= _node_domains(sub)
+    return domains
+
+
+def drop_unused_opset_imports(model: Any) -> list[str]:
+    """Remove opset imports of domains no node uses; return their names.
+
+    ORT's optimizer (the quantizer's pre-processing) saves a model importing every domain it
+    knows (ai.onnx.training, com.microsoft.nchwc, org.pytorch.aten, ...), used or not; an
+    older onnxruntime on the deployment machine need not know those domain versions. The
+    default domain and the domains of local functions stay."""
+    used = _node_domains(model.graph) | {"", "ai.onnx"}
+    for fn in model.functions:
+        used.add(fn.domain)
+        used |= {n.domain for n in fn.node}
+    kept = [o for o in model.opset_import if o.domain in used]
+    dropped = [o.domain for o in model.opset_import if o.domain not in used]
+    if dropped:
+        del model.opset_import[:]
+        model.opset_import.extend(kept)
+    return dropped
 
 
 def _row_json(

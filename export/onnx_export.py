@@ -19,14 +19,19 @@ fails, recording which ran and why), and writes ONE file atomically:
   session at batch 1 and a larger batch (max |Δlogit| <= 1e-4, 100 % argmax agreement). A
   failure raises `ExportError(exit_code=1)` and leaves nothing under `out_path`.
 
-Default opset (`ExportConfig.opset=None`): the newest ai.onnx opset the installed onnxruntime
-loads, found by `ort_opset_range()`: it builds a one-node model stamped with each opset from
-the installed onnx's newest downwards and asks onnxruntime to create a session; the first that
-loads is the maximum. (onnxruntime 1.32 refuses opset 29 with "official support for domain
-ai.onnx is till opset 28".) The minimum, 7, is onnxruntime's documented floor ("only
-guarantees support for models stamped with opset version 7 or above"). The dynamo exporter
-builds at its native opset and converts to the target; a conversion it cannot do leaves the
-model at another opset, which is caught and treated as a dynamo failure.
+Default opset (`ExportConfig.opset=None`): `DEFAULT_OPSET` (18), or the newest the installed
+onnxruntime loads if that is older. An artifact is built on one machine and deployed on another,
+whose onnxruntime is often older: the build machine's newest opset (28 with onnxruntime 1.32)
+made every artifact unloadable on onnxruntime 1.31 ("Opset 28 is under development ...
+official support for domain ai.onnx is till opset 26"), measured on the GPU machine with
+onnxruntime-gpu 1.31.1. Opset 18 is the dynamo exporter's own (no version conversion) and loads
+on onnxruntime >= 1.14. `--opset K` asks for another; `ort_opset_range()` gives the range the
+installed onnxruntime loads: it builds a one-node model stamped with each opset from the
+installed onnx's newest downwards and asks onnxruntime to create a session; the first that
+loads is the maximum. The minimum, 7, is onnxruntime's documented floor ("only guarantees
+support for models stamped with opset version 7 or above"). The dynamo exporter builds at its
+native opset and converts to the target; a conversion it cannot do leaves the model at another
+opset, which is caught and treated as a dynamo failure.
 
 The module top imports no torch: `describe_onnx` is usable on a torch-free install.
 """
@@ -64,6 +69,7 @@ from onnxship.export.errors import ExportError
 from onnxship.export.optimize import OptimizeLevel, optimize_onnx_file
 
 __all__ = [
+    "DEFAULT_OPSET",
     "ExportConfig",
     "ExporterKind",
     "OptimizeLevel",
@@ -79,6 +85,8 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"
 ORT_MIN_OPSET = 7  # onnxruntime's documented floor for the ai.onnx domain
+# The default export opset: portable to older onnxruntime on the deployment target (module doc).
+DEFAULT_OPSET = 18
 TORCHSCRIPT_MAX_OPSET_FALLBACK = 20  # torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
 MAX_PROTO_BYTES = 2**31 - 1  # protobuf's limit for one self-contained file
 MNIST_TEST_SIZE = 10_000
@@ -94,7 +102,8 @@ class ExporterKind(enum.Enum):
 class ExportConfig:
     """How to export a checkpoint.
 
-    opset: ai.onnx opset; None = the newest the installed onnxruntime runs (`ort_opset_range`).
+    opset: ai.onnx opset; None = `DEFAULT_OPSET` (18, portable to onnxruntime >= 1.14), capped
+      at the newest the installed onnxruntime runs (`ort_opset_range`).
     exporter: auto (dynamo, TorchScript fallback), dynamo or torchscript.
     export_batch: batch size of the example input (>= 2 so the exporter cannot specialise the
         batch dimension to 1).
@@ -187,20 +196,20 @@ def _torchscript_max_opset() -> int:
 
 def resolve_opset(requested: int | None, exporter: ExporterKind) -> int:
     """The opset to export at: `requested` if onnxruntime runs it (else ExportError naming
-    the range), or the newest onnxruntime runs (capped at the TorchScript exporter's newest
-    when that exporter is used)."""
+    the range), or `DEFAULT_OPSET` capped at the newest onnxruntime runs (and at the
+    TorchScript exporter's newest when that exporter is used)."""
     import onnxruntime as ort
 
     low, high = ort_opset_range()
     if requested is None:
         if exporter is ExporterKind.TORCHSCRIPT:
-            return min(high, _torchscript_max_opset())
-        return high
+            return min(DEFAULT_OPSET, high, _torchscript_max_opset())
+        return min(DEFAULT_OPSET, high)
     if not low <= requested <= high:
         raise ExportError(
             f"opset {requested} cannot be run by the installed onnxruntime {ort.__version__}: "
             f"it runs ai.onnx opsets {low}..{high}; pass --opset in that range or leave it "
-            f"unset for the newest ({high})"
+            f"unset for the default ({min(DEFAULT_OPSET, high)})"
         )
     return requested
 

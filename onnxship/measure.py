@@ -186,6 +186,10 @@ def probe_provider(provider: str) -> ProviderProbe:
         return ProviderProbe(
             provider, False, f"this onnxruntime build has no {provider} (available: {available})"
         )
+    if provider == CUDA_EP:
+        from onnxship.runtime_bench.session import preload_cuda_libraries
+
+        preload_cuda_libraries()
     try:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3

@@ -348,8 +348,29 @@ def benchmark_model(
     return rows
 
 
+def cuda_graph_blocker(handle: SessionHandle) -> str | None:
+    """Why ORT cannot capture this session in a CUDA graph, or None.
+
+    ORT captures a graph only when every node runs on the CUDA EP; otherwise creating the
+    `enable_cuda_graph` session fails ("all compute graph nodes have not been partitioned to
+    the CUDAExecutionProvider"). Measured on an H200 with onnxruntime-gpu 1.31.1: every QDQ
+    INT8 artifact keeps 2 nodes on the CPU EP. Such a model gets no cuda_graph rows and the
+    results say why, instead of one model ending a many-model run."""
+    nodes = handle.nodes_per_provider
+    if not nodes:
+        return None
+    elsewhere = {ep: n for ep, n in nodes.items() if ep != CUDA_EP and n}
+    if not elsewhere:
+        return None
+    where = ", ".join(f"{n} on {ep}" for ep, n in sorted(elsewhere.items()))
+    return (
+        f"CUDA graph capture needs every node on {CUDA_EP}; this model has {where} "
+        f"(and {nodes.get(CUDA_EP, 0)} on CUDA)"
+    )
+
+
 def _benchmark_model(
-    path: Path, cfg: BenchConfig, progress: Any
+    path: Path, cfg: BenchConfig, progress: Any, skips: list[dict[str, Any]] | None = None
 ) -> tuple[list[dict[str, Any]], SessionHandle]:
     exceed = threads_exceed_cores(cfg.threads)
     if exceed:
@@ -406,8 +427,15 @@ def _benchmark_model(
                      stats=stats, feeds=feeds, handle=handle)
             )  # fmt: skip
         if is_cuda and cfg.cuda_graph:
-            reference = [np.asarray(v) for v in run(None, feeds)]
-            rows.append(_bench_cuda_graph(path, cfg, feeds, reference, batch_size, base))
+            blocker = cuda_graph_blocker(handle)
+            if blocker is not None:
+                if skips is not None and batch_size == cfg.batch_sizes[0]:
+                    log.warning("%s: no cuda_graph rows: %s", path.name, blocker)
+                    skips.append({"model": path.name, "io": IoMode.CUDA_GRAPH.value,
+                                  "reason": blocker})  # fmt: skip
+            else:
+                reference = [np.asarray(v) for v in run(None, feeds)]
+                rows.append(_bench_cuda_graph(path, cfg, feeds, reference, batch_size, base))
         if progress is not None:
             progress.update(1)
     return rows, handle
@@ -434,10 +462,11 @@ def benchmark_models(
     created = utc_now()
     bar = _progress_bar(len(model_paths) * len(cfg.batch_sizes), cfg.progress)
     results: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     providers_used: list[str] = []
     try:
         for path in model_paths:
-            rows, handle = _benchmark_model(path, cfg, bar)
+            rows, handle = _benchmark_model(path, cfg, bar, skipped)
             results.extend(rows)
             providers_used.extend(handle.providers)
     finally:
@@ -452,6 +481,8 @@ def benchmark_models(
         "environment": capture_environment(tuple(providers_used)),
         "config": config,
         "results": results,
+        # io modes not measured for a model, and why (e.g. cuda_graph with nodes on the CPU)
+        "skipped_measurements": skipped,
     }
 
 

@@ -177,6 +177,8 @@ def markdown_table(doc: Mapping[str, Any]) -> str:
     )
     if any(r.get("threads_exceed_cores") for r in doc["results"]):
         note += "\n`!` threads exceed the usable cores: those numbers time-share cores."
+    for skip in doc.get("skipped_measurements", []):
+        note += f"\nnot measured: {skip['model']} {skip['io']}: {skip['reason']}"
     return _table(header, lines) + note
 
 

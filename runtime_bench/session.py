@@ -12,7 +12,9 @@ Every file is checked by `onnxship.core.onnx_file.check_model_file` before ONNX 
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import io
 import logging
 import os
 import tempfile
@@ -156,6 +158,38 @@ class SessionHandle:
 # Sessions
 
 
+_cuda_libraries_preloaded = False
+
+
+def preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the `nvidia-*` pip packages before the first CUDA session.
+
+    onnxruntime-gpu installed from pip finds those libraries only after
+    `onnxruntime.preload_dlls()` (ORT >= 1.21) or after `import torch` (whose CUDA build loads
+    them). The bench side never imports torch, so without this a CUDA session fails to load
+    libcudnn/libcublasLt on a machine whose CUDA comes from pip. Once per process; a build
+    without CUDA returns at once; libraries already on the loader path are left as they are.
+    ORT prints its warnings, which would corrupt machine-readable stdout: they go to the log.
+    """
+    global _cuda_libraries_preloaded
+    if _cuda_libraries_preloaded:
+        return
+    _cuda_libraries_preloaded = True
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            preload()
+    except Exception as exc:  # a failed preload shows up as a session error with the fix
+        log.debug("onnxruntime.preload_dlls() failed: %s", exc)
+    if captured.getvalue().strip():
+        log.info("onnxruntime.preload_dlls(): %s", captured.getvalue().strip())
+
+
 def check_provider_available(provider: str) -> str:
     """Resolve `provider` and raise BenchError (exit 2) unless this ORT build has it."""
     import onnxruntime as ort
@@ -163,6 +197,8 @@ def check_provider_available(provider: str) -> str:
     resolved = resolve_provider(provider)
     available = list(ort.get_available_providers())
     if resolved in available:
+        if resolved == CUDA_EP:
+            preload_cuda_libraries()
         return resolved
     listed = ", ".join(available)
     if resolved == CUDA_EP:
@@ -187,6 +223,9 @@ def _session_options(cfg: SessionConfig) -> Any:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    # Errors only: ORT's warnings about nodes placed on the CPU EP and Memcpy nodes (every
+    # INT8 QDQ model on CUDA) flood stderr; the placement is recorded as nodes_per_provider.
+    so.log_severity_level = 3
     so.intra_op_num_threads = cfg.intra_op_threads
     so.inter_op_num_threads = cfg.inter_op_threads
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -21,6 +21,7 @@ from onnxship.runtime_bench.bench import (
     benchmark_model,
     benchmark_models,
     check_replay,
+    cuda_graph_blocker,
 )
 from onnxship.runtime_bench.errors import BenchError
 from onnxship.runtime_bench.results import validate_result
@@ -147,6 +148,23 @@ def test_benchmark_model_cuda_graph_replay_matches_the_host_run(tmp_path: Path):
     graph_rows = [r for r in rows if r["io"] == "cuda_graph"]
     assert len(graph_rows) == 2
     assert all(r["replay_max_abs_diff"] <= 1e-2 for r in graph_rows)
+
+
+def test_cuda_graph_blocker_names_the_nodes_outside_cuda(tmp_path: Path):
+    """ORT refuses graph capture when any node is on another EP (seen on an H200 for every
+    QDQ INT8 artifact: 2 nodes on the CPU EP); the blocker says so instead of failing the run."""
+    from dataclasses import replace
+
+    from onnxship.runtime_bench.session import create_session
+
+    handle = create_session(tiny.linear_classifier(tmp_path / "m.onnx"))
+    mixed = replace(handle, nodes_per_provider={"CUDAExecutionProvider": 17,
+                                                "CPUExecutionProvider": 2})  # fmt: skip
+    reason = cuda_graph_blocker(mixed)
+    assert reason is not None and "2 on CPUExecutionProvider" in reason and "17 on CUDA" in reason
+    all_on_cuda = replace(handle, nodes_per_provider={"CUDAExecutionProvider": 7})
+    assert cuda_graph_blocker(all_on_cuda) is None
+    assert cuda_graph_blocker(replace(handle, nodes_per_provider=None)) is None
 
 
 def test_check_replay_returns_the_largest_difference_within_tolerance():

@@ -40,6 +40,7 @@ from onnxship.calibrate.ort_static import (
     quantize_with_recipe,
     resolve_exclusions,
 )
+from onnxship.calibrate.quantize import drop_unused_opset_imports
 from onnxship.calibrate.recipes import CalibMethod, parse_recipe
 
 # Quantized outputs must match float ones to within this fraction of the float output range
@@ -311,3 +312,26 @@ def test_integer_mac_share_counts_the_macs_of_quantized_nodes(
 def test_integer_mac_share_of_a_float_model_is_zero(prepared: Path) -> None:
     share = integer_mac_share(prepared)
     assert share["share"] == 0.0 and share["total_macs"] == CONV_MACS + FC_MACS
+
+
+def test_drop_unused_opset_imports_keeps_the_used_domains_only(
+    prepared: Path, tmp_path: Path
+) -> None:
+    """ORT's pre-processing saves every domain it knows; the shipped INT8 file keeps only the
+    ones its nodes use, so an older onnxruntime need not know the others."""
+    q = quantize_with_recipe(
+        prepared,
+        tmp_path / "q.onnx",
+        parse_recipe("qdq-u8s8-perchannel-minmax"),
+        _calib(),
+        cache_dir=tmp_path / "ranges",
+    )
+    model = onnx.load(q)
+    model.opset_import.extend(
+        [helper.make_opsetid("com.microsoft.nchwc", 1), helper.make_opsetid("org.pytorch.aten", 1)]
+    )
+    dropped = drop_unused_opset_imports(model)
+    assert {"com.microsoft.nchwc", "org.pytorch.aten"} <= set(dropped)
+    assert {o.domain for o in model.opset_import} == {n.domain for n in model.graph.node} | {""}
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"input": _data(2)})[0].shape == (2, 3)

@@ -23,6 +23,7 @@ from onnxship.core.mnist import MNIST_MEAN, MNIST_STD
 from onnxship.export.checks import describe_onnx, onnx_parity, ort_session, run_batched
 from onnxship.export.errors import ExportError
 from onnxship.export.onnx_export import (
+    DEFAULT_OPSET,
     ExportConfig,
     ExporterKind,
     OptimizeLevel,
@@ -59,10 +60,12 @@ def _test_images(mnist_root: Path, n: int) -> np.ndarray:
 # ------------------------------------------------------------------------- the dynamo export
 
 
-def test_onnx_from_checkpoint_uses_dynamo_at_newest_ort_opset(teacher_export) -> None:
+def test_onnx_from_checkpoint_uses_dynamo_at_the_portable_default_opset(teacher_export) -> None:
     m = teacher_export.metrics
     assert m["exporter"] == "dynamo" and m["exporter_fallback_reason"] is None
-    assert m["opset"] == ort_opset_range()[1]
+    # 18, not the newest the build machine's onnxruntime loads: the artifact must load on an
+    # older onnxruntime at the deployment target (1.31 refused opset 28).
+    assert m["opset"] == min(DEFAULT_OPSET, ort_opset_range()[1]) == 18
     assert describe_onnx(teacher_export.path)["opset"] == m["opset"]
     assert m["export_wall_s"] > 0
 

@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--opset",
         type=int,
         default=None,
-        help="ai.onnx opset (default: the newest the installed onnxruntime runs, probed)",
+        help="ai.onnx opset (default: 18, which onnxruntime >= 1.14 loads, so the artifact runs on "
+        "older deployment targets; the installed onnxruntime must load it)",
     )
     parser.add_argument(
         "--exporter",
