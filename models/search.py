@@ -22,6 +22,7 @@ trained candidate saves and reloads through `models.checkpoint` unchanged.
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,11 +34,16 @@ from torch import nn
 from onnxship.models.errors import ModelsError
 from onnxship.models.registry import create_model, list_models
 
+log = logging.getLogger(__name__)
+
 PRUNED = "pruned"  # a candidate that is the pipeline's pruned + distilled teacher
 SCRATCH = "scratch"  # a candidate trained from scratch by KD in the search stage
 
-# Keyword arguments a width multiplier scales: names that say "how wide".
+# Keyword arguments a width multiplier scales: names that say "how wide" ...
 WIDTH_LIKE = re.compile(r"(width|channel|hidden|dim|features|filters|units|planes)", re.I)
+# ... except those fixed by the data or the task: the input's channels/features
+# (in_channels, input_dim, in_features) and the number of classes.
+NOT_WIDTH = re.compile(r"(^|_)(in|input|inputs)(_|$)|class|label|output_dim|out_features", re.I)
 DEFAULT_MULTIPLIERS = (0.25, 0.375, 0.5, 0.75)
 
 
@@ -149,6 +155,9 @@ class TeacherInfo:
     arch: str
     widths: Mapping[str, Any]
     task: str = "mnist"
+    # A user's network: builds the model from keyword arguments (the factory imported with its
+    # config folder on sys.path); `arch` is then its "module:function" name, for the record.
+    build: Callable[..., nn.Module] | None = field(default=None, compare=False, repr=False)
 
 
 SpaceFn = Callable[[TeacherInfo], list[StudentCandidate]]
@@ -246,13 +255,18 @@ def mnist_students(teacher: TeacherInfo) -> list[StudentCandidate]:
     return [pruned_candidate(teacher), *(patch_candidate(*g) for g in MNIST_GRID)]
 
 
+def is_width_like(key: str) -> bool:
+    """A keyword argument the width-multiplier space scales by default (see WIDTH_LIKE)."""
+    return bool(WIDTH_LIKE.search(key)) and not NOT_WIDTH.search(key)
+
+
 def scale_widths(
     kwargs: Mapping[str, Any], multiplier: float, keys: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """`kwargs` with its width-like integers (or `keys`) multiplied, rounded, at least 1."""
     out = dict(kwargs)
     for key, value in kwargs.items():
-        chosen = key in keys if keys is not None else bool(WIDTH_LIKE.search(key))
+        chosen = key in keys if keys is not None else is_width_like(key)
         if chosen and isinstance(value, int) and not isinstance(value, bool):
             out[key] = max(1, int(math.floor(value * multiplier + 0.5)))
     return out
@@ -266,7 +280,7 @@ class WidthMultiplierSpace:
       `create_model`-style: `functools.partial(create_model, "bn_cnn")`).
     kwargs: the full-width model's keyword arguments (the teacher's).
     width_keys: which kwargs to scale; default: names matching `WIDTH_LIKE` (width, channels,
-      hidden, dim, features, ...).
+      hidden, dim, features, ...) except the input's and the classes' (`NOT_WIDTH`).
     """
 
     factory: str | Callable[..., nn.Module]
@@ -274,6 +288,7 @@ class WidthMultiplierSpace:
     multipliers: tuple[float, ...] = DEFAULT_MULTIPLIERS
     width_keys: tuple[str, ...] | None = None
     label: str = "width"
+    arch_name: str | None = None  # the candidates' `arch` (default: the factory's name)
 
     def candidates(self) -> list[StudentCandidate]:
         if not self.multipliers or any(not 0 < m <= 1 for m in self.multipliers):
@@ -284,7 +299,7 @@ class WidthMultiplierSpace:
         scalable = [
             k
             for k, v in self.kwargs.items()
-            if (k in keys if keys is not None else WIDTH_LIKE.search(k))
+            if (k in keys if keys is not None else is_width_like(k))
             and isinstance(v, int)
             and not isinstance(v, bool)
         ]
@@ -293,7 +308,9 @@ class WidthMultiplierSpace:
                 f"no width-like integer keyword argument to scale in {dict(self.kwargs)}; name "
                 "them with width_keys (e.g. ['channels', 'hidden'])"
             )
-        arch = self.factory if isinstance(self.factory, str) else _callable_name(self.factory)
+        arch = self.arch_name or (
+            self.factory if isinstance(self.factory, str) else _callable_name(self.factory)
+        )
         fn = None if isinstance(self.factory, str) else self.factory
         seen: set[tuple[tuple[str, Any], ...]] = set()
         out = []
@@ -314,11 +331,24 @@ def _callable_name(fn: Callable[..., Any]) -> str:
 
 @register_space("width_multipliers")
 def width_multipliers(teacher: TeacherInfo) -> list[StudentCandidate]:
-    # A registry name or a "module:function" factory: candidates rebuild from the string.
-    if ":" not in teacher.arch and teacher.arch not in list_models():
+    # A user's factory builds through `teacher.build`; a registry name or a "module:function"
+    # string rebuilds from the string.
+    if teacher.build is None and ":" not in teacher.arch and teacher.arch not in list_models():
         raise ModelsError(
             f"width_multipliers: teacher architecture {teacher.arch!r} is neither registered "
             "nor a 'module:function' factory"
         )
-    space = WidthMultiplierSpace(teacher.arch, dict(teacher.widths))
-    return [pruned_candidate(teacher), *space.candidates()]
+    factory: str | Callable[..., nn.Module] = teacher.build or teacher.arch
+    space = WidthMultiplierSpace(factory, dict(teacher.widths), arch_name=teacher.arch)
+    try:
+        scaled = space.candidates()
+    except ModelsError as exc:
+        # A factory without width-like kwargs still gets the stage: its pruned teacher is
+        # screened and ships; the run says how to widen the space.
+        log.warning(
+            "search: %s; only the pruned teacher is a candidate (give the factory a width-like "
+            "keyword argument in [model] kwargs, e.g. width = 16, to search narrower networks)",
+            exc,
+        )
+        return [pruned_candidate(teacher)]
+    return [pruned_candidate(teacher), *scaled]

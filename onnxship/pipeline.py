@@ -384,11 +384,9 @@ def _run_locked(
         )
 
     # ---- issue 13: hardware-aware student search (onnxship.search) -------------------------
-    if cfg.search.enabled and own is not None:
-        # The width-multiplier space for a user's factory exists (models.search), but the
-        # stage still screens and distills on MNIST; it runs for the built-in task only.
-        progress("[skip] search: not yet available for a user's own model and data")
-    if cfg.search.enabled and own is None:
+    # The built-in MNIST task searches its own space; a user's factory model searches width
+    # multipliers of its keyword arguments, on the user's data (models.search).
+    if cfg.search.enabled:
         searched_ckpt = ctx.path("checkpoints", "searched.pt")
         cached_stage(
             ctx, "search", stage="search", config=cfg.search,
@@ -396,7 +394,7 @@ def _run_locked(
             outputs=[searched_ckpt, searched_ckpt.with_suffix(".json")],
             produce=lambda: searched_from_checkpoints(
                 teacher_ckpt, student_ckpt, teacher_fp32, cfg.search, searched_ckpt,
-                data_dir=data_dir,
+                data_dir=data_dir, data=data,
             ),
         )  # fmt: skip
         searched_fp32 = export(searched_ckpt, "searched-fp32", "export-searched")

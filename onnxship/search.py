@@ -34,7 +34,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +140,11 @@ class ScreenRow:
     error: str | None = None
 
 
-def export_for_screen(model: Any, path: Path, opset: int = SCREEN_OPSET) -> Path:
-    """A fast TorchScript export (batch dimension symbolic) of an eval-mode model."""
+def export_for_screen(
+    model: Any, path: Path, input_shape: Sequence[int], opset: int = SCREEN_OPSET
+) -> Path:
+    """A fast TorchScript export (batch dimension symbolic) of an eval-mode model taking one
+    sample of `input_shape` (without the batch dimension)."""
     import torch
 
     model.eval()
@@ -149,7 +152,7 @@ def export_for_screen(model: Any, path: Path, opset: int = SCREEN_OPSET) -> Path
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
-            (torch.zeros(2, 1, 28, 28),),
+            (torch.zeros(2, *input_shape),),
             os.fspath(path),
             dynamo=False,
             input_names=["input"],
@@ -384,23 +387,27 @@ def searched_from_checkpoints(
     out_path: str | os.PathLike[str],
     *,
     data_dir: str | os.PathLike[str] | None = None,
+    data: Any = None,
     progress: bool = False,
     candidates: Sequence[Any] | None = None,
 ) -> Artifact:
     """Screen, train, select (see the module docstring); write the winner's checkpoint.
 
     `pruned_ckpt` is the pipeline's pruned + distilled student (the PRUNED candidate);
-    `teacher_onnx` the teacher's FP32 artifact (the latency reference). `candidates` overrides
-    the space (tests)."""
+    `teacher_onnx` the teacher's FP32 artifact (the latency reference). The data is `data` (a
+    `models.data.DataConfig`), else the one the teacher's checkpoint records, else MNIST under
+    `data_dir`. A teacher built by a user's factory searches the width multipliers of that
+    factory's keyword arguments (`models.search.width_multipliers`) unless `cfg.space` names
+    another space. `candidates` overrides the space (tests)."""
     import torch
 
     from onnxship.core.env import cpu_model_name, isa_summary
     from onnxship.models.checkpoint import load_checkpoint, save_checkpoint
-    from onnxship.models.data import load_split
+    from onnxship.models.data import DataConfig, open_data
     from onnxship.models.distill import teacher_logits
     from onnxship.models.evaluate import top1
     from onnxship.models.flops import count_macs, count_params
-    from onnxship.models.search import PRUNED, TeacherInfo, space_candidates
+    from onnxship.models.search import PRUNED, space_candidates
     from onnxship.runtime_bench.session import check_provider_available
 
     cfg.validate()
@@ -408,10 +415,13 @@ def searched_from_checkpoints(
     provider = check_provider_available(cfg.provider)
     teacher, teacher_meta = load_checkpoint(teacher_ckpt)
     pruned, pruned_meta = load_checkpoint(pruned_ckpt)
-    info = TeacherInfo(teacher_meta.arch, teacher_meta.widths, task="mnist")
+    info = teacher_info(teacher_meta)
     cands = list(candidates) if candidates is not None else space_candidates(cfg.space, info)
 
-    fit, val = load_split(data_dir, "fit"), load_split(data_dir, "val")
+    recorded = teacher_meta.data
+    splits = open_data(data or (DataConfig.from_json(recorded) if recorded else None), data_dir)
+    fit, val = splits.split("fit"), splits.split("val")
+    input_shape = tuple(teacher_meta.input_shape)
     teacher_val = top1(teacher, val.x, val.y)
     calib_x = val.x[:64].numpy()
     feeds_x = val.x[:256].numpy()
@@ -428,7 +438,7 @@ def searched_from_checkpoints(
             model = pruned if cand.origin == PRUNED else cand.build()
             models[cand.name] = model
             try:
-                fp32 = export_for_screen(model, scratch / f"c{i}.onnx")
+                fp32 = export_for_screen(model, scratch / f"c{i}.onnx", input_shape)
                 row.files["fp32"] = fp32
                 for recipe in cfg.screen.int8_recipes:
                     row.files[f"int8:{recipe}"] = quantize_for_screen(
@@ -460,7 +470,7 @@ def searched_from_checkpoints(
         if cand.origin != PRUNED:
             torch.manual_seed(cfg.train.seed)
             model = cand.build()
-            stats = kd_train(model, teacher, fit.x, fit.y, cfg.train,
+            stats = kd_train(model, teacher, fit.x, fit.y, train_cfg,
                              cached_logits=fit_logits, progress=progress)  # fmt: skip
             train_log[cand.name] = {"final_loss": stats["final_loss"], "steps": stats["steps"]}
         model.eval()
@@ -469,7 +479,10 @@ def searched_from_checkpoints(
         trained_models[cand.name] = model
         return acc
 
-    fit_logits = None if cfg.train.teacher_online else teacher_logits(teacher, fit.x)
+    # The +-2 px shifts are the MNIST recipe; a user's data gets none (as in distill), since
+    # what a shift means depends on the data (8x8 digits, spectrograms, tabular rows...).
+    train_cfg = cfg.train if info.task == "mnist" else replace(cfg.train, shift=False)
+    fit_logits = None if train_cfg.teacher_online else teacher_logits(teacher, fit.x)
     winner, outcomes = select(
         screened, speedups, evaluate, teacher_val=teacher_val, max_drop=cfg.max_drop,
         max_trained=cfg.max_trained, budget_s=cfg.budget_s,
@@ -501,7 +514,7 @@ def searched_from_checkpoints(
                 else {}
             ),
             "speedup_vs_teacher_fp32": None if math.isnan(out.speedup) else round(out.speedup, 3),
-            "macs": count_macs(model),
+            "macs": count_macs(model, (1, *input_shape)),
             "params": count_params(model),
             "latency": row.latency,
             "ratios_vs_teacher_fp32": {
@@ -518,7 +531,7 @@ def searched_from_checkpoints(
     metrics: dict[str, Any] = {
         "winner": winner.name,
         "winner_arch": winner.arch if winner.origin != PRUNED else pruned_meta.arch,
-        "winner_widths": dict(best.widths()),
+        "winner_widths": winner.widths if winner.origin != PRUNED else _widths_of(best),
         "winner_origin": winner.origin,
         "winner_val_top1": outcomes[winner.name].val_top1,
         "teacher_val_top1": round(teacher_val, 6),
@@ -545,6 +558,42 @@ def searched_from_checkpoints(
         parent_sha256=sha256_file(teacher_ckpt),
         config=jsonable(cfg),
         extra={"teacher": os.fspath(teacher_ckpt)},
-        mean=teacher_meta.mean,
-        std=teacher_meta.std,
+        # dataset, data source and normalisation of the teacher; a user's factory with the
+        # winner's keyword arguments (the pruned teacher keeps its own, with its shapes)
+        like=teacher_meta,
+        factory=_winner_factory(winner, teacher_meta, pruned_meta),
     )
+
+
+def teacher_info(meta: Any) -> Any:
+    """What a search space sees of the teacher: its registry architecture and widths, or its
+    user factory ("module:function", kwargs, and a builder that imports it from the config
+    folder), with the task: "mnist" for the built-in data, else "custom"."""
+    from onnxship.models.registry import ModelFactory
+    from onnxship.models.search import TeacherInfo
+
+    task = "mnist" if meta.data is None or meta.data.get("kind", "mnist") == "mnist" else "custom"
+    factory = meta.factory
+    if factory is None:
+        return TeacherInfo(meta.arch, meta.widths, task=task)
+
+    def build(**kwargs: Any) -> Any:
+        return ModelFactory(factory.factory, kwargs, factory.search_path).build()
+
+    return TeacherInfo(factory.factory, dict(factory.kwargs), task=task, build=build)
+
+
+def _winner_factory(winner: Any, teacher_meta: Any, pruned_meta: Any) -> Any:
+    from onnxship.models.registry import ModelFactory
+    from onnxship.models.search import PRUNED
+
+    if winner.origin == PRUNED:
+        return pruned_meta.factory
+    if teacher_meta.factory is None or winner.arch != teacher_meta.factory.factory:
+        return None  # a registry architecture: rebuilt from its name and widths
+    return ModelFactory(winner.arch, winner.widths, teacher_meta.factory.search_path)
+
+
+def _widths_of(model: Any) -> dict[str, Any]:
+    widths = getattr(model, "widths", None)
+    return dict(widths()) if callable(widths) else {}

@@ -104,6 +104,15 @@ def test_scale_widths_scales_only_width_like_integers() -> None:
     assert scale_widths({"channels": 3}, 0.1) == {"channels": 1}
 
 
+def test_scale_widths_leaves_the_inputs_and_the_classes_alone() -> None:
+    """in_channels / input_dim / in_features are the data's, classes the task's: scaling them
+    would build a model that no longer takes the data (3 RGB channels -> 1)."""
+    kwargs = {"in_channels": 3, "input_dim": 64, "in_features": 32, "num_classes": 10,
+              "out_features": 10, "channels": 32, "hidden_dim": 128}  # fmt: skip
+    scaled = scale_widths(kwargs, 0.25)
+    assert scaled == {**kwargs, "channels": 8, "hidden_dim": 32}
+
+
 def test_width_multiplier_space_builds_from_a_create_model_style_callable() -> None:
     factory = functools.partial(create_model, "simple_cnn")
     space = WidthMultiplierSpace(factory, {"conv_channels": 32, "hidden": 128}, (0.25, 0.5))
@@ -120,6 +129,17 @@ def test_width_multiplier_space_names_the_fix_when_nothing_is_width_like() -> No
     space = WidthMultiplierSpace(functools.partial(create_model, "simple_cnn"), {"depth": 3})
     with pytest.raises(ModelsError, match="width_keys"):
         space.candidates()
+
+
+def test_width_multipliers_space_keeps_the_pruned_teacher_when_nothing_is_width_like(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    teacher = TeacherInfo("pkg.mod:tiny", {"classes": 2}, task="custom",
+                          build=lambda **kw: create_model("tiny_cnn"))  # fmt: skip
+    with caplog.at_level("WARNING"):
+        cands = space_candidates("auto", teacher)
+    assert [c.origin for c in cands] == [PRUNED]
+    assert "width = 16" in caplog.text
 
 
 def test_width_multiplier_space_imports_a_module_function_factory() -> None:

@@ -30,14 +30,17 @@ FAST_SCREEN = ScreenConfig(
     batch_sizes=(1, 4), warmup=1, seconds_per_batch_size=0.01, min_iterations=3, max_iterations=3
 )
 
+MNIST_SHAPE = (1, 28, 28)
+
 
 def test_screen_times_fp32_and_int8_of_each_candidate_interleaved(tmp_path: Path) -> None:
     torch.manual_seed(0)
     x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
-    teacher = export_for_screen(create_model("tiny_cnn"), tmp_path / "t.onnx")
+    teacher = export_for_screen(create_model("tiny_cnn"), tmp_path / "t.onnx", MNIST_SHAPE)
     student = export_for_screen(
         create_model("patch_cnn", kernel=7, stride=7, conv_channels=2, hidden=4),
         tmp_path / "s.onnx",
+        MNIST_SHAPE,
     )
     int8 = quantize_for_screen(student, "qdq-u8s8-perchannel-minmax-linear", x, tmp_path, "s")
     rows = [
@@ -62,7 +65,7 @@ def test_screened_fp32_graph_matches_torch(tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     model = create_model("patch_cnn", kernel=6, stride=4, conv_channels=3, hidden=5).eval()
-    path = export_for_screen(model, tmp_path / "m.onnx")
+    path = export_for_screen(model, tmp_path / "m.onnx", MNIST_SHAPE)
     x = torch.randn(3, 1, 28, 28)
     got = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
