@@ -67,8 +67,10 @@ MNIST_FILES = (
 # training and SUBSET_TEST test images of MNIST (the fixed validation split takes 5,000 of
 # the training images, so 1,000 are left to fit on; 1,000 test images are the floor of the
 # export's parity check): an 8-channel teacher, a student at half its MACs, the TorchScript
-# exporter, one fixed INT8 recipe, no teacher INT8/FP16 extras (the same writers as the
-# student's), a search that screens the whole space but trains one candidate for a few steps.
+# exporter, one fixed INT8 recipe, no teacher INT8/FP16 extras and no student search (their
+# outputs go through the same writers as the student's: save_checkpoint, the ONNX export,
+# INT8, FP16, plots; the search adds a Pareto plot to every run's report and three artifacts
+# to every verify, which cost this module 15 s of its 45 s of CPU when it was on, measured).
 # Epochs are fractions of the 1,000 fit images (2.7 = 21 steps of 128). The matrix checks
 # fault handling, not accuracy; the run's own gates (INT8 drop, FP16 agreement, parity) and
 # verify's accuracy re-measurement still apply to this data.
@@ -111,16 +113,7 @@ teacher_int8 = false
 teacher_fp16 = false
 
 [search]
-max_trained = 1
-budget_s = 0.0
-[search.screen]
-warmup = 1
-seconds_per_batch_size = 0.01
-min_iterations = 1
-max_iterations = 2
-int8_recipes = ["qdq-u8s8-perchannel-minmax-linear"]
-[search.train]
-epochs = 1.0
+enabled = false
 """
 
 STAGES = (
