@@ -51,7 +51,7 @@ from typing import Any
 import pytest
 
 from onnxship.cli import main
-from onnxship.core.artifact import sha256_file
+from onnxship.core.artifact import atomic_output, sha256_file
 from onnxship.pipeline import RUN_LOCK, RUN_MARKER
 
 pytestmark = pytest.mark.slow
@@ -839,6 +839,51 @@ def test_real_file_size_limit_exits_3_with_one_line(
     checks.done()
 
 
+# Single-stage commands that write a pair of files (weights + sidecar; INT8 model + its
+# calibration set): the second file fails after the first is in place (its rename), and
+# neither may be left. In a run the stage cache cleans up; a single command has none.
+PAIRS: dict[str, tuple[tuple[str, ...], Fault, tuple[str, ...]]] = {
+    "prune": (
+        ("prune", "checkpoints/teacher.pt", "--macs-budget", "0.5"),
+        Fault("prune command: checkpoint sidecar, read-only filesystem at the rename", "checkpoint", "checkpoints/student-pruned.json", "replace", errno.EROFS),
+        ("checkpoints/student-pruned.pt", "checkpoints/student-pruned.json"),
+    ),
+    "quantize": (
+        ("quantize", "artifacts/student-fp32.onnx", "--recipe", "qdq-u8s8-perchannel-minmax-linear",
+         "--calib-size", "64", "--bench-seconds", "0.05"),
+        Fault("quantize command: calibration npz vanished before the rename", "calibration npz", "calibration/student-int8-calib.npz", "vanish", errno.ENOENT),
+        ("artifacts/student-int8.onnx", "calibration/student-int8-calib.npz"),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", list(PAIRS))
+def test_single_command_pair_fault_leaves_neither_file_then_rerun_writes_both(
+    world: World, env: Path, tmp_path: Path, command: str
+) -> None:
+    (name, source, *flags), fault, outputs = PAIRS[command]
+    out = tmp_path / "out"
+    args = (name, os.fspath(world.bundle / source), "--out", os.fspath(out), *flags)
+    checks = Checks(f"{fault.name} ({fault.target})")
+    with inject(fault, out, env) as hits:
+        rc, err = run_cli(*args)
+    assert hits, f"{fault.name}: the fault never fired (rc {rc}): {err[-800:]}"
+    checks.check("exit_code", rc == 3, f"exit {rc}: {err[-400:]}")
+    ok, line = one_error_line(err, name)
+    names_it = Path(fault.target).name in line and ".tmp" not in line
+    checks.check("one_line", ok and names_it and ERRNO_WORDS[fault.err] in line, line)
+    leftovers = [o for o in outputs if (out / o).exists()]
+    problems = unvouched_files(out) if out.exists() else []
+    checks.check("vouched", not leftovers and not problems, ", ".join(leftovers + problems))
+    temps = temp_files(out, env) if out.exists() else []
+    checks.check("no_temp", not temps, ", ".join(temps))
+    rc, err = run_cli(*args)
+    both = all((out / o).is_file() for o in outputs)
+    problems = unvouched_files(out)
+    checks.check("rerun", rc == 0 and both and not problems, f"exit {rc}: {problems} {err[-400:]}")
+    checks.done()
+
+
 # --------------------------------------------------------------------------------------------
 # The data root disappears; a checkpoint is corrupted between stages
 
@@ -939,6 +984,42 @@ def test_atomic_output_turns_an_oserror_into_one_environment_fault_and_leaves_no
     assert info.value.exit_code == 3 and info.value.path == target
     assert str(info.value).startswith(f"read-only filesystem while writing ONNX model {target}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_companion_leaves_neither_file_when_either_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxship.core.artifact import atomic_companion, atomic_write_bytes
+    from onnxship.core.errors import EnvironmentFault
+
+    weights, sidecar = tmp_path / "model.pt", tmp_path / "model.json"
+    with (  # the first file's write fails
+        pytest.raises(EnvironmentFault, match="model.pt"),
+        atomic_companion(sidecar, b"{}", primary=weights),
+        atomic_output(weights) as tmp,
+    ):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(tmp))
+    assert list(tmp_path.iterdir()) == []
+
+    real_replace = os.replace
+
+    def refuse_sidecar(src: Any, dst: Any) -> None:
+        if Path(dst) == sidecar:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", refuse_sidecar)
+    with (  # the second file's rename fails, after the first one's
+        pytest.raises(EnvironmentFault, match="read-only filesystem while writing .*model.json"),
+        atomic_companion(sidecar, b"{}", primary=weights),
+    ):
+        atomic_write_bytes(weights, b"w" * 100)
+    assert list(tmp_path.iterdir()) == []  # the weights were in place; removed again
+
+    monkeypatch.setattr(os, "replace", real_replace)
+    with atomic_companion(sidecar, b"{}", primary=weights):
+        atomic_write_bytes(weights, b"w" * 100)
+    assert weights.read_bytes() == b"w" * 100 and sidecar.read_bytes() == b"{}"
 
 
 def test_atomic_output_keeps_a_missing_folder_a_usage_error(tmp_path: Path) -> None:
