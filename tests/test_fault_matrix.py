@@ -1,6 +1,7 @@
 """Faults a real machine throws, injected at the OS boundary of every writer, plus signals at
 every stage boundary of a reduced `onnxship run`, a data root that disappears and a corrupted
-checkpoint (issue 15).
+checkpoint (issue 15); and the single commands that write a pair of files (checkpoint weights
+and sidecar, INT8 model and calibration set) failing on the second one.
 
 Every case asserts the same five things, tallied per assertion and printed at the end of the
 module (set ONNXSHIP_FAULT_SUMMARY=FILE to also get them as JSON):
@@ -11,20 +12,24 @@ module (set ONNXSHIP_FAULT_SUMMARY=FILE to also get them as JSON):
               (sha256 equal) or the manifest; report/plots only next to a manifest
   no_temp     no `.tmp` file in the bundle and nothing left in $TMPDIR (scratch folders)
   rerun       the next clean run exits 0 and `onnxship verify` (checksums, ORT load, accuracy
-              re-measured) accepts the bundle
+              re-measured) accepts the bundle (a single command: the same command exits 0
+              and writes what it should)
 
 How faults are injected: `open` (builtins and io, which pathlib uses) and `os.replace` are
 wrapped so that the *temporary* file of one chosen final name fails like the OS would: ENOSPC
 after half the bytes were written, EACCES/EROFS at open, ENOENT because the temporary file was
 deleted before the rename, or a signal raised mid-write. Library writers (onnx.save_model,
 torch.save into bytes, matplotlib/PIL savefig, zipfile for .npz) all end in these calls. One
-case takes a real kernel fault instead: EFBIG from `ulimit -f` in a subprocess.
+case takes a real kernel fault instead: EFBIG from `ulimit -f`.
 
-Cost: one reduced bundle is built once per module (tiny teacher, tiny epochs) *through* the
-signal chain: each invocation is interrupted at the next stage boundary (SIGINT, then SIGTERM),
-the next one resumes, so every boundary is hit with both signals for the compute of one run.
-Writer faults copy that bundle and redo only the stage they break; all stages are
-deterministic, so nothing downstream reruns. Faults on the same stage share one rerun.
+Cost (the module is part of `make test`; about 30 s on a quiet 2-core machine): one reduced
+bundle (tiny teacher, tiny epochs, on a 6,000 + 1,000-image subset of MNIST, no student
+search; torch on one thread) is built once per module *through* the signal chain: each
+invocation is interrupted at the next stage boundary (SIGINT, then SIGTERM), the next one
+resumes, so every boundary is hit with both signals for the compute of one run. Writer faults
+copy that bundle and redo only the stage they break; all stages are deterministic, so nothing
+downstream reruns. Faults on the same stage share one rerun. Every `onnxship run` that gets to
+the end renders the report's plots (about half a second each), the largest single cost left.
 """
 
 from __future__ import annotations
