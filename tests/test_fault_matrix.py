@@ -523,7 +523,8 @@ def subset_data(root: Path, source: Path, n_train: int, n_test: int) -> Path:
 def _one_torch_thread() -> Iterator[None]:
     """One intra-op thread for torch while the module runs (restored after): the models are
     tiny, and on a shared 2-core machine a second OpenMP thread that waits for a busy core
-    made the whole module about twice as slow (wall and CPU; measured, issue 15). The real
+    made the signal chain twice as slow, wall and CPU (19-25 s against 9-14 s, measured
+    interleaved while another test run held one core; equal on an idle machine). The real
     process gets OMP_NUM_THREADS=1 for the same reason."""
     import torch
 
