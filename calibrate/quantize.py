@@ -31,6 +31,7 @@ recorded beside it for every row.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -75,7 +76,13 @@ from onnxship.calibrate.recipes import (
     recipes_for,
 )
 from onnxship.core import model_meta
-from onnxship.core.artifact import Artifact, atomic_output, jsonable, sha256_file
+from onnxship.core.artifact import (
+    Artifact,
+    atomic_companion,
+    atomic_output,
+    jsonable,
+    sha256_file,
+)
 from onnxship.core.errors import OnnxshipError
 
 log = logging.getLogger(__name__)
@@ -527,15 +534,19 @@ def int8_from_onnx(
                 exit_code=1,
             )
         out = Path(out_path)
-        _write_int8(
-            chosen.path, out, inp.src_meta, src_sha=inp.src_sha, mean=inp.mean, std=inp.std,
-            recipe_name=chosen.name, strip_node_metadata=cfg.strip_node_metadata,
-        )  # fmt: skip
+        # The INT8 model and its calibration set appear together or not at all.
+        pair = (
+            atomic_companion(calib_out, inp.calib.to_npz_bytes(), primary=out)
+            if calib_out is not None
+            else contextlib.nullcontext()
+        )
+        with pair:
+            _write_int8(
+                chosen.path, out, inp.src_meta, src_sha=inp.src_sha, mean=inp.mean, std=inp.std,
+                recipe_name=chosen.name, strip_node_metadata=cfg.strip_node_metadata,
+            )  # fmt: skip
         table = [_row_json(r, fp32, cfg, inp.budget(cfg)) for r in (fp32, *rows)]
-    calib_path: str | None = None
-    if calib_out is not None:
-        inp.calib.save(calib_out)
-        calib_path = os.fspath(calib_out)
+    calib_path = os.fspath(calib_out) if calib_out is not None else None
     metrics = _metrics(inp, cfg, graph, chosen, confirm, table, fallback_info, faster, why, out)
     metrics["calibration"]["path"] = calib_path
     metrics["search_wall_s"] = round(time.perf_counter() - started, 2)

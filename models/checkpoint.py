@@ -27,8 +27,9 @@ from torch import nn
 
 from onnxship.core.artifact import (
     Artifact,
+    atomic_companion,
     atomic_write_bytes,
-    atomic_write_json,
+    json_bytes,
     sha256_bytes,
     sha256_file,
 )
@@ -214,9 +215,12 @@ def save_checkpoint(
         factory=factory,
         shapes=module_shapes(model) if factory is not None else None,
     )
-    # Weights first, sidecar second: a sidecar only ever describes weights already in place.
-    atomic_write_bytes(weights_path, data_bytes)
-    atomic_write_json(sidecar_path(weights_path), meta.to_json())
+    # Both files or neither (also when the sidecar's write or rename fails): the sidecar is
+    # written to its temporary file first, the weights are renamed into place, then the sidecar,
+    # so a sidecar only ever describes weights already in place.
+    sidecar = sidecar_path(weights_path)
+    with atomic_companion(sidecar, json_bytes(meta.to_json()), primary=weights_path):
+        atomic_write_bytes(weights_path, data_bytes)
     return Artifact.from_file(
         weights_path, stage=stage, config=config, parent_sha256=parent_sha256, metrics=metrics
     )

@@ -1,6 +1,7 @@
 """Faults a real machine throws, injected at the OS boundary of every writer, plus signals at
 every stage boundary of a reduced `onnxship run`, a data root that disappears and a corrupted
-checkpoint (issue 15).
+checkpoint (issue 15); and the single commands that write a pair of files (checkpoint weights
+and sidecar, INT8 model and calibration set) failing on the second one.
 
 Every case asserts the same five things, tallied per assertion and printed at the end of the
 module (set ONNXSHIP_FAULT_SUMMARY=FILE to also get them as JSON):
@@ -11,20 +12,24 @@ module (set ONNXSHIP_FAULT_SUMMARY=FILE to also get them as JSON):
               (sha256 equal) or the manifest; report/plots only next to a manifest
   no_temp     no `.tmp` file in the bundle and nothing left in $TMPDIR (scratch folders)
   rerun       the next clean run exits 0 and `onnxship verify` (checksums, ORT load, accuracy
-              re-measured) accepts the bundle
+              re-measured) accepts the bundle (a single command: the same command exits 0
+              and writes what it should)
 
 How faults are injected: `open` (builtins and io, which pathlib uses) and `os.replace` are
 wrapped so that the *temporary* file of one chosen final name fails like the OS would: ENOSPC
 after half the bytes were written, EACCES/EROFS at open, ENOENT because the temporary file was
 deleted before the rename, or a signal raised mid-write. Library writers (onnx.save_model,
 torch.save into bytes, matplotlib/PIL savefig, zipfile for .npz) all end in these calls. One
-case takes a real kernel fault instead: EFBIG from `ulimit -f` in a subprocess.
+case takes a real kernel fault instead: EFBIG from `ulimit -f`.
 
-Cost: one reduced bundle is built once per module (tiny teacher, tiny epochs) *through* the
-signal chain: each invocation is interrupted at the next stage boundary (SIGINT, then SIGTERM),
-the next one resumes, so every boundary is hit with both signals for the compute of one run.
-Writer faults copy that bundle and redo only the stage they break; all stages are
-deterministic, so nothing downstream reruns. Faults on the same stage share one rerun.
+Cost (the module is part of `make test`; about 30 s on a quiet 2-core machine): one reduced
+bundle (tiny teacher, tiny epochs, on a 6,000 + 1,000-image subset of MNIST, no student
+search; torch on one thread) is built once per module *through* the signal chain: each
+invocation is interrupted at the next stage boundary (SIGINT, then SIGTERM), the next one
+resumes, so every boundary is hit with both signals for the compute of one run. Writer faults
+copy that bundle and redo only the stage they break; all stages are deterministic, so nothing
+downstream reruns. Faults on the same stage share one rerun. Every `onnxship run` that gets to
+the end renders the report's plots (about half a second each), the largest single cost left.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from typing import Any
 import pytest
 
 from onnxship.cli import main
-from onnxship.core.artifact import sha256_file
+from onnxship.core.artifact import atomic_output, sha256_file
 from onnxship.pipeline import RUN_LOCK, RUN_MARKER
 
 pytestmark = pytest.mark.slow
@@ -63,15 +68,25 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 
-# A run small enough to build in seconds: an 8-channel teacher, a student at half its MACs,
-# the TorchScript exporter, one fixed INT8 recipe, no teacher INT8/FP16 extras (the same
-# writers as the student's).
+# A run small enough to build in seconds, on a data root holding the first SUBSET_TRAIN
+# training and SUBSET_TEST test images of MNIST (the fixed validation split takes 5,000 of
+# the training images, so 1,000 are left to fit on; 1,000 test images are the floor of the
+# export's parity check): an 8-channel teacher, a student at half its MACs, the TorchScript
+# exporter, one fixed INT8 recipe, no teacher INT8/FP16 extras and no student search (their
+# outputs go through the same writers as the student's: save_checkpoint, the ONNX export,
+# INT8, FP16, plots; the search adds a Pareto plot to every run's report and three artifacts
+# to every verify, which cost this module 15 s of its 45 s of CPU when it was on, measured).
+# Epochs are fractions of the 1,000 fit images (2.7 = 21 steps of 128). The matrix checks
+# fault handling, not accuracy; the run's own gates (INT8 drop, FP16 agreement, parity) and
+# verify's accuracy re-measurement still apply to this data.
+SUBSET_TRAIN = 6000
+SUBSET_TEST = 1000
 TINY_CONFIG = """
 [train]
 augment = "none"
 widths = [["conv_channels", 8], ["hidden", 32]]
 [train.sgd]
-epochs = 0.05
+epochs = 2.7
 
 [prune]
 macs_budget = 0.5
@@ -80,7 +95,7 @@ macs_budget = 0.5
 exporter = "torchscript"  # 0.25 s of CPU per export here against dynamo's 2.4 s
 
 [distill.sgd]
-epochs = 0.02
+epochs = 1.0
 
 [fp16]
 parity_samples = 1000
@@ -101,6 +116,9 @@ iterations = 3
 [extra]
 teacher_int8 = false
 teacher_fp16 = false
+
+[search]
+enabled = false
 """
 
 STAGES = (
@@ -476,7 +494,7 @@ class World:
 
 
 def link_data(root: Path, source: Path) -> Path:
-    """A data root of symlinks to the real MNIST files (cheap to create and remove)."""
+    """A data root of symlinks to the MNIST files of `source` (cheap to create and remove)."""
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for name in MNIST_FILES:
@@ -484,13 +502,47 @@ def link_data(root: Path, source: Path) -> Path:
     return root
 
 
+def subset_data(root: Path, source: Path, n_train: int, n_test: int) -> Path:
+    """A data root holding the first `n_train` training and `n_test` test images (and labels)
+    of the MNIST root `source`, as idx files whose headers say so."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in MNIST_FILES:
+        n = n_train if name.startswith("train") else n_test
+        with open(source / "MNIST" / "raw" / name, "rb") as handle:
+            magic = handle.read(4)
+            dims = [int.from_bytes(handle.read(4), "big") for _ in range(magic[3])]
+            assert dims[0] >= n, f"{name}: {dims[0]} items, fewer than {n}"
+            body = handle.read(n * (dims[1] * dims[2] if len(dims) == 3 else 1))
+        head = magic + b"".join(d.to_bytes(4, "big") for d in (n, *dims[1:]))
+        (raw / name).write_bytes(head + body)
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for torch while the module runs (restored after): the models are
+    tiny, and on a shared 2-core machine a second OpenMP thread that waits for a busy core
+    made the signal chain twice as slow, wall and CPU (19-25 s against 9-14 s, measured
+    interleaved while another test run held one core; equal on an idle machine). The real
+    process gets OMP_NUM_THREADS=1 for the same reason."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Iterator[World]:
+def world(
+    tmp_path_factory: pytest.TempPathFactory, mnist_root: Path, _one_torch_thread: None
+) -> Iterator[World]:
     started = cpu_seconds()
     work = tmp_path_factory.mktemp("faults")
     config = work / "tiny.toml"
     config.write_text(TINY_CONFIG)
-    data = link_data(work / "data", mnist_root)
+    data = subset_data(work / "data", mnist_root, SUBSET_TRAIN, SUBSET_TEST)
     scratch = work / "scratch"
     scratch.mkdir()
     w = World(work=work, config=config, data=data, bundle=work / "bundle")
@@ -793,14 +845,59 @@ def test_real_file_size_limit_exits_3_with_one_line(
     checks.done()
 
 
+# Single-stage commands that write a pair of files (weights + sidecar; INT8 model + its
+# calibration set): the second file fails after the first is in place (its rename), and
+# neither may be left. In a run the stage cache cleans up; a single command has none.
+PAIRS: dict[str, tuple[tuple[str, ...], Fault, tuple[str, ...]]] = {
+    "prune": (
+        ("prune", "checkpoints/teacher.pt", "--macs-budget", "0.5"),
+        Fault("prune command: checkpoint sidecar, read-only filesystem at the rename", "checkpoint", "checkpoints/student-pruned.json", "replace", errno.EROFS),
+        ("checkpoints/student-pruned.pt", "checkpoints/student-pruned.json"),
+    ),
+    "quantize": (
+        ("quantize", "artifacts/student-fp32.onnx", "--recipe", "qdq-u8s8-perchannel-minmax-linear",
+         "--calib-size", "64", "--bench-seconds", "0.05"),
+        Fault("quantize command: calibration npz vanished before the rename", "calibration npz", "calibration/student-int8-calib.npz", "vanish", errno.ENOENT),
+        ("artifacts/student-int8.onnx", "calibration/student-int8-calib.npz"),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", list(PAIRS))
+def test_single_command_pair_fault_leaves_neither_file_then_rerun_writes_both(
+    world: World, env: Path, tmp_path: Path, command: str
+) -> None:
+    (name, source, *flags), fault, outputs = PAIRS[command]
+    out = tmp_path / "out"
+    args = (name, os.fspath(world.bundle / source), "--out", os.fspath(out), *flags)
+    checks = Checks(f"{fault.name} ({fault.target})")
+    with inject(fault, out, env) as hits:
+        rc, err = run_cli(*args)
+    assert hits, f"{fault.name}: the fault never fired (rc {rc}): {err[-800:]}"
+    checks.check("exit_code", rc == 3, f"exit {rc}: {err[-400:]}")
+    ok, line = one_error_line(err, name)
+    names_it = Path(fault.target).name in line and ".tmp" not in line
+    checks.check("one_line", ok and names_it and ERRNO_WORDS[fault.err] in line, line)
+    leftovers = [o for o in outputs if (out / o).exists()]
+    problems = unvouched_files(out) if out.exists() else []
+    checks.check("vouched", not leftovers and not problems, ", ".join(leftovers + problems))
+    temps = temp_files(out, env) if out.exists() else []
+    checks.check("no_temp", not temps, ", ".join(temps))
+    rc, err = run_cli(*args)
+    both = all((out / o).is_file() for o in outputs)
+    problems = unvouched_files(out)
+    checks.check("rerun", rc == 0 and both and not problems, f"exit {rc}: {problems} {err[-400:]}")
+    checks.done()
+
+
 # --------------------------------------------------------------------------------------------
 # The data root disappears; a checkpoint is corrupted between stages
 
 
 def test_data_root_removed_after_train_is_one_line_then_resume_verifies(
-    world: World, env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_root: Path
+    world: World, env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = link_data(tmp_path / "data", mnist_root)
+    data = link_data(tmp_path / "data", world.data)
     monkeypatch.setenv("ONNXSHIP_DATA_DIR", os.fspath(data))
     bundle = copy_bundle(world, tmp_path / "bundle", redo=("prune",))
     checks = Checks("data root removed after train")
@@ -820,7 +917,7 @@ def test_data_root_removed_after_train_is_one_line_then_resume_verifies(
     checks.check("vouched", not problems, ", ".join(problems))
     temps = temp_files(bundle, env)
     checks.check("no_temp", not temps, ", ".join(temps))
-    link_data(data, mnist_root)  # restored
+    link_data(data, world.data)  # restored
     ok, detail = rerun_and_verify(world, bundle)
     checks.check("rerun", ok, detail)
     checks.done()
@@ -893,6 +990,42 @@ def test_atomic_output_turns_an_oserror_into_one_environment_fault_and_leaves_no
     assert info.value.exit_code == 3 and info.value.path == target
     assert str(info.value).startswith(f"read-only filesystem while writing ONNX model {target}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_companion_leaves_neither_file_when_either_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxship.core.artifact import atomic_companion, atomic_write_bytes
+    from onnxship.core.errors import EnvironmentFault
+
+    weights, sidecar = tmp_path / "model.pt", tmp_path / "model.json"
+    with (  # the first file's write fails
+        pytest.raises(EnvironmentFault, match="model.pt"),
+        atomic_companion(sidecar, b"{}", primary=weights),
+        atomic_output(weights) as tmp,
+    ):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(tmp))
+    assert list(tmp_path.iterdir()) == []
+
+    real_replace = os.replace
+
+    def refuse_sidecar(src: Any, dst: Any) -> None:
+        if Path(dst) == sidecar:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", refuse_sidecar)
+    with (  # the second file's rename fails, after the first one's
+        pytest.raises(EnvironmentFault, match="read-only filesystem while writing .*model.json"),
+        atomic_companion(sidecar, b"{}", primary=weights),
+    ):
+        atomic_write_bytes(weights, b"w" * 100)
+    assert list(tmp_path.iterdir()) == []  # the weights were in place; removed again
+
+    monkeypatch.setattr(os, "replace", real_replace)
+    with atomic_companion(sidecar, b"{}", primary=weights):
+        atomic_write_bytes(weights, b"w" * 100)
+    assert weights.read_bytes() == b"w" * 100 and sidecar.read_bytes() == b"{}"
 
 
 def test_atomic_output_keeps_a_missing_folder_a_usage_error(tmp_path: Path) -> None:

@@ -141,6 +141,36 @@ def atomic_output(path: str | os.PathLike[str], *, what: str | None = None) -> I
         raise
 
 
+@contextlib.contextmanager
+def atomic_companion(
+    companion: str | os.PathLike[str],
+    data: bytes,
+    *,
+    primary: str | os.PathLike[str],
+    what: str | None = None,
+) -> Iterator[None]:
+    """Write `data` to `companion` together with `primary`, which the block writes (through
+    `atomic_output`): both files appear, or neither does.
+
+    For pairs that are read together - a checkpoint's weights and its sidecar, an INT8 model
+    and its calibration set. The companion's temporary file is complete before the block runs
+    (so a full disk stops the pair before `primary` is touched) and is renamed into place only
+    after the block succeeded; if that rename fails, or a signal lands between the two
+    renames, the new `primary` is removed again. OSErrors become `EnvironmentFault` naming
+    the companion, as in `atomic_output`."""
+    placed = False
+    try:
+        with atomic_output(companion, what=what) as tmp:
+            tmp.write_bytes(data)
+            yield
+            placed = True
+    except BaseException:
+        if placed:
+            with contextlib.suppress(OSError):
+                Path(primary).unlink()
+        raise
+
+
 def atomic_write_bytes(
     path: str | os.PathLike[str], data: bytes, *, what: str | None = None
 ) -> Path:
@@ -171,9 +201,13 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def json_bytes(obj: Any) -> bytes:
+    """`obj` as the JSON every onnxship file holds (indented, keys in order, final newline)."""
+    return (json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, what: str | None = None) -> Path:
-    text = json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n"
-    return atomic_write_text(path, text, what=what)
+    return atomic_write_bytes(path, json_bytes(obj), what=what)
 
 
 def config_hash(obj: Any) -> str:
