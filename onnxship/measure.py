@@ -33,12 +33,17 @@ class BenchSettings:
     iterations: int = 200
     # Empty = every *available* EP among CPU and CUDA; otherwise names or cpu/cuda.
     providers: tuple[str, ...] = ()
+    # Calls per artifact per round of the interleaved timing, the first untimed: a deployed
+    # model called in a row has warm caches (runtime_bench.latency.measure_interleaved).
+    interleave_block: int = 4
 
     def validate(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise PipelineError(
                 f"bench.batch_sizes must be positive integers, got {self.batch_sizes}"
             )
+        if self.interleave_block < 1:
+            raise PipelineError(f"bench.interleave_block must be >= 1, got {self.interleave_block}")
         if self.threads < 1 or self.iterations < 1 or self.warmup < 0:
             raise PipelineError(
                 f"bench: threads and iterations must be >= 1 and warmup >= 0, got threads="
@@ -265,6 +270,7 @@ def bench_stage(
                 warmup=settings.warmup,
                 iterations=settings.iterations,
                 progress=False,
+                interleave_block=settings.interleave_block,
             )
             result = benchmark_models_interleaved(list(onnx_paths.values()), cfg)
             if merged is None:

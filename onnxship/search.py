@@ -54,7 +54,8 @@ SCREEN_RECIPES = ("qdq-u8s8-perchannel-minmax", "qdq-u8s8-perchannel-minmax-line
 @dataclass(frozen=True)
 class ScreenConfig:
     """Latency screen: batch sizes, ORT intra-op threads, seconds per batch size for the
-    interleaved round-robin (iterations = budget / one round, clamped), INT8 recipes tried."""
+    interleaved rounds (iterations = budget / one round, clamped), INT8 recipes tried, calls
+    per model per round (`block`, the first untimed)."""
 
     batch_sizes: tuple[int, ...] = (1, 64)
     threads: int = 1
@@ -63,6 +64,8 @@ class ScreenConfig:
     min_iterations: int = 10
     max_iterations: int = 300
     int8_recipes: tuple[str, ...] = SCREEN_RECIPES
+    # calls per model per round, the first untimed; the bench stage times the same way
+    block: int = 4
 
 
 @dataclass(frozen=True)
@@ -208,9 +211,13 @@ def time_interleaved(
         for fn in fns.values():
             fn()
         one_round = max(time.perf_counter() - start, 1e-6)
-        iterations = int(cfg.seconds_per_batch_size / one_round)
+        # a timed sample costs block / (block - 1) calls (the first of each block is untimed)
+        per_sample = cfg.block / max(cfg.block - 1, 1) if cfg.block > 1 else 1.0
+        iterations = int(cfg.seconds_per_batch_size / (one_round * per_sample))
         iterations = max(cfg.min_iterations, min(cfg.max_iterations, iterations))
-        stats = measure_interleaved(fns, batch_size=batch, warmup=cfg.warmup, iterations=iterations)
+        stats = measure_interleaved(
+            fns, batch_size=batch, warmup=cfg.warmup, iterations=iterations, block=cfg.block
+        )
         for key, st in stats.items():
             name, label = key.split("\x00")
             row = next(r for r in rows if r.name == name)

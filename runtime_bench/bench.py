@@ -92,6 +92,9 @@ class BenchConfig:
     dim_values: tuple[tuple[str, int], ...] = ()
     seed: int = 0
     progress: bool = True
+    # interleaved timing only (`benchmark_models_interleaved`): calls per model per round, the
+    # first untimed (see `runtime_bench.latency.measure_interleaved`); 1 = call by call
+    interleave_block: int = 1
 
     def __post_init__(self) -> None:
         sizes = self.batch_sizes
@@ -111,6 +114,8 @@ class BenchConfig:
             raise BenchError(f"warm-up runs must be >= 0, got {self.warmup}")
         if self.iterations < 1:
             raise BenchError(f"iterations must be >= 1, got {self.iterations}")
+        if self.interleave_block < 1:
+            raise BenchError(f"interleave_block must be >= 1, got {self.interleave_block}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise BenchError(f"time budget must be > 0 seconds, got {self.time_budget_s}")
         if isinstance(self.graph_optimization, str):
@@ -489,8 +494,9 @@ def benchmark_models(
 def benchmark_models_interleaved(
     paths: Sequence[str | os.PathLike[str]], cfg: BenchConfig = BenchConfig()
 ) -> dict[str, Any]:
-    """Benchmark every model round-robin at each batch size (A, B, C, A, B, C, ...; see
-    `runtime_bench.latency.measure_interleaved`), so drift of a noisy machine hits every model
+    """Benchmark every model round-robin at each batch size (A, B, C, A, B, C, ..., or in
+    blocks of `cfg.interleave_block` calls; see `runtime_bench.latency.measure_interleaved`),
+    so drift of a noisy machine hits every model
     alike and ratios between the rows are taken at the same moments. Same document as
     `benchmark_models`; each row says `"timing": "interleaved"`. Host (numpy in/out) rows only:
     `end_to_end` on CUDA, `host` elsewhere. `time_budget_s` is not supported (fixed counts)."""
@@ -526,8 +532,9 @@ def benchmark_models_interleaved(
                     f"{text.splitlines()[0] if text else type(exc).__name__}"
                 ) from exc
         stats = measure_interleaved(
-            fns, batch_size=batch_size, warmup=cfg.warmup, iterations=cfg.iterations
-        )
+            fns, batch_size=batch_size, warmup=cfg.warmup, iterations=cfg.iterations,
+            block=cfg.interleave_block,
+        )  # fmt: skip
         for key, base, handle in zip(keys, bases, handles, strict=True):
             io = IoMode.END_TO_END if handle.provider == CUDA_EP else IoMode.HOST
             row = _row(base, batch_size=batch_size, io=io, first_run_ms=first[key],

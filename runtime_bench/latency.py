@@ -101,18 +101,37 @@ def measure_interleaved(
     batch_size: int,
     warmup: int = 10,
     iterations: int = 100,
+    block: int = 1,
 ) -> dict[str, LatencyStats]:
-    """Time several callables round-robin (A, B, C, A, B, C, ...); one LatencyStats each."""
+    """Time several callables interleaved in one run; one LatencyStats each (`iterations`
+    timed calls each).
+
+    block=1: round-robin call by call (A, B, C, A, B, C, ...). block=k>1: each round calls
+    each callable k times in a row (A A A B B B C C C, ...) and times the last k-1 calls; the
+    first call of a block re-fills the caches the previous model evicted. A deployed model
+    called in a row does not pay that, and call-by-call rounds charge it to every call, which
+    penalises the small models most: measured on the 2-core Xeon, a 73k-MAC student read 8.2x
+    faster than the teacher call by call next to the teacher's FP16 and INT8 files, and 12.9x in
+    the search's screen next to other small models. Either way every model is timed in the
+    same rounds, so slow drift of a noisy machine hits all alike."""
     _check_counts(warmup, iterations)
+    if block < 1:
+        raise BenchError(f"interleaving block must be >= 1 call, got {block}")
     names = list(fns)
     for _ in range(warmup):
         for name in names:
             fns[name]()
     samples: dict[str, list[int]] = {name: [] for name in names}
     clock = time.perf_counter_ns
-    for _ in range(iterations):
+    timed_per_block = max(block - 1, 1)
+    rounds = -(-iterations // timed_per_block)
+    for _ in range(rounds):
         for name in names:
-            start = clock()
-            fns[name]()
-            samples[name].append(clock() - start)
-    return {name: stats_from_ns(samples[name], batch_size) for name in names}
+            fn = fns[name]
+            if block > 1:
+                fn()  # untimed: refills what the previous model evicted
+            for _ in range(timed_per_block):
+                start = clock()
+                fn()
+                samples[name].append(clock() - start)
+    return {name: stats_from_ns(samples[name][:iterations], batch_size) for name in names}

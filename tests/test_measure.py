@@ -60,9 +60,10 @@ def test_bench_stage_times_every_artifact_interleaved_in_one_run(
     calls: list[tuple[int, list[str]]] = []
     real = bench_module.measure_interleaved
 
-    def spy(fns, *, batch_size, warmup, iterations):  # type: ignore[no-untyped-def]
+    def spy(fns, *, batch_size, warmup, iterations, block):  # type: ignore[no-untyped-def]
         calls.append((batch_size, list(fns)))
-        return real(fns, batch_size=batch_size, warmup=warmup, iterations=iterations)
+        assert block == BenchSettings().interleave_block == 4
+        return real(fns, batch_size=batch_size, warmup=warmup, iterations=iterations, block=block)
 
     monkeypatch.setattr(bench_module, "measure_interleaved", spy)
     bundle = tmp_path / "bundle"
