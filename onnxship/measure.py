@@ -134,11 +134,25 @@ def eval_stage(
         metrics = {name: {"test_top1": r["top1"]} for name, r in results.items()}
         return Artifact.from_file(out, stage="eval", config=settings, metrics=metrics)
 
+    # The machine is part of the key, as for bench: the manifest records the environment of
+    # the run that writes it, and verify demands exact predictions on that environment, so a
+    # bundle re-run elsewhere (seen: re-benched on the GPU machine) re-measures accuracy there
+    # instead of keeping predictions from another CPU under the new machine's name.
+    import onnxruntime as ort
+
+    from onnxship.core.env import cpu_model_name, isa_summary
+
+    key_config = {
+        "settings": settings,
+        "cpu": cpu_model_name(),
+        "isa": isa_summary(),
+        "onnxruntime": ort.__version__,
+    }
     cached_stage(
         ctx,
         "eval",
         stage="eval",
-        config=settings,
+        config=key_config,
         inputs=[*onnx_paths.values(), *data_files],
         outputs=[out, preds_path],
         produce=produce,

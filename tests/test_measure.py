@@ -10,7 +10,14 @@ import pytest
 import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
 
 import onnxship.runtime_bench.bench as bench_module
-from onnxship.measure import BenchSettings, bench_providers, bench_stage, probe_provider
+from onnxship.measure import (
+    BenchSettings,
+    EvalSettings,
+    bench_providers,
+    bench_stage,
+    eval_stage,
+    probe_provider,
+)
 from onnxship.stage_run import RunContext
 
 CPU_ONLY = "CUDAExecutionProvider" not in ort.get_available_providers()
@@ -80,3 +87,26 @@ def test_bench_stage_times_every_artifact_interleaved_in_one_run(
     assert doc["config"]["timing"] == "interleaved"
     record = json.loads((bundle / "stages" / "bench.json").read_text())
     assert record["metrics"]["skipped_providers"] == []
+
+
+def test_eval_stage_is_reused_on_the_same_machine_and_re_measured_on_another(
+    tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest names the environment of the run that writes it and verify demands exact
+    predictions there: a bundle re-run on another machine must re-measure, not reuse."""
+    import onnxship.core.env as env
+
+    paths = {"pixel": tiny.pixel_classifier(tmp_path / "pixel.onnx")}
+    bundle = tmp_path / "bundle"
+    for folder in ("results", "stages"):
+        (bundle / folder).mkdir(parents=True)
+
+    def run() -> RunContext:
+        ctx = RunContext(out_dir=bundle, force=False, data_dir=mnist_root)
+        eval_stage(ctx, EvalSettings(), paths)
+        return ctx
+
+    run()
+    assert run().skipped == ["eval"]
+    monkeypatch.setattr(env, "cpu_model_name", lambda: "another CPU")
+    assert run().skipped == []
