@@ -65,6 +65,17 @@ def _load_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def machine_key() -> dict[str, Any]:
+    """What a measurement depends on beyond its inputs: the CPU model, its ISA extensions and
+    the onnxruntime version. Part of the eval and bench stages' cache keys, so a bundle re-run
+    on another machine (or onnxruntime) is re-measured there."""
+    import onnxruntime as ort
+
+    from onnxship.core.env import cpu_model_name, isa_summary
+
+    return {"cpu": cpu_model_name(), "isa": isa_summary(), "onnxruntime": ort.__version__}
+
+
 def eval_stage(
     ctx: RunContext,
     settings: EvalSettings,
@@ -138,21 +149,11 @@ def eval_stage(
     # the run that writes it, and verify demands exact predictions on that environment, so a
     # bundle re-run elsewhere (seen: re-benched on the GPU machine) re-measures accuracy there
     # instead of keeping predictions from another CPU under the new machine's name.
-    import onnxruntime as ort
-
-    from onnxship.core.env import cpu_model_name, isa_summary
-
-    key_config = {
-        "settings": settings,
-        "cpu": cpu_model_name(),
-        "isa": isa_summary(),
-        "onnxruntime": ort.__version__,
-    }
     cached_stage(
         ctx,
         "eval",
         stage="eval",
-        config=key_config,
+        config={"settings": settings, **machine_key()},
         inputs=[*onnx_paths.values(), *data_files],
         outputs=[out, preds_path],
         produce=produce,
@@ -257,7 +258,6 @@ def bench_stage(
     On each EP the artifacts are timed interleaved in one run (round-robin at each batch size,
     `benchmark_models_interleaved`), so the ratios between them (the report's headline, the
     gate's latency_ratios) compare numbers taken at the same moments."""
-    from onnxship.core.env import cpu_model_name, isa_summary
     from onnxship.runtime_bench.bench import BenchConfig, benchmark_models_interleaved
 
     providers, skipped = bench_providers(settings.providers)
@@ -269,8 +269,7 @@ def bench_stage(
         "settings": settings,
         "providers": providers,
         "timing": "interleaved",
-        "cpu": cpu_model_name(),
-        "isa": isa_summary(),
+        **machine_key(),
     }
     skipped_json = [{"provider": p.provider, "reason": p.reason} for p in skipped]
 
