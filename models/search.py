@@ -21,7 +21,6 @@ trained candidate saves and reloads through `models.checkpoint` unchanged.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import re
@@ -32,7 +31,7 @@ from typing import Any
 from torch import nn
 
 from onnxship.models.errors import ModelsError
-from onnxship.models.registry import create_model, list_models
+from onnxship.models.registry import ModelFactory, create_model, list_models
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +84,8 @@ class StudentCandidate:
         """A fresh, untrained model of this architecture."""
         if self.factory is not None:
             model = self.factory(**self.widths)
-        elif ":" in self.arch:
-            model = load_factory(self.arch)(**self.widths)
+        elif ":" in self.arch:  # imported, called and checked like a [model] factory
+            return ModelFactory(self.arch, self.widths).build()
         else:
             return create_model(self.arch, **self.widths)
         if not isinstance(model, nn.Module):
@@ -127,24 +126,6 @@ def _is_structural(key: str) -> bool:
     """Widths that change the shape of the computation rather than its width (stem kernel and
     stride): candidates differing in them are not comparable by capacity."""
     return key in ("kernel", "stride", "patch")
-
-
-def load_factory(spec: str) -> Callable[..., nn.Module]:
-    """Import "package.module:function"."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ModelsError(f"model factory {spec!r} must be 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelsError(
-            f"model factory {spec!r}: cannot import {module_name!r} ({exc}); put the package "
-            "on sys.path or install it"
-        ) from exc
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ModelsError(f"model factory {spec!r}: {module_name} has no callable {attr!r}")
-    return fn
 
 
 @dataclass(frozen=True)
