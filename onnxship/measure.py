@@ -71,9 +71,10 @@ def machine_key() -> dict[str, Any]:
     on another machine (or onnxruntime) is re-measured there."""
     import onnxruntime as ort
 
-    from onnxship.core.env import cpu_model_name, isa_summary
+    from onnxship.core.env import cpu_model_name, integer_class, isa_summary
 
-    return {"cpu": cpu_model_name(), "isa": isa_summary(), "onnxruntime": ort.__version__}
+    return {"cpu": cpu_model_name(), "isa": isa_summary(), "integer_class": integer_class(),
+            "onnxruntime": ort.__version__}  # fmt: skip
 
 
 def eval_stage(

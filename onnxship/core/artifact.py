@@ -311,7 +311,10 @@ def write_stage_record(
         "finished": utc_now(),
         "wall_s": round(float(wall_s), 3),
     }
-    # Extra keys (e.g. the pipeline's cache key) come after the contract's keys, never over them.
-    for key, value in (extra or {}).items():
+    # Extra keys (e.g. the pipeline's cache key) come after the contract's keys, never over them;
+    # the CPU's integer class is on every record (the numbers in it were measured there).
+    from onnxship.core.env import integer_class_record
+
+    for key, value in {**(extra or {}), **integer_class_record()}.items():
         record.setdefault(key, jsonable(value))
     return atomic_write_json(stages_dir / f"{name}.json", record, what=f"the '{name}' stage record")
