@@ -23,13 +23,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="write JUnit XML, one test case per artifact")  # fmt: skip
     parser.add_argument("--check-latency", action="store_true",
                         help="also enforce the baseline's latency_ratios (opt-in: noisy machines)")  # fmt: skip
+    parser.add_argument("--require-class", default=None, metavar="CLASSES",
+                        help="comma-separated CPU integer classes (e.g. avx2,avx512_vnni) each "
+                        "baseline artifact must have a measured accuracy on, meeting the "
+                        "baseline; one JUnit case per artifact and class")  # fmt: skip
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from onnxship.gate import gate, markdown, write_junit
 
-    cases = gate(args.manifest, args.baseline, check_latency=args.check_latency)
+    cases = gate(
+        args.manifest,
+        args.baseline,
+        check_latency=args.check_latency,
+        require_classes=args.require_class,
+    )
     print(markdown(cases))
     if args.junit:
         write_junit(cases, args.junit)
