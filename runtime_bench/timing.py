@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -264,26 +264,55 @@ def percentile_cis(
     return [(float(v), (float(a), float(b))) for v, a, b in zip(values, lo, hi, strict=True)]
 
 
-def paired_ratio(model: ModelTiming, reference: ModelTiming, cfg: TimingConfig) -> Ratio:
-    """reference_stat / model_stat with a paired bootstrap CI over their common rounds."""
-    n = min(len(model.round_stats_ms), len(reference.round_stats_ms))
-    if n == 0:
-        raise BenchError(f"no common timed rounds for {model.name} and {reference.name}")
-    both = np.array([reference.round_stats_ms[:n], model.round_stats_ms[:n]], dtype=np.float64)
-    agg = _aggregate(both, cfg.statistic)
-    point = float(agg[0] / agg[1])
-    if n < 2:
-        ci = (point, point)
-    else:
-        rng = np.random.default_rng(cfg.seed + 7919)
-        boots = []
-        for idx in _boot_indices(rng, n, cfg.n_bootstrap, 2):
-            stat = _aggregate(both[:, idx], cfg.statistic)  # (2, chunk)
-            boots.append(stat[0] / stat[1])
+def ratio_from_rounds(
+    name: str,
+    reference: str,
+    name_rounds: Sequence[float],
+    reference_rounds: Sequence[float],
+    cfg: TimingConfig,
+    *,
+    paired: bool = True,
+    scale: float = 1.0,
+) -> Ratio:
+    """scale * reference_stat / name_stat from per-round statistics, with a bootstrap CI over
+    rounds: paired (the same resampled rounds for both; the series must come from one run and
+    are cut to their common length) or, for series from different runs (e.g. two batch sizes),
+    each resampled on its own. `scale` turns a latency ratio into a throughput ratio
+    (batch_name / batch_reference)."""
+    a = np.asarray(name_rounds, dtype=np.float64)
+    b = np.asarray(reference_rounds, dtype=np.float64)
+    if paired:
+        n = min(a.size, b.size)
+        a, b = a[:n], b[:n]
+    if a.size == 0 or b.size == 0:
+        raise BenchError(f"no timed rounds to compare {name} with {reference}")
+    stat = cfg.statistic
+    point = float(scale * _aggregate(b, stat) / _aggregate(a, stat))
+    rng = np.random.default_rng(cfg.seed + 7919)
+    boots = []
+    if paired and a.size >= 2:
+        both = np.stack([b, a])
+        for idx in _boot_indices(rng, a.size, cfg.n_bootstrap, 2):
+            agg = _aggregate(both[:, idx], stat)  # (2, chunk)
+            boots.append(scale * agg[0] / agg[1])
+    elif not paired and min(a.size, b.size) >= 2:
+        for idx_b in _boot_indices(rng, b.size, cfg.n_bootstrap, 2):
+            idx_a = rng.integers(0, a.size, size=(len(idx_b), a.size))
+            boots.append(scale * _aggregate(b[idx_b], stat) / _aggregate(a[idx_a], stat))
+    if boots:
         lo, hi = np.percentile(np.concatenate(boots), _alpha(cfg))
         ci = (float(lo), float(hi))
-    return Ratio(name=model.name, reference=reference.name, ratio=point, ci=ci,
-                 statistic=cfg.statistic, n_rounds=n, ci_level=cfg.ci_level)  # fmt: skip
+    else:
+        ci = (point, point)
+    return Ratio(name=name, reference=reference, ratio=point, ci=ci, statistic=stat,
+                 n_rounds=int(min(a.size, b.size)), ci_level=cfg.ci_level)  # fmt: skip
+
+
+def paired_ratio(model: ModelTiming, reference: ModelTiming, cfg: TimingConfig) -> Ratio:
+    """reference_stat / model_stat with a paired bootstrap CI over their common rounds."""
+    return ratio_from_rounds(
+        model.name, reference.name, model.round_stats_ms, reference.round_stats_ms, cfg
+    )
 
 
 def _percentiles(samples: np.ndarray, cfg: TimingConfig) -> dict[str, Percentile]:
