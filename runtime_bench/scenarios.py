@@ -152,8 +152,12 @@ def _open(path: Path, cfg: ScenarioConfig, batch_sizes: Sequence[int]) -> _Targe
     npz = load_npz(cfg.npz) if cfg.npz is not None else None
     feeds = {
         b: make_feeds(
-            handle, b, npz=npz, npz_source=os.fspath(cfg.npz) if cfg.npz else "the .npz",
-            seed=cfg.seed, dim_values=dict(cfg.dim_values),
+            handle,
+            b,
+            npz=npz,
+            npz_source=os.fspath(cfg.npz) if cfg.npz else "the .npz",
+            seed=cfg.seed,
+            dim_values=dict(cfg.dim_values),
         )  # fmt: skip
         for b in batch_sizes
     }
@@ -267,9 +271,7 @@ def generator_capacity_qps(concurrency: int, n: int = 2000) -> float:
     return n / span if span > 0 else math.inf
 
 
-def quantile_ci_ms(
-    sorted_ms: np.ndarray, q: float, level: float
-) -> tuple[float, float] | None:
+def quantile_ci_ms(sorted_ms: np.ndarray, q: float, level: float) -> tuple[float, float] | None:
     """Distribution-free CI of the q-quantile from order statistics (binomial, normal
     approximation); None when the sample is too small for the upper rank to exist. It assumes
     independent latencies, which queueing weakens: read it as a lower bound on the spread."""
@@ -446,7 +448,7 @@ def run_server(target: _Target, cfg: ScenarioConfig) -> dict[str, Any]:
     # The most the workers could serve if every query took the median service time.
     hi = min(capacity, cfg.concurrency * 1000.0 / service)
     # The lowest QPS whose minimum query count fits a quarter of the budget.
-    lo = min(hi, max(hi / 100, cfg.min_queries / (0.25 * cfg.budget_s)))
+    lo = min(hi, max(hi / 1000, cfg.min_queries / (0.25 * cfg.budget_s)))
     steps, stop = _search_qps(fn, lo, hi, cfg, deadline, capacity)
     return _server_result(
         target, cfg, steps, stop, service_p50_ms=service, generator_capacity_qps=capacity,
@@ -481,9 +483,7 @@ def run_single_stream(targets: Sequence[_Target], cfg: ScenarioConfig) -> list[d
 
     keys = [f"{i}:{t.path.name}" for i, t in enumerate(targets)]
     fns = {k: t.call(1) for k, t in zip(keys, targets, strict=True)}
-    timing = time_blocks(
-        fns, _timing_config(cfg, min_calls=cfg.min_queries), reference=keys[0]
-    )
+    timing = time_blocks(fns, _timing_config(cfg, min_calls=cfg.min_queries), reference=keys[0])
     out = []
     for key, target in zip(keys, targets, strict=True):
         mt = timing.models[key]
@@ -542,9 +542,7 @@ def run_offline(target: _Target, cfg: ScenarioConfig) -> dict[str, Any]:
     }
 
 
-def run_scenario(
-    paths: Sequence[str | os.PathLike[str]], cfg: ScenarioConfig
-) -> dict[str, Any]:
+def run_scenario(paths: Sequence[str | os.PathLike[str]], cfg: ScenarioConfig) -> dict[str, Any]:
     """Run `cfg.scenario` on every model; the result document (schema_version 1)."""
     model_paths = [Path(p) for p in paths]
     if not model_paths:
@@ -586,7 +584,9 @@ def scenario_markdown(doc: Mapping[str, Any]) -> str:
                 if p["value_ms"] is None:
                     parts.append(f"{q} - ({p['why']})")
                 else:
-                    ci = "" if p["ci_ms"] is None else f" [{p['ci_ms'][0]:.4g}, {p['ci_ms'][1]:.4g}]"
+                    ci = (
+                        "" if p["ci_ms"] is None else f" [{p['ci_ms'][0]:.4g}, {p['ci_ms'][1]:.4g}]"
+                    )
                     parts.append(f"{q} {p['value_ms']:.4g}{ci} ms")
             head += f" ({r['value_statistic']}; " + ", ".join(parts) + f"; {r['n_calls']} calls)"
         else:
