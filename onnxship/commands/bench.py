@@ -219,6 +219,10 @@ def add_scenario_flags(parser: argparse.ArgumentParser) -> None:
         help="confidence level of every CI, in (0, 1) (default: 0.95)",
     )  # fmt: skip
     group.add_argument(
+        "--plot", type=Path, default=None, metavar="OUT.png",
+        help="--scenario server: draw p99 vs QPS per model with the SLO (needs matplotlib)",
+    )  # fmt: skip
+    group.add_argument(
         "--session-config", type=Path, default=None, metavar="FILE",
         help="run exactly the session options in FILE (from --tune-session); --threads, "
         "--no-spinning and --graph-opt are refused with it",
@@ -273,6 +277,7 @@ def _session_from_args(args: argparse.Namespace) -> tuple[str, object, object]:
 
 
 def run_scenario_command(args: argparse.Namespace) -> int:
+    from onnxship.runtime_bench.errors import BenchError
     from onnxship.runtime_bench.results import write_json
     from onnxship.runtime_bench.scenarios import ScenarioConfig, run_scenario, scenario_markdown
 
@@ -283,9 +288,15 @@ def run_scenario_command(args: argparse.Namespace) -> int:
         qps=args.qps, budget_s=args.budget_s or 30.0, ci_level=args.ci_level, seed=args.seed,
         npz=args.npz, dim_values=tuple(args.dim),
     )  # fmt: skip
+    if args.plot is not None and cfg.scenario.value != "server":
+        raise BenchError(f"--plot draws the server scenario; got --scenario {args.scenario}")
     doc = run_scenario(args.models, cfg)
     if args.json is not None:
         write_json(doc, args.json)
+    if args.plot is not None:
+        from onnxship.report import write_server_plot
+
+        write_server_plot(args.plot, doc["results"])
     print(scenario_markdown(doc))
     return 0
 
