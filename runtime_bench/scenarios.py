@@ -110,8 +110,11 @@ class ScenarioConfig:
             raise BenchError(f"budget must be > 0 seconds, got {self.budget_s}")
         if not 0 < self.qps_tolerance < 1:
             raise BenchError(f"qps_tolerance must be in (0, 1), got {self.qps_tolerance}")
-        if self.min_queries < 1:
-            raise BenchError(f"min_queries must be >= 1, got {self.min_queries}")
+        if self.min_queries < P99_MIN_QUERIES:
+            raise BenchError(
+                f"min_queries must be >= {P99_MIN_QUERIES} (what MLPerf LoadGen asks for a "
+                f"p99), got {self.min_queries}"
+            )
         sizes = (self.batch_sizes,) if isinstance(self.batch_sizes, int) else self.batch_sizes
         for b in sizes:
             check_batch_size(b)
