@@ -107,6 +107,9 @@ class BenchConfig:
     statistic: str = "p50"
     # interleaved timing: the model (file stem) every ratio is taken against; None = no ratios
     reference: str | None = None
+    # a whole SessionConfig (from a session-config file): run exactly it; threads, spinning,
+    # graph_optimization and provider_options must then match it (they label the rows)
+    session: SessionConfig | None = None
 
     def __post_init__(self) -> None:
         sizes = self.batch_sizes
@@ -175,6 +178,8 @@ class BenchConfig:
         """The SessionConfig of this benchmark (extra EP options, e.g. enable_cuda_graph)."""
         options = dict(self.provider_options)
         options.update(dict(extra_provider_options or {}))
+        if self.session is not None:
+            return dataclasses.replace(self.session, provider_options=tuple(options.items()))
         return SessionConfig(
             intra_op_threads=self.threads,
             inter_op_threads=1,
