@@ -168,6 +168,22 @@ class CalibrationSet:
             labels=None if self.labels is None else self.labels[:keep],
         )
 
+    def rebatched(self, batch_size: int) -> CalibrationSet:
+        """The same samples fed `batch_size` at a time (the last batch may be partial)."""
+        if batch_size == self.batch_size:
+            return self
+        return CalibrationSet(
+            self.feeds,
+            batch_size=batch_size,
+            source=self.source,
+            train_indices=self.train_indices,
+            labels=self.labels,
+        )
+
+    def sample_bytes(self) -> int:
+        """Bytes of one sample over every input."""
+        return int(sum(v[:1].nbytes for v in self.feeds.values()))
+
     def ort_reader(self) -> OrtCalibrationReader:
         """A fresh one-shot ONNX Runtime reader over this set (make a new one per use)."""
         return OrtCalibrationReader(self)
