@@ -432,6 +432,9 @@ class BudgetMetric(enum.Enum):
     SQNR = "sqnr_db"  # no labels, other outputs: output SQNR vs FP32 >= min_sqnr_db
 
 
+EVAL_CALL_BYTES = 16 << 20
+
+
 class EvaluationSet:
     """Samples an INT8 candidate is scored on against the FP32 model (never the test split).
 
@@ -455,7 +458,10 @@ class EvaluationSet:
         self.labels = labels
         self.source = source
         self.sha256 = sha256
-        self.batch_size = batch_size
+        # at most EVAL_CALL_BYTES of input per session call: a 224x224 network's activations
+        # for hundreds of images would need GBs; scores do not depend on the batching
+        per_sample = max(sum(int(v[:1].nbytes) for v in self.inputs.values()), 1)
+        self.batch_size = max(1, min(batch_size, EVAL_CALL_BYTES // per_sample))
         self.metric = BudgetMetric.TOP1 if labels is not None else None
         self.reference: np.ndarray | None = None
 
