@@ -168,6 +168,22 @@ class CalibrationSet:
             labels=None if self.labels is None else self.labels[:keep],
         )
 
+    def rebatched(self, batch_size: int) -> CalibrationSet:
+        """The same samples fed `batch_size` at a time (the last batch may be partial)."""
+        if batch_size == self.batch_size:
+            return self
+        return CalibrationSet(
+            self.feeds,
+            batch_size=batch_size,
+            source=self.source,
+            train_indices=self.train_indices,
+            labels=self.labels,
+        )
+
+    def sample_bytes(self) -> int:
+        """Bytes of one sample over every input."""
+        return int(sum(v[:1].nbytes for v in self.feeds.values()))
+
     def ort_reader(self) -> OrtCalibrationReader:
         """A fresh one-shot ONNX Runtime reader over this set (make a new one per use)."""
         return OrtCalibrationReader(self)
@@ -416,6 +432,9 @@ class BudgetMetric(enum.Enum):
     SQNR = "sqnr_db"  # no labels, other outputs: output SQNR vs FP32 >= min_sqnr_db
 
 
+EVAL_CALL_BYTES = 16 << 20
+
+
 class EvaluationSet:
     """Samples an INT8 candidate is scored on against the FP32 model (never the test split).
 
@@ -439,7 +458,10 @@ class EvaluationSet:
         self.labels = labels
         self.source = source
         self.sha256 = sha256
-        self.batch_size = batch_size
+        # at most EVAL_CALL_BYTES of input per session call: a 224x224 network's activations
+        # for hundreds of images would need GBs; scores do not depend on the batching
+        per_sample = max(sum(int(v[:1].nbytes) for v in self.inputs.values()), 1)
+        self.batch_size = max(1, min(batch_size, EVAL_CALL_BYTES // per_sample))
         self.metric = BudgetMetric.TOP1 if labels is not None else None
         self.reference: np.ndarray | None = None
 

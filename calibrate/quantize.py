@@ -7,21 +7,28 @@
    (`calibrate.dataset.EvaluationSet`) from the rest of that validation part, or from a
    user's `--val-npz` (any model: no metadata needed when both sets are npz files).
 2. `quant_pre_process`, then exact graph rewrites (`calibrate.graph_prep`), in a temporary folder.
-3. Every recipe of the search (or the one named) is quantized with `quantize_static` and
-   scored on the evaluation set - top-1 with labels; without labels fidelity to the FP32
-   model: top-1 agreement for class scores, output SQNR otherwise - and on latency
-   on the target EP, interleaved with the FP32 model (batch 1 and 64, one thread) - one table,
-   FP32 included as a row.
-4. One selection rule (`choose_recipe`): among the candidates within the accuracy budget
-   (FP32 val top-1 minus INT8 val top-1 <= max_drop, `calibrate.fallback.within_budget`), the
-   fastest wins: the lowest geometric mean over the batch sizes of its latency ratio to FP32
-   (`speed_score`). If none is within budget, the accuracy fallback (`calibrate.fallback`)
-   leaves the most sensitive nodes in float, starting from the fastest recipes, and the same
-   rule chooses among everything measured.
-5. The winner is re-timed against FP32 alone (the search's minimum is optimistic), written
-   with the source's metadata (`onnxship.precision` = "int8", `onnxship.source_sha256` = the
-   FP32 file's sha256) and the stage metrics describe all of it. If no INT8 recipe is faster
-   than FP32 on this target, the record says so (`int8_faster_than_fp32: false` + why).
+3. Calibrate once per calibration method (`calibrate.ort_static.calibrate_ranges`: one pass of
+   ORT's calibrator per method the recipes use, over the widest scope they need, fed in
+   memory-bounded calls); every recipe is quantized from those ranges with `quantize_static`
+   and scored on the evaluation set - top-1 with labels; without labels fidelity to the FP32
+   model: top-1 agreement for class scores, output SQNR otherwise. Scoring sessions are
+   released one by one (a 224x224 network's arena holds hundreds of MB).
+4. Cheap first, expensive later: only the recipes within the accuracy budget (FP32 score minus
+   INT8 score <= max_drop, `calibrate.fallback.within_budget`) are timed. They race FP32 with
+   the timing engine (`runtime_bench.timing`: block-interleaved rounds, paired bootstrap CIs,
+   candidates clearly slower than the best dropped early) at each batch size, smallest first,
+   within `LatencyConfig.seconds_per_batch_size` per batch size; a batch size whose minimum
+   rounds would not fit its share of that budget is skipped and the record says so.
+   The selection rule (`choose_recipe`): the fastest timed candidate, i.e. the lowest geometric
+   mean over the timed batch sizes of its latency ratio to FP32 (`speed_score`). If none is
+   within budget, the accuracy fallback (`calibrate.fallback`) leaves the most sensitive nodes
+   in float, starting from the recipes with the best scores, and the same rule chooses.
+5. The winner is re-timed against FP32 alone (the race's best is optimistic), written with the
+   source's metadata (`onnxship.precision` = "int8", `onnxship.source_sha256` = the FP32
+   file's sha256). INT8 ships as faster than FP32 (`int8_faster_than_fp32`) only when the
+   lower bound of its speed-up's CI clears `LatencyConfig.min_speedup` at every timed batch
+   size (`runtime_bench.timing.decide_faster`); the record cites the CIs, the calibration
+   passes, the time of each phase and the peak resident memory.
 
 Latency statistic: on a shared machine the per-call distribution is bimodal (preempted calls
 take 5-10x longer), so the median of one candidate can land in either mode. Recipes are ranked
@@ -32,6 +39,7 @@ recorded beside it for every row.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import logging
 import math
@@ -110,21 +118,36 @@ class LatencyStatistic(enum.Enum):
 
 @dataclass(frozen=True)
 class LatencyConfig:
-    """How candidates are timed on the target provider (interleaved with FP32).
+    """How the candidates within the accuracy budget are timed against FP32 on the target
+    provider, with the timing engine (`runtime_bench.timing`: block-interleaved rounds,
+    bootstrap CIs over rounds, racing).
 
-    seconds_per_batch_size: wall-time budget for one interleaved round-robin at one batch size;
-      iterations = budget / (one round's cost), clamped to [min_iterations, max_iterations].
-    faster_margin: INT8 counts as faster than FP32 only when its ratio is below 1 - margin.
+    seconds_per_batch_size: the time budget of the race at one batch size (the engine holds it
+      within 20 %); the winner's re-run against FP32 gets `confirm_share` of it again. The whole
+      latency part of the search is bounded by (1 + confirm_share) x this x the batch sizes.
+    min_iterations: rounds before a CI is trusted (the engine's `min_rounds`); a floor that
+      never overrides the budget. A batch size larger than the smallest is skipped (and the
+      record says so) when this many rounds of every candidate would not fit its share of the
+      budget, estimated from the FP32 model's measured cost per sample.
+    max_iterations: at most this many rounds per batch size.
+    block: calls per model per round, the first untimed.
+    warmup: untimed calls per model before the first round.
+    faster_margin: INT8 counts as faster than FP32 only when the lower bound of the CI of its
+      speed-up clears 1 / (1 - margin) at every timed batch size (`decide_faster`).
     """
 
     batch_sizes: tuple[int, ...] = (1, 64)
     threads: int = 1
-    warmup: int = 5
-    seconds_per_batch_size: float = 2.5
-    min_iterations: int = 20
+    warmup: int = 1
+    seconds_per_batch_size: float = 5.0
+    min_iterations: int = 5
     max_iterations: int = 400
     statistic: LatencyStatistic = LatencyStatistic.MIN
     faster_margin: float = 0.02
+    block: int = 4
+    confirm_share: float = 0.5
+    ci_level: float = 0.95
+    target_rel_ci: float = 0.05
 
     def validate(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -140,6 +163,32 @@ class LatencyConfig:
             )
         if not 0 <= self.faster_margin < 1:
             raise CalibrateError(f"faster_margin must be in [0, 1), got {self.faster_margin}")
+        if not self.seconds_per_batch_size > 0 or not 0 < self.confirm_share <= 1:
+            raise CalibrateError(
+                "latency budget: seconds_per_batch_size must be > 0 and confirm_share in (0, 1], "
+                f"got {self.seconds_per_batch_size} and {self.confirm_share}"
+            )
+        self.timing(1.0)  # the engine checks block, warm-up, CI level and target
+
+    @property
+    def min_speedup(self) -> float:
+        """The speed-up over FP32 the CI's lower bound must clear to call INT8 faster."""
+        return 1.0 / (1.0 - self.faster_margin)
+
+    def timing(self, budget_s: float) -> Any:
+        """The engine's config for one timed run of `budget_s` seconds."""
+        from onnxship.core.errors import OnnxshipError
+        from onnxship.runtime_bench.timing import TimingConfig
+
+        try:
+            return TimingConfig(
+                block=self.block, min_rounds=self.min_iterations, max_rounds=self.max_iterations,
+                budget_s=budget_s, ci_level=self.ci_level, target_rel_ci=self.target_rel_ci,
+                statistic=self.statistic.value, warmup=self.warmup,
+                race_after_rounds=self.min_iterations,
+            )  # fmt: skip
+        except OnnxshipError as exc:
+            raise CalibrateError(f"latency settings: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -245,10 +294,16 @@ def _grid_note(cfg: QuantizeConfig, cls: str) -> str:
 # Sessions, accuracy and latency
 
 
-def _session(path: Path, cfg: QuantizeConfig) -> Any:
+def _session(path: Path, cfg: QuantizeConfig, *, threads: int | None = None) -> Any:
     from onnxship.runtime_bench.session import SessionConfig, create_session
 
-    return create_session(path, cfg.provider, SessionConfig(intra_op_threads=cfg.latency.threads))
+    n = cfg.latency.threads if threads is None else threads
+    return create_session(path, cfg.provider, SessionConfig(intra_op_threads=n))
+
+
+def _eval_session(path: Path, cfg: QuantizeConfig) -> Any:
+    """A session for scoring: ORT's default threads (scoring is not a latency measurement)."""
+    return _session(path, cfg, threads=0)
 
 
 @dataclass
@@ -261,18 +316,8 @@ class _Candidate:
     session: Any = None
     error: str | None = None
     quantize_s: float = 0.0
-    latency: dict[str, dict[str, float]] = field(default_factory=dict)
+    latency: dict[str, dict[str, Any]] = field(default_factory=dict)
     fallback: dict[str, Any] | None = None
-
-
-def _iterations(fns: dict[str, Callable[[], object]], batch: int, lat: LatencyConfig) -> int:
-    """Iterations that fit the time budget for one round-robin over `fns`."""
-    start = time.perf_counter()
-    for fn in fns.values():
-        fn()
-    one_round = max(time.perf_counter() - start, 1e-6)
-    n = int(lat.seconds_per_batch_size / one_round)
-    return max(lat.min_iterations, min(lat.max_iterations, n))
 
 
 def _runner(session: Any, feed: dict[str, np.ndarray]) -> Callable[[], object]:
@@ -282,38 +327,105 @@ def _runner(session: Any, feed: dict[str, np.ndarray]) -> Callable[[], object]:
     return run
 
 
+def _probe_s(fn: Callable[[], object]) -> float:
+    """Seconds of one call (after one warm-up call)."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def measure_against_fp32(
     fp32: _Candidate,
     candidates: Sequence[_Candidate],
     feeds: dict[int, dict[str, np.ndarray]],
     lat: LatencyConfig,
-) -> None:
-    """Time FP32 and every candidate round-robin at each batch size; fill `.latency`."""
-    from onnxship.runtime_bench.latency import measure_interleaved
+    *,
+    cfg: QuantizeConfig,
+    budget_s: float,
+    race: bool,
+) -> dict[str, Any]:
+    """Time FP32 and `candidates` with the timing engine at each batch size, smallest first,
+    within `budget_s` in all (shared evenly by the batch sizes still to time); fill `.latency`
+    and return what the record says about the run (rounds, stop reasons, raced-out and
+    skipped batch sizes). Sessions are created here and released at the end, so only the
+    timed models hold memory, and only for the timed batch sizes."""
+    from onnxship.runtime_bench.timing import time_blocks
 
     rows = [fp32, *candidates]
-    for batch in lat.batch_sizes:
-        feed = feeds[batch]
-        fns: dict[str, Callable[[], object]] = {
-            row.name: _runner(row.session.session, feed) for row in rows
-        }
-        for fn in fns.values():  # warm-up before sizing the run
-            fn()
-        iterations = _iterations(fns, batch, lat)
-        stats = measure_interleaved(fns, batch_size=batch, warmup=lat.warmup, iterations=iterations)
-        base = stats[fp32.name]
-        for row in rows:
-            st = stats[row.name]
-            row.latency[str(batch)] = {
-                "p50_ms": round(st.p50_ms, 5),
-                "min_ms": round(st.min_ms, 5),
-                "p90_ms": round(st.p90_ms, 5),
-                "fp32_p50_ms": round(base.p50_ms, 5),
-                "fp32_min_ms": round(base.min_ms, 5),
-                "p50_ratio": round(st.p50_ms / base.p50_ms, 4),
-                "min_ratio": round(st.min_ms / base.min_ms, 4),
-                "iterations": iterations,
+    sessions = {row.name: _session(row.path, cfg) for row in rows}
+    info: dict[str, Any] = {"budget_s": round(budget_s, 3), "by_batch": {}, "skipped": {}}
+    started = time.perf_counter()
+    per_sample_s: float | None = None
+    batches = sorted(lat.batch_sizes)
+    try:
+        for i, batch in enumerate(batches):
+            left = budget_s - (time.perf_counter() - started)
+            share = max(left, 0.0) / (len(batches) - i)
+            fns = {name: _runner(sess.session, feeds[batch]) for name, sess in sessions.items()}
+            if per_sample_s is None:
+                per_sample_s = _probe_s(fns[fp32.name]) / batch
+            need_s = per_sample_s * batch * len(fns) * lat.block * lat.min_iterations
+            if i > 0 and need_s > share:
+                info["skipped"][str(batch)] = (
+                    f"{lat.min_iterations} rounds of {len(fns)} models at batch {batch} need "
+                    f"~{need_s:.1f} s (FP32 {per_sample_s * batch * 1e3:.0f} ms a call), more "
+                    f"than this batch size's {share:.1f} s of the latency budget; raise "
+                    "--bench-seconds to time it"
+                )
+                log.info("latency: batch %d skipped: %s", batch, info["skipped"][str(batch)])
+                continue
+            result = time_blocks(fns, lat.timing(max(share, 1e-3)), reference=fp32.name, race=race)
+            per_sample_s = result.models[fp32.name].min_ms / 1e3 / batch
+            _fill_latency(rows, batch, result, lat)
+            info["by_batch"][str(batch)] = {
+                "rounds": result.models[fp32.name].n_rounds,
+                "stop_reason": result.stop_reason,
+                "wall_s": round(result.wall_s, 3),
+                "dropped": dict(result.dropped),
+                "notes": list(result.notes),
             }
+    finally:
+        sessions.clear()
+    info["wall_s"] = round(time.perf_counter() - started, 3)
+    return info
+
+
+def _fill_latency(rows: Sequence[_Candidate], batch: int, result: Any, lat: LatencyConfig) -> None:
+    """One row's latency at `batch`: the engine's speed-up over FP32 with its CI, and the
+    time ratios (candidate / FP32, lower is faster) that the selection rule uses."""
+    base = result.models[rows[0].name]
+    for row in rows:
+        m = result.models[row.name]
+        entry: dict[str, Any] = {
+            "p50_ms": _r5(m.p50.value_ms),
+            "min_ms": _r5(m.min_ms),
+            "p90_ms": _r5(m.p90.value_ms),
+            "fp32_p50_ms": _r5(base.p50.value_ms),
+            "fp32_min_ms": _r5(base.min_ms),
+            "p50_ratio": _r5(m.p50.value_ms / base.p50.value_ms, 4),
+            "min_ratio": _r5(m.min_ms / base.min_ms, 4),
+            "rounds": m.n_rounds,
+            "calls": m.n_calls,
+        }
+        ratio = result.ratios.get(row.name)
+        if ratio is not None:
+            entry["speedup"] = _r5(ratio.ratio, 4)
+            entry["speedup_ci"] = [_r5(ratio.ci[0], 4), _r5(ratio.ci[1], 4)]
+            entry["ci_level"] = ratio.ci_level
+            # the selection rule's ratio is the engine's, for the configured statistic
+            entry[f"{lat.statistic.value}_ratio"] = _r5(1.0 / ratio.ratio, 4)
+        if row.name in result.dropped:
+            entry["raced_out"] = result.dropped[row.name]
+        row.latency[str(batch)] = entry
+
+
+def _r5(value: float | None, digits: int = 5) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _timed_batches(row: _Candidate, lat: LatencyConfig) -> list[int]:
+    return [b for b in lat.batch_sizes if str(b) in row.latency]
 
 
 def _ratio(row: _Candidate, batch: int, lat: LatencyConfig) -> float:
@@ -321,14 +433,30 @@ def _ratio(row: _Candidate, batch: int, lat: LatencyConfig) -> float:
 
 
 def speed_score(row: _Candidate, lat: LatencyConfig) -> float:
-    """Geometric mean over batch sizes of INT8/FP32 latency (lower is faster); the speed half
-    of the selection rule (`choose_recipe`)."""
-    ratios = [_ratio(row, b, lat) for b in lat.batch_sizes]
+    """Geometric mean over the timed batch sizes of INT8/FP32 latency (lower is faster); the
+    speed half of the selection rule (`choose_recipe`)."""
+    ratios = [_ratio(row, b, lat) for b in _timed_batches(row, lat)]
+    if not ratios:
+        return math.inf
     return float(math.exp(sum(math.log(r) for r in ratios) / len(ratios)))
 
 
 def _faster(row: _Candidate, lat: LatencyConfig) -> bool:
-    return all(_ratio(row, b, lat) < 1 - lat.faster_margin for b in lat.batch_sizes)
+    """The INT8-ships decision: at every timed batch size the lower bound of the speed-up's CI
+    clears `lat.min_speedup` (`runtime_bench.timing.decide_faster`)."""
+    from onnxship.runtime_bench.timing import Ratio, decide_faster
+
+    timed = _timed_batches(row, lat)
+    if not timed:
+        return False
+    for b in timed:
+        e = row.latency[str(b)]
+        if "speedup_ci" not in e:
+            return False
+        r = Ratio(row.name, FP32_ROW, e["speedup"], tuple(e["speedup_ci"]), lat.statistic.value)
+        if not decide_faster(r, lat.min_speedup):
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,10 +637,13 @@ def _row_json(
         "bytes": row.path.stat().st_size if row.path.is_file() else None,
         "nodes_in_float": row.float_nodes,
     }
-    if row.recipe is not None and row.latency:
-        out["speed_score"] = round(speed_score(row, cfg.latency), 4)
-        out["faster_than_fp32"] = _faster(row, cfg.latency)
+    if row.recipe is not None:
         out["quantize_s"] = round(row.quantize_s, 3)
+        timed = bool(_timed_batches(row, cfg.latency))
+        out["timed"] = timed
+        out["speed_score"] = round(speed_score(row, cfg.latency), 4) if timed else None
+        # None: not timed (outside the accuracy budget, or failed): cheap checks first
+        out["faster_than_fp32"] = _faster(row, cfg.latency) if timed else None
     if row.error:
         out["error"] = row.error
     if row.fallback:
@@ -553,19 +684,21 @@ def int8_from_onnx(
     with tempfile.TemporaryDirectory(prefix="onnxship-quantize-") as scratch_name:
         graph = _prepare_graph(inp.src, Path(scratch_name), cfg)
         fp32 = _Candidate(None, FP32_ROW, inp.src, [])
-        fp32.session = _session(inp.src, cfg)
-        fp32.val_top1 = inp.evalset.reference_score(fp32.session, model=os.fspath(inp.src))
-        rows = _search(inp, graph, fp32, cfg, progress)
+        fp32.val_top1 = inp.evalset.reference_score(
+            _eval_session(inp.src, cfg), model=os.fspath(inp.src)
+        )
+        rows, search = _search(inp, graph, fp32, cfg, progress)
         fallback_info = None
         if cfg.fallback and not _within_rows(rows, fp32, cfg, inp.budget(cfg)):
-            fallback_rows = _fallback(inp, graph, fp32, rows, cfg)
+            fallback_rows, fallback_timing = _fallback(inp, graph, fp32, rows, cfg)
             rows.extend(fallback_rows)
-            fallback_info = {"ran": True, "candidates": [r.name for r in fallback_rows]}
+            fallback_info = {"ran": True, "candidates": [r.name for r in fallback_rows],
+                             "latency": fallback_timing}  # fmt: skip
         chosen = choose_recipe(
             rows, fp32, cfg, src=inp.src, fallback_ran=fallback_info is not None,
             budget=inp.budget(cfg), budget_text=_budget_text(inp, cfg), metric=_metric(inp),
         )  # fmt: skip
-        confirm = _confirm(chosen, fp32, inp, cfg)
+        confirm, search["confirm"] = _confirm(chosen, fp32, inp, cfg)
         faster = _faster(confirm, cfg.latency)
         why = _why(
             confirm, faster, cfg.latency, _within_rows(rows, fp32, cfg, inp.budget(cfg)), rows
@@ -593,7 +726,10 @@ def int8_from_onnx(
     calib_path = os.fspath(calib_out) if calib_out is not None else None
     metrics = _metrics(inp, cfg, graph, chosen, confirm, table, fallback_info, faster, why, out)
     metrics["calibration"]["path"] = calib_path
+    metrics["calibration"]["passes"] = search["calibration_passes"]
+    metrics["search"] = search
     metrics["search_wall_s"] = round(time.perf_counter() - started, 2)
+    metrics["peak_rss_mb"] = peak_rss_mb()
     return Artifact.from_file(
         out, stage=STAGE, config=jsonable(cfg), parent_sha256=inp.src_sha, metrics=metrics
     )
@@ -696,19 +832,42 @@ def _prepare_graph(src: Path, scratch: Path, cfg: QuantizeConfig) -> _Graph:
 
 
 # --------------------------------------------------------------------------------------------
-# Phase 3: the search
+# Phase 3: the search - calibrate once per method, score every recipe, time only the survivors
 
 
-def _search(
-    inp: _Inputs, graph: _Graph, fp32: _Candidate, cfg: QuantizeConfig, progress: bool
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (`resource`; Linux reports KiB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def _calibrate(
+    inp: _Inputs, graph: _Graph, recipes: Sequence[Recipe], cfg: QuantizeConfig
+) -> list[Any]:
+    """One calibration pass per method the recipes use, over the widest scope they need."""
+    from onnxship.calibrate.ort_static import calibrate_ranges, calibration_scopes
+
+    return [
+        calibrate_ranges(
+            graph.prepared, method, scope, inp.calib, cache_dir=graph.cache_dir, caps=cfg.caps
+        )
+        for method, scope in calibration_scopes(recipes).items()
+    ]
+
+
+def _score_recipes(
+    inp: _Inputs, graph: _Graph, recipes: Sequence[Recipe], cfg: QuantizeConfig, progress: bool
 ) -> list[_Candidate]:
-    """Quantize, score and time every recipe of `cfg.recipe`. A failing recipe is a row with
-    its error while searching; with one recipe named, its failure is the stage's error."""
+    """Quantize (from the cached ranges) and score every recipe; each scoring session is
+    released before the next recipe. A failing recipe is a row with its error while
+    searching; with one recipe named, its failure is the stage's error."""
     searching = cfg.recipe.strip().lower() == AUTO
     rows: list[_Candidate] = []
-    grid = recipe_grid(cfg)
-    bar = _progress(len(grid), progress)
-    for i, recipe in enumerate(grid):
+    bar = _progress(len(recipes), progress)
+    for i, recipe in enumerate(recipes):
         row = _Candidate(recipe, recipe.name, graph.scratch / f"cand-{i}.onnx",
                          graph.user_rows + _scope_rows(recipe, graph.nodes, graph.user_excluded))  # fmt: skip
         t0 = time.perf_counter()
@@ -719,8 +878,7 @@ def _search(
                 range_overrides=cfg.range_overrides,
             )  # fmt: skip
             row.quantize_s = time.perf_counter() - t0
-            row.session = _session(row.path, cfg)
-            row.val_top1 = inp.evaluate(row.session, cfg)
+            row.val_top1 = inp.evaluate(_eval_session(row.path, cfg), cfg)
         except OnnxshipError as exc:  # CalibrateError, or BenchError from the session
             if not searching:
                 raise
@@ -729,14 +887,56 @@ def _search(
         rows.append(row)
         bar.update(1)
     bar.close()
-    ok = [r for r in rows if r.error is None]
-    if not ok:
+    if all(r.error is not None for r in rows):
         raise CalibrateError(
             f"every recipe failed to quantize {inp.src}: "
             + "; ".join(f"{r.name}: {r.error}" for r in rows)
         )
-    measure_against_fp32(fp32, ok, inp.feeds(cfg.latency.batch_sizes), cfg.latency)
     return rows
+
+
+def _search(
+    inp: _Inputs, graph: _Graph, fp32: _Candidate, cfg: QuantizeConfig, progress: bool
+) -> tuple[list[_Candidate], dict[str, Any]]:
+    """Cheap first: calibrate once per method, score every recipe, then race only the
+    recipes within the accuracy budget against FP32 (`measure_against_fp32`)."""
+    recipes = recipe_grid(cfg)
+    t0 = time.perf_counter()
+    passes = _calibrate(inp, graph, recipes, cfg)
+    t1 = time.perf_counter()
+    rows = _score_recipes(inp, graph, recipes, cfg, progress)
+    t2 = time.perf_counter()
+    within = _within_budget_rows(rows, fp32, inp.budget(cfg))
+    search: dict[str, Any] = {
+        "calibration_passes": len(passes),
+        "calibrations": [p.to_json() for p in passes],
+        "calibrate_s": round(t1 - t0, 2),
+        "score_s": round(t2 - t1, 2),
+        "scored": len(rows),
+        "timed": [r.name for r in within],
+        "not_timed": {
+            r.name: r.error or "outside the accuracy budget" for r in rows if r not in within
+        },
+        "peak_rss_mb_after_scoring": peak_rss_mb(),
+    }
+    if within:
+        search["latency"] = measure_against_fp32(
+            fp32, within, inp.feeds(cfg.latency.batch_sizes), cfg.latency, cfg=cfg,
+            budget_s=_race_budget(cfg.latency), race=len(within) > 1,
+        )  # fmt: skip
+    return rows, search
+
+
+def _race_budget(lat: LatencyConfig) -> float:
+    return lat.seconds_per_batch_size * len(lat.batch_sizes)
+
+
+def _within_budget_rows(
+    rows: Sequence[_Candidate], fp32: _Candidate, budget: float
+) -> list[_Candidate]:
+    """Scored rows within the accuracy budget (timed or not)."""
+    fp32_top1 = float(fp32.val_top1 or 0.0)
+    return [r for r in rows if r.error is None and within_budget(fp32_top1, r.val_top1, budget)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -745,19 +945,20 @@ def _search(
 
 def _fallback(
     inp: _Inputs, graph: _Graph, fp32: _Candidate, rows: Sequence[_Candidate], cfg: QuantizeConfig
-) -> list[_Candidate]:
-    """Leave the most sensitive nodes in float, starting from the fastest recipes (the same
-    speed order as `choose_recipe`); stop at the first result within the budget."""
+) -> tuple[list[_Candidate], dict[str, Any] | None]:
+    """Leave the most sensitive nodes in float, starting from the recipes closest to the
+    budget (the best scores: nothing outside the budget was timed); stop at the first result
+    within the budget, and time that one against FP32."""
     fp32_top1 = float(fp32.val_top1 or 0.0)
     ok = [r for r in rows if r.error is None]
     out: list[_Candidate] = []
-    for j, base in enumerate(sorted(ok, key=lambda r: speed_score(r, cfg.latency))):
+    for j, base in enumerate(sorted(ok, key=lambda r: -(r.val_top1 or 0.0))):
         if j >= cfg.fallback_recipes:
             break
         assert base.recipe is not None
         result = fallback_to_float(
             graph.prepared, base.recipe, inp.calib,
-            evaluate=lambda path: inp.evaluate(_session(path, cfg), cfg),
+            evaluate=lambda path: inp.evaluate(_eval_session(path, cfg), cfg),
             fp32_top1=fp32_top1, max_drop=inp.budget(cfg), base_excluded=graph.user_excluded,
             scratch=graph.scratch, cache_dir=graph.cache_dir, caps=cfg.caps,
             range_overrides=cfg.range_overrides, max_float_nodes=cfg.max_float_nodes,
@@ -768,7 +969,6 @@ def _fallback(
         fb = _Candidate(base.recipe, f"{base.name}+fallback", result.path,
                         base.float_nodes + result.float_nodes)  # fmt: skip
         fb.val_top1 = result.val_top1
-        fb.session = _session(result.path, cfg)
         fb.fallback = {
             "from": base.name,
             "sensitivity": result.sensitivity,
@@ -778,9 +978,14 @@ def _fallback(
         out.append(fb)
         if result.within_budget:
             break
-    if out:
-        measure_against_fp32(fp32, out, inp.feeds(cfg.latency.batch_sizes), cfg.latency)
-    return out
+    within = _within_budget_rows(out, fp32, inp.budget(cfg))
+    timing = None
+    if within:
+        timing = measure_against_fp32(
+            fp32, within, inp.feeds(cfg.latency.batch_sizes), cfg.latency, cfg=cfg,
+            budget_s=_race_budget(cfg.latency), race=len(within) > 1,
+        )  # fmt: skip
+    return out, timing
 
 
 # --------------------------------------------------------------------------------------------
@@ -862,15 +1067,21 @@ def _budget_text(inp: _Inputs, cfg: QuantizeConfig) -> str:
 # Phase 6: confirm
 
 
-def _confirm(chosen: _Candidate, fp32: _Candidate, inp: _Inputs, cfg: QuantizeConfig) -> _Candidate:
-    """Re-time the winner against FP32 alone: the search's best is optimistically biased."""
+def _confirm(
+    chosen: _Candidate, fp32: _Candidate, inp: _Inputs, cfg: QuantizeConfig
+) -> tuple[_Candidate, dict[str, Any]]:
+    """Re-time the winner against FP32 alone, at the batch sizes the race timed: the race's
+    best is optimistically biased. Its CIs decide `int8_faster_than_fp32`."""
     assert chosen.recipe is not None
     confirm = _Candidate(chosen.recipe, chosen.name, chosen.path, chosen.float_nodes)
-    confirm.session = chosen.session
     confirm_fp32 = _Candidate(None, FP32_ROW, fp32.path, [])
-    confirm_fp32.session = fp32.session
-    measure_against_fp32(confirm_fp32, [confirm], inp.feeds(cfg.latency.batch_sizes), cfg.latency)
-    return confirm
+    batches = tuple(_timed_batches(chosen, cfg.latency)) or cfg.latency.batch_sizes
+    lat = dataclasses.replace(cfg.latency, batch_sizes=batches)
+    budget_s = cfg.latency.seconds_per_batch_size * cfg.latency.confirm_share * len(batches)
+    info = measure_against_fp32(
+        confirm_fp32, [confirm], inp.feeds(batches), lat, cfg=cfg, budget_s=budget_s, race=False
+    )
+    return confirm, info
 
 
 # --------------------------------------------------------------------------------------------
@@ -911,8 +1122,9 @@ def _metrics(
         "portable": cfg.portable,
         "grid": _grid_note(cfg, str(here["integer_class"])),
         "selection_rule": (
-            "fastest within the accuracy budget: lowest geometric mean over the batch sizes "
-            f"of the {cfg.latency.statistic.value}-latency ratio to FP32"
+            "fastest within the accuracy budget: lowest geometric mean over the timed batch "
+            f"sizes of the {cfg.latency.statistic.value}-latency ratio to FP32 (candidates "
+            "outside the budget are never timed)"
         ),
         "candidates": table,
         "nodes_in_float": chosen.float_nodes,
@@ -928,6 +1140,8 @@ def _metrics(
             "threads": cfg.latency.threads,
             "statistic": cfg.latency.statistic.value,
             "by_batch": confirm.latency,
+            "min_speedup": round(cfg.latency.min_speedup, 4),
+            "engine": "runtime_bench.timing (block-interleaved rounds, paired bootstrap CI)",
         },
         "int8_faster_than_fp32": faster,
         "int8_faster_than_fp32_why": why,
@@ -978,6 +1192,16 @@ def _prepare(prepped: Path, scratch: Path, cfg: QuantizeConfig) -> tuple[Path, l
     return out, rewrites
 
 
+def _speedups(row: _Candidate, lat: LatencyConfig) -> str:
+    """'batch 1: 1.78x [1.70, 1.85]' per timed batch size: the engine's speed-up over FP32."""
+    parts = []
+    for b in _timed_batches(row, lat):
+        e = row.latency[str(b)]
+        lo, hi = e.get("speedup_ci") or (float("nan"), float("nan"))
+        parts.append(f"batch {b}: {e.get('speedup', float('nan')):.2f}x [{lo:.2f}, {hi:.2f}]")
+    return ", ".join(parts) or "not timed"
+
+
 def _why(
     chosen: _Candidate,
     faster: bool,
@@ -985,34 +1209,33 @@ def _why(
     within: Sequence[_Candidate],
     rows: Sequence[_Candidate],
 ) -> str:
-    ratios = ", ".join(f"batch {b}: {_ratio(chosen, b, lat):.2f}x" for b in lat.batch_sizes)
+    ci = int(round(lat.ci_level * 100))
+    ratios = (
+        f"speed-up over FP32 {_speedups(chosen, lat)} ({lat.statistic.value} latency, {ci} % "
+        f"CI, re-run interleaved with FP32; INT8 counts as faster when the CI's lower bound "
+        f"clears {lat.min_speedup:.3f}x at every timed batch size)"
+    )
     if faster:
-        return (
-            f"{chosen.name} takes {ratios} the FP32 time ({lat.statistic.value} latency, "
-            "interleaved re-run against FP32)"
-        )
+        return f"{chosen.name}: {ratios}"
     names_within = {r.name for r in within}
     fast_within = sum(1 for r in rows if r.name in names_within and r.latency and _faster(r, lat))
-    fast_outside = sum(
-        1 for r in rows if r.name not in names_within and r.latency and _faster(r, lat)
-    )
     if fast_within:
         others = (
             f"{fast_within} of the {len(names_within)} candidates within the budget measured "
-            "faster in the search, but the chosen one's re-run interleaved with FP32 did not "
-            "confirm it: the difference is within this machine's run-to-run noise"
-        )
-    elif fast_outside:
-        others = (
-            f"{fast_outside} of {len(rows)} candidates were faster but outside the accuracy budget"
+            "faster in the race, but the chosen one's re-run interleaved with FP32 did not "
+            "confirm it: the difference is within this machine's run-to-run noise or the "
+            "budget was too short for a confident answer (raise --bench-seconds)"
         )
     else:
-        others = f"none of the {len(rows)} candidates was faster at every batch size"
+        others = (
+            f"none of the {len(names_within)} candidates within the budget was confidently "
+            f"faster at every timed batch size ({len(rows) - len(names_within)} outside the "
+            "accuracy budget were not timed)"
+        )
     return (
         f"no INT8 recipe within the accuracy budget was faster than FP32 at every batch size "
-        f"on this target ({others}); the chosen {chosen.name} takes {ratios} the FP32 time "
-        f"({lat.statistic.value} latency, interleaved re-run against FP32). ORT's integer "
-        "kernels do not beat its float ones on this model and CPU; prefer the FP32 model "
+        f"on this target ({others}); the chosen {chosen.name}: {ratios}. ORT's integer kernels "
+        "do not confidently beat its float ones on this model and CPU; prefer the FP32 model "
         "where latency matters"
     )
 
