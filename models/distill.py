@@ -46,7 +46,7 @@ from onnxship.models.checkpoint import (
 from onnxship.models.data import DataConfig
 from onnxship.models.errors import ModelsError
 from onnxship.models.flops import count_macs, count_params
-from onnxship.models.loop import LrSchedule, SgdConfig
+from onnxship.models.loop import LrSchedule, SgdConfig, process_cpu_s
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def distilled_from_checkpoints(
     cached = sharded_teacher_logits(teacher, fit.x, ranks)
     logits_s = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), process_cpu_s()
     kd_stats = distill_student(
         student_kd,
         teacher,
@@ -278,13 +278,13 @@ def distilled_from_checkpoints(
         desc="distill (KD)",
         progress=progress,
     )
-    kd_s = time.perf_counter() - t0
+    kd_s, kd_cpu_s = time.perf_counter() - t0, process_cpu_s() - cpu0
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), process_cpu_s()
     ce_stats = train_sgd(
         student_ce, fit.x, fit.y, cfg.sgd, seed=cfg.seed, desc="ablation (no KD)", progress=progress
     )
-    no_kd_s = time.perf_counter() - t0
+    no_kd_s, no_kd_cpu_s = time.perf_counter() - t0, process_cpu_s() - cpu0
     if kd_stats["steps"] != ce_stats["steps"]:  # train_sgd derives steps from the config alone
         raise ModelsError("KD run and ablation took different step counts; this is a bug")
 
@@ -310,6 +310,8 @@ def distilled_from_checkpoints(
         "teacher_logits_s": round(logits_s, 3),
         "kd_wall_s": round(kd_s, 3),
         "no_kd_wall_s": round(no_kd_s, 3),
+        "kd_cpu_s": round(kd_cpu_s, 3),
+        "no_kd_cpu_s": round(no_kd_cpu_s, 3),
         "teacher_sha256": teacher_sha,
         **ranks.record(cfg.sgd.batch_size),
     }

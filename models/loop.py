@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import math
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,6 +64,13 @@ class SgdConfig:
             raise ModelsError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ModelsError(f"weight decay must be >= 0, got {self.weight_decay}")
+
+
+def process_cpu_s() -> float:
+    """CPU seconds (user + system, all threads) this process has used so far: stage records
+    report it beside wall time, which other jobs on a shared machine inflate."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def cross_entropy_loss(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

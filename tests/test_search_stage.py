@@ -1,9 +1,10 @@
-"""The search stage (issue 13): the latency screen on real ONNX Runtime sessions, the selection
-rule (fastest within the budget, on validation), the manifest's `recommended` map and the
-Pareto plot. Tiny models; no timed assertions."""
+"""The search stage: the latency screen on real ONNX Runtime sessions, the race and the
+selection rule (fastest within the budget, decided on this run's validation numbers), the
+manifest's `recommended` map and the Pareto plot. Tiny models; no timed assertions."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,13 @@ from onnxship.errors import PipelineError
 from onnxship.manifest import int8_shipping_verdict, recommend
 from onnxship.measure import RecommendPolicy
 from onnxship.models.registry import create_model
-from onnxship.models.search import PRUNED, StudentCandidate, patch_candidate
+from onnxship.models.search import (
+    PRUNED,
+    StudentCandidate,
+    TeacherInfo,
+    patch_candidate,
+    space_candidates,
+)
 from onnxship.report import pareto_front, write_pareto_plot
 from onnxship.search import (
     ScreenConfig,
@@ -23,6 +30,7 @@ from onnxship.search import (
     best_precision,
     export_for_screen,
     quantize_for_screen,
+    race,
     select,
     time_interleaved,
 )
@@ -32,6 +40,7 @@ FAST_SCREEN = ScreenConfig(
 )
 
 MNIST_SHAPE = (1, 28, 28)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_screen_times_fp32_and_int8_of_each_candidate_interleaved(tmp_path: Path) -> None:
@@ -268,17 +277,105 @@ def test_pareto_plot_is_written_with_trained_and_screened_out_candidates(tmp_pat
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_select_screens_but_never_trains_a_candidate_the_space_marks_implausible() -> None:
-    tiny = patch_candidate(4, 4, 8, 64, prior="measured to miss the budget")
-    ok = patch_candidate(6, 4, 24, 64)
+def test_race_sends_the_best_share_on_by_validation_and_keeps_every_number() -> None:
+    cands = _cands()[:3]
+    short = {"patch k4s4 c8 h64": 0.95, "patch k4s4 c16 h64": 0.97, "patch k7s7 c32 h64": 0.96}
+    raced = race(cands, SPEED, lambda c: short[c.name], size=3, keep=0.5, epochs=0.6)
+    assert {n: e.kept for n, e in raced.items()} == {
+        "patch k4s4 c16 h64": True, "patch k7s7 c32 h64": True, "patch k4s4 c8 h64": False
+    }  # fmt: skip
+    assert raced["patch k4s4 c8 h64"].rank == 3 and raced["patch k4s4 c8 h64"].of == 3
+    assert raced["patch k4s4 c8 h64"].val_top1 == 0.95
+    assert raced["patch k4s4 c16 h64"].cutoff == pytest.approx(0.96)
+    # the pruned teacher is trained already: never raced
+    assert "pruned-teacher" not in race(_cands(), SPEED, lambda c: 0.9, size=9, keep=1, epochs=1)
+
+
+def test_race_enters_only_the_fastest_candidates_and_a_failed_one_never_goes_on() -> None:
+    short = {"patch k4s4 c8 h64": None, "patch k4s4 c16 h64": 0.97, "patch k7s7 c32 h64": 0.99}
+    raced = race(_cands(), SPEED, lambda c: short[c.name], size=2, keep=1.0, epochs=1)
+    assert set(raced) == {"patch k4s4 c8 h64", "patch k4s4 c16 h64"}
+    assert raced["patch k4s4 c8 h64"].kept is False
+    assert raced["patch k4s4 c16 h64"].kept is True
+
+
+def test_select_trains_only_the_race_survivors_and_gives_each_drop_its_measured_number() -> None:
+    short = {
+        "patch k4s4 c8 h64": 0.9512,
+        "patch k4s4 c16 h64": 0.9733,
+        "patch k7s7 c32 h64": 0.9688,
+    }
+    raced = race(_cands(), SPEED, lambda c: short[c.name], size=3, keep=0.5, epochs=0.6)
     seen: list[str] = []
 
     def evaluate(c: StudentCandidate) -> float:
         seen.append(c.name)
-        return 0.99
+        return 0.98 if c.origin != PRUNED else 0.99
 
-    winner, out = select([tiny, ok], {tiny.name: 20.0, ok.name: 12.0}, evaluate,
-                         teacher_val=0.9912, max_drop=0.003, max_trained=1, budget_s=0)  # fmt: skip
-    assert winner is ok and seen == [ok.name]
-    assert out[tiny.name].status == "skipped"
-    assert "measured to miss the budget" in out[tiny.name].reason
+    winner, out = select(_cands(), SPEED, evaluate, teacher_val=0.9912, max_drop=0.003,
+                         max_trained=5, budget_s=0, raced=raced)  # fmt: skip
+    assert seen == ["patch k4s4 c16 h64", "patch k7s7 c32 h64", "pruned-teacher"]
+    assert winner is not None and winner.origin == PRUNED
+    dropped = out["patch k4s4 c8 h64"]
+    assert dropped.status == "dropped"
+    assert "95.12 %" in dropped.reason and "rank 3 of 3" in dropped.reason
+    assert "0.6-epoch" in dropped.reason
+
+
+def test_select_says_which_candidates_were_not_raced() -> None:
+    raced = race(_cands(), SPEED, lambda c: 0.99, size=1, keep=1.0, epochs=1)
+    winner, out = select(_cands(), SPEED, lambda c: 0.97, teacher_val=0.9912, max_drop=0.003,
+                         max_trained=5, budget_s=0, raced=raced)  # fmt: skip
+    assert out["patch k4s4 c16 h64"].status == "screened"
+    assert "not raced" in out["patch k4s4 c16 h64"].reason
+
+
+def _mnist_space() -> list[StudentCandidate]:
+    return space_candidates("mnist_students", TeacherInfo("simple_cnn", {}))
+
+
+def test_no_candidate_of_the_mnist_space_is_decided_by_a_number_from_another_run() -> None:
+    """Every skip, drop and rejection names a validation number this run measured; a space
+    cannot mark a candidate as unable to hold the accuracy."""
+    cands = _mnist_space()
+    speed = {c.name: 20.0 - i for i, c in enumerate(cands)}
+    measured = {c.name: 0.95 + 0.0025 * i for i, c in enumerate(cands)}
+    raced = race(cands, speed, lambda c: measured[c.name] - 0.01, size=len(cands), keep=0.5,
+                 epochs=1)  # fmt: skip
+    winner, out = select(cands, speed, lambda c: measured[c.name], teacher_val=0.9912,
+                         max_drop=0.003, max_trained=len(cands), budget_s=0,
+                         raced=raced)  # fmt: skip
+    numbers = {f"{100 * v:.2f} %" for v in measured.values()}
+    numbers |= {f"{100 * (v - 0.01):.2f} %" for v in measured.values()}
+    for name, o in out.items():
+        if o.status in ("skipped", "dropped"):
+            assert any(n in o.reason for n in numbers), (name, o.reason)
+        assert "prototype" not in o.reason and "issue" not in o.reason
+    # with every candidate fully trained and within budget, the fastest one wins untouched
+    winner, out = select(cands, speed, lambda c: 0.99, teacher_val=0.9912, max_drop=0.003,
+                         max_trained=len(cands), budget_s=0)  # fmt: skip
+    assert winner is not None and winner.name == max(speed, key=speed.__getitem__)
+    assert not [o for o in out.values() if o.status == "skipped"]
+
+
+def test_search_report_shows_no_project_internal_words() -> None:
+    from onnxship.report import search_section
+
+    cands = _mnist_space()
+    speed = {c.name: 20.0 - i for i, c in enumerate(cands)}
+    raced = race(cands, speed, lambda c: 0.97, size=len(cands), keep=0.5, epochs=1)
+    _, out = select(cands, speed, lambda c: 0.985, teacher_val=0.9912, max_drop=0.003,
+                    max_trained=3, budget_s=0, raced=raced)  # fmt: skip
+    metrics = {
+        "winner": "pruned-teacher", "teacher_val_top1": 0.9912, "max_drop": 0.003,
+        "candidates": [{**c.to_json(), "status": out[c.name].status,
+                        "reason": out[c.name].reason, "val_top1": out[c.name].val_top1}
+                       for c in cands],
+    }  # fmt: skip
+    text = "\n".join(search_section(metrics, {}))
+    assert "prototype" not in text.lower()
+    assert not re.search(r"issue \d", text, re.I)
+    for module in ("onnxship/search.py", "models/search.py"):
+        source = (ROOT / module).read_text()
+        assert "prototype" not in source.lower(), module
+        assert not re.search(r"issue \d", source, re.I), module
