@@ -1271,17 +1271,7 @@ def _feeds(
     return out
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
+    from onnxship.core.progress import progress
 
-    return tqdm(total=total, desc="quantize recipes", unit="recipe", leave=False)
+    return progress(total, "quantize recipes", "recipe", enabled=enabled)

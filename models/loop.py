@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from onnxship.core.progress import progress as progress_display
 from onnxship.models import distributed
 from onnxship.models.errors import ModelsError
 
@@ -142,7 +142,7 @@ def train_sgd(
     show = progress and ranks.is_main
     with (
         distributed.translate_errors(ranks, f"{desc} (gradient all-reduce)"),
-        tqdm(total=steps, desc=desc, unit="step", disable=not show, leave=False) as bar,
+        progress_display(steps, desc, "step", enabled=show) as bar,
     ):
         while step < steps:
             order = torch.randperm(n, generator=generator)

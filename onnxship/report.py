@@ -61,24 +61,83 @@ def _batches(manifest: Mapping[str, Any], provider: str) -> list[str]:
     return sorted(seen, key=int)
 
 
-def headline(manifest: Mapping[str, Any], batch: str = "64") -> dict[str, Any] | None:
-    """student-int8 vs teacher-fp32: latency ratio on the CPU EP and the accuracy change."""
+def timing_note(manifest: Mapping[str, Any]) -> str:
+    """How the bench stage timed the artifacts, from the run's own config: block-interleaved
+    rounds (each artifact called `interleave_block` times in a row, the first call untimed)."""
+    bench = {**dict(dict(manifest.get("config") or {}).get("bench") or {}),
+             **dict(manifest.get("bench") or {})}  # fmt: skip
+    block, warmup = bench.get("interleave_block"), bench.get("warmup")
+    iterations, threads = bench.get("iterations"), bench.get("threads")
+    if block is None:
+        how = "interleaved in one process"
+    elif int(block) > 1:
+        how = (
+            f"block-interleaved in one process: rounds of {block} calls per artifact, the first "
+            "untimed"
+        )
+    else:
+        how = "interleaved call by call in one process (every call timed)"
+    return (
+        f"timed {how}; {iterations} timed calls each after {warmup} warm-up rounds, "
+        f"{threads} intra-op thread(s)"
+    )
+
+
+def headline(
+    manifest: Mapping[str, Any], batch: str = "64", teacher: str = "teacher-fp32"
+) -> list[dict[str, Any]]:
+    """Per EP in `recommended`: the recommended artifact against `teacher` (p50 latency ratio
+    at `batch`, else the batch the recommendation was made at), accuracy change, MACs ratio."""
     arts = manifest["artifacts"]
-    if "student-int8" not in arts or "teacher-fp32" not in arts:
-        return None
-    teacher, student = arts["teacher-fp32"], arts["student-int8"]
-    t, s = _p50(teacher, CPU_EP, batch), _p50(student, CPU_EP, batch)
-    cell = student.get("latency", {}).get(CPU_EP, {}).get(batch, {})
-    paired = cell.get("speedup_vs_teacher-fp32") or {}
-    return {
-        "batch": batch,
-        "speedup": paired.get("ratio", (t / s) if t and s else None),
-        "speedup_ci": paired.get("ci"),
-        "ci_level": paired.get("ci_level"),
-        "accuracy_delta_pp": 100
-        * (student["accuracy"]["test_top1"] - teacher["accuracy"]["test_top1"]),
-        "macs_ratio": student["macs"] / teacher["macs"] if teacher.get("macs") else None,
-    }
+    if teacher not in arts:
+        return []
+    base = arts[teacher]
+    rows = []
+    for ep, name in dict(manifest.get("recommended") or {}).items():
+        entry = arts.get(name)
+        if entry is None:
+            continue
+        detail = dict(dict(manifest.get("recommended_detail") or {}).get(ep) or {})
+        at = batch if _p50(entry, ep, batch) else str(detail.get("batch_size", batch))
+        t, s = _p50(base, ep, at), _p50(entry, ep, at)
+        cell = entry.get("latency", {}).get(ep, {}).get(at, {})
+        paired = cell.get(f"speedup_vs_{teacher}") or {}
+        rows.append(
+            {
+                "provider": ep,
+                "artifact": name,
+                "batch": at,
+                "speedup": paired.get("ratio", (t / s) if t and s else None),
+                "speedup_ci": paired.get("ci"),
+                "ci_level": paired.get("ci_level"),
+                "accuracy_delta_pp": 100
+                * (entry["accuracy"]["test_top1"] - base["accuracy"]["test_top1"]),
+                "macs_ratio": entry["macs"] / base["macs"] if base.get("macs") else None,
+            }
+        )
+    return rows
+
+
+def headline_lines(manifest: Mapping[str, Any], teacher: str = "teacher-fp32") -> list[str]:
+    """The headline as text: one line per EP, then how the numbers were timed."""
+    rows = headline(manifest, teacher=teacher)
+    lines = []
+    for row in rows:
+        speed = f"{row['speedup']:.2f}x as fast" if row["speedup"] else "latency n/a"
+        if row.get("speedup_ci"):
+            lo, hi = row["speedup_ci"]
+            level = round(100 * float(row.get("ci_level") or 0.95))
+            speed += f" ({level} % CI {lo:.2f}-{hi:.2f}x, paired bootstrap over rounds)"
+        macs = (
+            f", MACs {100 * row['macs_ratio']:.1f} % of the teacher's" if row["macs_ratio"] else ""
+        )
+        lines.append(
+            f"{row['provider']}: recommended `{row['artifact']}` vs `{teacher}` at batch "
+            f"{row['batch']} (p50): {speed}, accuracy {row['accuracy_delta_pp']:+.2f} pp{macs}"
+        )
+    if lines:
+        lines.append(f"Latencies {timing_note(manifest)}.")
+    return lines
 
 
 def artifact_table(manifest: Mapping[str, Any]) -> str:
@@ -185,19 +244,10 @@ def write_report(out_dir: Path, manifest: Mapping[str, Any], plots: list[Path]) 
         artifact_table(manifest),
         "",
     ]
-    head = headline(manifest)
+    head = headline_lines(manifest)
     if head:
-        speed = f"{head['speedup']:.2f}x" if head["speedup"] else "n/a"
-        if head.get("speedup_ci"):
-            lo, hi = head["speedup_ci"]
-            level = round(100 * float(head.get("ci_level") or 0.95))
-            speed += f" ({level} % CI {lo:.2f}–{hi:.2f}x, paired bootstrap over rounds)"
-        parts += [
-            f"**Headline:** `student-int8` vs `teacher-fp32` on the CPU EP at batch {head['batch']}: "
-            f"{speed} faster, accuracy {head['accuracy_delta_pp']:+.2f} pp, "
-            f"MACs {100 * (head['macs_ratio'] or 0):.1f} % of the teacher's.",
-            "",
-        ]
+        parts += ["**Headline** (the artifact to ship on each EP):", ""]
+        parts += [f"- {line}" for line in head] + [""]
     prune = _record(out_dir, "prune")
     if prune:
         m = prune["metrics"]

@@ -8,8 +8,10 @@ For every artifact:
 - self-contained: the model's own external-data references (`core.onnx_file`) are empty;
 - precision: the content matches the `precision` label - `int8` has quantized operators
   (QuantizeLinear/DequantizeLinear, QLinear*, ConvInteger, MatMulInteger, ...), `fp16` has
-  float16 initializers and no quantized operators, `fp32` has neither. For `int8` the detail
-  gives the share of MACs in integer kernels the manifest records (`integer_macs`);
+  float16 initializers and no quantized operators, `fp32` has neither. An `int8` file must
+  also have a share of MACs in integer kernels above 0, recorded in the manifest
+  (`integer_macs.share`) and, where the `onnx` package is installed, re-measured equal
+  (`calibrate.coverage`; without onnx the detail says it was not re-measured);
 - loads in ONNX Runtime (CPU);
 - accuracy: test top-1 re-measured with the recorded settings on the data the manifest's
   `dataset` block names: MNIST's test split (kind "mnist", or no block), or the test `.npz`
@@ -134,14 +136,9 @@ def precision_check(name: str, path: Path, entry: Mapping[str, Any]) -> Check:
         f"{fp16} float16 initializer(s)"
     )
     if label == "int8":
-        ok = bool(quant)
-        share = (entry.get("integer_macs") or {}).get("share")
-        macs = (
-            f"; {100 * share:.1f} % of MACs in integer kernels (manifest)"
-            if isinstance(share, (int, float))
-            else "; the manifest records no integer MAC share"
-        )
-        detail = f"int8: {found}{macs}" if ok else f"labelled int8 but {found}"
+        share_ok, macs = integer_share_check(path, entry)
+        ok = bool(quant) and share_ok
+        detail = f"int8: {found}{macs}" if quant else f"labelled int8 but {found}"
     elif label == "fp16":
         ok = fp16 > 0 and not quant
         detail = f"fp16: {found}" if ok else f"labelled fp16 but {found}"
@@ -151,6 +148,35 @@ def precision_check(name: str, path: Path, entry: Mapping[str, Any]) -> Check:
     else:
         ok, detail = False, f"unknown precision label {label!r}; expected fp32, fp16 or int8"
     return Check(name, "precision", ok, detail)
+
+
+INTEGER_SHARE_TOLERANCE = 1e-6  # the manifest rounds the share to 6 decimals
+
+
+def integer_share_check(path: Path, entry: Mapping[str, Any]) -> tuple[bool, str]:
+    """(ok, detail) for an int8 file's share of MACs in integer kernels: the manifest must
+    record one above 0, and where the `onnx` package is installed (it infers the shapes the
+    count needs; `calibrate.coverage`) the file's share is re-measured and must equal it."""
+    recorded = (entry.get("integer_macs") or {}).get("share")
+    if not isinstance(recorded, (int, float)) or isinstance(recorded, bool):
+        return False, (
+            "; the manifest records no integer MAC share (integer_macs.share): an int8 label "
+            "must say how much of the model runs in integer kernels"
+        )
+    text = f"; {100 * recorded:.1f} % of MACs in integer kernels (manifest)"
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return recorded > 0, text + ", not re-measured here (needs the onnx package)"
+    from onnxship.calibrate.coverage import integer_mac_share
+
+    measured = integer_mac_share(path)["share"]
+    if measured is None or abs(measured - recorded) > INTEGER_SHARE_TOLERANCE:
+        shown = "no Conv/MatMul/Gemm" if measured is None else f"{100 * measured:.1f} %"
+        return False, f"{text}, but the file has {shown} (re-measured)"
+    if measured <= 0:
+        return False, f"{text}: no multiply-accumulate runs in integer kernels"
+    return True, f"{text}, re-measured equal"
 
 
 def self_contained_check(name: str, path: Path) -> Check:

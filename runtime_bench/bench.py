@@ -468,13 +468,9 @@ def _benchmark_model(
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional on deployment targets
-        return None
-    return tqdm(total=total, desc="bench", unit="case", leave=False)
+    from onnxship.core.progress import progress
+
+    return progress(total, "bench", "case", enabled=enabled)
 
 
 def benchmark_models(
@@ -486,18 +482,14 @@ def benchmark_models(
     if not model_paths:
         raise BenchError("no model given; pass at least one .onnx file")
     created = utc_now()
-    bar = _progress_bar(len(model_paths) * len(cfg.batch_sizes), cfg.progress)
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     providers_used: list[str] = []
-    try:
+    with _progress_bar(len(model_paths) * len(cfg.batch_sizes), cfg.progress) as bar:
         for path in model_paths:
             rows, handle = _benchmark_model(path, cfg, bar, skipped)
             results.extend(rows)
             providers_used.extend(handle.providers)
-    finally:
-        if bar is not None:
-            bar.close()
     config = cfg.to_json()
     config["threads_exceed_cores"] = threads_exceed_cores(cfg.threads)
     return {

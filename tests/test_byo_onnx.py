@@ -277,6 +277,11 @@ def test_byo_bench_with_npz_and_verify_with_npz_dataset_block(byo, tmp_path, cap
                 "batch_size": 1000,
             },
         }
+    # What `onnxship run` records for an int8 file, and verify re-measures.
+    from onnxship.calibrate.coverage import integer_mac_share
+
+    int8 = artifacts["student-int8"]
+    int8["integer_macs"] = integer_mac_share(bundle / int8["path"])
     manifest = {
         "schema_version": 1,
         "environment": current_environment(),

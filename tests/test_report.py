@@ -98,3 +98,51 @@ def test_server_plot_draws_qps_vs_p99_when_server_results_exist(tmp_path: Path) 
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "scenario-server.json").write_text(json.dumps({"results": results}))
     assert [r["model_name"] for r in server_results(tmp_path, {})] == ["teacher-fp32", "student"]
+
+
+def _searched_manifest() -> dict:
+    """teacher, student-int8 and searched-fp32, the last recommended on the CPU EP."""
+
+    def art(precision: str, top1: float, macs: int, p50_64: float) -> dict:
+        return {"precision": precision, "bytes": 10_000, "macs": macs, "params": 1_000,
+                "accuracy": {"test_top1": top1},
+                "latency": {"CPUExecutionProvider": {"1": {"p50_ms": 0.1},
+                                                     "64": {"p50_ms": p50_64}}}}  # fmt: skip
+
+    return {
+        "created": "2026-12-01T00:00:00Z",
+        "config": {"bench": {"interleave_block": 4, "iterations": 200, "warmup": 20}},
+        "bench": {"threads": 1, "iterations": 200, "warmup": 20},
+        "artifacts": {
+            "teacher-fp32": art("fp32", 0.9910, 2_000_000, 12.1),
+            "student-int8": art("int8", 0.9890, 90_000, 3.63),
+            "searched-fp32": art("fp32", 0.9895, 60_000, 1.0),
+        },
+        "recommended": {"CPUExecutionProvider": "searched-fp32"},
+        "recommended_detail": {"CPUExecutionProvider": {"batch_size": 64}},
+    }
+
+
+def test_report_headline_is_the_recommended_artifact_and_says_how_it_was_timed(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "stages").mkdir()
+    text = write_report(tmp_path, _searched_manifest(), []).read_text()
+    head = text.split("**Headline**", 1)[1].split("\n## ", 1)[0]
+    assert (
+        "CPUExecutionProvider: recommended `searched-fp32` vs `teacher-fp32` at batch 64 (p50): "
+        "12.10x as fast, accuracy -0.15 pp, MACs 3.0 % of the teacher's" in head
+    )
+    assert "student-int8" not in head  # the old headline's fixed pair
+    assert (
+        "block-interleaved in one process: rounds of 4 calls per artifact, the first untimed"
+        in head
+    )
+    assert "200 timed calls each after 20 warm-up rounds, 1 intra-op thread(s)" in head
+
+
+def test_report_has_no_headline_without_a_recommendation(tmp_path: Path) -> None:
+    (tmp_path / "stages").mkdir()
+    manifest = _searched_manifest()
+    del manifest["recommended"]
+    assert "**Headline**" not in write_report(tmp_path, manifest, []).read_text()

@@ -263,3 +263,60 @@ def test_verify_on_another_integer_class_names_both_and_records_this_one(
     )
     capsys.readouterr()
     assert main(gate_args) == 0
+
+
+@pytest.mark.parametrize(
+    ("integer_macs", "expected"),
+    [
+        ({"share": 0.5}, "but the file has 100.0 % (re-measured)"),
+        ({}, "the manifest records no integer MAC share"),
+    ],
+)
+def test_verify_fails_an_int8_whose_integer_mac_share_is_not_the_recorded_one(
+    bundle: tuple[Path, Path], tmp_path: Path, integer_macs: dict, expected: str
+) -> None:
+    root, manifest = _copy(bundle, tmp_path)
+    manifest["artifacts"]["student-int8"]["integer_macs"] = integer_macs
+    _save(root, manifest)
+    report = verify_bundle(root, check_accuracy=False)
+    failed = {(c.artifact, c.check): c.detail for c in report.checks if not c.ok}
+    assert list(failed) == [("student-int8", "precision")]
+    assert expected in failed[("student-int8", "precision")]
+
+
+def test_verify_fails_an_int8_file_with_no_multiply_accumulate_in_integer_kernels(
+    bundle: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Quantized ops on the input alone (Q -> DQ -> float MatMul with float weights): an int8
+    label with one quantized op, whose arithmetic is all float; the manifest says so (0.0)."""
+    root, manifest = _copy(bundle, tmp_path)
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((784, 10), np.float32), "W")
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(0, np.uint8), "z")
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("QuantizeLinear", ["flat", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+        helper.make_node("MatMul", ["dq", "W"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "fake-int8",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [w, scale, zero],
+    )  # fmt: skip
+    target = root / "artifacts" / "student-int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), target)
+    entry = manifest["artifacts"]["student-int8"]
+    entry.update(sha256=sha256_file(target), bytes=target.stat().st_size)
+    entry["integer_macs"] = {"share": 0.0}
+    _save(root, manifest)
+    failed = {
+        (c.artifact, c.check): c.detail
+        for c in verify_bundle(root, check_accuracy=False).checks
+        if not c.ok
+    }
+    assert list(failed) == [("student-int8", "precision")]
+    assert "no multiply-accumulate runs in integer kernels" in failed[("student-int8", "precision")]

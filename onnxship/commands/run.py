@@ -65,16 +65,13 @@ def run(args: argparse.Namespace) -> int:
     if not ranks.is_main:
         return 0
     from onnxship.manifest import read_manifest
-    from onnxship.report import artifact_table, headline
+    from onnxship.report import artifact_table, headline_lines
 
     manifest = read_manifest(result.manifest_path)
     print(artifact_table(manifest))
-    head = headline(manifest)
-    if head and head["speedup"]:
-        print(
-            f"\nstudent-int8 vs teacher-fp32 (CPU, batch {head['batch']}): {head['speedup']:.2f}x "
-            f"faster, accuracy {head['accuracy_delta_pp']:+.2f} pp"
-        )
+    head = headline_lines(manifest)
+    if head:
+        print("\n" + "\n".join(head))
     print(
         f"\nbundle: {result.out_dir} (manifest.json, report.md); {len(result.ran)} stages ran, "
         f"{len(result.skipped)} reused; {time.perf_counter() - start:.1f} s"
