@@ -245,7 +245,7 @@ def verify_bundle(
         differences = environment_differences(
             manifest.get("environment") or {}, current_environment()
         )
-    measure = _accuracy_source(root, manifest, data_dir, add) if check_accuracy else None
+    measure = accuracy_source(root, manifest, data_dir, add) if check_accuracy else None
     for name, entry in artifacts.items():
         path = root / entry["path"]
         if not path.is_file():
@@ -277,7 +277,7 @@ def verify_bundle(
     return report
 
 
-def _accuracy_source(
+def accuracy_source(
     root: Path,
     manifest: dict[str, Any],
     data_dir: str | os.PathLike[str] | None,

@@ -161,3 +161,40 @@ def capture_environment(providers_used: tuple[str, ...] | list[str] = ()) -> dic
     if any(p.startswith(("CUDA", "Tensorrt", "NvTensorRT")) for p in used):
         env["gpu"] = gpu_info()
     return env
+
+
+# ---- tune-side placeholders, reconciled with the fingerprint/integer-class work on merge ----
+def integer_class() -> str:
+    flags = cpu_flags()
+    if "amx_int8" in flags:
+        return "amx"
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx_vnni" in flags:
+        return "avx_vnni"
+    if "avx2" in flags:
+        return "avx2"
+    return "sse"
+
+
+def usable_cpu_quota() -> float:
+    quota = Path("/sys/fs/cgroup/cpu.max")
+    cores = float(usable_cores())
+    if quota.is_file():
+        parts = quota.read_text().split()
+        if parts and parts[0] != "max":
+            cores = min(cores, int(parts[0]) / int(parts[1]))
+    return cores
+
+
+def machine_fingerprint() -> dict[str, object]:
+    import onnxruntime as ort
+
+    return {
+        "cpu": cpu_model_name(),
+        "isa": isa_summary(),
+        "integer_class": integer_class(),
+        "usable_cores": usable_cores(),
+        "cpu_quota": usable_cpu_quota(),
+        "onnxruntime": ort.__version__,
+    }
