@@ -5,7 +5,7 @@
    candidate node gets the worst (lowest) per-tensor SQNR, in dB, of the quantized activations
    it reads or writes (the local QDQ error, so a single badly calibrated tensor stands out).
 2. Probe: for the `probes` lowest-SQNR nodes, quantize a variant with only that node in float
-   and measure validation top-1 - the measured gain is the sensitivity; SQNR breaks ties.
+   and measure the budget's score (validation top-1, or fidelity to FP32) - the measured gain is the sensitivity; SQNR breaks ties.
 3. Greedy: leave nodes in float in that order, re-quantizing (ranges come from the cache) and
    re-measuring, until the drop is within budget or `max_float_nodes` is reached.
 
@@ -44,6 +44,29 @@ SQNR_SAMPLES = 64  # calibration samples whose activations are compared (bounded
 # rounding: 0.99 - 0.987 is 0.0030000000000000027. The slack is far below one sample (2e-4 on
 # 5,000 images) and only makes "a drop of exactly the budget" count as within it.
 BUDGET_SLACK = 1e-9
+
+
+# Words for the three scores a candidate can be measured on (calibrate.dataset.BudgetMetric
+# values): top-1 with labels; without labels, top-1 agreement with FP32 or output SQNR in dB.
+METRIC_WORDS = {"top1": "val top-1", "top1_agreement": "top-1 agreement with FP32",
+                "sqnr_db": "output SQNR vs FP32"}  # fmt: skip
+
+
+def score_text(metric: str, score: float) -> str:
+    """A score in its metric's unit: '0.9871 val top-1', '99.59 % top-1 agreement with
+    FP32', '19.96 dB output SQNR vs FP32'."""
+    if metric == "sqnr_db":
+        return f"{score:.2f} dB {METRIC_WORDS[metric]}"
+    if metric == "top1_agreement":
+        return f"{score * 100:.2f} % {METRIC_WORDS[metric]}"
+    return f"{score:.4f} {METRIC_WORDS.get(metric, metric)}"
+
+
+def drop_text(metric: str, reference: float, score: float) -> str:
+    """How far `score` is from the FP32 `reference`, in the metric's unit (never pp for dB)."""
+    if metric == "sqnr_db":
+        return score_text(metric, score)  # the reference is exact (the cap), the level says it
+    return f"{score_text(metric, score)}, {(reference - score) * 100:.2f} pp below FP32"
 
 
 def within_budget(fp32_top1: float, top1: float | None, max_drop: float) -> bool:
@@ -141,6 +164,7 @@ def fallback_to_float(
     max_float_nodes: int = 4,
     probes: int = 8,
     tag: str = "fb",
+    metric: str = "top1",
 ) -> FallbackResult:
     """Leave the most sensitive nodes of `recipe` in float until top-1 is within `max_drop`."""
     import onnx
@@ -223,7 +247,7 @@ def fallback_to_float(
         path=path,
         val_top1=top1,
         float_nodes=[
-            {"node": c["node"], "op_type": c["op_type"], "reason": _reason(c)} for c in kept
+            {"node": c["node"], "op_type": c["op_type"], "reason": _reason(c, metric)} for c in kept
         ],
         within_budget=within,
         sensitivity=sensitivity,
@@ -231,10 +255,14 @@ def fallback_to_float(
     )
 
 
-def _reason(entry: dict[str, Any]) -> str:
-    text = "accuracy fallback (INT8 val top-1 dropped more than the budget)"
+def _reason(entry: dict[str, Any], metric: str = "top1") -> str:
+    """Why a node stayed in float, in the budget's metric (`val_top1_alone_in_float` holds the
+    score in that metric: top-1, agreement or SQNR dB)."""
+    words = METRIC_WORDS.get(metric, metric)
+    text = f"accuracy fallback (INT8 {words} was outside the budget)"
     if entry["val_top1_alone_in_float"] is not None:
-        text += f"; alone in float it gave val top-1 {entry['val_top1_alone_in_float']:.4f}"
+        alone = score_text(metric, entry["val_top1_alone_in_float"])
+        text += f"; alone in float it gave {alone}"
     if entry["sqnr_db"] is not None:
         text += f"; worst SQNR of its quantized activations {entry['sqnr_db']:.1f} dB"
     return text

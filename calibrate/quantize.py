@@ -57,7 +57,13 @@ from onnxship.calibrate.dataset import (
     input_specs_of,
 )
 from onnxship.calibrate.errors import CalibrateError
-from onnxship.calibrate.fallback import fallback_to_float, within_budget
+from onnxship.calibrate.fallback import (
+    METRIC_WORDS,
+    drop_text,
+    fallback_to_float,
+    score_text,
+    within_budget,
+)
 from onnxship.calibrate.graph_prep import cap_opset, ort_max_qdq_opset, reshape_to_flatten
 from onnxship.calibrate.ort_static import (
     HistogramCaps,
@@ -150,6 +156,8 @@ class QuantizeConfig:
     max_float_nodes / probes / fallback_recipes: bounds of the fallback's work.
     range_overrides: force calibration ranges of named tensors (experts and tests).
     flatten_reshapes: apply `calibrate.graph_prep.reshape_to_flatten` (exact; see there).
+    portable: search only recipes exact on every x86 integer class (reduce_range or U8U8), for
+      a target CPU that is unknown; by default the grid is the one exact on this CPU's class.
     strip_node_metadata: drop per-node metadata_props / doc_string from the INT8 file (the
       exporter's Python stack traces, with build-machine paths: ~5 kB, 10 % of a student INT8
       file); the model-level metadata is always kept.
@@ -175,9 +183,10 @@ class QuantizeConfig:
     strip_node_metadata: bool = True
     eval_batch: int = 500
     min_sqnr_db: float = 30.0
+    portable: bool = False
 
     def validate(self) -> None:
-        recipes_for(self.recipe)  # raises on an unknown name, listing the known ones
+        recipe_grid(self)  # raises on an unknown name (listing the known ones) or not portable
         if not 0 <= self.max_drop < 1:
             raise CalibrateError(
                 f"accuracy budget max_drop must be a fraction in [0, 1), got {self.max_drop}"
@@ -203,6 +212,14 @@ class QuantizeConfig:
         for name in ("max_float_nodes", "probes", "fallback_recipes", "eval_batch"):
             if getattr(self, name) < 1:
                 raise CalibrateError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def recipe_grid(cfg: QuantizeConfig) -> tuple[Recipe, ...]:
+    """The recipes this run tries: `auto` -> the grid exact on this CPU's integer class (every
+    x86 class with `portable`, `calibrate.recipes.auto_grid`); a name -> that recipe."""
+    from onnxship.core.env import integer_class
+
+    return recipes_for(cfg.recipe, integer_class(), portable=cfg.portable)
 
 
 # --------------------------------------------------------------------------------------------
@@ -520,7 +537,7 @@ def int8_from_onnx(
             fallback_info = {"ran": True, "candidates": [r.name for r in fallback_rows]}
         chosen = choose_recipe(
             rows, fp32, cfg, src=inp.src, fallback_ran=fallback_info is not None,
-            budget=inp.budget(cfg), budget_text=_budget_text(inp, cfg),
+            budget=inp.budget(cfg), budget_text=_budget_text(inp, cfg), metric=_metric(inp),
         )  # fmt: skip
         confirm = _confirm(chosen, fp32, inp, cfg)
         faster = _faster(confirm, cfg.latency)
@@ -662,8 +679,9 @@ def _search(
     its error while searching; with one recipe named, its failure is the stage's error."""
     searching = cfg.recipe.strip().lower() == AUTO
     rows: list[_Candidate] = []
-    bar = _progress(len(recipes_for(cfg.recipe)), progress)
-    for i, recipe in enumerate(recipes_for(cfg.recipe)):
+    grid = recipe_grid(cfg)
+    bar = _progress(len(grid), progress)
+    for i, recipe in enumerate(grid):
         row = _Candidate(recipe, recipe.name, graph.scratch / f"cand-{i}.onnx",
                          graph.user_rows + _scope_rows(recipe, graph.nodes, graph.user_excluded))  # fmt: skip
         t0 = time.perf_counter()
@@ -716,7 +734,7 @@ def _fallback(
             fp32_top1=fp32_top1, max_drop=inp.budget(cfg), base_excluded=graph.user_excluded,
             scratch=graph.scratch, cache_dir=graph.cache_dir, caps=cfg.caps,
             range_overrides=cfg.range_overrides, max_float_nodes=cfg.max_float_nodes,
-            probes=cfg.probes, tag=f"fb{j}",
+            probes=cfg.probes, tag=f"fb{j}", metric=_metric(inp),
         )  # fmt: skip
         if result.path is None:
             continue
@@ -751,6 +769,7 @@ def choose_recipe(
     fallback_ran: bool = False,
     budget: float | None = None,
     budget_text: str | None = None,
+    metric: str = "top1",
 ) -> _Candidate:
     """The one selection rule: among the candidates within the accuracy budget
     (`within_budget`: FP32 val top-1 minus the candidate's is at most `max_drop`), the fastest,
@@ -758,7 +777,8 @@ def choose_recipe(
     to FP32); the first in table order on a tie.
 
     `budget` replaces `cfg.max_drop` when the score is not top-1 (fidelity without labels:
-    `EvaluationSet.drop_budget`); `budget_text` then says what it means.
+    `EvaluationSet.drop_budget`); `budget_text` then says what it means and `metric` (a
+    `BudgetMetric` value) names the score in the message.
     Raises CalibrateError (exit 1) when no candidate is within the budget.
     """
     budget = cfg.max_drop if budget is None else budget
@@ -769,15 +789,14 @@ def choose_recipe(
     scored = [r for r in rows if r.val_top1 is not None]
     best = max(scored, key=lambda r: r.val_top1 or 0.0) if scored else None
     found = (
-        f"best found {best.name} with {best.val_top1:.4f} (drop "
-        f"{(fp32_top1 - (best.val_top1 or 0.0)) * 100:.2f} pp)"
+        f"best found {best.name} with {drop_text(metric, fp32_top1, best.val_top1 or 0.0)}"
         if best is not None
         else "no candidate was scored"
     )
     raise CalibrateError(
         f"no INT8 recipe for {src} is within the accuracy budget of "
-        f"{budget_text or f'{cfg.max_drop * 100:.2f} pp of val top-1'}: FP32 {fp32_top1:.4f}, "
-        f"{found} after trying "
+        f"{budget_text or f'{cfg.max_drop * 100:.2f} pp of val top-1'}: FP32 "
+        f"{score_text(metric, fp32_top1)}, {found} after trying "
         f"{len(rows)} candidates{' and the float fallback' if fallback_ran else ''}; "
         "raise --max-drop, calibrate with more data (--calib-size) or exclude "
         "sensitive nodes",
@@ -797,11 +816,19 @@ def _within_rows(
     ]
 
 
+def _metric(inp: _Inputs) -> str:
+    """The budget's metric (`BudgetMetric` value): top1, top1_agreement or sqnr_db."""
+    return inp.evalset.metric.value if inp.evalset.metric else "top1"
+
+
 def _budget_text(inp: _Inputs, cfg: QuantizeConfig) -> str:
-    metric = inp.evalset.metric.value if inp.evalset.metric else "top1"
+    """The budget in its metric's words: dB for SQNR, % for agreement, pp for top-1."""
+    metric = _metric(inp)
     if metric == "sqnr_db":
         return f"{cfg.min_sqnr_db:.1f} dB output SQNR vs FP32 (on {inp.evalset.source})"
-    return f"{cfg.max_drop * 100:.2f} pp of {metric} (on {inp.evalset.source})"
+    if metric == "top1_agreement":
+        return f"{(1 - cfg.max_drop) * 100:.2f} % {METRIC_WORDS[metric]} (on {inp.evalset.source})"
+    return f"{cfg.max_drop * 100:.2f} pp of {METRIC_WORDS[metric]} (on {inp.evalset.source})"
 
 
 # --------------------------------------------------------------------------------------------

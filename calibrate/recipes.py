@@ -26,6 +26,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from onnxship.calibrate.errors import CalibrateError
+from onnxship.core.env import INTEGER_CLASSES, X86_INTEGER_CLASSES
+
+# Integer classes (`onnxship.core.env.integer_class`) whose U8S8 kernels multiply u8 x s8 pairs
+# with VPMADDUBSW: the sum of two products is kept in int16 and saturates (255 x 127 x 2 =
+# 64770 > 32767). ORT documents it; measured on an AVX2 EPYC with onnxruntime 1.32: QDQ
+# U8S8 and QDQ S8S8 (ORT turns int8 activations into uint8 on x86) per-channel minmax put a
+# 3x3 conv 13 % of the output span off the unfused QDQ reference; their reduce_range twins,
+# U8U8 and QOperator S8S8 matched it exactly. VNNI/AMX and arm64 accumulate in int32: exact.
+SATURATING_CLASSES = frozenset({"avx512", "avx2", "sse"})
+EXACT_CLASSES = tuple(c for c in INTEGER_CLASSES if c not in SATURATING_CLASSES | {"unknown"})
 
 
 class QuantFormatChoice(enum.Enum):
@@ -128,11 +138,51 @@ class Recipe:
     def with_format(self, fmt: QuantFormatChoice) -> Recipe:
         return dataclasses.replace(self, format=fmt)
 
+    @property
+    def may_saturate(self) -> bool:
+        """True when, without VNNI, ORT runs this recipe's integer products through the
+        saturating u8 x s8 kernel: U8S8, and QDQ S8S8 (converted to U8S8 on x86), with full
+        8-bit weights. reduce_range (7-bit weights) and U8U8 cannot saturate."""
+        if self.reduce_range:
+            return False
+        if self.types is QuantTypes.U8S8:
+            return True
+        return self.types is QuantTypes.S8S8 and self.format is QuantFormatChoice.QDQ
+
+    def safe_on(self, integer_class: str) -> bool:
+        """True when this recipe computes the exact quantized arithmetic on `integer_class`."""
+        if integer_class == "unknown":
+            return not self.may_saturate
+        return not (self.may_saturate and integer_class in SATURATING_CLASSES)
+
+    def safe_integer_classes(self) -> list[str]:
+        """The known integer classes on which this recipe is exact."""
+        return [c for c in INTEGER_CLASSES if c != "unknown" and self.safe_on(c)]
+
+    @property
+    def risk(self) -> str:
+        """What this recipe risks on other CPUs, in words (recorded with every INT8 file)."""
+        what = f"{self.types.value.upper()} {self.format.value.upper()}"
+        if self.may_saturate:
+            return (
+                f"{what} without reduce_range: exact on VNNI, AMX and arm64, may saturate on "
+                "AVX2, AVX-512 without VNNI and SSE (int16 sums of u8 x s8 pairs, VPMADDUBSW)"
+            )
+        why = "7-bit weights" if self.reduce_range else "no u8 x s8 pair products"
+        return f"{what}{' with reduce_range' if self.reduce_range else ''}: exact on every " + (
+            f"integer class ({why}, so no int16 saturation)"
+        )
+
+    def exact_twin(self) -> Recipe:
+        """This recipe if it cannot saturate, else the same recipe with reduce_range."""
+        return dataclasses.replace(self, reduce_range=True) if self.may_saturate else self
+
 
 # Presets, in the order `auto` tries them. The grid is deliberately small (each candidate costs
 # a quantization, a validation pass and a latency run): the axes that matter for speed on x86
 # (scope, format, per-channel, types, reduce_range) with MinMax, plus Entropy and Percentile
-# points for accuracy. On a CPU without VNNI, U8S8 can saturate (VPMADDUBSW) -> the `-rr` points.
+# points for accuracy. On a CPU without VNNI, U8S8 can saturate (VPMADDUBSW): `auto_grid` swaps
+# those for their `-rr` twins there.
 _Q, _O = QuantFormatChoice.QDQ, QuantFormatChoice.QOPERATOR
 _MM, _EN, _PC = CalibMethod.MINMAX, CalibMethod.ENTROPY, CalibMethod.PERCENTILE
 _ALL, _LIN = QuantScope.ALL, QuantScope.LINEAR
@@ -184,8 +234,53 @@ def parse_recipe(name: str) -> Recipe:
     return Recipe(fmt, types, parts[2] == "perchannel", len(parts) == 5, method, scope)
 
 
-def recipes_for(choice: str) -> tuple[Recipe, ...]:
-    """`auto` -> the presets (searched); a name -> that one recipe."""
+# Added to the grid where U8S8 may saturate: U8U8 on every quantizable op (exact everywhere).
+SATURATION_FREE_EXTRAS: tuple[Recipe, ...] = (Recipe(_Q, _U8U8, False, False, _MM, _ALL),)
+
+
+def auto_grid(integer_class: str, *, portable: bool = False) -> tuple[Recipe, ...]:
+    """The recipes `auto` searches on a CPU of `integer_class`.
+
+    Every preset that is exact on the class (on every x86 class with `portable`) is kept; one
+    that may saturate there is replaced by its reduce_range twin, and U8U8 on every op is added.
+    Saturating recipes are dropped rather than kept when they measure within budget: their
+    integer kernel is the same as their reduce_range twin's (same speed on the class), and a
+    validation set passing says nothing about inputs that saturate later.
+    """
+    classes = (*X86_INTEGER_CLASSES, integer_class) if portable else (integer_class,)
+    grid: list[Recipe] = []
+    replaced = False
+    for recipe in PRESETS:
+        if all(recipe.safe_on(c) for c in classes):
+            chosen = recipe
+        else:
+            chosen, replaced = recipe.exact_twin(), True
+        if chosen not in grid:
+            grid.append(chosen)
+    if replaced:
+        grid += [r for r in SATURATION_FREE_EXTRAS if r not in grid]
+    return tuple(grid)
+
+
+def recipes_for(
+    choice: str, integer_class: str | None = None, *, portable: bool = False
+) -> tuple[Recipe, ...]:
+    """`auto` -> the grid for `integer_class` (`auto_grid`; None: the presets as they are);
+    a name -> that one recipe (with `portable`, it must be exact on every x86 class)."""
     if choice.strip().lower() == AUTO:
-        return PRESETS
-    return (parse_recipe(choice),)
+        if integer_class is None and not portable:
+            return PRESETS
+        return auto_grid(integer_class or "unknown", portable=portable)
+    recipe = parse_recipe(choice)
+    if portable and not all(recipe.safe_on(c) for c in X86_INTEGER_CLASSES):
+        raise CalibrateError(
+            f"recipe {recipe.name!r} is not portable: {recipe.risk}; use "
+            f"{recipe.exact_twin().name!r} (reduce_range), a u8u8 recipe, or drop --portable"
+        )
+    return (recipe,)
+
+
+def exact_recipe_on(name: str, integer_class: str) -> Recipe:
+    """The recipe `name` if it is exact on `integer_class`, else its reduce_range twin."""
+    recipe = parse_recipe(name)
+    return recipe if recipe.safe_on(integer_class) else recipe.exact_twin()

@@ -120,7 +120,7 @@ def capture_environment(providers_used: tuple[str, ...] | list[str] = ()) -> dic
     """The machine and runtime a number was measured on, for every result file.
 
     Keys shared with the manifest's `environment`: python, onnxruntime, cpu, isa,
-    available_providers. GPU facts (nvidia-smi) are asked only when a CUDA/TensorRT EP was used.
+    integer_class (+ integer_class_forced when ONNXSHIP_INTEGER_CLASS set it), available_providers. GPU facts (nvidia-smi) are asked only when a CUDA/TensorRT EP was used.
     """
     env: dict[str, object] = {
         "hostname": platform.node(),
@@ -130,6 +130,7 @@ def capture_environment(providers_used: tuple[str, ...] | list[str] = ()) -> dic
         "python_implementation": platform.python_implementation(),
         "cpu": cpu_model_name(),
         "isa": isa_summary(),
+        **integer_class_record(),
         "has_native_bf16": has_native_bf16(),
         "logical_cores": os.cpu_count(),
         "usable_cores": usable_cores(),
@@ -163,38 +164,100 @@ def capture_environment(providers_used: tuple[str, ...] | list[str] = ()) -> dic
     return env
 
 
-# ---- tune-side placeholders, reconciled with the fingerprint/integer-class work on merge ----
+# --------------------------------------------------------------------------------------------
+# The CPU's integer class: which int8 dot-product kernels ONNX Runtime (MLAS) runs here.
+# It decides whether U8S8 arithmetic can saturate (x86 without VNNI multiplies u8 x s8 pairs
+# with VPMADDUBSW, whose int16 sums saturate) and how fast integer kernels are.
+
+INTEGER_CLASS_ENV = "ONNXSHIP_INTEGER_CLASS"
+INTEGER_CLASSES: dict[str, str] = {
+    "amx": "x86 with AMX-INT8 tile multiply (int32 accumulation, exact)",
+    "avx512_vnni": "x86 with AVX-512 VNNI (VPDPBUSD, int32 accumulation, exact)",
+    "avx_vnni": "x86 with AVX-VNNI (VEX VPDPBUSD, int32 accumulation, exact)",
+    "avx512": "x86 with AVX-512BW, no VNNI (VPMADDUBSW: u8 x s8 pair sums saturate at int16)",
+    "avx2": "x86 with AVX2, no VNNI (VPMADDUBSW: u8 x s8 pair sums saturate at int16)",
+    "sse": "x86 without AVX2 (SSE4.1 / SSSE3 integer kernels)",
+    "arm64_i8mm": "arm64 with I8MM (SMMLA/UMMLA, int32 accumulation, exact)",
+    "arm64_dotprod": "arm64 with DotProd (SDOT/UDOT, int32 accumulation, exact)",
+    "arm64": "arm64 without DotProd (widening multiply-accumulate, exact)",
+    "unknown": "an architecture onnxship does not classify",
+}
+X86_INTEGER_CLASSES = ("amx", "avx512_vnni", "avx_vnni", "avx512", "avx2", "sse")
+
+
+def _sysctl_flag(name: str) -> bool:
+    exe = shutil.which("sysctl")
+    if exe is None:
+        return False
+    try:
+        done = subprocess.run([exe, "-n", name], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0 and done.stdout.strip() == "1"
+
+
+def integer_class_from_flags(machine: str, flags: frozenset[str]) -> str:
+    """The integer class for an architecture name and its CPU flags (/proc/cpuinfo spelling:
+    x86 `flags`, arm64 `Features`)."""
+    arch = machine.lower()
+    if arch in ("x86_64", "amd64", "i386", "i686", "x86"):
+        if "amx_int8" in flags:
+            return "amx"
+        if "avx512_vnni" in flags or "avx512vnni" in flags:
+            return "avx512_vnni"
+        if "avx_vnni" in flags:
+            return "avx_vnni"
+        if "avx512bw" in flags:
+            return "avx512"
+        return "avx2" if "avx2" in flags else "sse"
+    if arch in ("aarch64", "arm64"):
+        if "i8mm" in flags:
+            return "arm64_i8mm"
+        return "arm64_dotprod" if "asimddp" in flags or "dotprod" in flags else "arm64"
+    return "unknown"
+
+
+@functools.cache
+def detected_integer_class() -> str:
+    """This CPU's integer class, detected (never the override): /proc/cpuinfo, else macOS
+    sysctl (hw.optional.arm.FEAT_I8MM / FEAT_DotProd)."""
+    machine = platform.machine()
+    flags = set(cpu_flags())
+    if not flags and sys.platform == "darwin" and machine.lower() == "arm64":
+        if _sysctl_flag("hw.optional.arm.FEAT_I8MM"):
+            flags.add("i8mm")
+        if _sysctl_flag("hw.optional.arm.FEAT_DotProd"):
+            flags.add("asimddp")
+    return integer_class_from_flags(machine, frozenset(flags))
+
+
+def forced_integer_class() -> str | None:
+    """The class forced by ONNXSHIP_INTEGER_CLASS (a simulation knob, always recorded), or None.
+    An unknown name raises CoreError listing the known ones."""
+    value = os.environ.get(INTEGER_CLASS_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value not in INTEGER_CLASSES:
+        from onnxship.core.errors import CoreError
+
+        raise CoreError(
+            f"{INTEGER_CLASS_ENV}={value!r} is not an integer class; known classes: "
+            f"{', '.join(INTEGER_CLASSES)} (unset it to detect the CPU's class)"
+        )
+    return value
+
+
 def integer_class() -> str:
-    flags = cpu_flags()
-    if "amx_int8" in flags:
-        return "amx"
-    if "avx512_vnni" in flags:
-        return "avx512_vnni"
-    if "avx_vnni" in flags:
-        return "avx_vnni"
-    if "avx2" in flags:
-        return "avx2"
-    return "sse"
+    """The integer class results are recorded under: the detected one, or the one forced by
+    ONNXSHIP_INTEGER_CLASS (then `integer_class_record()` says so)."""
+    return forced_integer_class() or detected_integer_class()
 
 
-def usable_cpu_quota() -> float:
-    quota = Path("/sys/fs/cgroup/cpu.max")
-    cores = float(usable_cores())
-    if quota.is_file():
-        parts = quota.read_text().split()
-        if parts and parts[0] != "max":
-            cores = min(cores, int(parts[0]) / int(parts[1]))
-    return cores
-
-
-def machine_fingerprint() -> dict[str, object]:
-    import onnxruntime as ort
-
-    return {
-        "cpu": cpu_model_name(),
-        "isa": isa_summary(),
-        "integer_class": integer_class(),
-        "usable_cores": usable_cores(),
-        "cpu_quota": usable_cpu_quota(),
-        "onnxruntime": ort.__version__,
-    }
+def integer_class_record() -> dict[str, object]:
+    """`integer_class` plus how it was obtained, for every record with an accuracy or latency."""
+    forced = forced_integer_class()
+    detected = detected_integer_class()
+    out: dict[str, object] = {"integer_class": forced or detected}
+    if forced is not None:
+        out["integer_class_forced"] = {"by": INTEGER_CLASS_ENV, "detected": detected}
+    return out
