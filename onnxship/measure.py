@@ -66,14 +66,14 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 
 def machine_key() -> dict[str, Any]:
-    """What a measurement depends on beyond its inputs: the CPU model, its ISA extensions and
-    the onnxruntime version. Part of the eval and bench stages' cache keys, so a bundle re-run
-    on another machine (or onnxruntime) is re-measured there."""
-    import onnxruntime as ort
+    """What a measurement depends on beyond its inputs: the machine part of the one fingerprint
+    (CPU model, ISA, integer class, usable cores and cgroup quota, onnxruntime). Part of the
+    eval and bench stages' cache keys, so a bundle re-run on another machine (or onnxruntime,
+    or container limit) is re-measured there."""
+    from onnxship.core.env import FINGERPRINT_MACHINE_KEYS, machine_fingerprint
 
-    from onnxship.core.env import cpu_model_name, isa_summary
-
-    return {"cpu": cpu_model_name(), "isa": isa_summary(), "onnxruntime": ort.__version__}
+    fp = machine_fingerprint()
+    return {k: fp[k] for k in FINGERPRINT_MACHINE_KEYS}
 
 
 def eval_stage(

@@ -71,6 +71,31 @@ class GraphOptimization(enum.Enum):
         }[self]
 
 
+class ExecutionMode(enum.Enum):
+    """ORT execution mode (`SessionOptions.execution_mode`): operators one after another, or
+    independent branches of the graph in parallel on `inter_op_threads`."""
+
+    SEQUENTIAL = "sequential"
+    PARALLEL = "parallel"
+
+    def ort_mode(self) -> Any:
+        import onnxruntime as ort
+
+        modes = ort.ExecutionMode
+        return {
+            ExecutionMode.SEQUENTIAL: modes.ORT_SEQUENTIAL,
+            ExecutionMode.PARALLEL: modes.ORT_PARALLEL,
+        }[self]
+
+
+def _pairs(value: Any, what: str) -> tuple[tuple[str, Any], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    try:
+        return tuple(sorted((str(k), v) for k, v in items))
+    except (TypeError, ValueError):
+        raise BenchError(f"SessionConfig.{what} must be (key, value) pairs or a dict, got {value!r}")
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """Explicit `SessionOptions` for one session; recorded with every number measured on it.
@@ -82,6 +107,11 @@ class SessionConfig:
       and stored sorted, e.g. {"device_id": "0"} for CUDA.
     enable_profiling: write ORT's JSON trace under the system temp folder.
     record_assignment: ask ORT to record which EP got each node (`nodes_per_provider`).
+    execution_mode: sequential (default) or parallel (independent branches on inter-op threads).
+    extra_options: further `onnxruntime.SessionOptions` attributes set as given, e.g.
+      (("enable_mem_pattern", False),), from a session-config file (checked against this ORT
+      by `runtime_bench.session_options.load_session_config`).
+    config_entries: further `add_session_config_entry` (key, value) pairs.
     """
 
     intra_op_threads: int = 1
@@ -91,6 +121,9 @@ class SessionConfig:
     provider_options: tuple[tuple[str, str], ...] = ()
     enable_profiling: bool = False
     record_assignment: bool = True
+    execution_mode: ExecutionMode = ExecutionMode.SEQUENTIAL
+    extra_options: tuple[tuple[str, Any], ...] = ()
+    config_entries: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("intra_op_threads", "inter_op_threads"):
@@ -119,16 +152,34 @@ class SessionConfig:
                 f"SessionConfig.provider_options must be (key, value) pairs or a dict, got {opts!r}"
             ) from None
         object.__setattr__(self, "provider_options", normalised)
+        if isinstance(self.execution_mode, str):
+            try:
+                mode = ExecutionMode(self.execution_mode.lower())
+            except ValueError:
+                choices = ", ".join(m.value for m in ExecutionMode)
+                raise BenchError(
+                    f"unknown execution mode {self.execution_mode!r}; expected one of {choices}"
+                ) from None
+            object.__setattr__(self, "execution_mode", mode)
+        object.__setattr__(self, "extra_options", _pairs(self.extra_options, "extra_options"))
+        entries = _pairs(self.config_entries, "config_entries")
+        object.__setattr__(self, "config_entries", tuple((k, str(v)) for k, v in entries))
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "intra_op_threads": self.intra_op_threads,
             "inter_op_threads": self.inter_op_threads,
             "graph_optimization": self.graph_optimization.value,
             "allow_spinning": self.allow_spinning,
             "provider_options": dict(self.provider_options),
             "enable_profiling": self.enable_profiling,
+            "execution_mode": self.execution_mode.value,
         }
+        if self.extra_options:
+            out["extra_options"] = dict(self.extra_options)
+        if self.config_entries:
+            out["config_entries"] = dict(self.config_entries)
+        return out
 
 
 @dataclass(frozen=True)
@@ -228,11 +279,21 @@ def _session_options(cfg: SessionConfig) -> Any:
     so.log_severity_level = 3
     so.intra_op_num_threads = cfg.intra_op_threads
     so.inter_op_num_threads = cfg.inter_op_threads
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.execution_mode = cfg.execution_mode.ort_mode()
     so.graph_optimization_level = cfg.graph_optimization.ort_level()
     spin = "1" if cfg.allow_spinning else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    for name, value in cfg.extra_options:
+        try:
+            setattr(so, name, value)
+        except (AttributeError, TypeError) as exc:
+            raise BenchError(
+                f"onnxruntime {ort.__version__} SessionOptions.{name} = {value!r} failed: "
+                f"{_first_line(exc)}; fix or remove it in the session config"
+            ) from None
+    for key, text in cfg.config_entries:
+        so.add_session_config_entry(key, text)
     if cfg.enable_profiling:
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "onnxship-ort-profile")

@@ -7,6 +7,9 @@ when a GPU EP was used); the CPU facts are here so the PyTorch side can ask them
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import math
 import os
 import platform
 import shutil
@@ -59,12 +62,82 @@ def has_native_bf16() -> bool:
     return any(f in cpu_flags() for f in NATIVE_BF16_FLAGS)
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (affinity / cgroup cpuset), else os.cpu_count()."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def affinity_cores() -> int:
+    """CPU cores this process may be scheduled on (affinity / cgroup cpuset), else cpu_count."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def _own_cgroup_paths(proc_cgroup: Path) -> dict[str, str]:
+    """Controller -> this process's cgroup path, from /proc/self/cgroup ('' = the v2 tree)."""
+    paths: dict[str, str] = {}
+    try:
+        text = proc_cgroup.read_text()
+    except OSError:
+        return paths
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        for controller in parts[1].split(","):
+            paths[controller] = parts[2].strip()
+    return paths
+
+
+def _read_quota_v2(path: Path) -> float | None:
+    fields = path.read_text().split()
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    quota, period = int(fields[0]), int(fields[1])
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _read_quota_v1(folder: Path) -> float | None:
+    quota = int((folder / "cpu.cfs_quota_us").read_text().strip())
+    period = int((folder / "cpu.cfs_period_us").read_text().strip())
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def cgroup_cpu_quota(
+    root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> float | None:
+    """The cgroup CPU quota in cores (e.g. 1.5), or None when unlimited or unreadable.
+
+    cgroup v2: `cpu.max` ("QUOTA PERIOD" or "max PERIOD"); v1: `cpu.cfs_quota_us` /
+    `cpu.cfs_period_us` (-1 = unlimited). The process's own cgroup (from /proc/self/cgroup) is
+    read first, then the mount's root (what a container sees). A container limited to 2 CPUs on
+    a 64-core host still shows 64 cores to ONNX Runtime's default thread count (ORT#29510)."""
+    own = _own_cgroup_paths(proc_cgroup)
+    candidates: list[tuple[str, Path]] = []
+    for rel in dict.fromkeys((own.get("", ""), "")):
+        candidates.append(("v2", root / rel.lstrip("/") / "cpu.max"))
+    for rel in dict.fromkeys((own.get("cpu", ""), "")):
+        for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+            candidates.append(("v1", root / mount / rel.lstrip("/")))
+    for kind, path in candidates:
+        try:
+            if kind == "v2" and path.is_file():
+                return _read_quota_v2(path)
+            if kind == "v1" and (path / "cpu.cfs_quota_us").is_file():
+                return _read_quota_v1(path)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def usable_cores() -> int:
+    """CPU cores this process can use: its affinity, capped by the cgroup CPU quota (rounded
+    up, as the JVM and .NET do: a 1.5-core quota allows 2 threads some of the time)."""
+    cores = affinity_cores()
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota - 1e-9)))
+    return cores
 
 
 def physical_cores() -> int | None:
@@ -87,6 +160,64 @@ def physical_cores() -> int | None:
     if per_socket is None:
         return None
     return per_socket * max(1, len(sockets))
+
+
+# The machine part of a fingerprint: what a latency depends on besides the model and inputs.
+FINGERPRINT_MACHINE_KEYS = (
+    "cpu", "arch", "isa", "integer_class", "affinity_cores", "cgroup_cpu_quota", "usable_cores",
+    "onnxruntime",
+)  # fmt: skip
+# The session part: how the number was measured on that machine.
+FINGERPRINT_SESSION_KEYS = ("provider", "intra_op_threads", "allow_spinning")
+
+
+def _onnxruntime_version() -> str | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    return str(ort.__version__)
+
+
+def machine_fingerprint(
+    provider: str | None = None,
+    *,
+    intra_op_threads: int | None = None,
+    allow_spinning: bool | None = None,
+) -> dict[str, object]:
+    """The one machine fingerprint attached to every timing result.
+
+    Machine: CPU model, architecture, ISA flags, integer (INT8) class, affinity cores, cgroup
+    CPU quota (cores, None = unlimited), usable cores, onnxruntime version. Session: EP,
+    intra-op threads, spinning (None where the caller has no session). `id` is a short hash of
+    all of it: two results with different ids were not measured under the same conditions."""
+    fp: dict[str, object] = {
+        "cpu": cpu_model_name(),
+        "arch": platform.machine(),
+        "isa": isa_summary(),
+        "integer_class": integer_class(),
+        "affinity_cores": affinity_cores(),
+        "cgroup_cpu_quota": cgroup_cpu_quota(),
+        "usable_cores": usable_cores(),
+        "onnxruntime": _onnxruntime_version(),
+        "provider": provider,
+        "intra_op_threads": intra_op_threads,
+        "allow_spinning": allow_spinning,
+    }
+    fp["id"] = fingerprint_id(fp)
+    return fp
+
+
+def fingerprint_id(fp: dict[str, object]) -> str:
+    body = {k: fp.get(k) for k in FINGERPRINT_MACHINE_KEYS + FINGERPRINT_SESSION_KEYS}
+    text = json.dumps(body, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def fingerprint_diff(a: dict[str, object], b: dict[str, object]) -> dict[str, list[object]]:
+    """Keys (machine and session) whose values differ between two fingerprints."""
+    keys = FINGERPRINT_MACHINE_KEYS + FINGERPRINT_SESSION_KEYS
+    return {k: [a.get(k), b.get(k)] for k in keys if a.get(k) != b.get(k)}
 
 
 def gpu_info(timeout_s: float = 10.0) -> list[dict[str, str]] | dict[str, str]:
@@ -159,6 +290,7 @@ def capture_environment(providers_used: tuple[str, ...] | list[str] = ()) -> dic
             env["onnxruntime_cuda_version"] = cuda_version
     used = list(dict.fromkeys(providers_used))
     env["providers_used"] = used
+    env["fingerprint"] = machine_fingerprint(used[0] if used else None)
     if any(p.startswith(("CUDA", "Tensorrt", "NvTensorRT")) for p in used):
         env["gpu"] = gpu_info()
     return env

@@ -1,0 +1,256 @@
+"""Session options per target: the session-config file, and the search that writes it.
+
+A session-config file holds exactly the ONNX Runtime options a model is to run with, in the
+layout of Olive's `inference_settings` (which `OrtSessionParamsTuning` stores beside a model):
+
+    {"format": "onnxship.session_config", "version": 1,
+     "provider": "CPUExecutionProvider",
+     "session_options": {"intra_op_num_threads": 2, "inter_op_num_threads": 1,
+                         "execution_mode": "ORT_SEQUENTIAL",
+                         "graph_optimization_level": "ORT_ENABLE_ALL",
+                         "extra_session_config": {"session.intra_op.allow_spinning": "1"}},
+     "provider_options": {}, "io_binding": false, "cuda_graph": false,
+     "tuned_for": {...}, "evidence": {...}, "fingerprint": {...}}
+
+`session_options` keys are `onnxruntime.SessionOptions` attribute names; a name this
+onnxruntime does not have is refused (exit 2), never ignored. `bench --session-config` and
+`eval --session-config` run exactly these options.
+
+`tune_session(path, provider, cfg)` searches intra-op threads (1 .. usable cores, cgroup quota
+included), spinning, graph optimisation level and execution mode (and, on CUDA, IO binding and
+CUDA graphs where capturable), one dimension after another, timing candidates against the
+incumbent with the timing engine's block interleaving. An alternative replaces the incumbent
+only when the lower bound of its speed-up CI clears `cfg.margin`: the defaults win ties.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from onnxship.core.artifact import atomic_write_json
+from onnxship.runtime_bench.errors import BenchError
+from onnxship.runtime_bench.session import (
+    CUDA_EP,
+    ExecutionMode,
+    GraphOptimization,
+    SessionConfig,
+    resolve_provider,
+)
+
+FORMAT = "onnxship.session_config"
+VERSION = 1
+TOP_LEVEL_KEYS = (
+    "format", "version", "provider", "session_options", "provider_options", "io_binding",
+    "cuda_graph", "tuned_for", "evidence", "fingerprint",
+)  # fmt: skip
+SPIN_INTRA = "session.intra_op.allow_spinning"
+SPIN_INTER = "session.inter_op.allow_spinning"
+# SessionOptions attributes with a SessionConfig field of their own.
+MAPPED_OPTIONS = (
+    "intra_op_num_threads", "inter_op_num_threads", "execution_mode", "graph_optimization_level",
+    "extra_session_config",
+)  # fmt: skip
+_ORT_LEVELS = {
+    GraphOptimization.DISABLE: "ORT_DISABLE_ALL",
+    GraphOptimization.BASIC: "ORT_ENABLE_BASIC",
+    GraphOptimization.EXTENDED: "ORT_ENABLE_EXTENDED",
+    GraphOptimization.ALL: "ORT_ENABLE_ALL",
+}
+_ORT_MODES = {ExecutionMode.SEQUENTIAL: "ORT_SEQUENTIAL", ExecutionMode.PARALLEL: "ORT_PARALLEL"}
+
+
+@dataclass(frozen=True)
+class LoadedSessionConfig:
+    """A session-config file, checked against this onnxruntime."""
+
+    source: Path
+    provider: str  # resolved EP name
+    session: SessionConfig
+    io_binding: bool = False
+    cuda_graph: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": os.fspath(self.source),
+            "provider": self.provider,
+            "session": self.session.to_json(),
+            "io_binding": self.io_binding,
+            "cuda_graph": self.cuda_graph,
+        }
+
+
+def session_config_document(
+    session: SessionConfig,
+    provider: str,
+    *,
+    io_binding: bool = False,
+    cuda_graph: bool = False,
+    tuned_for: Mapping[str, Any] | None = None,
+    evidence: Mapping[str, Any] | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON document of a session-config file (see the module docstring)."""
+    spin = "1" if session.allow_spinning else "0"
+    extra = {SPIN_INTRA: spin, SPIN_INTER: spin, **dict(session.config_entries)}
+    options: dict[str, Any] = {
+        "intra_op_num_threads": session.intra_op_threads,
+        "inter_op_num_threads": session.inter_op_threads,
+        "execution_mode": _ORT_MODES[session.execution_mode],
+        "graph_optimization_level": _ORT_LEVELS[session.graph_optimization],
+        **dict(session.extra_options),
+        "extra_session_config": extra,
+    }
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "provider": resolve_provider(provider),
+        "session_options": options,
+        "provider_options": dict(session.provider_options),
+        "io_binding": io_binding,
+        "cuda_graph": cuda_graph,
+        "tuned_for": dict(tuned_for or {}),
+        "evidence": dict(evidence or {}),
+        "fingerprint": dict(fingerprint or {}),
+    }
+
+
+def write_session_config(path: str | os.PathLike[str], document: Mapping[str, Any]) -> Path:
+    return atomic_write_json(path, document, what="session config")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise BenchError(
+            f"session config {path} does not exist; write one with "
+            "`onnxship bench MODEL.onnx --tune-session OUT.json`"
+        )
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BenchError(f"session config {path} is not JSON ({exc}); expected {FORMAT}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise BenchError(
+            f"session config {path}: format {found!r}, expected {FORMAT!r} (a file written by "
+            "`onnxship bench --tune-session`)"
+        )
+    if doc.get("version") != VERSION:
+        raise BenchError(
+            f"session config {path}: version {doc.get('version')!r}, expected {VERSION}"
+        )
+    unknown = sorted(set(doc) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise BenchError(
+            f"session config {path} has unknown keys {unknown}; expected only {list(TOP_LEVEL_KEYS)}"
+        )
+    return doc
+
+
+def _enum_member(path: Path, key: str, value: Any, members: Mapping[str, Any]) -> str:
+    if not isinstance(value, str) or value not in members:
+        raise BenchError(
+            f"session config {path}: session_options.{key} is {value!r}; this onnxruntime "
+            f"accepts {', '.join(members)}"
+        )
+    return value
+
+
+def _check_option_names(path: Path, options: Mapping[str, Any]) -> None:
+    """Every key must be a settable SessionOptions attribute of the installed onnxruntime."""
+    import onnxruntime as ort
+
+    probe = ort.SessionOptions()
+    for name in options:
+        if name == "extra_session_config":
+            continue
+        attr = getattr(probe, name, None) if not name.startswith("_") else None
+        if attr is None or callable(attr):
+            have = sorted(
+                a for a in dir(probe) if not a.startswith("_") and not callable(getattr(probe, a))
+            )
+            raise BenchError(
+                f"session config {path} names option {name!r}, which onnxruntime "
+                f"{ort.__version__} SessionOptions does not have; it has: {', '.join(have)}"
+            )
+
+
+def _int_option(path: Path, options: Mapping[str, Any], key: str) -> int:
+    value = options.get(key, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BenchError(
+            f"session config {path}: session_options.{key} must be an integer >= 0, got {value!r}"
+        )
+    return value
+
+
+def _session_from_options(path: Path, options: Mapping[str, Any], provider_options: Any) -> SessionConfig:
+    import onnxruntime as ort
+
+    _check_option_names(path, options)
+    mode_name = _enum_member(
+        path, "execution_mode", options.get("execution_mode", "ORT_SEQUENTIAL"),
+        ort.ExecutionMode.__members__,
+    )  # fmt: skip
+    level_name = _enum_member(
+        path, "graph_optimization_level",
+        options.get("graph_optimization_level", "ORT_ENABLE_ALL"),
+        {v: k for k, v in _ORT_LEVELS.items()},
+    )  # fmt: skip
+    extra = options.get("extra_session_config", {})
+    if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
+        raise BenchError(
+            f"session config {path}: extra_session_config must map keys to strings, got {extra!r}"
+        )
+    spin = extra.get(SPIN_INTRA, "1")
+    if spin not in ("0", "1"):
+        raise BenchError(f"session config {path}: {SPIN_INTRA} must be '0' or '1', got {spin!r}")
+    entries = {k: v for k, v in extra.items() if k not in (SPIN_INTRA, SPIN_INTER)}
+    if extra.get(SPIN_INTER, spin) != spin:
+        entries[SPIN_INTER] = extra[SPIN_INTER]
+    if not isinstance(provider_options, dict):
+        raise BenchError(f"session config {path}: provider_options must be an object")
+    return SessionConfig(
+        intra_op_threads=_int_option(path, options, "intra_op_num_threads"),
+        inter_op_threads=_int_option(path, options, "inter_op_num_threads"),
+        graph_optimization={v: k for k, v in _ORT_LEVELS.items()}[level_name],
+        allow_spinning=spin == "1",
+        provider_options=tuple(provider_options.items()),
+        execution_mode={v: k for k, v in _ORT_MODES.items()}[mode_name],
+        extra_options=tuple((k, v) for k, v in options.items() if k not in MAPPED_OPTIONS),
+        config_entries=tuple(entries.items()),
+    )
+
+
+def load_session_config(path: str | os.PathLike[str]) -> LoadedSessionConfig:
+    """Read and check a session-config file; BenchError (exit 2) naming what is wrong."""
+    p = Path(path)
+    doc = _read_json(p)
+    options = doc.get("session_options", {})
+    if not isinstance(options, dict):
+        raise BenchError(f"session config {p}: session_options must be an object")
+    session = _session_from_options(p, options, doc.get("provider_options", {}))
+    provider = resolve_provider(str(doc.get("provider", "cpu")))
+    flags = {}
+    for key in ("io_binding", "cuda_graph"):
+        value = doc.get(key, False)
+        if not isinstance(value, bool):
+            raise BenchError(f"session config {p}: {key} must be true or false, got {value!r}")
+        if value and provider != CUDA_EP:
+            raise BenchError(
+                f"session config {p}: {key} is true but the provider is {provider}; it applies "
+                f"to {CUDA_EP} only"
+            )
+        flags[key] = value
+    return LoadedSessionConfig(source=p, provider=provider, session=session, **flags)
+
+
+def with_provider_options(session: SessionConfig, extra: Mapping[str, str]) -> SessionConfig:
+    options = dict(session.provider_options)
+    options.update(extra)
+    return dataclasses.replace(session, provider_options=tuple(options.items()))
