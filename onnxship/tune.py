@@ -38,7 +38,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from onnxship.core.artifact import atomic_output, atomic_write_json, json_bytes, sha256_file
+from onnxship.core.artifact import atomic_output, atomic_write_json, sha256_file
 from onnxship.core.errors import OnnxshipError
 from onnxship.core.version import __version__
 from onnxship.errors import PipelineError
@@ -208,18 +208,16 @@ def _writable_bundle(src: Path, out: str | os.PathLike[str] | None) -> Path:
 
 
 def target_fingerprint(provider: str) -> dict[str, Any]:
-    """The target's identity: the machine fingerprint plus the EP tuned for."""
-    from onnxship.core.env import machine_fingerprint
+    """The target's identity: the machine fingerprint (CPU, ISA, integer class, cores and
+    cgroup quota, onnxruntime) for the EP tuned for."""
+    from onnxship.core.env import integer_class_record, machine_fingerprint
 
-    return dict(machine_fingerprint()) | {"provider": provider}
+    return dict(machine_fingerprint(provider)) | integer_class_record()
 
 
 def target_id(ident: Mapping[str, Any]) -> str:
-    """`<integer class>-<8 hex of the fingerprint>`: readable, and one per machine kind."""
-    import hashlib
-
-    digest = hashlib.sha256(json_bytes(dict(ident))).hexdigest()[:8]
-    return f"{ident.get('integer_class', 'unknown')}-{digest}"
+    """`<integer class>-<8 hex of the fingerprint>`: readable, one per machine kind and EP."""
+    return f"{ident.get('integer_class', 'unknown')}-{str(ident['id'])[:8]}"
 
 
 def _bundle_candidates(root: Path, manifest: Mapping[str, Any]) -> list[_Candidate]:
@@ -408,6 +406,7 @@ def choose(
 ) -> tuple[_Candidate, dict[str, Any]]:
     """The fastest by ratio vs teacher-fp32; inside the tie band (ratio CIs overlap the
     fastest's), the simplest: FP32 over FP16 over INT8, then the smaller file."""
+    from onnxship.runtime_bench.timing import tie
 
     def ratio(c: _Candidate) -> Any:
         batch = _best_batch(c.name, timing) if cfg.scenario == "offline" else 1
@@ -418,7 +417,7 @@ def choose(
     if not rated:
         return ref, {"rule": "only teacher-fp32 is within the accuracy budget here"}
     best_c, best_r = max(rated, key=lambda cr: cr[1].ratio)
-    tied = [(c, r) for c, r in rated if _tie(r, best_r, cfg.tie_band)]
+    tied = [(c, r) for c, r in rated if r is best_r or tie(r, best_r, cfg.tie_band)]
     if best_r.ci[0] <= 1.0:  # not clearly faster than the reference: it ties too
         tied.append((ref, None))
     chosen, chosen_r = min(tied, key=lambda cr: (SIMPLICITY.get(cr[0].precision, 3), cr[0].bytes))
@@ -437,11 +436,6 @@ def choose(
     return chosen, why
 
 
-def _tie(r: Any, best: Any, band: float) -> bool:
-    """Inside the tie band: the CIs overlap, or the ratios differ by less than `band`."""
-    return bool(r.ci[1] >= best.ci[0] or r.ratio >= best.ratio * (1 - band))
-
-
 def _ci_text(r: Any) -> str:
     if r is None:
         return "the reference, 1.00x"
@@ -453,13 +447,13 @@ def tune_session_options(
 ) -> dict[str, Any]:
     """Threads (1 .. usable cores) and spinning for the chosen artifact at the scenario's
     batch; the default (1 thread, spinning) stays unless an option set's CI clears the margin."""
-    from onnxship.core.env import usable_cpu_quota
-    from onnxship.runtime_bench.session import SessionConfig, create_session
+    from onnxship.core.env import usable_cores
     from onnxship.runtime_bench.inputs import make_feeds
+    from onnxship.runtime_bench.session import SessionConfig, create_session
     from onnxship.runtime_bench.timing import TimingConfig, decide_faster, time_blocks
 
     batch = _best_batch(chosen.name, timing) if cfg.scenario == "offline" else 1
-    cores = max(1, int(usable_cpu_quota()))
+    cores = usable_cores()
     threads = cfg.threads or tuple(range(1, cores + 1))
     variants = {"threads=1,spin=on": SessionConfig(intra_op_threads=1)}
     for t in threads:
@@ -542,9 +536,14 @@ def _record(
         "accuracy": {c.name: c.accuracy for c in cands},
         "max_drop": max_drop,
         "artifacts": {c.name: c.own for c in cands if c.own},
-        "timing": {str(b): {"stop_reason": r.stop_reason, "wall_s": r.wall_s,
-                            "rounds": max(m.n_rounds for m in r.models.values())}
-                   for b, r in timing.items()},  # fmt: skip
+        "timing": {
+            str(b): {
+                "stop_reason": r.stop_reason,
+                "wall_s": r.wall_s,
+                "rounds": max(m.n_rounds for m in r.models.values()),
+            }
+            for b, r in timing.items()
+        },  # fmt: skip
         "config": dataclasses.asdict(cfg),
         "wall_s": round(time.perf_counter() - started, 2),
         "created": utc_now(),

@@ -23,13 +23,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="write JUnit XML, one test case per artifact")  # fmt: skip
     parser.add_argument("--check-latency", action="store_true",
                         help="also enforce the baseline's latency_ratios (opt-in: noisy machines)")  # fmt: skip
+    parser.add_argument("--require-targets", type=Path, default=None, metavar="FILE",
+                        help='JSON {"targets": ["<target id or integer class>", ...]}: fail '
+                        "when one has no `onnxship tune` record in the manifest, or its "
+                        "accuracy measured there is below the baseline")  # fmt: skip
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from onnxship.gate import gate, markdown, write_junit
 
-    cases = gate(args.manifest, args.baseline, check_latency=args.check_latency)
+    cases = gate(
+        args.manifest, args.baseline, check_latency=args.check_latency,
+        require_targets=args.require_targets,
+    )  # fmt: skip
     print(markdown(cases))
     if args.junit:
         write_junit(cases, args.junit)

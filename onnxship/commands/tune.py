@@ -68,7 +68,11 @@ def run(args: argparse.Namespace) -> int:
     rec = record["recommended"]
     detail = record["ratios"].get(rec, {})
     ratio = next(iter(detail.values()), None)
-    speed = f"{ratio['ratio']:.2f}x teacher-fp32 (95% CI {ratio['ci'][0]:.2f}-{ratio['ci'][1]:.2f})" if ratio else "the reference"
+    speed = (
+        f"{ratio['ratio']:.2f}x teacher-fp32 (95% CI {ratio['ci'][0]:.2f}-{ratio['ci'][1]:.2f})"
+        if ratio
+        else "the reference"
+    )
     print(f"target {record['id']} ({record['integer_class']}, {record['scenario']}): "
           f"recommended {rec}, {speed}, test top-1 {record['accuracy'][rec]['test_top1']:.4f}; "
           f"session {record['session_options']['chosen']}; {record['wall_s']:.1f} s")  # fmt: skip
