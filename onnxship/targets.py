@@ -116,3 +116,26 @@ def read_require_file(path: str | os.PathLike[str]) -> list[str]:
             f"...]}} with at least one string, found {data!r:.200}"
         )
     return list(wanted)
+
+
+def still_valid_targets(bundle: Path, artifacts: Mapping[str, Any]) -> dict[str, Any]:
+    """The `targets` of the bundle's current manifest that still describe `artifacts` (a
+    rebuilt manifest keeps a target only while its record is intact and every bundle file it
+    measured has the same sha256; a retrained or re-exported artifact makes it stale)."""
+    path = bundle / "manifest.json"
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+    kept = {}
+    for tid, entry in (old.get("targets") or {}).items():
+        try:
+            record = read_record(bundle, tid, entry)
+        except PipelineError:
+            continue
+        measured = record.get("bundle_artifacts") or {}
+        if measured and all(
+            (artifacts.get(n) or {}).get("sha256") == sha for n, sha in measured.items()
+        ):
+            kept[tid] = entry
+    return kept

@@ -17,7 +17,8 @@ A bundle is built on one machine; its `recommended` was decided there. On the ta
    tie within noise) the simplest one ships - FP32 over FP16 over INT8, then the smaller file;
 6. tunes session options (threads, spinning) for the chosen artifact: an option set replaces
    the default only when its ratio CI clears `option_margin`;
-7. writes `targets/<id>.json` and the manifest's `targets[<id>]` entry (`onnxship.targets`).
+7. writes `targets/<id>.json` and the manifest's `targets[<id>]` entry (`onnxship.targets`), and
+   refreshes report.md and plots/ where matplotlib is installed.
 
 A second tune on the same fingerprint replaces its own record and no other. A read-only bundle
 needs `--out DIR`: the bundle is copied there and tuned in the copy.
@@ -536,6 +537,7 @@ def _record(
         "accuracy": {c.name: c.accuracy for c in cands},
         "max_drop": max_drop,
         "artifacts": {c.name: c.own for c in cands if c.own},
+        "bundle_artifacts": {c.name: sha256_file(c.path) for c in cands if not c.own},
         "timing": {
             str(b): {
                 "stop_reason": r.stop_reason,
@@ -571,3 +573,17 @@ def _write(root: Path, tid: str, record: dict[str, Any], cands: list[_Candidate]
     targets[tid] = manifest_entry(record, f"{TARGETS_DIR}/{tid}.json", sha256_file(rec))
     manifest["targets"] = targets
     atomic_write_json(manifest_path, manifest)
+    _refresh_report(root, manifest_path)
+
+
+def _refresh_report(root: Path, manifest_path: Path) -> None:
+    """report.md and plots/ gain the target's section where matplotlib is installed; a
+    target with only onnxruntime, numpy and onnx keeps the old report (the record is there)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.info("tune: report.md not refreshed (matplotlib is not installed here)")
+        return
+    from onnxship.manifest import write_bundle_docs
+
+    write_bundle_docs(root, manifest_path)

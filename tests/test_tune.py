@@ -2,7 +2,7 @@
 
 One tiny bundle (the fault matrix's reduced run, on a 6,000 + 1,000-image MNIST subset, with
 teacher-int8) is built once per module. Two targets are simulated on this one machine: the
-detected integer class, and `ONNXSHIP_INTEGER_CLASS=avx512_vnni` (a recorded simulation
+detected integer class, and `ONNXSHIP_INTEGER_CLASS` set to another class (a recorded simulation
 knob: the class, the fingerprint and so the target id differ; the INT8 search then runs the
 grid of that class, measured on this CPU). The torch-free test runs tune, verify and gate from
 a wheel installed with `--no-deps` beside onnxruntime, numpy and onnx, torch blocked.
@@ -90,18 +90,20 @@ def test_tune_records_a_target_with_its_own_int8_and_keeps_the_build_host_files(
 def test_two_targets_coexist_and_a_retune_replaces_only_its_own(
     bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    here = integer_class()
+    sim = "avx512_vnni" if here != "avx512_vnni" else "avx2"  # another class than this CPU's
     assert run_cli("tune", os.fspath(bundle), "--no-requantize", *FAST)[0] == 0
-    monkeypatch.setenv("ONNXSHIP_INTEGER_CLASS", "avx512_vnni")
+    monkeypatch.setenv("ONNXSHIP_INTEGER_CLASS", sim)
     rc, err = run_cli("tune", os.fspath(bundle), "--no-requantize", "--scenario", "offline",
                       *FAST)  # fmt: skip
     assert rc == 0, err[-2000:]
     targets = _targets(bundle)
     assert len(targets) == 2, targets
     classes = sorted(t["integer_class"] for t in targets.values())
-    assert classes == sorted({integer_class(), "avx512_vnni"})
-    vnni = next(t for t, e in targets.items() if e["integer_class"] == "avx512_vnni")
+    assert classes == sorted({here, sim})
+    vnni = next(t for t, e in targets.items() if e["integer_class"] == sim)
     record = json.loads((bundle / "targets" / f"{vnni}.json").read_text())
-    assert record["fingerprint"]["integer_class_forced"]["detected"] == integer_class()
+    assert record["fingerprint"]["integer_class_forced"]["detected"] == here
     assert record["scenario"] == "offline"
     other = {t: e for t, e in targets.items() if t != vnni}
     # a second tune on the same (simulated) machine replaces its record and no other
