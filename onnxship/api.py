@@ -175,19 +175,25 @@ def evaluate(
     data_dir: PathLike | None = None,
     split: str | None = None,
     batch_size: int = 1000,
-    provider: str = "cpu",
+    provider: str | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     data: PathLike | None = None,
     reference: PathLike | None = None,
+    session_config: PathLike | None = None,
 ) -> dict[str, Any]:
     """Top-1 of an `.onnx` file measured in ONNX Runtime (torch-free).
+
+    session_config: a session-config file (`onnxship bench --tune-session`); the model runs
+    with exactly its options and on its EP (`provider` must then be None or the same EP).
 
     data: a dataset `.npz` (CONTRACT.md; preprocessed, fed as is) instead of MNIST; without
     labels, `reference` (the FP32 model) gives fidelity instead (top-1 agreement or SQNR)."""
     from onnxship.runtime_bench.accuracy import evaluate_npz, evaluate_onnx
     from onnxship.runtime_bench.errors import BenchError
+    from onnxship.runtime_bench.session_options import session_and_provider
 
+    session, provider = session_and_provider(session_config, provider)
     if data is not None:
         given = [f for f, v in (("--split", split), ("--mean", mean), ("--std", std)) if v]
         if given:
@@ -196,7 +202,12 @@ def evaluate(
                 "preprocessed inputs and is fed as is; drop them"
             )
         return evaluate_npz(
-            model, data, reference=reference, batch_size=batch_size, provider=provider
+            model,
+            data,
+            reference=reference,
+            batch_size=batch_size,
+            provider=provider,
+            session=session,
         )
     if reference is not None:
         raise BenchError(
@@ -210,6 +221,7 @@ def evaluate(
         provider=provider,
         mean=mean,
         std=std,
+        session=session,
     )
 
 

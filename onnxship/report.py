@@ -297,6 +297,9 @@ def write_plots(out_dir: Path, manifest: Mapping[str, Any]) -> list[Path]:
     fig.tight_layout()
     written.append(_save(fig, plots_dir / "size.png"))
     plt.close(fig)
+    server = write_server_plot(plots_dir / "server_qps_p99.png", server_results(out_dir, manifest))
+    if server is not None:
+        written.append(server)
     return written
 
 
@@ -442,3 +445,71 @@ def search_section(metrics: Mapping[str, Any], manifest: Mapping[str, Any]) -> l
 
 def _fmt_ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}×"
+
+
+# --------------------------------------------------------------------------------------------
+# Server scenario: QPS vs p99
+
+SERVER_RESULTS_FILE = "results/scenario-server.json"
+
+
+def server_results(out_dir: Path, manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Server-scenario results of a bundle: the manifest's `scenarios.server` entries, else
+    `results/scenario-server.json` (`onnxship bench --scenario server --json ...`)."""
+    found = (manifest.get("scenarios") or {}).get("server")
+    if isinstance(found, Mapping):
+        found = found.get("results")
+    if not found:
+        path = out_dir / SERVER_RESULTS_FILE
+        if path.is_file():
+            found = json.loads(path.read_text()).get("results")
+    return [r for r in (found or []) if r.get("scenario") == "server" and r.get("steps")]
+
+
+def write_server_plot(path: Path, results: list[Mapping[str, Any]]) -> Path | None:
+    """p99 latency vs target QPS per model (log-log), the SLO as a line, each model's highest
+    QPS that meets it starred. None when there is nothing to draw."""
+    curves = [(r, [s for s in r["steps"] if s.get("p99_ms") is not None]) for r in results]
+    curves = [(r, sorted(st, key=lambda s: s["target_qps"])) for r, st in curves if st]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    slos = sorted({float(r["slo_ms"]) for r, _ in curves})
+    for i, (r, steps) in enumerate(curves):
+        qps = [s["target_qps"] for s in steps]
+        p99 = [s["p99_ms"] for s in steps]
+        best = r.get("value")
+        label = f"{r['model_name']}: " + (f"max {best:,.0f} QPS" if best else "SLO not met")
+        (line,) = ax.plot(qps, p99, marker="o", ms=4, label=label, zorder=2 + i)
+        if best:
+            at = next(s for s in steps if s["target_qps"] == best)
+            ax.scatter([best], [at["p99_ms"]], marker="*", s=160, color=line.get_color(),
+                       edgecolors="black", zorder=10)  # fmt: skip
+    for slo in slos:
+        ax.axhline(slo, color="#aa3333", ls="--", lw=1)
+        ax.annotate(f"SLO p99 <= {slo:g} ms", (0.01, slo), xycoords=("axes fraction", "data"),
+                    xytext=(0, 4), textcoords="offset points", fontsize=8, color="#aa3333")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        fmt = ScalarFormatter()
+        fmt.set_scientific(False)
+        axis.set_major_formatter(fmt)
+        axis.set_minor_formatter(NullFormatter())
+    conc = sorted({int(r.get("concurrency", 1)) for r, _ in curves})
+    ax.set_xlabel("target QPS (Poisson arrivals, batch 1, log scale)")
+    ax.set_ylabel("p99 latency (ms, scheduled arrival to completion, log)")
+    ax.set_title(f"Server scenario: p99 vs load ({'/'.join(map(str, conc))} worker(s))")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, 0.93))
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path

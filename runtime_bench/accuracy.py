@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,7 @@ def evaluate_onnx(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     return_predictions: bool = False,
+    session: SessionConfig | None = None,
 ) -> dict[str, Any]:
     """MNIST top-1 of an `.onnx` file: {top1, correct, n, split, model_sha256, mean, std, ...}
     (plus `predictions`, the argmax class of every sample, with `return_predictions`).
@@ -144,9 +146,7 @@ def evaluate_onnx(
     if (mean is None) != (std is None):
         raise BenchError("give both mean and std (or neither, to read them from the model)")
     p = Path(path)
-    handle = create_session(
-        p, provider, SessionConfig(intra_op_threads=1, inter_op_threads=1, record_assignment=False)
-    )
+    handle = _eval_session(p, provider, session)
     if mean is not None and std is not None:
         mean_used, std_used = tuple(mean), tuple(std)
         norm_source = "arguments"
@@ -176,6 +176,7 @@ def evaluate_onnx(
         "std": list(std_used),
         "normalization_from": norm_source,
         "provider": handle.provider,
+        "session": handle.config,
         "batch_size": batch_size,
         "data_dir": os.fspath(root),
     }
@@ -185,12 +186,12 @@ def evaluate_onnx(
 # Any model, any data: arrays named after the model's inputs (CONTRACT.md's npz layout)
 
 
-def _eval_session(path: Path, provider: str) -> Any:
-    return create_session(
-        path,
-        provider,
-        SessionConfig(intra_op_threads=1, inter_op_threads=1, record_assignment=False),
-    )
+def _eval_session(path: Path, provider: str, session: SessionConfig | None = None) -> Any:
+    """One thread by default (accuracy does not depend on it); `session` (a session-config
+    file's options) runs exactly those instead."""
+    if session is None:
+        session = SessionConfig(intra_op_threads=1, inter_op_threads=1)
+    return create_session(path, provider, replace(session, record_assignment=False))
 
 
 def _show(shape: Sequence[Any]) -> str:
@@ -369,6 +370,7 @@ def evaluate_npz(
     batch_size: int = DEFAULT_EVAL_BATCH,
     provider: str = "cpu",
     return_predictions: bool = False,
+    session: SessionConfig | None = None,
 ) -> dict[str, Any]:
     """Top-1 of an `.onnx` file on a dataset `.npz` (when it has `y`), and its fidelity to
     `reference` (when given). The npz is preprocessed: no normalisation is applied.
@@ -377,7 +379,7 @@ def evaluate_npz(
     Returns {metric, top1?, correct?, n, fidelity?, model_sha256, data, data_sha256, ...};
     `metric` names the headline number ("top1", or the fidelity metric without labels)."""
     p = Path(path)
-    handle = _eval_session(p, provider)
+    handle = _eval_session(p, provider, session)
     arrays, feeds = load_data_for(handle, data)
     if arrays.labels is None and reference is None:
         raise BenchError(
@@ -394,6 +396,7 @@ def evaluate_npz(
         "n": arrays.n,
         "normalization_from": "none (the npz is preprocessed)",
         "provider": handle.provider,
+        "session": handle.config,
         "batch_size": batch_size,
     }
     if arrays.labels is not None:
@@ -403,7 +406,7 @@ def evaluate_npz(
             result["predictions"] = np.argmax(out, axis=1)
     if reference is not None:
         ref_path = Path(reference)
-        ref_handle = _eval_session(ref_path, provider)
+        ref_handle = _eval_session(ref_path, provider, session)
         ref_feeds = check_data(input_specs(ref_handle), arrays.inputs, source=os.fspath(data))
         ref_out = run_model(ref_handle, ref_feeds, batch_size)
         fid = fidelity(ref_out, out)

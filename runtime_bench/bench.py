@@ -95,6 +95,9 @@ class BenchConfig:
     # interleaved timing only (`benchmark_models_interleaved`): calls per model per round, the
     # first untimed (see `runtime_bench.latency.measure_interleaved`); 1 = call by call
     interleave_block: int = 1
+    # a whole SessionConfig (from a session-config file): run exactly it; threads, spinning,
+    # graph_optimization and provider_options must then match it (they label the rows)
+    session: SessionConfig | None = None
 
     def __post_init__(self) -> None:
         sizes = self.batch_sizes
@@ -148,6 +151,8 @@ class BenchConfig:
         """The SessionConfig of this benchmark (extra EP options, e.g. enable_cuda_graph)."""
         options = dict(self.provider_options)
         options.update(dict(extra_provider_options or {}))
+        if self.session is not None:
+            return dataclasses.replace(self.session, provider_options=tuple(options.items()))
         return SessionConfig(
             intra_op_threads=self.threads,
             inter_op_threads=1,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxship.core.artifact import atomic_write_json, atomic_write_text, utc_now
+from onnxship.core.env import fingerprint_diff
 from onnxship.runtime_bench.errors import BenchError
 
 SCHEMA_VERSION = 1
@@ -223,6 +224,81 @@ def _index(
 
 
 ENV_KEYS_COMPARED = ("hostname", "cpu", "isa", "usable_cores", "onnxruntime", "os", "python")
+# Per-round statistics a row may carry (the timing engine's rounds): the rank test's input.
+ROUND_KEYS = ("round_stats_ms", "rounds_ms")
+# Fewer rounds than this on either side: no rank test (its normal approximation needs them).
+MIN_RANK_TEST_ROUNDS = 8
+DEFAULT_ALPHA = 0.05
+
+
+def mann_whitney_u(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Two-sided Mann-Whitney U test (normal approximation, tie-corrected, continuity
+    corrected): (U of `a`, p-value). No assumption on the shape of the latency distribution."""
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    n1, n2 = len(x), len(y)
+    both = np.concatenate([x, y])
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(len(both))
+    sorted_vals = both[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_vals, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    u1 = float(ranks[:n1].sum() - n1 * (n1 + 1) / 2)
+    n = n1 + n2
+    tie_term = float(np.sum(counts.astype(np.float64) ** 3 - counts)) / (n * (n - 1))
+    sigma = math.sqrt(n1 * n2 / 12.0 * ((n + 1) - tie_term))
+    if sigma == 0:
+        return u1, 1.0
+    mean = n1 * n2 / 2.0
+    z = (abs(u1 - mean) - 0.5) / sigma
+    return u1, float(min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2))))
+
+
+def _rounds(row: Mapping[str, Any]) -> list[float] | None:
+    for key in ROUND_KEYS:
+        value = row.get(key)
+        if isinstance(value, list) and value:
+            return [float(v) for v in value]
+    return None
+
+
+def _ci(row: Mapping[str, Any]) -> tuple[float, float] | None:
+    value = row.get("p50_ci_ms")
+    if isinstance(value, (list, tuple)) and len(value) == 2 and None not in value:
+        return float(value[0]), float(value[1])
+    return None
+
+
+def _significance(ra: Mapping[str, Any], rb: Mapping[str, Any], alpha: float) -> dict[str, Any]:
+    """Is B's latency different from A's? A rank test over the rounds when both rows carry
+    them; else whether the two p50 CIs are disjoint; else the interquartile-range rule."""
+    rounds_a, rounds_b = _rounds(ra), _rounds(rb)
+    if rounds_a is not None and rounds_b is not None:
+        if min(len(rounds_a), len(rounds_b)) < MIN_RANK_TEST_ROUNDS:
+            return {"method": "mann-whitney-u", "significant": None,
+                    "why": f"fewer than {MIN_RANK_TEST_ROUNDS} rounds on a side"}  # fmt: skip
+        u, p_value = mann_whitney_u(rounds_a, rounds_b)
+        return {"method": "mann-whitney-u", "significant": p_value < alpha, "p_value": p_value,
+                "u": u, "rounds": [len(rounds_a), len(rounds_b)]}  # fmt: skip
+    ci_a, ci_b = _ci(ra), _ci(rb)
+    if ci_a is not None and ci_b is not None:
+        disjoint = ci_a[1] < ci_b[0] or ci_b[1] < ci_a[0]
+        return {"method": "p50-ci-overlap", "significant": disjoint, "ci_a": ci_a, "ci_b": ci_b}
+    return {"method": "iqr", "significant": None}
+
+
+def row_fingerprint(doc: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The machine fingerprint of `doc` completed with the row's EP, threads and spinning."""
+    fp = row.get("fingerprint") or doc.get("environment", {}).get("fingerprint")
+    if not isinstance(fp, Mapping):
+        return None
+    out = dict(fp)
+    out.update(provider=row.get("provider"), intra_op_threads=row.get("threads"),
+               allow_spinning=row.get("spinning"))  # fmt: skip
+    return out
 
 
 def compare(
@@ -232,15 +308,21 @@ def compare(
     a_name: str = "A",
     b_name: str = "B",
     noise_floor: float = DEFAULT_NOISE_FLOOR,
+    alpha: float = DEFAULT_ALPHA,
 ) -> dict[str, Any]:
     """Pair rows of `a` and `b`; per pair the B/A ratio of p50 (and of throughput) and a verdict:
     'faster'/'slower' (B relative to A), 'noise', or 'too few runs'.
 
-    A difference is noise when |p50 difference| <= max(IQR of A, IQR of B, noise_floor * A p50).
-    The IQR covers spread inside a run; the relative floor covers drift between runs (other
-    tenants, frequency), which no single run can see."""
+    Significance, never from two means: a Mann-Whitney U rank test over the rounds (at
+    `alpha`) when both rows carry per-round statistics; else disjoint p50 CIs; else (files
+    without either) the spread rule: noise when |p50 difference| <= max(IQR of A, IQR of B).
+    A significant difference under noise_floor * A's p50 is still called noise: the relative
+    floor covers drift between runs (other tenants, frequency), which no single run can see.
+    Rows measured under different fingerprints (machine, EP, threads, spinning) are marked."""
     if not 0 <= noise_floor < 1:
         raise BenchError(f"noise floor must be a fraction in [0, 1), got {noise_floor}")
+    if not 0 < alpha < 1:
+        raise BenchError(f"significance level must be in (0, 1), got {alpha}")
     for doc, name in ((a, a_name), (b, b_name)):
         if doc.get("tool") == "onnxship bench merge":
             raise BenchError(
@@ -252,14 +334,19 @@ def compare(
     for key in [k for k in ia if k in ib]:
         ra, rb = ia[key], ib[key]
         pa, pb = float(ra["p50_ms"]), float(rb["p50_ms"])
-        noise_ms = max(_spread(ra), _spread(rb), noise_floor * pa)
+        sig = _significance(ra, rb, alpha)
+        spread = max(_spread(ra), _spread(rb)) if sig["method"] == "iqr" else 0.0
+        noise_ms = max(spread, noise_floor * pa)
         delta = pb - pa
-        if min(int(ra["iterations"]), int(rb["iterations"])) < MIN_COMPARE_ITERATIONS:
+        few_rounds = sig["method"] == "mann-whitney-u" and sig["significant"] is None
+        if few_rounds or min(int(ra["iterations"]), int(rb["iterations"])) < MIN_COMPARE_ITERATIONS:
             verdict = "too few runs"
-        elif abs(delta) <= noise_ms:
+        elif sig["significant"] is False or abs(delta) <= noise_ms:
             verdict = "noise"
         else:
             verdict = "faster" if delta < 0 else "slower"
+        fp_a, fp_b = row_fingerprint(a, ra), row_fingerprint(b, rb)
+        fp_diff = fingerprint_diff(fp_a, fp_b) if fp_a and fp_b else None
         ta, tb = float(ra["throughput_per_s"]), float(rb["throughput_per_s"])
         rows.append(
             {
@@ -274,7 +361,11 @@ def compare(
                 "delta_ms": delta,
                 "noise_ms": noise_ms,
                 "verdict": verdict,
+                "significance": sig,
                 "same_model": ra.get("model_sha256") == rb.get("model_sha256"),
+                # None: a file without fingerprints (older onnxship); {}: same conditions
+                "fingerprint_diff": fp_diff,
+                "across_fingerprints": bool(fp_diff),
             }
         )
     env_a, env_b = a.get("environment", {}), b.get("environment", {})
@@ -288,7 +379,9 @@ def compare(
         "only_in_a": [list(k) for k in ia if k not in ib],
         "only_in_b": [list(k) for k in ib if k not in ia],
         "environment_diff": env_diff,
+        "across_fingerprints": any(r["across_fingerprints"] for r in rows),
         "noise_floor": noise_floor,
+        "alpha": alpha,
     }
 
 
@@ -306,7 +399,8 @@ def compare_markdown(cmp: Mapping[str, Any]) -> str:
     ]
     lines = [
         [
-            r["model_name"] + ("" if r["same_model"] else " (*)"),
+            r["model_name"] + ("" if r["same_model"] else " (*)")
+            + (" (≠)" if r.get("across_fingerprints") else ""),
             _short_provider(r["provider"]), r["io"], str(r["batch_size"]),
             _ms(r["a_p50_ms"]), _ms(r["b_p50_ms"]), f"{r['ratio_p50']:.3f}",
             _ms(r["noise_ms"]), r["verdict"],
@@ -316,6 +410,20 @@ def compare_markdown(cmp: Mapping[str, Any]) -> str:
     parts = [f"A = {cmp['a']}\nB = {cmp['b']}", _table(header, lines)]
     if any(not r["same_model"] for r in cmp["rows"]):
         parts.append("(*) different model files (sha256) under the same name.")
+    crossed = [r for r in cmp["rows"] if r.get("across_fingerprints")]
+    if crossed:
+        keys = sorted({k for r in crossed for k in r["fingerprint_diff"]})
+        parts.append(
+            f"(≠) ACROSS FINGERPRINTS: {len(crossed)} row(s) were measured under different "
+            f"conditions ({', '.join(keys)}); the ratio mixes the change with the machine."
+        )
+    methods = sorted({r["significance"]["method"] for r in cmp["rows"] if "significance" in r})
+    if methods:
+        parts.append(
+            f"Significance: {', '.join(methods)} (mann-whitney-u: rank test over the rounds at "
+            f"alpha {cmp.get('alpha', DEFAULT_ALPHA):g}; p50-ci-overlap: disjoint CIs; iqr: "
+            "files without rounds or CIs)."
+        )
     if not cmp["rows"]:
         parts.append("No (model, batch, EP, io) appears in both files.")
     for side in ("a", "b"):

@@ -93,7 +93,9 @@ def _pairs(value: Any, what: str) -> tuple[tuple[str, Any], ...]:
     try:
         return tuple(sorted((str(k), v) for k, v in items))
     except (TypeError, ValueError):
-        raise BenchError(f"SessionConfig.{what} must be (key, value) pairs or a dict, got {value!r}")
+        raise BenchError(
+            f"SessionConfig.{what} must be (key, value) pairs or a dict, got {value!r}"
+        ) from None
 
 
 @dataclass(frozen=True)

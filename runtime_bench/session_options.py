@@ -189,7 +189,9 @@ def _int_option(path: Path, options: Mapping[str, Any], key: str) -> int:
     return value
 
 
-def _session_from_options(path: Path, options: Mapping[str, Any], provider_options: Any) -> SessionConfig:
+def _session_from_options(
+    path: Path, options: Mapping[str, Any], provider_options: Any
+) -> SessionConfig:
     import onnxruntime as ort
 
     _check_option_names(path, options)
@@ -254,3 +256,199 @@ def with_provider_options(session: SessionConfig, extra: Mapping[str, str]) -> S
     options = dict(session.provider_options)
     options.update(extra)
     return dataclasses.replace(session, provider_options=tuple(options.items()))
+
+
+# --------------------------------------------------------------------------------------------
+# The search
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How to search session options for one model at one batch size.
+
+    margin: an alternative replaces the incumbent only when the lower bound of its speed-up CI
+      (incumbent / alternative, `ci_level`) is >= margin; otherwise the incumbent stays.
+    budget_s: wall-clock budget of the whole search, shared by its stages.
+    baseline: where the search starts (onnxship's default session: 1 thread, spinning, all
+      graph optimisations, sequential).
+    """
+
+    batch_size: int = 1
+    margin: float = 1.05
+    budget_s: float = 20.0
+    ci_level: float = 0.95
+    max_threads: int | None = None  # None: the usable cores (affinity and cgroup quota)
+    baseline: SessionConfig = SessionConfig()
+    seed: int = 0
+    npz: Path | None = None
+    dim_values: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        from onnxship.runtime_bench.inputs import check_batch_size
+
+        check_batch_size(self.batch_size)
+        if not self.margin >= 1:
+            raise BenchError(
+                f"tuning margin must be >= 1 (e.g. 1.05 = 5 % faster), got {self.margin}"
+            )
+        if not self.budget_s > 0:
+            raise BenchError(f"tuning budget must be > 0 seconds, got {self.budget_s}")
+        if not 0 < self.ci_level < 1:
+            raise BenchError(
+                f"CI level must be a fraction in (0, 1), got {self.ci_level}; e.g. 0.95"
+            )
+        if self.max_threads is not None and self.max_threads < 1:
+            raise BenchError(f"max_threads must be >= 1, got {self.max_threads}")
+
+
+# Budget share of each stage (threads x spinning, graph level, execution mode, CUDA io).
+_STAGE_SHARE = {"threads": 0.4, "graph_optimization": 0.2, "execution_mode": 0.15, "cuda": 0.15}
+
+
+def _label(session: SessionConfig) -> str:
+    return (
+        f"threads={session.intra_op_threads} spin={'on' if session.allow_spinning else 'off'} "
+        f"graph={session.graph_optimization.value} mode={session.execution_mode.value}"
+    )
+
+
+def _stage_candidates(stage: str, inc: SessionConfig, threads: int) -> list[SessionConfig]:
+    rep = dataclasses.replace
+    if stage == "threads":
+        out = [
+            rep(inc, intra_op_threads=t, allow_spinning=s)
+            for t in range(1, threads + 1)
+            for s in (True, False)
+            if not (t == 1 and not s)
+        ]  # fmt: skip  (one thread: no worker threads to spin)
+    elif stage == "graph_optimization":
+        out = [rep(inc, graph_optimization=g) for g in GraphOptimization]
+    elif stage == "execution_mode" and threads > 1:
+        out = [rep(inc, execution_mode=ExecutionMode.PARALLEL, inter_op_threads=threads)]
+    else:
+        out = []
+    return list(dict.fromkeys([inc, *out]))
+
+
+def _time_stage(path: Path, provider: str, candidates: list[SessionConfig], incumbent: SessionConfig,
+                cfg: TuneConfig, budget_s: float) -> dict[str, Any]:  # fmt: skip
+    """Time every candidate against the incumbent; the winner clears the margin or stays."""
+    from onnxship.runtime_bench.inputs import load_npz, make_feeds
+    from onnxship.runtime_bench.session import create_session
+    from onnxship.runtime_bench.timing import TimingConfig, decide_faster, time_blocks
+
+    npz = load_npz(cfg.npz) if cfg.npz is not None else None
+    fns = {}
+    labels = {_label(c): c for c in candidates}
+    for label, session in labels.items():
+        handle = create_session(path, provider, session)
+        feeds = make_feeds(handle, cfg.batch_size, npz=npz, seed=cfg.seed,
+                           npz_source=os.fspath(cfg.npz) if cfg.npz else "the .npz",
+                           dim_values=dict(cfg.dim_values))  # fmt: skip
+        fns[label] = lambda s=handle.session, f=feeds: s.run(None, f)
+    ref = _label(incumbent)
+    timing = time_blocks(
+        fns, TimingConfig(budget_s=budget_s, ci_level=cfg.ci_level, seed=cfg.seed), reference=ref
+    )
+    cleared = [r for r in timing.ratios.values() if decide_faster(r, cfg.margin)]
+    best = max(cleared, key=lambda r: r.ci[0], default=None)
+    rows = []
+    for label in labels:
+        m = timing.models[label]
+        r = timing.ratios.get(label)
+        rows.append({"options": label, "p50_ms": m.p50.value_ms, "p50_ci_ms": m.p50.ci_ms,
+                     "speedup": None if r is None else r.ratio,
+                     "speedup_ci": None if r is None else list(r.ci),
+                     "n_calls": m.n_calls})  # fmt: skip
+    winner = labels[best.name] if best is not None else incumbent
+    return {
+        "candidates": rows,
+        "incumbent": ref,
+        "winner": _label(winner),
+        "verdict": f"{best.name} is {best.ratio:.3f}x faster, CI [{best.ci[0]:.3f}, "
+        f"{best.ci[1]:.3f}] clears the {cfg.margin:g}x margin"
+        if best is not None
+        else f"no alternative's CI lower bound clears the {cfg.margin:g}x margin: keep {ref}",
+        "stop_reason": timing.stop_reason,
+        "_winner": winner,
+    }
+
+
+def tune_session(
+    path: str | os.PathLike[str], provider: str = "cpu", cfg: TuneConfig = TuneConfig()
+) -> dict[str, Any]:
+    """Search session options for `path` at `cfg.batch_size`; returns {chosen (SessionConfig),
+    stages, gain (chosen vs baseline, with CI) or "defaults are best"}."""
+    from onnxship.core.env import usable_cores
+    from onnxship.runtime_bench.session import check_provider_available
+
+    p = Path(path)
+    resolved = check_provider_available(provider)
+    threads = cfg.max_threads or usable_cores()
+    incumbent = with_provider_options(cfg.baseline, {})
+    stages = []
+    for stage in ("threads", "graph_optimization", "execution_mode"):
+        candidates = _stage_candidates(stage, incumbent, threads)
+        if len(candidates) < 2:
+            stages.append({"stage": stage, "skipped": "one candidate only (one usable core)"})
+            continue
+        out = _time_stage(
+            p, resolved, candidates, incumbent, cfg, cfg.budget_s * _STAGE_SHARE[stage]
+        )
+        incumbent = out.pop("_winner")
+        stages.append({"stage": stage, **out})
+    stages.append(_cuda_stage(resolved))
+    return _tune_result(p, resolved, cfg, incumbent, stages)
+
+
+def _cuda_stage(provider: str) -> dict[str, Any]:
+    if provider != CUDA_EP:
+        return {"stage": "cuda_io", "skipped": f"IO binding and CUDA graphs apply to {CUDA_EP}; "
+                f"this search ran on {provider}"}  # fmt: skip
+    return {"stage": "cuda_io", "skipped": "measure IO binding / CUDA graphs with `onnxship bench "
+            "--provider cuda --cuda-graph` (device-resident rows); the session search times "
+            "host-to-host calls"}  # fmt: skip
+
+
+def _tune_result(path: Path, provider: str, cfg: TuneConfig, chosen: SessionConfig,
+                 stages: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    baseline = cfg.baseline
+    gain = None
+    if chosen != baseline:
+        final = _time_stage(path, provider, [baseline, chosen], baseline, cfg,
+                            cfg.budget_s * _STAGE_SHARE["cuda"])  # fmt: skip
+        row = next(r for r in final["candidates"] if r["options"] == _label(chosen))
+        confirmed = final["_winner"] == chosen
+        gain = {"speedup": row["speedup"], "ci": row["speedup_ci"], "ci_level": cfg.ci_level,
+                "statistic": "p50", "options": _label(chosen), "confirmed": confirmed,
+                "verdict": final["verdict"]}  # fmt: skip
+        if not confirmed:  # the stage winners do not clear the margin against the baseline
+            chosen = baseline
+    return {
+        "model": os.fspath(path),
+        "provider": provider,
+        "batch_size": cfg.batch_size,
+        "baseline": _label(baseline),
+        "chosen": chosen,
+        "chosen_label": _label(chosen),
+        "defaults_are_best": chosen == baseline,
+        "gain": gain,
+        "margin": cfg.margin,
+        "stages": stages,
+    }
+
+
+def session_and_provider(
+    path: str | os.PathLike[str] | None, provider: str | None
+) -> tuple[SessionConfig | None, str]:
+    """The session options and EP to run: a session-config file's (then `provider` must be
+    None or the same EP), else (None, `provider` or 'cpu')."""
+    if path is None:
+        return None, provider or "cpu"
+    loaded = load_session_config(path)
+    if provider is not None and resolve_provider(provider) != loaded.provider:
+        raise BenchError(
+            f"--provider {provider} but the session config {path} was made for "
+            f"{loaded.provider}; drop --provider or use a config for that EP"
+        )
+    return loaded.session, loaded.provider

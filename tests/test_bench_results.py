@@ -148,3 +148,67 @@ def test_compare_noise_floor_covers_run_to_run_drift():
     assert compare(a, b, noise_floor=0.0)["rows"][0]["verdict"] == "slower"
     with pytest.raises(BenchError, match="noise floor"):
         compare(a, b, noise_floor=1.5)
+
+
+def test_mann_whitney_u_matches_scipy_with_ties():
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    from onnxship.runtime_bench.results import mann_whitney_u
+
+    rng = np.random.default_rng(1)
+    a = np.round(rng.normal(10, 1, 40), 1)  # rounded: ties on purpose
+    b = np.round(rng.normal(10.6, 1, 35), 1)
+    u, p = mann_whitney_u(a, b)
+    want = mannwhitneyu(a, b, alternative="two-sided", method="asymptotic")
+    assert u == pytest.approx(float(want.statistic)) and p == pytest.approx(want.pvalue)
+    assert mann_whitney_u(a, a)[1] == pytest.approx(1.0)
+
+
+def _doc_with_rounds(rounds, *, threads=1, cpu="AMD EPYC"):
+    import statistics
+
+    from onnxship.core.env import machine_fingerprint
+
+    fp = dict(machine_fingerprint("CPUExecutionProvider"), cpu=cpu)
+    p50 = statistics.median(rounds)
+    row = {
+        "model": "m.onnx", "model_name": "m", "model_sha256": "x",
+        "provider": "CPUExecutionProvider", "provider_options": {}, "batch_size": 1,
+        "threads": threads, "spinning": True, "warmup": 1, "iterations": 3 * len(rounds),
+        "session_create_ms": 1.0, "first_run_ms": 1.0, "p50_ms": p50, "p90_ms": p50 * 1.2,
+        "p99_ms": p50 * 1.5, "mean_ms": p50, "std_ms": 0.1, "min_ms": min(rounds),
+        "throughput_per_s": 1e3 / p50, "nodes_per_provider": None, "round_stats_ms": rounds,
+    }  # fmt: skip
+    return {"schema_version": 1, "tool": "onnxship bench", "results": [row],
+            "environment": {"cpu": cpu, "fingerprint": fp}}  # fmt: skip
+
+
+def test_compare_judges_with_a_rank_test_over_rounds_and_marks_fingerprints():
+    import numpy as np
+
+    from onnxship.runtime_bench.results import compare, compare_markdown
+
+    rng = np.random.default_rng(0)
+    base = list(1.0 + 0.05 * rng.standard_normal(30))
+    slower = list(1.2 + 0.05 * rng.standard_normal(30))
+    same = list(1.0 + 0.05 * rng.standard_normal(30))
+    cmp = compare(_doc_with_rounds(base), _doc_with_rounds(slower))
+    row = cmp["rows"][0]
+    assert row["verdict"] == "slower" and row["significance"]["method"] == "mann-whitney-u"
+    assert row["significance"]["p_value"] < 0.05 and row["across_fingerprints"] is False
+    row = compare(_doc_with_rounds(base), _doc_with_rounds(same))["rows"][0]
+    assert row["verdict"] == "noise" and row["significance"]["significant"] is False
+    # with wide rounds, a different median is called a difference only when significant
+    wide = list(1.1 + 0.6 * rng.standard_normal(10))
+    row = compare(_doc_with_rounds(base), _doc_with_rounds(wide))["rows"][0]
+    assert row["significance"]["method"] == "mann-whitney-u"
+    assert row["verdict"] == "noise" or row["significance"]["significant"] is True
+    # different machine and threads: marked in the rows and in the table
+    cross = compare(_doc_with_rounds(base), _doc_with_rounds(slower, threads=2, cpu="Xeon"))
+    row = cross["rows"][0]
+    assert row["across_fingerprints"] is True and cross["across_fingerprints"] is True
+    assert set(row["fingerprint_diff"]) == {"cpu", "intra_op_threads"}
+    assert "ACROSS FINGERPRINTS" in compare_markdown(cross)
+    few = compare(_doc_with_rounds(base[:5]), _doc_with_rounds(slower[:5]))["rows"][0]
+    assert few["verdict"] == "too few runs"

@@ -73,3 +73,28 @@ def test_write_report_says_which_ep_the_bench_skipped_and_why(tmp_path: Path) ->
     (tmp_path / "stages" / "bench.json").write_text(json.dumps(record))
     text = write_report(tmp_path, _manifest(), []).read_text()
     assert f"- Not benchmarked: CUDAExecutionProvider ({reason})" in text
+
+
+def _server_result(name: str, value: float | None, p99s: list[tuple[float, float]]) -> dict:
+    steps = [{"target_qps": q, "p99_ms": p, "met": p <= 5.0} for q, p in p99s]
+    return {"scenario": "server", "model_name": name, "value": value, "slo_ms": 5.0,
+            "concurrency": 1, "steps": steps}  # fmt: skip
+
+
+def test_server_plot_draws_qps_vs_p99_when_server_results_exist(tmp_path: Path) -> None:
+    from onnxship.report import server_results, write_server_plot
+
+    results = [
+        _server_result("teacher-fp32", 400.0, [(100, 1.0), (400, 3.0), (800, 9.0)]),
+        _server_result("student", None, [(100, 7.0)]),
+        {"scenario": "server", "model_name": "empty", "value": None, "slo_ms": 5, "steps": []},
+    ]
+    out = write_server_plot(tmp_path / "server.png", results)
+    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert write_server_plot(tmp_path / "none.png", results[2:]) is None
+    assert not (tmp_path / "none.png").exists()
+    # a bundle: results/scenario-server.json is found; without it there is nothing to draw
+    assert server_results(tmp_path, {}) == []
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "scenario-server.json").write_text(json.dumps({"results": results}))
+    assert [r["model_name"] for r in server_results(tmp_path, {})] == ["teacher-fp32", "student"]

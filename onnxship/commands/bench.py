@@ -13,6 +13,7 @@ from onnxship.commands.common import (
     fraction,
     int_csv,
     non_negative_int,
+    number,
     positive_float,
     positive_int,
 )
@@ -134,6 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--csv", type=Path, default=None, metavar="OUT", help="write the result rows as CSV"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_scenario_flags(parser)
     parser.set_defaults(func=run)
 
     cmp = sub.add_parser(
@@ -177,25 +179,209 @@ def register(sub: argparse._SubParsersAction) -> None:
     mrg.set_defaults(func=run_merge)
 
 
+def _add_once(parser: argparse.ArgumentParser, flag: str, **kwargs: object) -> None:
+    """Add `flag` unless another part of bench already defines it (same dest, same meaning)."""
+    if flag not in parser._option_string_actions:
+        parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
+
+
+def add_scenario_flags(parser: argparse.ArgumentParser) -> None:
+    """Deployment scenarios (MLPerf LoadGen) and per-target session options."""
+    group = parser.add_argument_group(
+        "scenarios and session options",
+        "--scenario single-stream: batch-1 queries one after another, p50/p90/p99 with CIs; "
+        "offline: samples/s at the best of --batch-sizes; server: Poisson arrivals at a QPS, "
+        "--concurrency workers, the highest QPS whose p99 (from scheduled arrival, queueing "
+        "included) stays <= --slo-ms. --tune-session OUT.json searches threads, spinning, "
+        "graph level and execution mode for one model at one batch size and writes the "
+        "choice; --session-config FILE runs exactly those options.",
+    )
+    group.add_argument(
+        "--scenario", default=None, metavar="S",
+        help="single-stream | offline | server (default: none, the latency table above)",
+    )  # fmt: skip
+    group.add_argument(
+        "--slo-ms", type=number, default=5.0, metavar="MS",
+        help="server: p99 latency bound in ms, > 0 (default: 5)",
+    )  # fmt: skip
+    group.add_argument(
+        "--concurrency", type=positive_int, default=1, metavar="N",
+        help="server: worker threads sharing one session (default: 1)",
+    )  # fmt: skip
+    group.add_argument(
+        "--qps", type=float_csv, default=(), metavar="Q[,Q...]",
+        help="server: run these target QPS instead of searching (each checked: the generator "
+        "must be able to issue it, and a p99's 662 queries must fit the budget)",
+    )  # fmt: skip
+    _add_once(
+        parser, "--budget-s", type=positive_float, default=None, metavar="S",
+        help="wall-clock budget per model for --scenario (default 30) and for --tune-session "
+        "(default 20)",
+    )  # fmt: skip
+    _add_once(
+        parser, "--ci-level", type=number, default=0.95, metavar="L",
+        help="confidence level of every CI, in (0, 1) (default: 0.95)",
+    )  # fmt: skip
+    group.add_argument(
+        "--plot", type=Path, default=None, metavar="OUT.png",
+        help="--scenario server: draw p99 vs QPS per model with the SLO (needs matplotlib)",
+    )  # fmt: skip
+    group.add_argument(
+        "--session-config", type=Path, default=None, metavar="FILE",
+        help="run exactly the session options in FILE (from --tune-session); --threads, "
+        "--no-spinning and --graph-opt are refused with it",
+    )  # fmt: skip
+    group.add_argument(
+        "--tune-session", type=Path, default=None, metavar="OUT.json",
+        help="search session options for one model at one batch size; write the choice",
+    )  # fmt: skip
+    group.add_argument(
+        "--tune-margin", type=number, default=1.05, metavar="X",
+        help="--tune-session: an alternative wins only when its speed-up CI's lower bound "
+        "is >= X (default: 1.05); otherwise the defaults stay",
+    )  # fmt: skip
+
+
+def float_csv(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _session_from_args(args: argparse.Namespace) -> tuple[str, object, object]:
+    """(provider, SessionConfig, loaded file or None) from --session-config or the flags."""
+    from onnxship.runtime_bench.errors import BenchError
+    from onnxship.runtime_bench.session import SessionConfig, resolve_provider
+    from onnxship.runtime_bench.session_options import load_session_config
+
+    if args.session_config is None:
+        session = SessionConfig(
+            intra_op_threads=args.threads, allow_spinning=not args.no_spinning,
+            graph_optimization=args.graph_opt, provider_options=tuple(args.provider_option),
+        )  # fmt: skip
+        return resolve_provider(args.provider), session, None
+    loaded = load_session_config(args.session_config)
+    clashes = [flag for flag, given in (("--threads", args.threads != 1),
+               ("--no-spinning", args.no_spinning), ("--graph-opt", args.graph_opt != "all"),
+               ("--provider-option", bool(args.provider_option))) if given]  # fmt: skip
+    if clashes:
+        raise BenchError(
+            f"--session-config {args.session_config} sets the session options; drop "
+            f"{', '.join(clashes)} (or edit the file)"
+        )
+    if args.provider != "cpu" and resolve_provider(args.provider) != loaded.provider:
+        raise BenchError(
+            f"--provider {args.provider} but --session-config {args.session_config} was made "
+            f"for {loaded.provider}; drop --provider or use a config for that EP"
+        )
+    return loaded.provider, loaded.session, loaded
+
+
+def run_scenario_command(args: argparse.Namespace) -> int:
+    from onnxship.runtime_bench.errors import BenchError
+    from onnxship.runtime_bench.results import write_json
+    from onnxship.runtime_bench.scenarios import ScenarioConfig, run_scenario, scenario_markdown
+
+    provider, session, _ = _session_from_args(args)
+    cfg = ScenarioConfig(
+        scenario=args.scenario, provider=provider, session=session,
+        batch_sizes=args.batch_sizes, slo_ms=args.slo_ms, concurrency=args.concurrency,
+        qps=args.qps, budget_s=args.budget_s or 30.0, ci_level=args.ci_level, seed=args.seed,
+        npz=args.npz, dim_values=tuple(args.dim),
+    )  # fmt: skip
+    if args.plot is not None and cfg.scenario.value != "server":
+        raise BenchError(f"--plot draws the server scenario; got --scenario {args.scenario}")
+    doc = run_scenario(args.models, cfg)
+    if args.json is not None:
+        write_json(doc, args.json)
+    if args.plot is not None:
+        from onnxship.report import write_server_plot
+
+        write_server_plot(args.plot, doc["results"])
+    print(scenario_markdown(doc))
+    return 0
+
+
+def run_tune_command(args: argparse.Namespace) -> int:
+    from onnxship.core.artifact import sha256_file
+    from onnxship.core.env import machine_fingerprint
+    from onnxship.runtime_bench.errors import BenchError
+    from onnxship.runtime_bench.session_options import (
+        TuneConfig,
+        session_config_document,
+        tune_session,
+        write_session_config,
+    )
+
+    if len(args.models) != 1 or len(args.batch_sizes) != 1:
+        raise BenchError(
+            f"--tune-session tunes one model at one batch size (options depend on both); got "
+            f"{len(args.models)} model(s) and --batch-sizes {','.join(map(str, args.batch_sizes))}"
+            "; run it once per model and batch size, e.g. --batch-sizes 64"
+        )
+    provider, session, _ = _session_from_args(args)
+    cfg = TuneConfig(
+        batch_size=args.batch_sizes[0], margin=args.tune_margin, budget_s=args.budget_s or 20.0,
+        ci_level=args.ci_level, baseline=session, seed=args.seed, npz=args.npz,
+        dim_values=tuple(args.dim),
+    )  # fmt: skip
+    result = tune_session(args.models[0], provider, cfg)
+    chosen = result.pop("chosen")
+    doc = session_config_document(
+        chosen, provider,
+        tuned_for={"model": str(args.models[0]), "model_sha256": sha256_file(args.models[0]),
+                   "batch_size": cfg.batch_size},
+        evidence=result,
+        fingerprint=machine_fingerprint(provider, intra_op_threads=chosen.intra_op_threads,
+                                        allow_spinning=chosen.allow_spinning),
+    )  # fmt: skip
+    write_session_config(args.tune_session, doc)
+    gain = result["gain"]
+    if result["defaults_are_best"]:
+        why = "" if gain is None else f" (stage winner {gain['options']}: {gain['verdict']})"
+        print(f"{args.models[0]} batch {cfg.batch_size}: defaults are best: "
+              f"{result['chosen_label']}{why}; wrote {args.tune_session}")  # fmt: skip
+    else:
+        print(f"{args.models[0]} batch {cfg.batch_size}: {result['chosen_label']}, "
+              f"{gain['speedup']:.3f}x the defaults, {cfg.ci_level:.0%} CI "
+              f"[{gain['ci'][0]:.3f}, {gain['ci'][1]:.3f}]; wrote {args.tune_session}")  # fmt: skip
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from onnxship.runtime_bench.bench import BUDGET_ONLY_ITERATIONS, BenchConfig, benchmark_models
+    from onnxship.runtime_bench.errors import BenchError
+
+    if not 0 < args.ci_level < 1:
+        raise BenchError(f"--ci-level must be a fraction in (0, 1), got {args.ci_level}; e.g. 0.95")
+    if args.tune_session is not None:
+        if args.scenario is not None:
+            raise BenchError("--tune-session and --scenario are separate runs; give one of them")
+        return run_tune_command(args)
+    if args.scenario is not None:
+        return run_scenario_command(args)
     from onnxship.runtime_bench.results import markdown_table, write_csv, write_json
 
     iterations = args.iterations
     if iterations is None:
         iterations = BUDGET_ONLY_ITERATIONS if args.time_budget is not None else 100
+    provider, session, loaded = _session_from_args(args)
     cfg = BenchConfig(
-        provider=args.provider,
+        provider=provider,
         batch_sizes=args.batch_sizes,
-        threads=args.threads,
+        threads=session.intra_op_threads,
         warmup=args.warmup,
         iterations=iterations,
         time_budget_s=args.time_budget,
-        spinning=not args.no_spinning,
-        graph_optimization=args.graph_opt,
-        provider_options=tuple(args.provider_option),
-        io_binding=not args.no_io_binding,
-        cuda_graph=args.cuda_graph,
+        spinning=session.allow_spinning,
+        graph_optimization=session.graph_optimization,
+        provider_options=session.provider_options,
+        io_binding=not args.no_io_binding if loaded is None else loaded.io_binding,
+        cuda_graph=args.cuda_graph if loaded is None else loaded.cuda_graph,
+        session=session if loaded is not None else None,
         npz=args.npz,
         dim_values=tuple(args.dim),
         seed=args.seed,

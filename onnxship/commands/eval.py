@@ -50,8 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument("--batch-size", type=positive_int, default=1000, help="default: 1000")
     parser.add_argument(
-        "--provider", default="cpu", help="cpu, cuda or an ORT EP name (default: cpu)"
-    )
+        "--provider", default=None,
+        help="cpu, cuda or an ORT EP name (default: cpu, or the --session-config's EP)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--session-config", type=Path, default=None, metavar="FILE",
+        help="run the model with exactly the session options in FILE (from `onnxship bench "
+        "--tune-session`); an option this onnxruntime lacks is refused",
+    )  # fmt: skip
     parser.add_argument(
         "--mean", type=float_list, default=None, help="override the metadata's mean"
     )
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         std=args.std,
         data=args.data,
         reference=args.reference,
+        session_config=args.session_config,
     )
     if args.json is not None:
         atomic_write_json(args.json, result)

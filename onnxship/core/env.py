@@ -195,7 +195,7 @@ def machine_fingerprint(
         "cpu": cpu_model_name(),
         "arch": platform.machine(),
         "isa": isa_summary(),
-        "integer_class": integer_class(),
+        **integer_class_record(),  # integer_class (+ integer_class_forced when simulated)
         "affinity_cores": affinity_cores(),
         "cgroup_cpu_quota": cgroup_cpu_quota(),
         "usable_cores": usable_cores(),
