@@ -19,7 +19,7 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from typing import Any
 from onnxship.core.artifact import atomic_output
 from onnxship.errors import PipelineError
 from onnxship.manifest import read_manifest
+from onnxship.targets import base_name, matching_targets, read_record, read_require_file
 
 # Floating-point slack: a baseline written as 0.985 with max_drop 0.003 must pass at 0.982.
 _EPS = 1e-9
@@ -102,11 +103,13 @@ def gate(
     *,
     check_latency: bool = False,
     require_classes: str | Sequence[str] | None = None,
+    require_targets: str | os.PathLike[str] | None = None,
 ) -> list[GateCase]:
     """One case per baseline artifact (its `accuracy.test_top1`), one per baseline artifact and
     required integer class (its accuracy measured on that class), and opt-in latency cases."""
     classes = parse_integer_classes(require_classes) if require_classes is not None else ()
     manifest = read_manifest(manifest_path)
+    wanted = read_require_file(require_targets) if require_targets is not None else None
     baseline = read_baseline(baseline_path)
     artifacts = manifest["artifacts"]
     cases: list[GateCase] = []
@@ -131,6 +134,10 @@ def gate(
         cases.extend(_class_cases(manifest, baseline, cls, where=f"manifest {manifest_path}"))
     if check_latency:
         cases.extend(_latency_cases(artifacts, baseline.get("latency_ratios", [])))
+    if wanted is not None:
+        bundle = Path(manifest_path)
+        bundle = bundle if bundle.is_dir() else bundle.parent
+        cases.extend(gate_target_cases(manifest, bundle, baseline, wanted))
     return cases
 
 
@@ -266,3 +273,50 @@ def write_junit(cases: list[GateCase], path: str | os.PathLike[str]) -> Path:
     with atomic_output(path) as tmp:
         tree.write(tmp, encoding="utf-8", xml_declaration=True)
     return Path(path)
+
+
+def gate_target_cases(
+    manifest: Mapping[str, Any], bundle: Path, baseline: Mapping[str, Any], wanted: list[str]
+) -> list[Any]:
+    """`gate --require-targets`: per required target (id or integer class), a failing case
+    when no record matches; per matching record and baseline artifact, the accuracy measured
+    on that target against the baseline's floor. Case names start with `target <id>`."""
+    cases = []
+    for want in wanted:
+        found = matching_targets(manifest, want)
+        if not found:
+            known = ", ".join(sorted(manifest.get("targets") or {})) or "none"
+            cases.append(GateCase(f"target {want}", False, f"no target record matches {want!r} "
+                                  f"(records: {known}); run `onnxship tune` on such a machine",
+                                  None, None, "target"))  # fmt: skip
+            continue
+        for tid in found:
+            record = read_record(bundle, tid, manifest["targets"][tid])
+            cases.extend(_target_accuracy_cases(tid, record, baseline))
+    return cases
+
+
+def _target_accuracy_cases(
+    tid: str, record: Mapping[str, Any], baseline: Mapping[str, Any]
+) -> list[Any]:
+    accuracy = record.get("accuracy") or {}
+    rec = str(record.get("recommended"))
+    cases = []
+    for name, spec in baseline["artifacts"].items():
+        required = float(spec["test_top1"]) - float(spec.get("max_drop", 0.0))
+        # the artifact as measured on the target, and the target's own INT8 file for it
+        measured = [n for n in accuracy if base_name(n) == name]
+        if not measured:
+            cases.append(GateCase(f"target {tid}: {name}", False, f"the target record has no "
+                                  f"accuracy for {name}", None, required, "target"))  # fmt: skip
+        for n in measured:
+            top1 = float(accuracy[n]["test_top1"])
+            ok = top1 + _EPS >= required
+            mark = " (recommended there)" if n == rec else ""
+            cases.append(GateCase(
+                f"target {tid}: {n}", ok,
+                f"test top-1 on {record.get('integer_class')} {top1:.4f} "
+                f"{'>=' if ok else 'is below'} {required:.4f}{mark}",
+                top1, required, "target",
+            ))  # fmt: skip
+    return cases

@@ -249,6 +249,11 @@ def build_manifest(
     }
     if dataset is not None:
         manifest["dataset"] = dict(dataset)
+    from onnxship.targets import still_valid_targets
+
+    targets = still_valid_targets(out_dir, artifacts)  # `onnxship tune` records, still valid
+    if targets:
+        manifest["targets"] = targets
     return atomic_write_json(out_dir / "manifest.json", manifest)
 
 

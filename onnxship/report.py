@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxship.core.artifact import atomic_output, atomic_write_text
+from onnxship.report_targets import targets_section, write_targets_plot
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +285,7 @@ def write_report(out_dir: Path, manifest: Mapping[str, Any], plots: list[Path]) 
     search = _record(out_dir, "search")  # issue 13
     if search:
         parts += search_section(search["metrics"], manifest)
+    parts += targets_section(out_dir, manifest)
     parts += [
         "## Environment",
         "",
@@ -354,6 +356,10 @@ def write_plots(out_dir: Path, manifest: Mapping[str, Any]) -> list[Path]:
     search = _record(out_dir, "search")  # issue 13
     if search:
         written.append(write_pareto_plot(plots_dir, search["metrics"]))
+
+    targets_plot = write_targets_plot(plots_dir, out_dir, manifest)
+    if targets_plot is not None:
+        written.append(targets_plot)
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     names = list(arts)

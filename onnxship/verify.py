@@ -294,7 +294,7 @@ def verify_bundle(
         differences = environment_differences(
             manifest.get("environment") or {}, current_environment()
         )
-    measure = _accuracy_source(root, manifest, data_dir, add) if check_accuracy else None
+    measure = accuracy_source(root, manifest, data_dir, add) if check_accuracy else None
     for name, entry in artifacts.items():
         path = root / entry["path"]
         if not path.is_file():
@@ -326,10 +326,55 @@ def verify_bundle(
                 max_differing=max_differing, classes=(_bundle_class(manifest, entry), here_cls),
             )  # fmt: skip
             add(_with_class_risk(check, entry, here_cls))
+    for tid in manifest.get("targets") or {}:
+        report.checks.extend(target_checks(root, manifest, tid, measure))
     return report
 
 
-def _accuracy_source(
+def target_checks(
+    root: Path, manifest: Mapping[str, Any], tid: str, measure: Callable[..., Any] | None
+) -> list[Check]:
+    """One `onnxship tune` record: present and unchanged (sha256), its own INT8 files present
+    and unchanged, and - on a machine of the record's integer class - the recommended
+    artifact's test top-1 re-measured: exact on the same fingerprint, else within
+    `targets.RETEST_TOLERANCE` of the test set."""
+    from onnxship.core.env import integer_class, machine_fingerprint
+    from onnxship.targets import RETEST_TOLERANCE, artifact_path, read_record
+
+    name = f"target {tid}"
+    try:
+        record = read_record(root, tid, manifest["targets"][tid])
+    except OnnxshipError as exc:
+        return [Check(name, "target record", False, str(exc))]
+    checks = [Check(name, "target record", True, f"{manifest['targets'][tid]['record']} "
+                    f"({record['integer_class']}, {record['scenario']}, recommended "
+                    f"{record['recommended']})")]  # fmt: skip
+    for own, info in (record.get("artifacts") or {}).items():
+        path = root / info["path"]
+        ok = path.is_file() and sha256_file(path) == info["sha256"]
+        checks.append(Check(own, "checksum", ok, f"{info['path']} sha256 {info['sha256'][:12]}…"
+                            if ok else f"{info['path']} is missing or changed since tune"))  # fmt: skip
+    if measure is None or not all(c.ok for c in checks):
+        return checks
+    here = integer_class()
+    if record["integer_class"] != here:
+        checks.append(Check(name, "accuracy on target", True, f"not re-measured: recorded on "
+                            f"{record['integer_class']}, this machine is {here}"))  # fmt: skip
+        return checks
+    rec = str(record["recommended"])
+    got = measure(artifact_path(root, record, rec, manifest), {"split": "test"})
+    want = record["accuracy"][rec]
+    same = machine_fingerprint(record.get("provider"))["id"] == record["fingerprint"].get("id")
+    tolerance = 0 if same else math.floor(RETEST_TOLERANCE * int(got["n"]))
+    diff = abs(int(got["correct"]) - int(want["correct"]))
+    checks.append(Check(name, "accuracy on target", diff <= tolerance,
+                        f"{rec}: test top-1 {got['top1']:.4f} here, {want['test_top1']:.4f} in the "
+                        f"record ({here}); {diff} correct answers apart, tolerance "
+                        f"{tolerance} ({'same fingerprint' if same else 'same class, other machine'})"))  # fmt: skip
+    return checks
+
+
+def accuracy_source(
     root: Path,
     manifest: dict[str, Any],
     data_dir: str | os.PathLike[str] | None,

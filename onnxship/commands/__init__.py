@@ -15,4 +15,5 @@ COMMAND_MODULES = (
     "bench",
     "verify",
     "gate",
+    "tune",
 )

@@ -163,9 +163,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench-merge",
         help="one table from bench results of many machines (also spelled: bench merge)",
         description="Merge `onnxship bench --json` files (e.g. one per target machine) into one "
-        "table whose rows carry the machine (host, CPU, ISA, cores, onnxruntime) they came from.",
+        "table whose rows carry the machine (host, CPU, ISA, cores, onnxruntime) they came from. "
+        "`onnxship tune` records (BUNDLE/targets/ID.json) or bundle folders give one row per "
+        "target and artifact (speed-up vs teacher-fp32 with its CI, accuracy there), the "
+        "recommended artifact marked per target, and the targets that disagree.",
     )
-    mrg.add_argument("files", nargs="+", type=Path, metavar="RESULT.json")
+    mrg.add_argument("files", nargs="+", type=Path, metavar="RESULT.json",
+                     help="bench --json files, tune records (targets/ID.json) or bundle folders")  # fmt: skip
     mrg.add_argument(
         "--json", type=Path, default=None, metavar="OUT", help="write the merged results"
     )
@@ -425,12 +429,32 @@ def run_merge(args: argparse.Namespace) -> int:
         write_csv,
         write_json,
     )
+    from onnxship.runtime_bench.target_table import records_from, targets_markdown
 
-    docs = [load_result(p) for p in args.files]
-    merged = merge(docs, [str(p) for p in args.files])
+    tuned = [p for p in args.files if p.is_dir() or _is_target_record(p)]
+    if tuned:
+        records = [r for p in tuned for r in records_from(p)]
+        print(targets_markdown(records))
+        if len(tuned) == len(args.files):
+            return 0
+        print()
+    files = [p for p in args.files if p not in tuned]
+    docs = [load_result(p) for p in files]
+    merged = merge(docs, [str(p) for p in files])
     if args.json is not None:
         write_json(merged, args.json)
     if args.csv is not None:
         write_csv(merged, args.csv)
     print(merge_markdown(merged))
     return 0
+
+
+def _is_target_record(path: Path) -> bool:
+    import json
+
+    from onnxship.runtime_bench.target_table import is_target_record
+
+    try:
+        return is_target_record(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return False

@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="comma-separated CPU integer classes (e.g. avx2,avx512_vnni) each "
                         "baseline artifact must have a measured accuracy on, meeting the "
                         "baseline; one JUnit case per artifact and class")  # fmt: skip
+    parser.add_argument("--require-targets", type=Path, default=None, metavar="FILE",
+                        help='JSON {"targets": ["<target id or integer class>", ...]}: fail '
+                        "when one has no `onnxship tune` record in the manifest, or its "
+                        "accuracy measured there is below the baseline")  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -38,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         args.baseline,
         check_latency=args.check_latency,
         require_classes=args.require_class,
+        require_targets=args.require_targets,
     )
     print(markdown(cases))
     if args.junit:

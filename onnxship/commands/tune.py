@@ -1,0 +1,80 @@
+"""`onnxship tune BUNDLE` (on the target: onnxruntime + numpy + onnx, no torch)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from onnxship.commands.common import add_data_dir, fraction, int_csv, positive_float
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "tune",
+        help="decide on the target: re-search INT8, re-measure accuracy, pick the artifact "
+        "and session options for a scenario, record it in the bundle",
+        description="Run on the target machine (needs onnxruntime, numpy and onnx; no torch). "
+        "Re-runs the INT8 recipe search for this machine's integer class from the bundle's FP32 "
+        "files and shipped calibration sets (new files are named ARTIFACT@TARGET and written "
+        "under BUNDLE/targets/TARGET/), re-measures every artifact's test accuracy here, times "
+        "the artifacts within the accuracy budget against teacher-fp32 for the scenario "
+        "(block-interleaved rounds, 95%% bootstrap CIs), picks the fastest - the simplest "
+        "artifact when the fastest is a tie within noise - tunes threads and spinning for it, "
+        "and writes BUNDLE/targets/TARGET.json plus the manifest's targets entry. A second tune "
+        "on the same machine replaces its own record and no other. Exit 0 done, 2 bad input "
+        "(no manifest, a missing or altered calibration set, a newer manifest schema, a "
+        "provider this onnxruntime lacks, an unknown scenario).",
+    )
+    parser.add_argument("bundle", type=Path, help="bundle folder holding manifest.json")
+    parser.add_argument("--provider", default="cpu",
+                        help="EP to tune for: cpu, cuda or an ONNX Runtime EP name (default cpu)")  # fmt: skip
+    parser.add_argument("--scenario", default="single-stream",
+                        help="single-stream (batch 1 p50 latency, default) or offline "
+                        "(throughput at the best of --batch-sizes)")  # fmt: skip
+    parser.add_argument("--batch-sizes", type=int_csv, default=(1, 64),
+                        help="batch sizes the offline scenario chooses from (default 1,64)")  # fmt: skip
+    parser.add_argument("--budget-s", type=positive_float, default=40.0,
+                        help="seconds for timing (artifacts, then session options; default 40)")  # fmt: skip
+    parser.add_argument("--max-drop", type=fraction, default=None,
+                        help="accuracy budget vs teacher-fp32 measured here (default: the "
+                        "bundle's)")  # fmt: skip
+    parser.add_argument("--no-requantize", action="store_true",
+                        help="choose among the bundle's files only (no INT8 search here)")  # fmt: skip
+    parser.add_argument("--val-npz", type=Path, default=None,
+                        help="validation .npz for the INT8 search (default: the bundle's "
+                        "data/val.npz, or MNIST's validation split under --data-dir)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None,
+                        help="tune a copy of the bundle in this new folder (for a read-only "
+                        "bundle)")  # fmt: skip
+    add_data_dir(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from onnxship.tune import TuneConfig, target_from_bundle
+
+    cfg = TuneConfig(
+        provider=args.provider, scenario=args.scenario, batch_sizes=tuple(args.batch_sizes),
+        budget_s=args.budget_s, max_drop=args.max_drop, requantize=not args.no_requantize,
+    )  # fmt: skip
+    path = target_from_bundle(
+        args.bundle, cfg, args.out, data_dir=args.data_dir, val_npz=args.val_npz,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    record = json.loads(path.read_text())
+    rec = record["recommended"]
+    detail = record["ratios"].get(rec, {})
+    ratio = next(iter(detail.values()), None)
+    speed = (
+        f"{ratio['ratio']:.2f}x teacher-fp32 (95% CI {ratio['ci'][0]:.2f}-{ratio['ci'][1]:.2f})"
+        if ratio
+        else "the reference"
+    )
+    print(f"target {record['id']} ({record['integer_class']}, {record['scenario']}): "
+          f"recommended {rec}, {speed}, test top-1 {record['accuracy'][rec]['test_top1']:.4f}; "
+          f"session {record['session_options']['chosen']}; {record['wall_s']:.1f} s")  # fmt: skip
+    print(f"record: {path}")
+    return 0

@@ -1,0 +1,589 @@
+"""`onnxship tune BUNDLE`: decide on the target machine (needs onnxruntime, numpy, onnx; no torch).
+
+A bundle is built on one machine; its `recommended` was decided there. On the target, tune:
+
+1. reads the manifest and checks the bundle's calibration sets against their stage records
+   (sha256) - missing or altered is a one-line error, nothing written;
+2. re-runs the INT8 recipe search (`calibrate.quantize.int8_from_onnx`, recipe `auto`) for every
+   INT8 artifact of the bundle, from its FP32 parent and its shipped calibration set, on this
+   machine's integer class; the new files are named `<artifact>@<target id>` and written under
+   `targets/<id>/`, never over the build host's files;
+3. re-measures test accuracy of every artifact (the bundle's and the new ones) here;
+4. times every artifact within the accuracy budget of `teacher-fp32` (measured here) against
+   `teacher-fp32` for the declared scenario with the timing engine (block-interleaved rounds,
+   bootstrap CIs over rounds): `single-stream` = batch 1 p50 latency, `offline` = throughput at
+   the best batch size of the list;
+5. chooses: the fastest wins, but among the artifacts whose ratio CI overlaps the fastest's (a
+   tie within noise) the simplest one ships - FP32 over FP16 over INT8, then the smaller file;
+6. tunes session options (threads, spinning) for the chosen artifact: an option set replaces
+   the default only when its ratio CI clears `option_margin`;
+7. writes `targets/<id>.json` and the manifest's `targets[<id>]` entry (`onnxship.targets`), and
+   refreshes report.md and plots/ where matplotlib is installed.
+
+A second tune on the same fingerprint replaces its own record and no other. A read-only bundle
+needs `--out DIR`: the bundle is copied there and tuned in the copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from onnxship.core.artifact import atomic_output, atomic_write_json, sha256_file
+from onnxship.core.errors import OnnxshipError
+from onnxship.core.version import __version__
+from onnxship.errors import PipelineError
+from onnxship.manifest import read_manifest
+from onnxship.targets import TARGET_SCHEMA, TARGETS_DIR, manifest_entry, record_path
+
+log = logging.getLogger(__name__)
+
+SCENARIOS = ("single-stream", "offline")
+REFERENCE = "teacher-fp32"
+SIMPLICITY = {"fp32": 0, "fp16": 1, "int8": 2}
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """What `onnxship tune` decides and how long it may take.
+
+    budget_s: wall-time budget for the timing (requantization and accuracy come on top and are
+      bounded by the quantize stage's own budget and the test set's size).
+    max_drop: accuracy budget vs teacher-fp32 measured here (None: the bundle's).
+    option_margin: a session-option set replaces the default only when its speed-up's CI lower
+      bound is >= this.
+    tie_band: two ratios whose CIs overlap, or that differ by less than this share, are a tie
+      within noise: the simpler artifact ships.
+    """
+
+    provider: str = "cpu"
+    scenario: str = "single-stream"
+    batch_sizes: tuple[int, ...] = (1, 64)
+    budget_s: float = 40.0
+    max_drop: float | None = None
+    requantize: bool = True
+    option_margin: float = 1.05
+    tie_band: float = 0.02
+    ci_level: float = 0.95
+    threads: tuple[int, ...] = ()  # () = 1 .. this machine's usable cores
+
+    def validate(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise PipelineError(
+                f"unknown scenario {self.scenario!r}; expected one of {', '.join(SCENARIOS)}"
+            )
+        if not self.budget_s > 0:
+            raise PipelineError(f"--budget-s must be > 0 seconds, got {self.budget_s}")
+        if not 0 < self.ci_level < 1:
+            raise PipelineError(f"CI level must be in (0, 1), got {self.ci_level}")
+        if self.max_drop is not None and not 0 <= self.max_drop < 1:
+            raise PipelineError(f"--max-drop must be a fraction in [0, 1), got {self.max_drop}")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise PipelineError(f"batch sizes must be >= 1, got {list(self.batch_sizes)}")
+        if not 0 <= self.tie_band < 1 or not self.option_margin >= 1:
+            raise PipelineError(
+                f"tie_band must be in [0, 1) and option_margin >= 1, got {self.tie_band} and "
+                f"{self.option_margin}"
+            )
+        if any(t < 1 for t in self.threads):
+            raise PipelineError(f"threads must be >= 1, got {list(self.threads)}")
+
+    def scenario_batches(self) -> tuple[int, ...]:
+        return (1,) if self.scenario == "single-stream" else self.batch_sizes
+
+
+@dataclass
+class _Candidate:
+    name: str
+    path: Path
+    precision: str
+    bytes: int
+    own: dict[str, Any] | None = None  # lineage of an INT8 file made here
+    accuracy: dict[str, Any] = field(default_factory=dict)
+
+
+def target_from_bundle(
+    bundle: str | os.PathLike[str],
+    cfg: TuneConfig = TuneConfig(),
+    out: str | os.PathLike[str] | None = None,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    val_npz: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> Path:
+    """Tune `bundle` on this machine (module docstring); returns the record's path."""
+    started = time.perf_counter()
+    cfg.validate()
+    src = Path(bundle)
+    manifest = read_manifest(src)
+    from onnxship.runtime_bench.session import check_provider_available
+
+    provider = check_provider_available(cfg.provider)
+    calib = calibration_sets(src, manifest)
+    root = _writable_bundle(src, out)
+    manifest = read_manifest(root)
+    ident = target_fingerprint(provider)
+    tid = target_id(ident)
+    measure = _accuracy_measure(root, manifest, data_dir)
+    with tempfile.TemporaryDirectory(prefix="onnxship-tune-") as scratch:
+        cands = _bundle_candidates(root, manifest)
+        if cfg.requantize:
+            cands += _requantize(root, manifest, calib, tid, ident, Path(scratch),
+                                 data_dir=data_dir, val_npz=val_npz, progress=progress)  # fmt: skip
+        max_drop = _max_drop(cfg, manifest)
+        eligible = _measure_accuracy(cands, measure, max_drop, progress)
+        timing = _time_scenario(eligible, provider, cfg)
+        chosen, why = choose(eligible, timing, cfg)
+        options = tune_session_options(chosen, provider, cfg, timing)
+        record = _record(tid, ident, provider, cfg, cands, timing, chosen, why, options,
+                         max_drop, started)  # fmt: skip
+        _write(root, tid, record, cands)
+    return record_path(root, tid)
+
+
+# --------------------------------------------------------------------------------------------
+# The bundle: what tune reads, and where it may write
+
+
+def calibration_sets(root: Path, manifest: Mapping[str, Any]) -> dict[str, Path]:
+    """INT8 artifact -> its shipped calibration .npz, checked against the sha256 its quantize
+    stage recorded. Missing or altered: a one-line error (exit 2)."""
+    recorded: dict[str, str] = {}
+    for rec_path in sorted((root / "stages").glob("*.json")):
+        try:
+            rec = json.loads(rec_path.read_text())
+        except ValueError:
+            continue
+        for output in rec.get("outputs") or []:
+            name = Path(str(output.get("path", ""))).name
+            if name.endswith("-calib.npz"):
+                recorded[name] = str(output.get("sha256"))
+    found: dict[str, Path] = {}
+    for name, entry in manifest["artifacts"].items():
+        if entry.get("precision") != "int8" or not entry.get("parent"):
+            continue
+        file = f"{name}-calib.npz"
+        path = root / "calibration" / file
+        if not path.is_file() or file not in recorded:
+            raise PipelineError(
+                f"{root}: the calibration set of {name} (calibration/{file}) is missing "
+                f"{'from the bundle' if not path.is_file() else 'from the stage records'}; "
+                "ship the bundle whole (its calibration/ and stages/ folders) or rebuild it"
+            )
+        digest = sha256_file(path)
+        if digest != recorded[file]:
+            raise PipelineError(
+                f"{path}: sha256 {digest[:12]}… but the quantize stage recorded "
+                f"{recorded[file][:12]}…: the calibration set was altered; restore it from the "
+                "build host's bundle"
+            )
+        found[name] = path
+    return found
+
+
+def _writable_bundle(src: Path, out: str | os.PathLike[str] | None) -> Path:
+    if out is None:
+        if not os.access(src, os.W_OK):
+            raise PipelineError(
+                f"{src} is not writable, so tune cannot add its target record; pass --out DIR "
+                "to tune a copy of the bundle there"
+            )
+        return src
+    dest = Path(out)
+    if dest.resolve() == src.resolve():
+        return src
+    if dest.exists() and any(dest.iterdir()):
+        raise PipelineError(f"--out {dest} exists and is not empty; choose a new folder")
+    shutil.copytree(src, dest, dirs_exist_ok=True)
+    return dest
+
+
+def target_fingerprint(provider: str) -> dict[str, Any]:
+    """The target's identity: the machine fingerprint (CPU, ISA, integer class, cores and
+    cgroup quota, onnxruntime) for the EP tuned for."""
+    from onnxship.core.env import integer_class_record, machine_fingerprint
+
+    return dict(machine_fingerprint(provider)) | integer_class_record()
+
+
+def target_id(ident: Mapping[str, Any]) -> str:
+    """`<integer class>-<8 hex of the fingerprint>`: readable, one per machine kind and EP."""
+    return f"{ident.get('integer_class', 'unknown')}-{str(ident['id'])[:8]}"
+
+
+def _bundle_candidates(root: Path, manifest: Mapping[str, Any]) -> list[_Candidate]:
+    out = []
+    for name, entry in manifest["artifacts"].items():
+        path = root / entry["path"]
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            raise PipelineError(
+                f"{root}: artifact {name} ({entry['path']}) is missing or changed since the "
+                "run; run `onnxship verify` on the bundle"
+            )
+        out.append(_Candidate(name, path, str(entry.get("precision")), int(entry["bytes"])))
+    return out
+
+
+def _max_drop(cfg: TuneConfig, manifest: Mapping[str, Any]) -> float:
+    if cfg.max_drop is not None:
+        return cfg.max_drop
+    for detail in (manifest.get("recommended_detail") or {}).values():
+        if isinstance(detail, Mapping) and isinstance(detail.get("max_drop"), (int, float)):
+            return float(detail["max_drop"])
+    return 0.003
+
+
+# --------------------------------------------------------------------------------------------
+# INT8 on the target
+
+
+def _requantize(
+    root: Path,
+    manifest: Mapping[str, Any],
+    calib: Mapping[str, Path],
+    tid: str,
+    ident: Mapping[str, Any],
+    scratch: Path,
+    *,
+    data_dir: str | os.PathLike[str] | None,
+    val_npz: str | os.PathLike[str] | None,
+    progress: bool,
+) -> list[_Candidate]:
+    """Every INT8 artifact re-searched here from its FP32 parent and shipped calibration set."""
+    from onnxship.calibrate.quantize import int8_from_onnx
+
+    out = []
+    for name, npz in calib.items():
+        entry = manifest["artifacts"][name]
+        parent = manifest["artifacts"][entry["parent"]]
+        cfg = _quantize_config(entry, val_npz is not None or _own_data(manifest))
+        new = f"{name}@{tid}"
+        path = scratch / f"{name}.onnx"
+        log.info("tune: re-quantizing %s from %s on this target", name, entry["parent"])
+        art = int8_from_onnx(
+            root / parent["path"], cfg, path, data_dir=data_dir, calib_npz=npz,
+            val_npz=val_npz if val_npz is not None else _bundle_val(root, manifest),
+            progress=progress,
+        )  # fmt: skip
+        metrics = art.metrics or {}
+        own = {
+            "path": f"{TARGETS_DIR}/{tid}/{name}.onnx",
+            "sha256": art.sha256,
+            "bytes": art.bytes,
+            "precision": "int8",
+            "parent": entry["parent"],
+            "source_sha256": parent["sha256"],
+            "recipe": metrics.get("recipe"),
+            "integer_class": ident.get("integer_class"),
+            "made_on": tid,
+            "replaces": name,
+            "val_top1": metrics.get("int8_val_top1"),
+            "int8_faster_than_fp32": metrics.get("int8_faster_than_fp32"),
+        }
+        out.append(_Candidate(new, path, "int8", art.bytes, own=own))
+    return out
+
+
+def _own_data(manifest: Mapping[str, Any]) -> bool:
+    return (manifest.get("dataset") or {}).get("kind", "mnist") != "mnist"
+
+
+def _bundle_val(root: Path, manifest: Mapping[str, Any]) -> Path | None:
+    """Own-data bundles ship their validation split as data/val.npz; MNIST uses --data-dir."""
+    if not _own_data(manifest):
+        return None
+    val = root / "data" / "val.npz"
+    if not val.is_file():
+        raise PipelineError(
+            f"{root}: data/val.npz (the validation split INT8 is checked on) is missing; pass "
+            "--val-npz FILE or ship the bundle's data/ folder"
+        )
+    return val
+
+
+def _quantize_config(entry: Mapping[str, Any], npz_val: bool) -> Any:
+    """The build host's quantize config, with the recipe searched again (`auto`)."""
+    from onnxship.calibrate.quantize import QuantizeConfig
+    from onnxship.configio import dataclass_from_mapping
+
+    recorded = dict(entry.get("stage_config") or {})
+    known = {f.name for f in dataclasses.fields(QuantizeConfig)}
+    values = {k: v for k, v in recorded.items() if k in known}
+    values["recipe"] = "auto"
+    values["provider"] = "cpu"  # INT8 files are searched for the CPU EP, as in the bundle
+    try:
+        return dataclass_from_mapping(QuantizeConfig, values, "the bundle's quantize config")
+    except OnnxshipError:
+        return QuantizeConfig()
+
+
+# --------------------------------------------------------------------------------------------
+# Accuracy here
+
+
+def _accuracy_measure(
+    root: Path, manifest: Mapping[str, Any], data_dir: str | os.PathLike[str] | None
+) -> Callable[[Path], dict[str, Any]]:
+    from onnxship.verify import accuracy_source
+
+    problems: list[Any] = []
+    measure = accuracy_source(root, dict(manifest), data_dir, problems.append)
+    if measure is None:
+        raise PipelineError(f"{root}: {problems[0].detail if problems else 'no test data'}")
+    return lambda path: measure(path, {"split": "test", "batch_size": 1000, "provider": "cpu"})
+
+
+def _measure_accuracy(
+    cands: list[_Candidate],
+    measure: Callable[[Path], dict[str, Any]],
+    max_drop: float,
+    progress: bool,
+) -> list[_Candidate]:
+    """Test top-1 of every candidate here; those within `max_drop` of teacher-fp32 (here)."""
+    for cand in cands:
+        got = measure(cand.path)
+        cand.accuracy = {"test_top1": got["top1"], "correct": got["correct"], "n": got["n"]}
+        log.info("tune: %s test top-1 %.4f here", cand.name, got["top1"])
+    ref = next((c for c in cands if c.name == REFERENCE), None)
+    if ref is None:
+        raise PipelineError(f"the bundle has no {REFERENCE}; tune measures ratios against it")
+    floor = ref.accuracy["test_top1"] - max_drop
+    return [c for c in cands if c.accuracy["test_top1"] + 1e-9 >= floor]
+
+
+# --------------------------------------------------------------------------------------------
+# Timing and the choice
+
+
+def _fns(
+    cands: list[_Candidate], provider: str, batch: int, session_cfg: Any
+) -> dict[str, Callable[[], object]]:
+    from onnxship.runtime_bench.inputs import make_feeds
+    from onnxship.runtime_bench.session import create_session
+
+    fns = {}
+    for cand in cands:
+        handle = create_session(cand.path, provider, session_cfg)
+        feeds = make_feeds(handle, batch, seed=0)
+        fns[cand.name] = partial(handle.session.run, None, feeds)
+        fns[cand.name]()  # first call untimed: allocations, kernel selection
+    return fns
+
+
+def _time_scenario(cands: list[_Candidate], provider: str, cfg: TuneConfig) -> dict[int, Any]:
+    """Every eligible artifact vs teacher-fp32, per scenario batch size (the engine)."""
+    from onnxship.runtime_bench.session import SessionConfig
+    from onnxship.runtime_bench.timing import TimingConfig, time_blocks
+
+    batches = cfg.scenario_batches()
+    share = 0.7 * cfg.budget_s / len(batches)
+    out = {}
+    for batch in batches:
+        fns = _fns(cands, provider, batch, SessionConfig(intra_op_threads=1))
+        tcfg = TimingConfig(budget_s=share, ci_level=cfg.ci_level)
+        out[batch] = time_blocks(fns, tcfg, reference=REFERENCE)
+        log.info("tune: timed %d artifacts at batch %d (%s)", len(fns), batch,
+                 out[batch].stop_reason)  # fmt: skip
+    return out
+
+
+def _best_batch(name: str, timing: Mapping[int, Any]) -> int:
+    """The batch size with the highest throughput (samples/s at the p50) for `name`."""
+    return max(timing, key=lambda b: b / timing[b].models[name].p50.value_ms)
+
+
+def choose(
+    cands: list[_Candidate], timing: Mapping[int, Any], cfg: TuneConfig
+) -> tuple[_Candidate, dict[str, Any]]:
+    """The fastest by ratio vs teacher-fp32; inside the tie band (ratio CIs overlap the
+    fastest's), the simplest: FP32 over FP16 over INT8, then the smaller file."""
+    from onnxship.runtime_bench.timing import tie
+
+    def ratio(c: _Candidate) -> Any:
+        batch = _best_batch(c.name, timing) if cfg.scenario == "offline" else 1
+        return timing[batch].ratios.get(c.name)
+
+    rated = [(c, ratio(c)) for c in cands if ratio(c) is not None]
+    ref = next(c for c in cands if c.name == REFERENCE)
+    if not rated:
+        return ref, {"rule": "only teacher-fp32 is within the accuracy budget here"}
+    best_c, best_r = max(rated, key=lambda cr: cr[1].ratio)
+    tied = [(c, r) for c, r in rated if r is best_r or tie(r, best_r, cfg.tie_band)]
+    if best_r.ci[0] <= 1.0:  # not clearly faster than the reference: it ties too
+        tied.append((ref, None))
+    chosen, chosen_r = min(tied, key=lambda cr: (SIMPLICITY.get(cr[0].precision, 3), cr[0].bytes))
+    why: dict[str, Any] = {
+        "rule": "fastest by ratio vs teacher-fp32 (p50, block-interleaved); inside the tie band "
+        "(ratio CIs overlapping the fastest's) the simplest: fp32 > fp16 > int8, then smaller",
+        "fastest": best_c.name,
+        "fastest_ratio": best_r.ratio,
+        "fastest_ci": list(best_r.ci),
+    }
+    if chosen is not best_c:
+        why["tie_within_noise"] = (
+            f"{chosen.name} ({_ci_text(chosen_r)}) is within noise of {best_c.name} "
+            f"({_ci_text(best_r)}); the simpler artifact ships"
+        )
+    return chosen, why
+
+
+def _ci_text(r: Any) -> str:
+    if r is None:
+        return "the reference, 1.00x"
+    return f"{r.ratio:.2f}x, CI [{r.ci[0]:.2f}, {r.ci[1]:.2f}]"
+
+
+def tune_session_options(
+    chosen: _Candidate, provider: str, cfg: TuneConfig, timing: Mapping[int, Any]
+) -> dict[str, Any]:
+    """Threads (1 .. usable cores) and spinning for the chosen artifact at the scenario's
+    batch; the default (1 thread, spinning) stays unless an option set's CI clears the margin."""
+    from onnxship.core.env import usable_cores
+    from onnxship.runtime_bench.inputs import make_feeds
+    from onnxship.runtime_bench.session import SessionConfig, create_session
+    from onnxship.runtime_bench.timing import TimingConfig, decide_faster, time_blocks
+
+    batch = _best_batch(chosen.name, timing) if cfg.scenario == "offline" else 1
+    cores = usable_cores()
+    threads = cfg.threads or tuple(range(1, cores + 1))
+    variants = {"threads=1,spin=on": SessionConfig(intra_op_threads=1)}
+    for t in threads:
+        for spin in (True, False):
+            if t > 1 or not spin:
+                variants[f"threads={t},spin={'on' if spin else 'off'}"] = SessionConfig(
+                    intra_op_threads=t, allow_spinning=spin
+                )
+    fns = {}
+    for key, scfg in variants.items():
+        handle = create_session(chosen.path, provider, scfg)
+        feeds = make_feeds(handle, batch, seed=0)
+        fns[key] = partial(handle.session.run, None, feeds)
+        fns[key]()
+    default = "threads=1,spin=on"
+    result = time_blocks(
+        fns, TimingConfig(budget_s=0.3 * cfg.budget_s, ci_level=cfg.ci_level), reference=default
+    )
+    winners = [(k, r) for k, r in result.ratios.items()
+               if k != default and decide_faster(r, cfg.option_margin)]  # fmt: skip
+    pick = max(winners, key=lambda kr: kr[1].ratio)[0] if winners else default
+    scfg = variants[pick]
+    return {
+        "batch_size": batch,
+        "chosen": pick,
+        "intra_op_threads": scfg.intra_op_threads,
+        "allow_spinning": scfg.allow_spinning,
+        "graph_optimization": scfg.to_json()["graph_optimization"],
+        "execution_mode": "sequential",
+        "verdict": "defaults are best" if pick == default else f"{pick} beats the default",
+        "margin": cfg.option_margin,
+        "ratios_vs_default": {
+            k: {"ratio": r.ratio, "ci": list(r.ci)} for k, r in result.ratios.items()
+        },
+        "stop_reason": result.stop_reason,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The record
+
+
+def _record(
+    tid: str,
+    ident: Mapping[str, Any],
+    provider: str,
+    cfg: TuneConfig,
+    cands: list[_Candidate],
+    timing: Mapping[int, Any],
+    chosen: _Candidate,
+    why: Mapping[str, Any],
+    options: Mapping[str, Any],
+    max_drop: float,
+    started: float,
+) -> dict[str, Any]:
+    from onnxship.core.artifact import utc_now
+
+    ratios: dict[str, Any] = {}
+    for batch, res in timing.items():
+        for name, r in res.ratios.items():
+            ratios.setdefault(name, {})[str(batch)] = {
+                "ratio": r.ratio, "ci": list(r.ci), "statistic": r.statistic,
+                "reference": r.reference,
+                "p50_ms": res.models[name].p50.value_ms,
+                "p50_ci_ms": list(res.models[name].p50.ci_ms or []),
+            }  # fmt: skip
+    return {
+        "schema": TARGET_SCHEMA,
+        "id": tid,
+        "fingerprint": dict(ident),
+        "integer_class": ident.get("integer_class"),
+        "provider": provider,
+        "scenario": cfg.scenario,
+        "statistic": "p50_ms" if cfg.scenario == "single-stream" else "throughput_per_s",
+        "batch_sizes": list(cfg.scenario_batches()),
+        "recommended": chosen.name,
+        "recommended_detail": dict(why),
+        "session_options": dict(options),
+        "ratios": ratios,
+        "accuracy": {c.name: c.accuracy for c in cands},
+        "max_drop": max_drop,
+        "artifacts": {c.name: c.own for c in cands if c.own},
+        "bundle_artifacts": {c.name: sha256_file(c.path) for c in cands if not c.own},
+        "timing": {
+            str(b): {
+                "stop_reason": r.stop_reason,
+                "wall_s": r.wall_s,
+                "rounds": max(m.n_rounds for m in r.models.values()),
+            }
+            for b, r in timing.items()
+        },  # fmt: skip
+        "config": dataclasses.asdict(cfg),
+        "wall_s": round(time.perf_counter() - started, 2),
+        "created": utc_now(),
+        "onnxship_version": __version__,
+    }
+
+
+def _write(root: Path, tid: str, record: dict[str, Any], cands: list[_Candidate]) -> None:
+    """The target's INT8 files, its record, then the manifest entry (each atomic); a previous
+    record of the same target id is replaced, other targets are kept."""
+    folder = root / TARGETS_DIR / tid
+    if folder.exists():
+        shutil.rmtree(folder)
+    for cand in cands:
+        if cand.own:
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_output(root / cand.own["path"]) as tmp:
+                shutil.copyfile(cand.path, tmp)
+    rec = record_path(root, tid)
+    rec.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(rec, record)
+    manifest_path = root / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    targets = dict(manifest.get("targets") or {})
+    targets[tid] = manifest_entry(record, f"{TARGETS_DIR}/{tid}.json", sha256_file(rec))
+    manifest["targets"] = targets
+    atomic_write_json(manifest_path, manifest)
+    _refresh_report(root, manifest_path)
+
+
+def _refresh_report(root: Path, manifest_path: Path) -> None:
+    """report.md and plots/ gain the target's section where matplotlib is installed; a
+    target with only onnxruntime, numpy and onnx keeps the old report (the record is there)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.info("tune: report.md not refreshed (matplotlib is not installed here)")
+        return
+    from onnxship.manifest import write_bundle_docs
+
+    write_bundle_docs(root, manifest_path)

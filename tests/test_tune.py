@@ -1,0 +1,274 @@
+"""`onnxship tune`: the decision on the target, recorded in the bundle; verify and gate read it.
+
+One tiny bundle (the fault matrix's reduced run, on a 6,000 + 1,000-image MNIST subset, with
+teacher-int8) is built once per module. Two targets are simulated on this one machine: the
+detected integer class, and `ONNXSHIP_INTEGER_CLASS` set to another class (a recorded simulation
+knob: the class, the fingerprint and so the target id differ; the INT8 search then runs the
+grid of that class, measured on this CPU). The torch-free test runs tune, verify and gate from
+a wheel installed with `--no-deps` beside onnxruntime, numpy and onnx, torch blocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_fault_matrix import SUBSET_TEST, SUBSET_TRAIN, TINY_CONFIG, run_cli, subset_data
+
+from onnxship.core.env import integer_class
+
+TUNE_CONFIG = TINY_CONFIG.replace("teacher_int8 = false", "teacher_int8 = true")
+FAST = ("--budget-s", "4", "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Iterator[Path]:
+    work = tmp_path_factory.mktemp("tune")
+    config = work / "tiny.toml"
+    config.write_text(TUNE_CONFIG)
+    data = subset_data(work / "data", mnist_root, SUBSET_TRAIN, SUBSET_TEST)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ONNXSHIP_DATA_DIR", os.fspath(data))
+        rc, err = run_cli("run", "--config", os.fspath(config), "--out", os.fspath(work / "b"))
+    assert rc == 0, err[-2000:]
+    yield work / "b"
+
+
+@pytest.fixture
+def bundle(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh copy of the tiny bundle, with the data root its run used."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    monkeypatch.setenv("ONNXSHIP_DATA_DIR", os.fspath(tiny_bundle.parent / "data"))
+    return copy
+
+
+def _targets(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text()).get("targets") or {}
+
+
+def test_tune_records_a_target_with_its_own_int8_and_keeps_the_build_host_files(
+    bundle: Path,
+) -> None:
+    before = {p.name: p.read_bytes() for p in (bundle / "artifacts").iterdir()}
+    rc, err = run_cli("tune", os.fspath(bundle), *FAST)
+    assert rc == 0, err[-2000:]
+    (tid,) = _targets(bundle)
+    assert tid.startswith(integer_class() + "-")
+    record = json.loads((bundle / "targets" / f"{tid}.json").read_text())
+    assert record["integer_class"] == integer_class()
+    assert record["scenario"] == "single-stream"
+    # the bundle's files are untouched; the target's INT8 files have their own names
+    assert {p.name: p.read_bytes() for p in (bundle / "artifacts").iterdir()} == before
+    own = record["artifacts"]
+    assert set(own) == {f"student-int8@{tid}", f"teacher-int8@{tid}"}
+    for name, info in own.items():
+        assert (bundle / info["path"]).is_file()
+        assert info["integer_class"] == integer_class() and info["made_on"] == tid
+        assert info["recipe"]["name"] and len(info["source_sha256"]) == 64
+        assert name in record["accuracy"]
+    # every artifact was re-measured here, the recommended one within the budget
+    rec = record["recommended"]
+    teacher = record["accuracy"]["teacher-fp32"]["test_top1"]
+    assert record["accuracy"][rec]["test_top1"] >= teacher - record["max_drop"] - 1e-9
+    assert record["accuracy"]["teacher-fp32"]["n"] == SUBSET_TEST
+    # every ratio carries its CI around the point estimate
+    for per_batch in record["ratios"].values():
+        for r in per_batch.values():
+            assert r["ci"][0] <= r["ratio"] <= r["ci"][1]
+    assert record["session_options"]["intra_op_threads"] >= 1
+    assert record["wall_s"] > 0
+
+
+def test_two_targets_coexist_and_a_retune_replaces_only_its_own(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = integer_class()
+    sim = "avx512_vnni" if here != "avx512_vnni" else "avx2"  # another class than this CPU's
+    assert run_cli("tune", os.fspath(bundle), "--no-requantize", *FAST)[0] == 0
+    monkeypatch.setenv("ONNXSHIP_INTEGER_CLASS", sim)
+    rc, err = run_cli("tune", os.fspath(bundle), "--no-requantize", "--scenario", "offline",
+                      *FAST)  # fmt: skip
+    assert rc == 0, err[-2000:]
+    targets = _targets(bundle)
+    assert len(targets) == 2, targets
+    classes = sorted(t["integer_class"] for t in targets.values())
+    assert classes == sorted({here, sim})
+    vnni = next(t for t, e in targets.items() if e["integer_class"] == sim)
+    record = json.loads((bundle / "targets" / f"{vnni}.json").read_text())
+    assert record["fingerprint"]["integer_class_forced"]["detected"] == here
+    assert record["scenario"] == "offline"
+    other = {t: e for t, e in targets.items() if t != vnni}
+    # a second tune on the same (simulated) machine replaces its record and no other
+    rc, err = run_cli("tune", os.fspath(bundle), "--no-requantize", *FAST)
+    assert rc == 0, err[-2000:]
+    again = _targets(bundle)
+    assert set(again) == set(targets)
+    assert again[vnni]["scenario"] == "single-stream"
+    assert {t: e for t, e in again.items() if t != vnni} == other
+
+
+def _gate(bundle: Path, tmp_path: Path, wanted: list[str]) -> tuple[int, str]:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    floor = {n: {"test_top1": a["accuracy"]["test_top1"], "max_drop": 0.01}
+             for n, a in manifest["artifacts"].items()}  # fmt: skip
+    base = tmp_path / "baseline.json"
+    base.write_text(json.dumps({"artifacts": floor}))
+    req = tmp_path / "targets.json"
+    req.write_text(json.dumps({"targets": wanted}))
+    junit = tmp_path / "gate.xml"
+    rc, _ = run_cli("gate", "--manifest", os.fspath(bundle / "manifest.json"), "--baseline",
+                    os.fspath(base), "--require-targets", os.fspath(req), "--junit",
+                    os.fspath(junit))  # fmt: skip
+    return rc, junit.read_text()
+
+
+def test_gate_require_targets_fails_for_a_target_never_tuned(bundle: Path, tmp_path: Path) -> None:
+    assert run_cli("tune", os.fspath(bundle), "--no-requantize", *FAST)[0] == 0
+    rc, junit = _gate(bundle, tmp_path, [integer_class()])
+    assert rc == 0, junit
+    assert f'name="target {integer_class()}-' in junit
+    never = "arm64_i8mm" if integer_class() != "arm64_i8mm" else "avx2"
+    rc, junit = _gate(bundle, tmp_path, [integer_class(), never])
+    assert rc == 1
+    assert f'name="target {never}"' in junit and "no target record matches" in junit
+
+
+def test_verify_checks_target_records(bundle: Path) -> None:
+    assert run_cli("tune", os.fspath(bundle), *FAST)[0] == 0
+    rc, err = run_cli("verify", os.fspath(bundle))
+    assert rc == 0, err[-2000:]
+    (tid,) = _targets(bundle)
+    own = next((bundle / "targets" / tid).glob("*.onnx"))
+    own.write_bytes(own.read_bytes()[:-1] + b"\0")
+    rc, _ = run_cli("verify", os.fspath(bundle), "--skip-accuracy")
+    assert rc == 1
+
+
+def _nothing_written(bundle: Path) -> bool:
+    return not (bundle / "targets").exists() and not _targets(bundle)
+
+
+@pytest.mark.parametrize(
+    ("fault", "args", "expect"),
+    [
+        ("no-manifest", (), "manifest"),
+        ("calib-altered", (), "calibration set was altered"),
+        ("calib-missing", (), "calibration set of"),
+        ("newer-schema", (), "schema_version"),
+        ("provider", ("--provider", "cuda"), "CUDAExecutionProvider"),
+        ("scenario", ("--scenario", "batchy"), "unknown scenario"),
+    ],
+)
+def test_tune_bad_input_is_one_line_exit_2_nothing_written(
+    bundle: Path, fault: str, args: tuple[str, ...], expect: str
+) -> None:
+    if fault == "no-manifest":
+        (bundle / "manifest.json").unlink()
+    elif fault == "calib-altered":
+        npz = bundle / "calibration" / "student-int8-calib.npz"
+        npz.write_bytes(npz.read_bytes() + b"\0")
+    elif fault == "calib-missing":
+        (bundle / "calibration" / "teacher-int8-calib.npz").unlink()
+    elif fault == "newer-schema":
+        doc = json.loads((bundle / "manifest.json").read_text())
+        doc["schema_version"] = 99
+        (bundle / "manifest.json").write_text(json.dumps(doc))
+    rc, err = run_cli("tune", os.fspath(bundle), *args, *FAST)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2, err[-2000:]
+    assert lines and lines[-1].startswith("onnxship tune:") and expect in lines[-1], lines[-3:]
+    assert not (bundle / "targets").exists()
+    if fault not in ("no-manifest",):
+        assert "targets" not in json.loads((bundle / "manifest.json").read_text())
+
+
+def test_read_only_bundle_is_refused_without_out_and_tuned_as_a_copy_with_it(
+    bundle: Path, tmp_path: Path
+) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders; the refusal cannot be observed")
+    mode = bundle.stat().st_mode
+    bundle.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        rc, err = run_cli("tune", os.fspath(bundle), "--no-requantize", *FAST)
+        assert rc == 2 and "--out" in err
+    finally:
+        bundle.chmod(mode)
+
+
+def test_out_tunes_a_copy_and_leaves_the_bundle_alone(bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "overlay"
+    rc, err = run_cli("tune", os.fspath(bundle), "--no-requantize", "--out", os.fspath(out),
+                      *FAST)  # fmt: skip
+    assert rc == 0, err[-2000:]
+    assert _nothing_written(bundle)
+    assert len(_targets(out)) == 1
+
+
+TORCH_FREE = """
+import importlib.abc, sys
+sys.path.insert(0, sys.argv[1])
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "torchvision"}:
+            raise ImportError(f"{name} is blocked: the target has no torch")
+        return None
+sys.meta_path.insert(0, Blocker())
+import onnxship
+assert onnxship.__file__.startswith(sys.argv[1]), onnxship.__file__
+from onnxship.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_tune_verify_gate_without_torch(bundle: Path, tmp_path: Path) -> None:
+    """The target's path: a wheel installed with --no-deps beside onnxruntime, numpy and onnx
+    (torch blocked): tune, then verify, then gate --require-targets."""
+    wheel_dir = tmp_path / "wheel"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(wheel_dir), str(root)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    site = tmp_path / "site"
+    (whl,) = wheel_dir.glob("onnxship-*.whl")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
+         str(site), str(whl)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-I", "-c", TORCH_FREE, str(site), *args],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False,
+            env=os.environ | {"ONNXSHIP_DATA_DIR": os.environ["ONNXSHIP_DATA_DIR"]},
+        )  # fmt: skip
+
+    tuned = cli("tune", os.fspath(bundle), *FAST)
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    assert "recommended" in tuned.stdout
+    verified = cli("verify", os.fspath(bundle))
+    assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
+    assert "accuracy on target" in verified.stdout
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    floor = {n: {"test_top1": a["accuracy"]["test_top1"], "max_drop": 0.01}
+             for n, a in manifest["artifacts"].items()}  # fmt: skip
+    (tmp_path / "base.json").write_text(json.dumps({"artifacts": floor}))
+    (tmp_path / "req.json").write_text(json.dumps({"targets": [integer_class()]}))
+    gated = cli("gate", "--manifest", os.fspath(bundle / "manifest.json"), "--baseline",
+                os.fspath(tmp_path / "base.json"), "--require-targets",
+                os.fspath(tmp_path / "req.json"))  # fmt: skip
+    assert gated.returncode == 0, gated.stdout[-2000:]
