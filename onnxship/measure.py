@@ -373,8 +373,12 @@ def bench_stage(
             out,
             stage="bench",
             config=key_config,
-            metrics={"providers": providers, "skipped_providers": skipped_json,
-                     "budget_s": settings.budget_s, "timing_runs": merged["timing_runs"]},  # fmt: skip
+            metrics={
+                "providers": providers,
+                "skipped_providers": skipped_json,
+                "budget_s": settings.budget_s,
+                "timing_runs": merged["timing_runs"],
+            },  # fmt: skip
         )
 
     cached_stage(
