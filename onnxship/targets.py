@@ -72,7 +72,8 @@ def manifest_entry(record: Mapping[str, Any], rel: str, sha256: str) -> dict[str
         "provider": record["provider"],
         "scenario": record["scenario"],
         "recommended": rec,
-        "session_options": record.get("session_options"),
+        "session_options": (record.get("session_options") or {}).get("session"),
+        "session_config": record.get("session_config"),
         "test_top1": (record.get("accuracy", {}).get(rec) or {}).get("test_top1"),
     }
 

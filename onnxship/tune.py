@@ -44,6 +44,7 @@ from onnxship.core.errors import OnnxshipError
 from onnxship.core.version import __version__
 from onnxship.errors import PipelineError
 from onnxship.manifest import read_manifest
+from onnxship.runtime_bench.session_options import session_config_document, write_session_config
 from onnxship.targets import TARGET_SCHEMA, TARGETS_DIR, manifest_entry, record_path
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,13 @@ def target_from_bundle(
         options = tune_session_options(chosen, provider, cfg, timing)
         record = _record(tid, ident, provider, cfg, cands, timing, chosen, why, options,
                          max_drop, started)  # fmt: skip
-        _write(root, tid, record, cands)
+        session_doc = session_config_document(
+            options["_session"], provider, fingerprint=ident,
+            tuned_for={"model": record["recommended"], "batch_size": options["batch_size"],
+                       "scenario": cfg.scenario},
+            evidence={"gain": options["gain"], "verdict": options["verdict"]},
+        )  # fmt: skip
+        _write(root, tid, record, cands, session_doc)
     return record_path(root, tid)
 
 
@@ -446,50 +453,28 @@ def _ci_text(r: Any) -> str:
 def tune_session_options(
     chosen: _Candidate, provider: str, cfg: TuneConfig, timing: Mapping[int, Any]
 ) -> dict[str, Any]:
-    """Threads (1 .. usable cores) and spinning for the chosen artifact at the scenario's
-    batch; the default (1 thread, spinning) stays unless an option set's CI clears the margin."""
-    from onnxship.core.env import usable_cores
-    from onnxship.runtime_bench.inputs import make_feeds
-    from onnxship.runtime_bench.session import SessionConfig, create_session
-    from onnxship.runtime_bench.timing import TimingConfig, decide_faster, time_blocks
+    """Session options for the chosen artifact at the scenario's batch
+    (`runtime_bench.session_options.tune_session`: threads 1 .. usable cores x spinning, graph
+    level, execution mode); the default stays unless an alternative's CI clears the margin."""
+    from onnxship.runtime_bench.session_options import TuneConfig as SessionTuneConfig
+    from onnxship.runtime_bench.session_options import tune_session
 
     batch = _best_batch(chosen.name, timing) if cfg.scenario == "offline" else 1
-    cores = usable_cores()
-    threads = cfg.threads or tuple(range(1, cores + 1))
-    variants = {"threads=1,spin=on": SessionConfig(intra_op_threads=1)}
-    for t in threads:
-        for spin in (True, False):
-            if t > 1 or not spin:
-                variants[f"threads={t},spin={'on' if spin else 'off'}"] = SessionConfig(
-                    intra_op_threads=t, allow_spinning=spin
-                )
-    fns = {}
-    for key, scfg in variants.items():
-        handle = create_session(chosen.path, provider, scfg)
-        feeds = make_feeds(handle, batch, seed=0)
-        fns[key] = partial(handle.session.run, None, feeds)
-        fns[key]()
-    default = "threads=1,spin=on"
-    result = time_blocks(
-        fns, TimingConfig(budget_s=0.3 * cfg.budget_s, ci_level=cfg.ci_level), reference=default
-    )
-    winners = [(k, r) for k, r in result.ratios.items()
-               if k != default and decide_faster(r, cfg.option_margin)]  # fmt: skip
-    pick = max(winners, key=lambda kr: kr[1].ratio)[0] if winners else default
-    scfg = variants[pick]
+    scfg = SessionTuneConfig(batch_size=batch, margin=cfg.option_margin,
+                             budget_s=0.3 * cfg.budget_s, ci_level=cfg.ci_level)  # fmt: skip
+    result = tune_session(chosen.path, provider, scfg)
+    session = result.pop("chosen")
     return {
         "batch_size": batch,
-        "chosen": pick,
-        "intra_op_threads": scfg.intra_op_threads,
-        "allow_spinning": scfg.allow_spinning,
-        "graph_optimization": scfg.to_json()["graph_optimization"],
-        "execution_mode": "sequential",
-        "verdict": "defaults are best" if pick == default else f"{pick} beats the default",
+        "chosen": result["chosen_label"],
+        "session": session.to_json(),
+        "verdict": "defaults are best"
+        if result["defaults_are_best"]
+        else f"{result['chosen_label']} beats the default",
+        "gain": result["gain"],
         "margin": cfg.option_margin,
-        "ratios_vs_default": {
-            k: {"ratio": r.ratio, "ci": list(r.ci)} for k, r in result.ratios.items()
-        },
-        "stop_reason": result.stop_reason,
+        "stages": result["stages"],
+        "_session": session,
     }
 
 
@@ -532,7 +517,8 @@ def _record(
         "batch_sizes": list(cfg.scenario_batches()),
         "recommended": chosen.name,
         "recommended_detail": dict(why),
-        "session_options": dict(options),
+        "session_options": {k: v for k, v in options.items() if not k.startswith("_")},
+        "session_config": f"{TARGETS_DIR}/{tid}.session.json",
         "ratios": ratios,
         "accuracy": {c.name: c.accuracy for c in cands},
         "max_drop": max_drop,
@@ -553,7 +539,9 @@ def _record(
     }
 
 
-def _write(root: Path, tid: str, record: dict[str, Any], cands: list[_Candidate]) -> None:
+def _write(
+    root: Path, tid: str, record: dict[str, Any], cands: list[_Candidate], session_doc: Any
+) -> None:
     """The target's INT8 files, its record, then the manifest entry (each atomic); a previous
     record of the same target id is replaced, other targets are kept."""
     folder = root / TARGETS_DIR / tid
@@ -567,6 +555,7 @@ def _write(root: Path, tid: str, record: dict[str, Any], cands: list[_Candidate]
     rec = record_path(root, tid)
     rec.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(rec, record)
+    write_session_config(root / record["session_config"], session_doc)
     manifest_path = root / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     targets = dict(manifest.get("targets") or {})

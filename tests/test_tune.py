@@ -83,7 +83,13 @@ def test_tune_records_a_target_with_its_own_int8_and_keeps_the_build_host_files(
     for per_batch in record["ratios"].values():
         for r in per_batch.values():
             assert r["ci"][0] <= r["ratio"] <= r["ci"][1]
-    assert record["session_options"]["intra_op_threads"] >= 1
+    assert record["session_options"]["session"]["intra_op_threads"] >= 1
+    # the options ship as a session-config file that `bench --session-config` runs exactly
+    assert (bundle / record["session_config"]).is_file()
+    rc, err = run_cli("bench", os.fspath(bundle / "artifacts" / "teacher-fp32.onnx"),
+                      "--session-config", os.fspath(bundle / record["session_config"]),
+                      "--batch-sizes", "1", "--iterations", "3", "--no-progress")  # fmt: skip
+    assert rc == 0, err[-2000:]
     assert record["wall_s"] > 0
 
 
