@@ -9,8 +9,9 @@
 2. `quant_pre_process`, then exact graph rewrites (`calibrate.graph_prep`), in a temporary folder.
 3. Every recipe of the search (the grid exact on this CPU's integer class,
    `calibrate.recipes.auto_grid`; with `portable`, on every x86 class) or the one named is
-   quantized with `quantize_static` and scored on the evaluation set - top-1 with labels; without labels fidelity to the FP32
-   model: top-1 agreement for class scores, output SQNR otherwise - and on latency
+   quantized with `quantize_static` and scored on the evaluation set - top-1 with labels;
+   without labels fidelity to the FP32 model: top-1 agreement for class scores, output SQNR
+   otherwise - and on latency
    on the target EP, interleaved with the FP32 model (batch 1 and 64, one thread) - one table,
    FP32 included as a row.
 4. One selection rule (`choose_recipe`): among the candidates within the accuracy budget
