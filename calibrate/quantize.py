@@ -7,7 +7,8 @@
    (`calibrate.dataset.EvaluationSet`) from the rest of that validation part, or from a
    user's `--val-npz` (any model: no metadata needed when both sets are npz files).
 2. `quant_pre_process`, then exact graph rewrites (`calibrate.graph_prep`), in a temporary folder.
-3. Calibrate once per calibration method (`calibrate.ort_static.calibrate_ranges`: one pass of
+3. The recipes: the grid exact on this CPU's integer class (`calibrate.recipes.auto_grid`;
+   with `portable`, exact on every x86 class), or the one named. Calibrate once per calibration method (`calibrate.ort_static.calibrate_ranges`: one pass of
    ORT's calibrator per method the recipes use, over the widest scope they need, fed in
    memory-bounded calls); every recipe is quantized from those ranges with `quantize_static`
    and scored on the evaluation set - top-1 with labels; without labels fidelity to the FP32
@@ -88,6 +89,7 @@ from onnxship.calibrate.recipes import (
     QuantFormatChoice,
     QuantScope,
     Recipe,
+    parse_recipe,
     recipes_for,
 )
 from onnxship.core import model_meta
@@ -279,7 +281,8 @@ def recipe_grid(cfg: QuantizeConfig) -> tuple[Recipe, ...]:
 def _grid_note(cfg: QuantizeConfig, cls: str) -> str:
     """How the searched grid was chosen, for the record."""
     if cfg.recipe.strip().lower() != AUTO:
-        return f"one recipe named ({cfg.recipe}); not checked against the class"
+        exact = parse_recipe(cfg.recipe).safe_on(cls)
+        return f"one recipe named ({cfg.recipe}); {'exact' if exact else 'may saturate'} on {cls}"
     if cfg.portable:
         return "portable: only recipes exact on every x86 integer class (reduce_range or U8U8)"
     if cls in SATURATING_CLASSES:

@@ -289,7 +289,9 @@ def write_report(out_dir: Path, manifest: Mapping[str, Any], plots: list[Path]) 
     parts += [
         "## Environment",
         "",
-        f"- CPU: {env.get('cpu')} (ISA: {', '.join(env.get('isa', []))})",
+        f"- CPU: {env.get('cpu')} (ISA: {', '.join(env.get('isa', []))}; integer class "
+        f"{env.get('integer_class', 'not recorded')}"
+        f"{', forced' if env.get('integer_class_forced') else ''})",
         f"- Python {env.get('python')}, torch {env.get('torch')}, onnx {env.get('onnx')}, "
         f"onnxruntime {env.get('onnxruntime')}",
         f"- Available EPs: {', '.join(env.get('available_providers', []))}",

@@ -14,7 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         '({"artifacts": {"student-int8": {"test_top1": 0.985, "max_drop": 0.003}}}). An artifact '
         "fails when it is missing or below test_top1 - max_drop. Prints a Markdown summary; exit "
         "0 pass, 1 any failure, 2 bad input. Latency is not gated unless --check-latency enables "
-        "the baseline's latency_ratios (ratios between artifacts of the same run).",
+        "the baseline's latency_ratios (ratios between artifacts of the same run). "
+        "--require-class avx2,avx512_vnni also requires each baseline artifact's accuracy "
+        "measured on each named CPU integer class (the manifest's accuracy_by_class, e.g. from "
+        "`verify --record-class` on that CPU) to meet the baseline.",
     )
     parser.add_argument("--manifest", type=Path, required=True, help="DIR/manifest.json")
     parser.add_argument("--baseline", type=Path, required=True,

@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "neither); it loads in ONNX Runtime (CPU); and its test accuracy (MNIST, or the test .npz named by the manifest's dataset block) re-measured with "
         "the recorded settings equals the manifest exactly when this machine's CPU, ISA and "
         "onnxruntime match the manifest's environment - otherwise at most --max-differing test "
-        "predictions may differ from the recorded ones. Exit 0 if all pass, 1 if any fails (the "
+        "predictions may differ from the recorded ones. The accuracy detail names this CPU's "
+        "integer class and the manifest's when they differ; --record-class keeps the accuracy "
+        "measured here in the manifest (accuracy_by_class) for gate --require-class. Exit 0 if all pass, 1 if any fails (the "
         "failing artifacts are named), 2 on bad input. Needs only onnxruntime + numpy.",
     )
     parser.add_argument("bundle", type=Path, help="bundle folder holding manifest.json")
