@@ -397,17 +397,74 @@ def tune_session(
         )
         incumbent = out.pop("_winner")
         stages.append({"stage": stage, **out})
-    stages.append(_cuda_stage(resolved))
+    stages.append(_cuda_stage(p, resolved, incumbent, cfg))
     return _tune_result(p, resolved, cfg, incumbent, stages)
 
 
-def _cuda_stage(provider: str) -> dict[str, Any]:
+def _cuda_stage(
+    path: Path, provider: str, session: SessionConfig, cfg: TuneConfig
+) -> dict[str, Any]:
+    """CUDA only: host-to-host `run` vs IO binding (inputs and outputs resident on the GPU) vs
+    a CUDA graph replay (when every node runs on CUDA, else the blocker is recorded). Choosing
+    IO binding means the deployer keeps tensors on the device, as Olive's `io_bind` does."""
     if provider != CUDA_EP:
         return {"stage": "cuda_io", "skipped": f"IO binding and CUDA graphs apply to {CUDA_EP}; "
-                f"this search ran on {provider}"}  # fmt: skip
-    return {"stage": "cuda_io", "skipped": "measure IO binding / CUDA graphs with `onnxship bench "
-            "--provider cuda --cuda-graph` (device-resident rows); the session search times "
-            "host-to-host calls"}  # fmt: skip
+                f"this search ran on {provider}", "io_binding": False, "cuda_graph": False}  # fmt: skip
+    import onnxruntime as ort
+
+    from onnxship.runtime_bench.bench import _bind_on_device, cuda_graph_blocker
+    from onnxship.runtime_bench.inputs import make_feeds
+    from onnxship.runtime_bench.session import create_session
+    from onnxship.runtime_bench.timing import TimingConfig, decide_faster, time_blocks
+
+    device_id = int(dict(session.provider_options).get("device_id", "0"))
+    handle = create_session(path, provider, session)
+    feeds = make_feeds(handle, cfg.batch_size, seed=cfg.seed, dim_values=dict(cfg.dim_values))
+    binding, _keep = _bind_on_device(handle, feeds, device_id)
+    sess = handle.session
+    fns: dict[str, Any] = {"host": lambda: sess.run(None, feeds),
+                           "io_binding": lambda: sess.run_with_iobinding(binding)}  # fmt: skip
+    blocker = cuda_graph_blocker(handle)
+    graph_keep: list[Any] = []
+    if blocker is None:
+        reference = sess.run(None, feeds)
+        graph = create_session(
+            path, provider, with_provider_options(session, {"enable_cuda_graph": "1"})
+        ).session
+        gbind = graph.io_binding()
+        for name, array in feeds.items():
+            graph_keep.append(ort.OrtValue.ortvalue_from_numpy(array, "cuda", device_id))
+            gbind.bind_ortvalue_input(name, graph_keep[-1])
+        for out, ref in zip(graph.get_outputs(), reference, strict=True):
+            graph_keep.append(ort.OrtValue.ortvalue_from_numpy(ref * 0, "cuda", device_id))
+            gbind.bind_ortvalue_output(out.name, graph_keep[-1])
+        graph.run_with_iobinding(gbind)  # the capture
+        fns["cuda_graph"] = lambda: graph.run_with_iobinding(gbind)
+    timing = time_blocks(
+        fns,
+        TimingConfig(budget_s=cfg.budget_s * _STAGE_SHARE["cuda"], ci_level=cfg.ci_level),
+        reference="host",
+    )
+    cleared = [r for r in timing.ratios.values() if decide_faster(r, cfg.margin)]
+    best = max(cleared, key=lambda r: r.ci[0], default=None)
+    winner = best.name if best is not None else "host"
+    return {
+        "stage": "cuda_io",
+        "candidates": [
+            {
+                "options": k,
+                "p50_ms": timing.models[k].p50.value_ms,
+                "speedup": None if k == "host" else timing.ratios[k].ratio,
+                "speedup_ci": None if k == "host" else list(timing.ratios[k].ci),
+            }
+            for k in fns
+        ],  # fmt: skip
+        "winner": winner,
+        "cuda_graph_blocker": blocker,
+        "io_binding": winner != "host",
+        "cuda_graph": winner == "cuda_graph",
+        "stop_reason": timing.stop_reason,
+    }
 
 
 def _tune_result(path: Path, provider: str, cfg: TuneConfig, chosen: SessionConfig,
@@ -431,9 +488,11 @@ def _tune_result(path: Path, provider: str, cfg: TuneConfig, chosen: SessionConf
         "baseline": _label(baseline),
         "chosen": chosen,
         "chosen_label": _label(chosen),
-        "defaults_are_best": chosen == baseline,
+        "defaults_are_best": chosen == baseline and not stages[-1].get("io_binding"),
         "gain": gain,
         "margin": cfg.margin,
+        "io_binding": bool(stages[-1].get("io_binding")),
+        "cuda_graph": bool(stages[-1].get("cuda_graph")),
         "stages": stages,
     }
 

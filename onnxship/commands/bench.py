@@ -327,7 +327,7 @@ def run_tune_command(args: argparse.Namespace) -> int:
     result = tune_session(args.models[0], provider, cfg)
     chosen = result.pop("chosen")
     doc = session_config_document(
-        chosen, provider,
+        chosen, provider, io_binding=result["io_binding"], cuda_graph=result["cuda_graph"],
         tuned_for={"model": str(args.models[0]), "model_sha256": sha256_file(args.models[0]),
                    "batch_size": cfg.batch_size},
         evidence=result,
