@@ -21,7 +21,7 @@ from typing import Any
 from onnxship import __version__
 from onnxship.core.artifact import atomic_write_json, utc_now
 from onnxship.errors import PipelineError
-from onnxship.measure import BenchSettings
+from onnxship.measure import SCENARIOS, BenchSettings, RecommendPolicy
 from onnxship.stage_run import RunContext
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 REQUIRED_ARTIFACTS = ("teacher-fp32", "student-fp32", "student-int8", "student-fp16")
 LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s")
+# with the statistic's CI and the timed calls behind it (absent from older bench results)
+LATENCY_CI_KEYS = ("p50_ci_ms", "p90_ci_ms", "p99_ci_ms", "n", "n_rounds", "p90_why", "p99_why",
+                   "throughput_ci_per_s")  # fmt: skip
 
 
 def _version(dist: str) -> str | None:
@@ -82,7 +85,16 @@ def _latency_for(path: Path, bench: dict[str, Any]) -> dict[str, dict[str, dict[
         ):
             continue
         per_ep = latency.setdefault(row["provider"], {})
-        per_ep[str(row["batch_size"])] = {k: row[k] for k in LATENCY_KEYS}
+        entry = {k: row[k] for k in LATENCY_KEYS}
+        entry.update({k: row[k] for k in LATENCY_CI_KEYS if k in row})
+        per_ep[str(row["batch_size"])] = entry
+    # the bench stage's speed-up over its reference (teacher-fp32), with the paired CI
+    for ratio in bench.get("ratios", []):
+        cell = latency.get(ratio.get("provider"), {}).get(str(ratio.get("batch_size")))
+        if cell is not None and ratio.get("name") == path.stem:
+            cell[f"speedup_vs_{ratio['reference']}"] = {
+                k: ratio[k] for k in ("ratio", "ci", "ci_level", "statistic", "n_rounds")
+            }
     return latency
 
 
@@ -165,14 +177,20 @@ def build_manifest(
 
             artifacts[spec.name]["integer_macs"] = integer_mac_share(path)
     budget = float(dict(config.get("search") or {}).get("max_drop", DEFAULT_RECOMMEND_DROP))
+    policy = bench_settings.recommend
     int8_gate = {
         spec.name: int8_shipping_verdict(
-            json.loads((out_dir / "stages" / f"{spec.record}.json").read_text()).get("metrics", {})
+            json.loads((out_dir / "stages" / f"{spec.record}.json").read_text()).get("metrics", {}),
+            min_speedup=policy.int8_min_speedup,
+            batch=policy.int8_batch,
         )
         for spec in specs
         if spec.precision == "int8"
     }
-    recommended, recommended_detail = recommend(artifacts, max_drop=budget, int8_verdicts=int8_gate)
+    recommended, recommended_detail, by_scenario = recommend(
+        artifacts, bench_json, max_drop=budget, policy=policy, int8_verdicts=int8_gate,
+        ci_level=bench_settings.ci_level,
+    )  # fmt: skip
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "onnxship_version": __version__,
@@ -184,11 +202,17 @@ def build_manifest(
             "threads": bench_settings.threads,
             "iterations": bench_settings.iterations,
             "warmup": bench_settings.warmup,
+            "budget_s": bench_settings.budget_s,
+            "ci_level": bench_settings.ci_level,
+            "target_rel_ci": bench_settings.target_rel_ci,
+            "timing": "block-interleaved rounds of "
+            f"{bench_settings.interleave_block} calls per artifact, the first untimed",
             "results": "results/bench.json",
         },
         "artifacts": artifacts,
         "recommended": recommended,
         "recommended_detail": recommended_detail,
+        "recommended_by_scenario": by_scenario,
     }
     if dataset is not None:
         manifest["dataset"] = dict(dataset)
@@ -196,93 +220,253 @@ def build_manifest(
 
 
 # --------------------------------------------------------------------------------------------
-# issue 13: `recommended` - per measured EP, the fastest artifact within the accuracy budget
+# `recommended` - per measured EP and scenario, decided with the bench stage's CIs
 
 DEFAULT_RECOMMEND_DROP = 0.003
-RECOMMEND_BATCH = "64"
-MIN_INT8_SPEEDUP = 1.3  # an INT8 artifact ships only when >= 1.3x its own FP32 at batch 64
+PRECISION_RANK = {"fp32": 0, "fp16": 1, "int8": 2}  # simpler first
 
 
 def int8_shipping_verdict(
-    quantize_metrics: Mapping[str, Any], min_speedup: float = MIN_INT8_SPEEDUP
+    quantize_metrics: Mapping[str, Any],
+    min_speedup: float = RecommendPolicy.int8_min_speedup,
+    batch: int = RecommendPolicy.int8_batch,
 ) -> tuple[bool, str]:
-    """(ships, why) for an INT8 artifact from its quantize record: the re-timed INT8/FP32
-    ratio at batch 64 (interleaved with its own FP32) must be <= 1 / min_speedup."""
+    """(ships, why) for an INT8 artifact from its quantize record: at `batch`, its speed-up over
+    its own FP32 (re-timed interleaved with it) must reach `min_speedup`; where the record gives
+    the speed-up's CI (`speedup_ci`), its lower bound must."""
     by_batch = dict(dict(quantize_metrics.get("latency") or {}).get("by_batch") or {})
-    row = by_batch.get(RECOMMEND_BATCH)
+    row = by_batch.get(str(batch))
     if not row:
-        return False, f"its quantize record has no batch-{RECOMMEND_BATCH} INT8/FP32 ratio"
+        return False, f"its quantize record has no batch-{batch} INT8/FP32 ratio"
     stat = dict(quantize_metrics.get("latency") or {}).get("statistic", "min")
     ratio = float(row.get(f"{stat}_ratio", row.get("min_ratio", float("nan"))))
     speedup = 1.0 / ratio if ratio > 0 else float("nan")
-    if speedup >= min_speedup:
-        return True, (
-            f"INT8 is {speedup:.2f}x its own FP32 at batch {RECOMMEND_BATCH} (>= {min_speedup}x)"
+    ci = row.get("speedup_ci")
+    if ci:
+        lo, hi = float(ci[0]), float(ci[1])
+        text = f"INT8 is {speedup:.2f}x [{lo:.2f}, {hi:.2f}] its own FP32 at batch {batch}"
+        if lo >= min_speedup:
+            return True, f"{text} (CI lower bound >= {min_speedup:g}x)"
+        return False, (
+            f"{text} (CI lower bound < {min_speedup:g}x, interleaved re-run in the quantize "
+            "stage): the FP32 artifact ships instead"
         )
+    if speedup >= min_speedup:
+        return True, f"INT8 is {speedup:.2f}x its own FP32 at batch {batch} (>= {min_speedup:g}x)"
     return False, (
-        f"INT8 is only {speedup:.2f}x its own FP32 at batch {RECOMMEND_BATCH} (< {min_speedup}x, "
+        f"INT8 is only {speedup:.2f}x its own FP32 at batch {batch} (< {min_speedup:g}x, "
         "interleaved re-run in the quantize stage): the FP32 artifact ships instead"
+    )
+
+
+def bench_rows(bench: Mapping[str, Any]) -> dict[tuple[str, str, int], Mapping[str, Any]]:
+    """(artifact name, EP, batch size) -> the bench row (host / end_to_end io only)."""
+    out: dict[tuple[str, str, int], Mapping[str, Any]] = {}
+    for row in bench.get("results", []):
+        if row.get("io", "host") in ("host", "end_to_end"):
+            out[(Path(row["model"]).stem, row["provider"], int(row["batch_size"]))] = row
+    return out
+
+
+@dataclass(frozen=True)
+class _Perf:
+    """One artifact's number in one scenario: the batch it runs at and its per-round p50s."""
+
+    name: str
+    batch: int
+    p50_ms: float
+    p50_ci_ms: Any
+    rounds: tuple[float, ...]
+
+    @property
+    def throughput(self) -> float:
+        return self.batch / (self.p50_ms / 1e3)
+
+
+def _perf(name: str, ep: str, scenario: str, rows: Mapping[tuple[str, str, int], Any]) -> Any:
+    """_Perf of `name` on `ep` in `scenario`, or a string saying why there is none."""
+    batches = sorted(b for (n, e, b) in rows if n == name and e == ep)
+    if scenario == "single-stream":
+        batches = [b for b in batches if b == 1]
+        if not batches:
+            return "no batch-1 latency measured (single-stream needs batch size 1)"
+    usable = [b for b in batches if rows[(name, ep, b)].get("round_stats_ms")]
+    if not usable:
+        return "no per-round timings in the bench results (re-run the bench stage)"
+    perfs = [
+        _Perf(name, b, float(rows[(name, ep, b)]["p50_ms"]), rows[(name, ep, b)].get("p50_ci_ms"),
+              tuple(rows[(name, ep, b)]["round_stats_ms"]))
+        for b in usable
+    ]  # fmt: skip
+    return max(perfs, key=lambda p: p.throughput)
+
+
+def _speedup(a: _Perf, b: _Perf, cfg: Any) -> Any:
+    """Throughput of a over b (= latency ratio at one batch), paired when both ran in one
+    interleaved run (same batch size), with its CI."""
+    from onnxship.runtime_bench.timing import ratio_from_rounds
+
+    return ratio_from_rounds(a.name, b.name, a.rounds, b.rounds, cfg, paired=a.batch == b.batch,
+                             scale=a.batch / b.batch)  # fmt: skip
+
+
+def _simplicity(name: str, artifacts: Mapping[str, Mapping[str, Any]]) -> tuple[int, int]:
+    entry = artifacts[name]
+    return PRECISION_RANK.get(str(entry.get("precision")), 3), int(entry.get("bytes") or 0)
+
+
+def _ci(r: Any) -> list[float]:
+    return [round(r.ci[0], 3), round(r.ci[1], 3)]
+
+
+def _choose(perfs: dict[str, _Perf], artifacts: Mapping[str, Mapping[str, Any]], policy: Any,
+            cfg: Any) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """The fastest artifact, unless a simpler one is within noise of it: the fastest wins over
+    a simpler artifact only when the CI lower bound of its speed-up clears 1 + margin and the
+    speed-up exceeds the tie band; otherwise the simplest such artifact ships."""
+    from onnxship.runtime_bench.timing import decide_faster
+
+    fastest = max(perfs.values(), key=lambda p: p.throughput)
+    for name in sorted(perfs, key=lambda n: _simplicity(n, artifacts)):
+        if name == fastest.name:
+            return name, {"decision": "fastest", "fastest": name}
+        r = _speedup(fastest, perfs[name], cfg)
+        clears = decide_faster(r, 1.0 + policy.margin) and r.ratio - 1.0 >= policy.tie_band
+        if not clears:
+            return name, {
+                "decision": "tie within noise",
+                "fastest": fastest.name,
+                "fastest_speedup_over_chosen": round(r.ratio, 4),
+                "fastest_speedup_over_chosen_ci": _ci(r),
+                "why": f"{fastest.name} is {r.ratio:.3f}x [{r.ci[0]:.3f}, {r.ci[1]:.3f}] "
+                f"{name}: its CI lower bound does not clear 1 + margin ({1 + policy.margin:g}) "
+                f"or the speed-up is inside the tie band ({policy.tie_band:g}); the simpler "
+                f"artifact ships",
+            }
+    raise AssertionError("the fastest artifact is among the candidates")
+
+
+def _eligible(artifacts: Mapping[str, Mapping[str, Any]], floor: float, max_drop: float,
+              verdicts: Mapping[str, tuple[bool, str]]) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+    names, excluded = [], {}
+    for name, entry in artifacts.items():
+        top1 = float(entry["accuracy"]["test_top1"])
+        ships, why = verdicts.get(name, (True, ""))
+        if top1 < floor:
+            excluded[name] = f"test top-1 {top1:.4f} < teacher - {100 * max_drop:.2f} pp"
+        elif not ships:
+            excluded[name] = why
+        else:
+            names.append(name)
+    return names, excluded
+
+
+def _scenario_detail(ep: str, scenario: str, names: list[str], excluded: dict[str, str],
+                     ctx: dict[str, Any]) -> dict[str, Any] | None:  # fmt: skip
+    artifacts, rows, policy, cfg = ctx["artifacts"], ctx["rows"], ctx["policy"], ctx["cfg"]
+    perfs: dict[str, _Perf] = {}
+    not_eligible = dict(excluded)
+    for name in names:
+        got = _perf(name, ep, scenario, rows)
+        if isinstance(got, str):
+            if any(n == name and e == ep for (n, e, _) in rows):
+                not_eligible[name] = got
+        else:
+            perfs[name] = got
+    if not perfs:
+        return None
+    name, decision = _choose(perfs, artifacts, policy, cfg)
+    chosen = perfs[name]
+    teacher = ctx["teacher"]
+    tperf = _perf(teacher, ep, scenario, rows)
+    detail: dict[str, Any] = {
+        "artifact": name, "scenario": scenario,
+        "statistic": "p50 latency" if scenario == "single-stream" else "throughput at the best "
+        "batch size (samples/s, from the p50)",
+        "batch_size": chosen.batch, "p50_ms": chosen.p50_ms, "p50_ci_ms": chosen.p50_ci_ms,
+        "throughput_per_s": round(chosen.throughput, 1),
+        **decision,
+        "test_top1": artifacts[name]["accuracy"]["test_top1"],
+        "teacher_test_top1": artifacts[teacher]["accuracy"]["test_top1"],
+        "max_drop": ctx["max_drop"], "margin": policy.margin, "tie_band": policy.tie_band,
+        "ci_level": cfg.ci_level, "not_eligible": not_eligible,
+        "session_options": _session_options(rows[(name, ep, chosen.batch)]),
+        "rule": _rule_text(scenario, policy, cfg.ci_level),
+    }  # fmt: skip
+    if isinstance(tperf, _Perf):
+        r = _speedup(chosen, tperf, cfg)
+        detail["speedup_vs_teacher_fp32"] = round(r.ratio, 3)
+        detail["speedup_vs_teacher_fp32_ci"] = _ci(r)
+    return detail
+
+
+def _session_options(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "intra_op_threads": row.get("threads"),
+        "allow_spinning": row.get("spinning"),
+        "graph_optimization": row.get("graph_optimization"),
+        "execution_mode": "sequential",
+        "provider_options": row.get("provider_options") or {},
+    }
+
+
+def _rule_text(scenario: str, policy: Any, ci_level: float) -> str:
+    what = ("batch-1 p50 latency" if scenario == "single-stream"
+            else "throughput at each artifact's best batch size")  # fmt: skip
+    return (
+        f"{scenario}: the fastest by {what} among artifacts whose test top-1 is within max_drop "
+        f"of teacher-fp32 (INT8 only where its quantize stage measured >= "
+        f"{policy.int8_min_speedup:g}x its own FP32 at batch {policy.int8_batch}); a faster but "
+        f"less simple artifact (simpler: FP32 > FP16 > INT8, then the smaller file) wins only "
+        f"when its speed-up's {round(100 * ci_level)} % CI lower bound is >= {1 + policy.margin:g} and the speed-up "
+        f'exceeds the {policy.tie_band:g} tie band, else "tie within noise"'
     )
 
 
 def recommend(
     artifacts: Mapping[str, Mapping[str, Any]],
+    bench: Mapping[str, Any],
     *,
     max_drop: float,
+    policy: RecommendPolicy | None = None,
     teacher: str = "teacher-fp32",
     int8_verdicts: Mapping[str, tuple[bool, str]] | None = None,
-    batch: str = RECOMMEND_BATCH,
-) -> tuple[dict[str, str], dict[str, Any]]:
-    """Per EP with a latency at `batch` (else the largest measured batch): the artifact with
-    the lowest p50 whose test top-1 >= teacher's - max_drop, among those not refused by their
-    INT8 verdict. Returns ({ep: name}, {ep: detail})."""
-    verdicts = dict(int8_verdicts or {})
+    ci_level: float = 0.95,
+) -> tuple[dict[str, str], dict[str, Any], dict[str, dict[str, str]]]:
+    """Per EP and scenario (single-stream, offline), from the bench stage's rows (`bench`, the
+    results/bench.json document, whose interleaved rows carry per-round p50s): the artifact to
+    ship among those whose test top-1 >= teacher's - max_drop and not refused by their INT8
+    verdict. Returns ({ep: name in policy.scenario}, {ep: detail}, {ep: {scenario: name}})."""
+    from onnxship.runtime_bench.timing import TimingConfig
+
+    policy = policy or RecommendPolicy()
     if teacher not in artifacts:
-        return {}, {}
+        return {}, {}, {}
     floor = float(artifacts[teacher]["accuracy"]["test_top1"]) - max_drop - 1e-9
-    providers: list[str] = []
-    for entry in artifacts.values():
-        providers += [ep for ep in entry.get("latency", {}) if ep not in providers]
+    names, excluded = _eligible(artifacts, floor, max_drop, dict(int8_verdicts or {}))
+    rows = bench_rows(bench)
+    cfg = TimingConfig(ci_level=ci_level)
+    ctx = {"artifacts": artifacts, "rows": rows, "policy": policy, "cfg": cfg,
+           "teacher": teacher, "max_drop": max_drop}  # fmt: skip
     chosen: dict[str, str] = {}
     detail: dict[str, Any] = {}
-    for ep in providers:
-        batches = {b for e in artifacts.values() for b in e.get("latency", {}).get(ep, {})}
-        if not batches:
+    by_scenario: dict[str, dict[str, str]] = {}
+    for ep in dict.fromkeys(e for (_, e, _) in rows):
+        scenarios = {s: _scenario_detail(ep, s, names, excluded, ctx) for s in SCENARIOS}
+        done = {s: d for s, d in scenarios.items() if d is not None}
+        if not done:
             continue
-        at = batch if batch in batches else max(batches, key=int)
-        excluded: dict[str, str] = {}
-        ranked = []
-        for name, entry in artifacts.items():
-            p50 = entry.get("latency", {}).get(ep, {}).get(at, {}).get("p50_ms")
-            if p50 is None:
-                continue
-            top1 = float(entry["accuracy"]["test_top1"])
-            if top1 < floor:
-                excluded[name] = f"test top-1 {top1:.4f} < teacher - {100 * max_drop:.2f} pp"
-                continue
-            ships, why = verdicts.get(name, (True, ""))
-            if not ships:
-                excluded[name] = why
-                continue
-            ranked.append((float(p50), name))
-        if not ranked:
-            continue
-        p50, name = min(ranked)
-        teacher_p50 = artifacts[teacher].get("latency", {}).get(ep, {}).get(at, {}).get("p50_ms")
-        chosen[ep] = name
-        detail[ep] = {
-            "artifact": name,
-            "batch_size": int(at),
-            "p50_ms": p50,
-            "speedup_vs_teacher_fp32": round(teacher_p50 / p50, 3) if teacher_p50 else None,
-            "test_top1": artifacts[name]["accuracy"]["test_top1"],
-            "teacher_test_top1": artifacts[teacher]["accuracy"]["test_top1"],
-            "max_drop": max_drop,
-            "not_eligible": excluded,
-            "rule": "lowest p50 at this batch size among artifacts whose test top-1 is within "
-            "max_drop of teacher-fp32; INT8 only where >= 1.3x its own FP32 at batch 64",
-        }
-    return chosen, detail
+        by_scenario[ep] = {s: d["artifact"] for s, d in done.items()}
+        primary = policy.scenario if policy.scenario in done else next(iter(done))
+        chosen[ep] = done[primary]["artifact"]
+        detail[ep] = {**done[primary], "scenarios": done}
+        if primary != policy.scenario:
+            detail[ep]["scenario_note"] = (
+                f"{policy.scenario} could not be decided on {ep} "
+                f"({'; '.join(sorted(set(scenarios) - set(done)))} without measurements): "
+                f"recommended for {primary}"
+            )
+    return chosen, detail, by_scenario
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

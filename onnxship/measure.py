@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +23,72 @@ EVAL_SCHEMA = 1
 PREDICTIONS_FILE = "predictions.npz"  # one int32 array of argmax classes per artifact
 
 
+SCENARIOS = ("single-stream", "offline")
+
+
+@dataclass(frozen=True)
+class RecommendPolicy:
+    """How `recommended` is decided from the bench stage's measurements (margins and band are
+    here, never in messages).
+
+    scenario: which scenario `recommended[EP]` names ("single-stream": batch-1 p50 latency;
+      "offline": throughput at each artifact's best batch size of the list); both are recorded.
+    margin: a faster but less simple artifact wins only when the CI lower bound of its speed-up
+      over the simpler one is >= 1 + margin.
+    tie_band: speed-ups closer than this (relative) are a tie whatever the CIs say.
+    int8_min_speedup / int8_batch: an INT8 artifact ships only when its quantize stage measured
+      it at least this much faster than its own FP32 at this batch size.
+    """
+
+    scenario: str = "offline"
+    margin: float = 0.05
+    tie_band: float = 0.03
+    int8_min_speedup: float = 1.3
+    int8_batch: int = 64
+
+    def validate(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise PipelineError(
+                f"bench.recommend.scenario must be one of {', '.join(SCENARIOS)}, got "
+                f"{self.scenario!r}"
+            )
+        if not (0 <= self.margin < 10 and 0 <= self.tie_band < 1):
+            raise PipelineError(
+                "bench.recommend: margin must be in [0, 10) and tie_band in [0, 1) (fractions, "
+                f"0.05 = 5 %), got {self.margin} and {self.tie_band}"
+            )
+        if self.int8_min_speedup <= 0 or self.int8_batch < 1:
+            raise PipelineError(
+                "bench.recommend: int8_min_speedup must be > 0 and int8_batch >= 1, got "
+                f"{self.int8_min_speedup} and {self.int8_batch}"
+            )
+
+
 @dataclass(frozen=True)
 class BenchSettings:
-    """How the pipeline benchmarks every artifact (see `onnxship bench` for the harness)."""
+    """How the pipeline benchmarks every artifact (see `onnxship bench` for the harness).
+
+    All artifacts of one EP are timed together, block-interleaved, by the timing engine
+    (`runtime_bench.timing`): rounds repeat until every ratio vs `reference` has a CI
+    half-width <= target_rel_ci of the ratio, or the budget is spent. `budget_s` bounds the
+    timing of the whole stage (split evenly over EPs x batch sizes); `iterations` caps the timed
+    calls per artifact and batch size."""
 
     batch_sizes: tuple[int, ...] = (1, 64)
     threads: int = 1
     warmup: int = 20
-    iterations: int = 200
+    iterations: int = 20_000
     # Empty = every *available* EP among CPU and CUDA; otherwise names or cpu/cuda.
     providers: tuple[str, ...] = ()
     # Calls per artifact per round of the interleaved timing, the first untimed: a deployed
-    # model called in a row has warm caches (runtime_bench.latency.measure_interleaved).
+    # model called in a row has warm caches (runtime_bench.timing).
     interleave_block: int = 4
+    budget_s: float = 24.0
+    ci_level: float = 0.95
+    target_rel_ci: float = 0.02
+    statistic: str = "p50"
+    reference: str = "teacher-fp32"
+    recommend: RecommendPolicy = field(default_factory=RecommendPolicy)
 
     def validate(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -49,6 +102,17 @@ class BenchSettings:
                 f"bench: threads and iterations must be >= 1 and warmup >= 0, got threads="
                 f"{self.threads}, iterations={self.iterations}, warmup={self.warmup}"
             )
+        if not self.budget_s > 0:
+            raise PipelineError(f"bench.budget_s must be > 0 seconds, got {self.budget_s}")
+        self.recommend.validate()
+        from onnxship.runtime_bench.errors import BenchError
+        from onnxship.runtime_bench.timing import TimingConfig
+
+        try:
+            TimingConfig(ci_level=self.ci_level, target_rel_ci=self.target_rel_ci,
+                         statistic=self.statistic)  # fmt: skip
+        except BenchError as exc:
+            raise PipelineError(f"bench: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -255,9 +319,10 @@ def bench_stage(
 ) -> dict[str, Any]:
     """Latency of every artifact on every selected EP; returns the parsed results/bench.json.
 
-    On each EP the artifacts are timed interleaved in one run (round-robin at each batch size,
-    `benchmark_models_interleaved`), so the ratios between them (the report's headline, the
-    gate's latency_ratios) compare numbers taken at the same moments."""
+    On each EP the artifacts are timed block-interleaved in one run at each batch size
+    (`benchmark_models_interleaved`, the timing engine), so the ratios between them (the
+    report's headline, `recommended`, the gate's latency_ratios) compare numbers taken at the
+    same moments, each with a paired bootstrap CI."""
     from onnxship.runtime_bench.bench import BenchConfig, benchmark_models_interleaved
 
     providers, skipped = bench_providers(settings.providers)
@@ -273,6 +338,9 @@ def bench_stage(
     }
     skipped_json = [{"provider": p.provider, "reason": p.reason} for p in skipped]
 
+    # the stage's timing budget, split evenly over every (EP, batch size) measurement
+    share_s = settings.budget_s / (len(providers) * len(settings.batch_sizes))
+
     def produce() -> Artifact:
         merged: dict[str, Any] | None = None
         for provider in providers:
@@ -282,8 +350,13 @@ def bench_stage(
                 threads=settings.threads,
                 warmup=settings.warmup,
                 iterations=settings.iterations,
+                time_budget_s=share_s,
                 progress=False,
                 interleave_block=settings.interleave_block,
+                ci_level=settings.ci_level,
+                target_rel_ci=settings.target_rel_ci,
+                statistic=settings.statistic,
+                reference=settings.reference if settings.reference in onnx_paths else None,
             )
             result = benchmark_models_interleaved(list(onnx_paths.values()), cfg)
             if merged is None:
@@ -291,6 +364,8 @@ def bench_stage(
                 merged["config"] = {"providers": providers, **dict(result.get("config", {}))}
             else:
                 merged["results"].extend(result["results"])
+                merged["ratios"].extend(result["ratios"])
+                merged["timing_runs"].extend(result["timing_runs"])
         assert merged is not None
         merged["skipped_providers"] = skipped_json
         atomic_write_json(out, merged)
@@ -298,7 +373,8 @@ def bench_stage(
             out,
             stage="bench",
             config=key_config,
-            metrics={"providers": providers, "skipped_providers": skipped_json},
+            metrics={"providers": providers, "skipped_providers": skipped_json,
+                     "budget_s": settings.budget_s, "timing_runs": merged["timing_runs"]},  # fmt: skip
         )
 
     cached_stage(

@@ -32,6 +32,14 @@ def _fmt_ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def _fmt_ms_ci(cell: Mapping[str, Any]) -> str:
+    """p50 with its CI, e.g. `0.123 [0.120, 0.126]`; the plain p50 where no CI was recorded."""
+    ci = cell.get("p50_ci_ms")
+    if not ci or cell.get("p50_ms") is None:
+        return _fmt_ms(cell.get("p50_ms"))
+    return f"{_fmt_ms(cell['p50_ms'])} [{_fmt_ms(ci[0])}, {_fmt_ms(ci[1])}]"
+
+
 def _record(out_dir: Path, name: str) -> dict[str, Any] | None:
     path = out_dir / "stages" / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -60,9 +68,13 @@ def headline(manifest: Mapping[str, Any], batch: str = "64") -> dict[str, Any] |
         return None
     teacher, student = arts["teacher-fp32"], arts["student-int8"]
     t, s = _p50(teacher, CPU_EP, batch), _p50(student, CPU_EP, batch)
+    cell = student.get("latency", {}).get(CPU_EP, {}).get(batch, {})
+    paired = cell.get("speedup_vs_teacher-fp32") or {}
     return {
         "batch": batch,
-        "speedup": (t / s) if t and s else None,
+        "speedup": paired.get("ratio", (t / s) if t and s else None),
+        "speedup_ci": paired.get("ci"),
+        "ci_level": paired.get("ci_level"),
         "accuracy_delta_pp": 100
         * (student["accuracy"]["test_top1"] - teacher["accuracy"]["test_top1"]),
         "macs_ratio": student["macs"] / teacher["macs"] if teacher.get("macs") else None,
@@ -85,7 +97,7 @@ def artifact_table(manifest: Mapping[str, Any]) -> str:
             f"{entry['macs']:,}",
             f"{entry['params']:,}",
         ]
-        row += [_fmt_ms(_p50(entry, ep, b)) for ep, b in cols]
+        row += [_fmt_ms_ci(entry.get("latency", {}).get(ep, {}).get(b, {})) for ep, b in cols]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -161,9 +173,12 @@ def write_report(out_dir: Path, manifest: Mapping[str, Any], plots: list[Path]) 
         "",
         f"Created {manifest.get('created')} by onnxship {manifest.get('onnxship_version')} "
         f"(git {str(manifest.get('git_commit'))[:12]}). Accuracy is MNIST test top-1 (10,000 "
-        "images) measured by running each `.onnx` file in ONNX Runtime; latency is the p50 of "
-        f"{manifest.get('bench', {}).get('iterations')} timed runs with "
-        f"{manifest.get('bench', {}).get('threads')} intra-op thread(s) on this machine.",
+        "images) measured by running each `.onnx` file in ONNX Runtime; latency is the p50 "
+        f"[{round(100 * float(manifest.get('bench', {}).get('ci_level') or 0.95))} % bootstrap "
+        "CI over rounds] of every artifact timed together in block-interleaved rounds (the "
+        "first call of each block untimed) with "
+        f"{manifest.get('bench', {}).get('threads')} intra-op thread(s) on this machine (a "
+        "shared machine is noisy: compare ratios from one run, with their CIs).",
         "",
         "## Artifacts",
         "",
@@ -173,6 +188,10 @@ def write_report(out_dir: Path, manifest: Mapping[str, Any], plots: list[Path]) 
     head = headline(manifest)
     if head:
         speed = f"{head['speedup']:.2f}x" if head["speedup"] else "n/a"
+        if head.get("speedup_ci"):
+            lo, hi = head["speedup_ci"]
+            level = round(100 * float(head.get("ci_level") or 0.95))
+            speed += f" ({level} % CI {lo:.2f}–{hi:.2f}x, paired bootstrap over rounds)"
         parts += [
             f"**Headline:** `student-int8` vs `teacher-fp32` on the CPU EP at batch {head['batch']}: "
             f"{speed} faster, accuracy {head['accuracy_delta_pp']:+.2f} pp, "
@@ -259,6 +278,10 @@ def write_plots(out_dir: Path, manifest: Mapping[str, Any]) -> list[Path]:
             area = 40 + 900 * entry["bytes"] / max_bytes
             label = f"{name} ({ep.replace('ExecutionProvider', '')} @{batch})"
             ax.scatter(p50, accuracy, s=area, alpha=0.6, marker=markers.get(ep, "^"), label=label)
+            ci = entry["latency"][ep][batch].get("p50_ci_ms")
+            if ci:  # the p50's bootstrap CI as a horizontal error bar
+                ax.errorbar(p50, accuracy, xerr=[[p50 - ci[0]], [ci[1] - p50]], fmt="none",
+                            ecolor="black", elinewidth=1, capsize=3, alpha=0.7)  # fmt: skip
             # Stagger labels: students sit close together on both axes.
             ax.annotate(name, (p50, accuracy), fontsize=8, xytext=(6, 10 - 9 * (point % 3)),
                         textcoords="offset points")  # fmt: skip
@@ -275,6 +298,9 @@ def write_plots(out_dir: Path, manifest: Mapping[str, Any]) -> list[Path]:
     written.append(_save(fig, plots_dir / "accuracy_vs_latency.png"))
     plt.close(fig)
 
+    ci_plot = write_latency_ci_plot(plots_dir, manifest)
+    if ci_plot is not None:
+        written.append(ci_plot)
     search = _record(out_dir, "search")  # issue 13
     if search:
         written.append(write_pareto_plot(plots_dir, search["metrics"]))
@@ -295,6 +321,43 @@ def write_plots(out_dir: Path, manifest: Mapping[str, Any]) -> list[Path]:
     if server is not None:
         written.append(server)
     return written
+
+
+def write_latency_ci_plot(plots_dir: Path, manifest: Mapping[str, Any]) -> Path | None:
+    """p50 latency of every artifact with its bootstrap CI as error bars, one panel per EP and
+    batch size (log scale); None when no latency was measured."""
+    import matplotlib.pyplot as plt
+
+    panels = [(ep, b) for ep in _providers(manifest) for b in _batches(manifest, ep)]
+    if not panels:
+        return None
+    names = list(manifest["artifacts"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.35 * len(names) + 1.6),
+                             sharey=True, squeeze=False)  # fmt: skip
+    level = round(100 * float(manifest.get("bench", {}).get("ci_level") or 0.95))
+    for ax, (ep, batch) in zip(axes[0], panels, strict=True):
+        ys, values, lows, highs = [], [], [], []
+        for i, name in enumerate(names):
+            cell = manifest["artifacts"][name].get("latency", {}).get(ep, {}).get(batch, {})
+            if cell.get("p50_ms") is None:
+                continue
+            ci = cell.get("p50_ci_ms") or [cell["p50_ms"], cell["p50_ms"]]
+            ys.append(i)
+            values.append(cell["p50_ms"])
+            lows.append(cell["p50_ms"] - ci[0])
+            highs.append(ci[1] - cell["p50_ms"])
+        ax.barh(ys, values, color="#4477aa", alpha=0.7)
+        ax.errorbar(values, ys, xerr=[lows, highs], fmt="none", ecolor="black", capsize=3)
+        ax.set_xscale("log")
+        ax.set_title(f"{ep.replace('ExecutionProvider', '')} @ batch {batch}", fontsize=9)
+        ax.set_xlabel(f"p50 ms ({level} % CI)")
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(names)), names, fontsize=8)
+    fig.suptitle("Latency with bootstrap CIs (block-interleaved rounds)", fontsize=10)
+    fig.tight_layout()
+    path = _save(fig, plots_dir / "latency_ci.png")
+    plt.close(fig)
+    return path
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -410,12 +473,7 @@ def search_section(metrics: Mapping[str, Any], manifest: Mapping[str, Any]) -> l
         rows.append("| " + " | ".join(cells) + f" | {cand.get('reason', '')} |")
     rec = manifest.get("recommended") or {}
     detail = manifest.get("recommended_detail") or {}
-    rec_lines = [
-        f"- **{ep}**: `{name}` ({detail.get(ep, {}).get('speedup_vs_teacher_fp32')}× teacher-fp32 "
-        f"at batch {detail.get(ep, {}).get('batch_size')}, test top-1 "
-        f"{100 * float(detail.get(ep, {}).get('test_top1', 0)):.2f} %)"
-        for ep, name in rec.items()
-    ]
+    rec_lines = [_recommended_line(ep, name, detail.get(ep, {})) for ep, name in rec.items()]
     return [
         "## Student search (latency measured on the target)",
         "",
@@ -435,6 +493,30 @@ def search_section(metrics: Mapping[str, Any], manifest: Mapping[str, Any]) -> l
         *(rec_lines or ["- none"]),
         "",
     ]
+
+
+def _recommended_line(ep: str, name: str, d: Mapping[str, Any]) -> str:
+    """One EP's recommendation, citing the speed-up's CI and a tie within noise."""
+    ci = d.get("speedup_vs_teacher_fp32_ci")
+    level = round(100 * float(d.get("ci_level") or 0.95))
+    speed = f"{d.get('speedup_vs_teacher_fp32')}× teacher-fp32"
+    if ci:
+        speed += f" ({level} % CI {ci[0]}–{ci[1]}×)"
+    line = (
+        f"- **{ep}**: `{name}` ({d.get('scenario', '')}: {speed} at batch {d.get('batch_size')}, "
+        f"test top-1 {100 * float(d.get('test_top1', 0)):.2f} %)"
+    )
+    if d.get("decision") == "tie within noise":
+        tie = d.get("fastest_speedup_over_chosen_ci") or ["?", "?"]
+        line += (
+            f"; tie within noise: `{d.get('fastest')}` is {d.get('fastest_speedup_over_chosen')}× "
+            f"({level} % CI {tie[0]}–{tie[1]}×), not clear of the {d.get('margin')} margin / "
+            f"{d.get('tie_band')} band, so the simpler artifact ships"
+        )
+    others = {s: v["artifact"] for s, v in (d.get("scenarios") or {}).items()}
+    if others:
+        line += "; per scenario: " + ", ".join(f"{s} `{a}`" for s, a in others.items())
+    return line
 
 
 def _fmt_ratio(value: float | None) -> str:

@@ -4,8 +4,8 @@ latency measured on the target EP.
 1. **Screen.** Every candidate of the search space (`models.search`) is built with untrained
    weights, exported to ONNX (TorchScript exporter: ~0.1 s a model, the graph the dynamo
    exporter gives for these layers), quantized to INT8 with the screen recipes, and timed on
-   the target EP in FP32 and INT8, round-robin with the teacher's FP32 artifact in one run
-   (`runtime_bench.latency.measure_interleaved`), at every screen batch size. A candidate's
+   the target EP in FP32 and INT8, block-interleaved with the teacher's FP32 artifact in one run
+   (the timing engine, `runtime_bench.timing.time_blocks`), at every screen batch size. A candidate's
    speed is its best precision's teacher-fp32 / candidate latency ratio at `rank_batch`.
 2. **Train.** Fastest first: a candidate is trained with KD from the teacher (T, alpha, OneCycle
    SGD, +-2 px shifts with the teacher run online on the shifted batch) and scored on the
@@ -189,43 +189,50 @@ def quantize_for_screen(
 def time_interleaved(
     rows: Sequence[ScreenRow], feeds_x: np.ndarray, cfg: ScreenConfig, provider: str
 ) -> None:
-    """Time every file of every row round-robin in one run, per batch size; fill `.latency`
-    with p50 and min (ms) per precision label."""
-    from onnxship.runtime_bench.latency import measure_interleaved
+    """Time every file of every row in block-interleaved rounds, per batch size, through the
+    timing engine (`runtime_bench.timing.time_blocks`): `seconds_per_batch_size` bounds each
+    batch size (the iteration floor never overrides it), models clearly slower than the best
+    stop early (racing). Fills `.latency` per precision label: p50 and min (ms), the p50's CI,
+    the timed calls, and the speed-up over the teacher's FP32 with its paired CI."""
     from onnxship.runtime_bench.session import SessionConfig, create_session
+    from onnxship.runtime_bench.timing import TimingConfig, time_blocks
 
     session_cfg = SessionConfig(intra_op_threads=cfg.threads)
     sessions: dict[tuple[str, str], Any] = {}
     for row in rows:
         for label, path in row.files.items():
             sessions[(row.name, label)] = create_session(path, provider, session_cfg).session
+    timed_per_round = max(cfg.block - 1, 1)
+    timing = TimingConfig(
+        block=cfg.block, warmup=cfg.warmup, budget_s=cfg.seconds_per_batch_size,
+        min_rounds=-(-cfg.min_iterations // timed_per_round),
+        max_rounds=-(-cfg.max_iterations // timed_per_round),
+    )  # fmt: skip
+    teacher_key = f"{TEACHER_ROW}\x00fp32"
+    by_name = {r.name: r for r in rows}
     for batch in cfg.batch_sizes:
         idx = np.arange(batch) % feeds_x.shape[0]
         feed = {"input": np.ascontiguousarray(feeds_x[idx])}
-        fns: dict[str, Callable[[], object]] = {}
-        for (name, label), sess in sessions.items():
-            fns[f"{name}\x00{label}"] = _runner(sess, feed)
-        for fn in fns.values():
-            fn()
-        start = time.perf_counter()
-        for fn in fns.values():
-            fn()
-        one_round = max(time.perf_counter() - start, 1e-6)
-        # a timed sample costs block / (block - 1) calls (the first of each block is untimed)
-        per_sample = cfg.block / max(cfg.block - 1, 1) if cfg.block > 1 else 1.0
-        iterations = int(cfg.seconds_per_batch_size / (one_round * per_sample))
-        iterations = max(cfg.min_iterations, min(cfg.max_iterations, iterations))
-        stats = measure_interleaved(
-            fns, batch_size=batch, warmup=cfg.warmup, iterations=iterations, block=cfg.block
-        )
-        for key, st in stats.items():
+        fns = {
+            f"{name}\x00{label}": _runner(sess, feed) for (name, label), sess in sessions.items()
+        }
+        reference = teacher_key if teacher_key in fns else None
+        result = time_blocks(fns, timing, reference=reference, race=reference is not None)
+        for key, m in result.models.items():
             name, label = key.split("\x00")
-            row = next(r for r in rows if r.name == name)
-            row.latency.setdefault(label, {})[str(batch)] = {
-                "p50_ms": round(st.p50_ms, 5),
-                "min_ms": round(st.min_ms, 5),
-                "iterations": iterations,
+            entry: dict[str, Any] = {
+                "p50_ms": round(m.p50.value_ms or float("nan"), 5),
+                "p50_ci_ms": [round(v, 5) for v in m.p50.ci_ms] if m.p50.ci_ms else None,
+                "min_ms": round(m.min_ms, 5),
+                "iterations": m.n_calls,
             }
+            if key in result.ratios:
+                entry["speedup_vs_teacher"] = result.ratios[key].to_json()
+            if key in result.dropped:
+                entry["dropped"] = result.dropped[key]
+            by_name[name].latency.setdefault(label, {})[str(batch)] = entry
+        log.info("search screen batch %d: %s after %.1f s (%d rounds)", batch,
+                 result.stop_reason, result.wall_s, max(m.n_rounds for m in result.models.values()))  # fmt: skip
 
 
 def _runner(session: Any, feed: dict[str, np.ndarray]) -> Callable[[], object]:

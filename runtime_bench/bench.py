@@ -3,7 +3,10 @@
 Per model: one session (its creation time recorded), then per batch size: feeds from the input
 spec (fixed-seed random data, or real data from an `.npz`), the first inference timed on its own
 (it pays shape-dependent set-up), `warmup` untimed runs, then `iterations` timed runs (or until
-`time_budget_s` is spent), summarised by `runtime_bench.latency`.
+`time_budget_s` is spent, or until the p50's CI is as tight as `target_rel_ci` asks). All timing
+goes through the one engine, `runtime_bench.timing.time_blocks`: every row carries p50/p90/p99
+with bootstrap CIs and the count of timed calls behind them (`n`; p90 needs >= 64 calls and
+p99 >= 662, MLPerf LoadGen, else None with `p90_why`/`p99_why`).
 
 On CPU each row is `io="host"`: `session.run` on numpy arrays. On CUDA each batch size gives
 `io="end_to_end"` (numpy in and out: includes the host-device copies), `io="device"` (IO
@@ -19,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from onnxship.core.artifact import jsonable, sha256_file, utc_now
-from onnxship.core.env import capture_environment, usable_cores
+from onnxship.core.env import capture_environment, machine_fingerprint, usable_cores
 from onnxship.runtime_bench.errors import BenchError
 from onnxship.runtime_bench.inputs import check_batch_size, input_specs, load_npz, make_feeds
-from onnxship.runtime_bench.latency import LatencyStats, measure_interleaved, measure_latency
+from onnxship.runtime_bench.latency import row_stats
 from onnxship.runtime_bench.session import (
     CUDA_EP,
     GraphOptimization,
@@ -42,6 +46,7 @@ from onnxship.runtime_bench.session import (
     create_session,
     resolve_provider,
 )
+from onnxship.runtime_bench.timing import ModelTiming, TimingConfig, TimingResult, time_blocks
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +98,18 @@ class BenchConfig:
     seed: int = 0
     progress: bool = True
     # interleaved timing only (`benchmark_models_interleaved`): calls per model per round, the
-    # first untimed (see `runtime_bench.latency.measure_interleaved`); 1 = call by call
+    # first untimed (see `runtime_bench.timing`); 1 = call by call
     interleave_block: int = 1
     # a whole SessionConfig (from a session-config file): run exactly it; threads, spinning,
     # graph_optimization and provider_options must then match it (they label the rows)
     session: SessionConfig | None = None
+    # the engine's statistics: CI level, early stop once every CI half-width / value is below
+    # target_rel_ci (only with a time budget), the statistic ratios use
+    ci_level: float = 0.95
+    target_rel_ci: float = 0.05
+    statistic: str = "p50"
+    # interleaved timing: the model (file stem) every ratio is taken against; None = no ratios
+    reference: str | None = None
 
     def __post_init__(self) -> None:
         sizes = self.batch_sizes
@@ -140,6 +152,21 @@ class BenchConfig:
         object.__setattr__(self, "dim_values", tuple(checked))
         if self.npz is not None:
             object.__setattr__(self, "npz", Path(self.npz))
+        self.timing_config(block=self.interleave_block)  # BenchError on a bad CI level etc.
+
+    def timing_config(self, *, block: int) -> TimingConfig:
+        """The engine's config: `iterations` timed calls per model (a cap when a time budget
+        is given, which then bounds the whole measurement of one batch size)."""
+        rounds = -(-self.iterations // max(block - 1, 1))
+        if self.time_budget_s is None:
+            budget, floor = math.inf, rounds
+        else:
+            budget, floor = self.time_budget_s, min(rounds, TimingConfig.min_rounds)
+        return TimingConfig(
+            block=block, min_rounds=floor, max_rounds=rounds, budget_s=budget,
+            ci_level=self.ci_level, target_rel_ci=self.target_rel_ci, statistic=self.statistic,
+            seed=self.seed, warmup=self.warmup,
+        )  # fmt: skip
 
     @property
     def resolved_provider(self) -> str:
@@ -180,14 +207,9 @@ def _first_run_ms(fn: Callable[[], object]) -> float:
     return (time.perf_counter_ns() - start) / 1e6
 
 
-def _measure(fn: Callable[[], object], batch_size: int, cfg: BenchConfig) -> LatencyStats:
-    return measure_latency(
-        fn,
-        batch_size=batch_size,
-        warmup=cfg.warmup,
-        iterations=cfg.iterations,
-        time_budget_s=cfg.time_budget_s,
-    )
+def _measure(fn: Callable[[], object], cfg: BenchConfig) -> TimingResult:
+    """One model alone, every call timed (no other model evicts its caches)."""
+    return time_blocks({"model": fn}, cfg.timing_config(block=1))
 
 
 def _row(
@@ -196,7 +218,8 @@ def _row(
     batch_size: int,
     io: IoMode,
     first_run_ms: float,
-    stats: LatencyStats,
+    timing: ModelTiming,
+    result: TimingResult,
     feeds: Mapping[str, np.ndarray],
     handle: SessionHandle,
 ) -> dict[str, Any]:
@@ -207,18 +230,11 @@ def _row(
             "io": io.value,
             "session_create_ms": round(handle.create_ms, 4),
             "first_run_ms": round(first_run_ms, 4),
-            "iterations": stats.iterations,
-            "p50_ms": stats.p50_ms,
-            "p90_ms": stats.p90_ms,
-            "p99_ms": stats.p99_ms,
-            "mean_ms": stats.mean_ms,
-            "std_ms": stats.std_ms,
-            "min_ms": stats.min_ms,
-            "max_ms": stats.max_ms,
-            "p10_ms": stats.p10_ms,
-            "p25_ms": stats.p25_ms,
-            "p75_ms": stats.p75_ms,
-            "throughput_per_s": stats.throughput_per_s,
+            **row_stats(timing, batch_size),
+            "timing_statistic": result.config.statistic,
+            "ci_level": result.config.ci_level,
+            "timing_stop": result.stop_reason,
+            "timing_wall_s": round(result.wall_s, 3),
             "nodes_per_provider": handle.nodes_per_provider,
             "providers": list(handle.providers),
             "inputs": [
@@ -292,10 +308,10 @@ def _bench_cuda_graph(
     first = _first_run_ms(replay)  # the capture
     replay()
     max_diff = check_replay(path, [v.numpy() for v in outputs], reference)
-    stats = _measure(replay, batch_size, cfg)
+    timed = _measure(replay, cfg)
     row = _row(
-        base, batch_size=batch_size, io=IoMode.CUDA_GRAPH, first_run_ms=first, stats=stats,
-        feeds=feeds, handle=handle,
+        base, batch_size=batch_size, io=IoMode.CUDA_GRAPH, first_run_ms=first,
+        timing=timed.models["model"], result=timed, feeds=feeds, handle=handle,
     )  # fmt: skip
     row["replay_max_abs_diff"] = max_diff
     return row
@@ -342,6 +358,10 @@ def _base_row(path: Path, handle: SessionHandle, cfg: BenchConfig, exceed: bool)
         "threads_exceed_cores": exceed,
         "spinning": cfg.spinning,
         "graph_optimization": cfg.graph_optimization.value,
+        # the one machine fingerprint (machine + EP, threads, spinning) of this row
+        "fingerprint": machine_fingerprint(
+            handle.provider, intra_op_threads=cfg.threads, allow_spinning=cfg.spinning
+        ),
         "warmup": cfg.warmup,
         "iterations_requested": cfg.iterations,
         "time_budget_s": cfg.time_budget_s,
@@ -418,11 +438,11 @@ def _benchmark_model(
                 f"{path}: inference failed at batch size {batch_size} on {handle.provider}: "
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
             ) from exc
-        stats = _measure(host_run, batch_size, cfg)
+        timed = _measure(host_run, cfg)
         io = IoMode.END_TO_END if is_cuda else IoMode.HOST
         rows.append(
-            _row(base, batch_size=batch_size, io=io, first_run_ms=first, stats=stats,
-                 feeds=feeds, handle=handle)
+            _row(base, batch_size=batch_size, io=io, first_run_ms=first,
+                 timing=timed.models["model"], result=timed, feeds=feeds, handle=handle)
         )  # fmt: skip
         if is_cuda and cfg.io_binding:
             binding, _keep = _bind_on_device(handle, feeds, _device_id(cfg))
@@ -431,10 +451,10 @@ def _benchmark_model(
                 sess.run_with_iobinding(binding)
 
             first = _first_run_ms(device_run)
-            stats = _measure(device_run, batch_size, cfg)
+            timed = _measure(device_run, cfg)
             rows.append(
                 _row(base, batch_size=batch_size, io=IoMode.DEVICE, first_run_ms=first,
-                     stats=stats, feeds=feeds, handle=handle)
+                     timing=timed.models["model"], result=timed, feeds=feeds, handle=handle)
             )  # fmt: skip
         if is_cuda and cfg.cuda_graph:
             blocker = cuda_graph_blocker(handle)
@@ -496,56 +516,100 @@ def benchmark_models(
     }
 
 
+def _interleaved_fns(
+    keys: Sequence[str],
+    paths: Sequence[Path],
+    handles: Sequence[SessionHandle],
+    batch_size: int,
+    cfg: BenchConfig,
+    npz: Any,
+) -> tuple[dict[str, Callable[[], object]], dict[str, dict[str, np.ndarray]], dict[str, float]]:
+    """Per model at one batch size: its callable, its feeds and its timed first run."""
+    feeds: dict[str, dict[str, np.ndarray]] = {}
+    fns: dict[str, Callable[[], object]] = {}
+    first: dict[str, float] = {}
+    for key, path, handle in zip(keys, paths, handles, strict=True):
+        feeds[key] = make_feeds(
+            handle, batch_size, npz=npz,
+            npz_source=os.fspath(cfg.npz) if cfg.npz else "the .npz", seed=cfg.seed,
+            dim_values=dict(cfg.dim_values),
+        )  # fmt: skip
+        fns[key] = partial(handle.session.run, None, feeds[key])
+        try:
+            first[key] = _first_run_ms(fns[key])
+        except Exception as exc:
+            text = str(exc).strip()
+            raise BenchError(
+                f"{path}: inference failed at batch size {batch_size} on {handle.provider}: "
+                f"{text.splitlines()[0] if text else type(exc).__name__}"
+            ) from exc
+    return fns, feeds, first
+
+
+def _reference_key(keys: Sequence[str], paths: Sequence[Path], reference: str | None) -> str | None:
+    if reference is None:
+        return None
+    for key, path in zip(keys, paths, strict=True):
+        if reference in (path.stem, path.name):
+            return key
+    raise BenchError(
+        f"reference model {reference!r} is not among the benchmarked files "
+        f"({', '.join(p.stem for p in paths)}); name one of them"
+    )
+
+
+def _ratio_rows(
+    result: TimingResult, names: Mapping[str, str], provider: str, batch_size: int, io: str
+) -> list[dict[str, Any]]:
+    out = []
+    for key, ratio in result.ratios.items():
+        doc = ratio.to_json()
+        doc.update(name=names[key], reference=names[ratio.reference], provider=provider,
+                   batch_size=batch_size, io=io)  # fmt: skip
+        out.append(doc)
+    return out
+
+
 def benchmark_models_interleaved(
     paths: Sequence[str | os.PathLike[str]], cfg: BenchConfig = BenchConfig()
 ) -> dict[str, Any]:
-    """Benchmark every model round-robin at each batch size (A, B, C, A, B, C, ..., or in
-    blocks of `cfg.interleave_block` calls; see `runtime_bench.latency.measure_interleaved`),
-    so drift of a noisy machine hits every model
-    alike and ratios between the rows are taken at the same moments. Same document as
-    `benchmark_models`; each row says `"timing": "interleaved"`. Host (numpy in/out) rows only:
-    `end_to_end` on CUDA, `host` elsewhere. `time_budget_s` is not supported (fixed counts)."""
+    """Benchmark every model in block-interleaved rounds at each batch size (the engine,
+    `runtime_bench.timing.time_blocks`, with `cfg.interleave_block` calls per model per round,
+    the first untimed), so drift of a noisy machine hits every model alike and ratios between
+    the rows are taken at the same moments. Same document as `benchmark_models`; each row says
+    `"timing": "interleaved"` and keeps its per-round statistic (`round_stats_ms`, what paired
+    ratio CIs resample). With `cfg.reference`, the document's `ratios` hold every model's
+    speed-up over it with a paired bootstrap CI. `time_budget_s` bounds each batch size.
+    Host (numpy in/out) rows only: `end_to_end` on CUDA, `host` elsewhere."""
     model_paths = [Path(p) for p in paths]
     if not model_paths:
         raise BenchError("no model given; pass at least one .onnx file")
-    if cfg.time_budget_s is not None:
-        raise BenchError("interleaved timing runs fixed iteration counts; drop time_budget_s")
     created = utc_now()
     exceed = threads_exceed_cores(cfg.threads)
     npz = load_npz(cfg.npz) if cfg.npz is not None else None
+    keys = [f"{i}:{p.name}" for i, p in enumerate(model_paths)]
+    ref_key = _reference_key(keys, model_paths, cfg.reference)
     handles = [create_session(p, cfg.provider, cfg.session_config()) for p in model_paths]
     bases = [_base_row(p, h, cfg, exceed) for p, h in zip(model_paths, handles, strict=True)]
-    keys = [f"{i}:{p.name}" for i, p in enumerate(model_paths)]
+    names = {k: p.stem for k, p in zip(keys, model_paths, strict=True)}
     results: list[dict[str, Any]] = []
+    ratios: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
     for batch_size in cfg.batch_sizes:
-        feeds: dict[str, dict[str, np.ndarray]] = {}
-        fns: dict[str, Callable[[], object]] = {}
-        first: dict[str, float] = {}
-        for key, path, handle in zip(keys, model_paths, handles, strict=True):
-            feeds[key] = make_feeds(
-                handle, batch_size, npz=npz,
-                npz_source=os.fspath(cfg.npz) if cfg.npz else "the .npz", seed=cfg.seed,
-                dim_values=dict(cfg.dim_values),
-            )  # fmt: skip
-            fns[key] = partial(handle.session.run, None, feeds[key])
-            try:
-                first[key] = _first_run_ms(fns[key])
-            except Exception as exc:
-                text = str(exc).strip()
-                raise BenchError(
-                    f"{path}: inference failed at batch size {batch_size} on {handle.provider}: "
-                    f"{text.splitlines()[0] if text else type(exc).__name__}"
-                ) from exc
-        stats = measure_interleaved(
-            fns, batch_size=batch_size, warmup=cfg.warmup, iterations=cfg.iterations,
-            block=cfg.interleave_block,
-        )  # fmt: skip
+        fns, feeds, first = _interleaved_fns(keys, model_paths, handles, batch_size, cfg, npz)
+        timed = time_blocks(fns, cfg.timing_config(block=cfg.interleave_block), reference=ref_key)
+        io = IoMode.END_TO_END if handles[0].provider == CUDA_EP else IoMode.HOST
         for key, base, handle in zip(keys, bases, handles, strict=True):
-            io = IoMode.END_TO_END if handle.provider == CUDA_EP else IoMode.HOST
             row = _row(base, batch_size=batch_size, io=io, first_run_ms=first[key],
-                       stats=stats[key], feeds=feeds[key], handle=handle)  # fmt: skip
+                       timing=timed.models[key], result=timed, feeds=feeds[key],
+                       handle=handle)  # fmt: skip
             row["timing"] = "interleaved"
+            row["round_stats_ms"] = [round(v, 5) for v in timed.models[key].round_stats_ms]
             results.append(row)
+        ratios += _ratio_rows(timed, names, handles[0].provider, batch_size, io.value)
+        runs.append({"provider": handles[0].provider, "batch_size": batch_size,
+                     "stop_reason": timed.stop_reason, "wall_s": round(timed.wall_s, 3),
+                     "notes": list(timed.notes), "dropped": dict(timed.dropped)})  # fmt: skip
     config = cfg.to_json()
     config["threads_exceed_cores"] = exceed
     config["timing"] = "interleaved"
@@ -557,6 +621,8 @@ def benchmark_models_interleaved(
         "environment": capture_environment(tuple(providers_used)),
         "config": config,
         "results": results,
+        "ratios": ratios,
+        "timing_runs": runs,
     }
 
 

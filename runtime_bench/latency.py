@@ -1,20 +1,18 @@
-"""Latency statistics and the timing loops (wall clock, `perf_counter_ns`).
-
-`measure_latency` times one callable; `measure_interleaved` times several in round-robin so that
-slow drift of a noisy shared machine (other tenants, frequency changes) hits every candidate
-alike: ratios from one interleaved run are what onnxship reports, never absolute numbers
-compared across runs.
+"""Latency statistics of result rows. The timing itself is `runtime_bench.timing` (the one
+timing engine): `row_stats` turns its per-model result into a bench row's latency keys.
 """
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 from onnxship.runtime_bench.errors import BenchError
+from onnxship.runtime_bench.timing import ModelTiming, Percentile, TimingConfig, time_blocks
 
 
 @dataclass(frozen=True)
@@ -63,36 +61,36 @@ def stats_from_ns(samples_ns: np.ndarray | list[int], batch_size: int) -> Latenc
     )
 
 
-def _check_counts(warmup: int, iterations: int) -> None:
-    if warmup < 0:
-        raise BenchError(f"warm-up runs must be >= 0, got {warmup}")
-    if iterations < 1:
-        raise BenchError(f"iterations must be >= 1, got {iterations}")
-
-
-def measure_latency(
-    fn: Callable[[], object],
-    *,
-    batch_size: int,
-    warmup: int = 10,
-    iterations: int = 100,
-    time_budget_s: float | None = None,
-) -> LatencyStats:
-    """Call `fn` `warmup` times untimed, then `iterations` times timed (or until the time budget
-    is spent, whichever comes first; at least one timed call)."""
-    _check_counts(warmup, iterations)
-    for _ in range(warmup):
-        fn()
-    samples: list[int] = []
-    deadline = None if time_budget_s is None else time.perf_counter() + time_budget_s
-    clock = time.perf_counter_ns
-    for _ in range(iterations):
-        start = clock()
-        fn()
-        samples.append(clock() - start)
-        if deadline is not None and time.perf_counter() > deadline:
-            break
-    return stats_from_ns(samples, batch_size)
+def row_stats(timing: ModelTiming, batch_size: int) -> dict[str, Any]:
+    """The latency keys of a result row from the engine's ModelTiming: p50/p90/p99 with their
+    CIs and call counts (p90/p99 None below the LoadGen counts, with `*_why`), spread and
+    throughput (samples/s from the p50, its CI from the p50's)."""
+    ms = np.asarray(timing.samples_ms, dtype=np.float64)
+    p10, p25, p75 = np.percentile(ms, [10, 25, 75])
+    out: dict[str, Any] = {"iterations": timing.n_calls, "n": timing.n_calls,
+                           "n_rounds": timing.n_rounds}  # fmt: skip
+    for key in ("p50", "p90", "p99"):
+        pct: Percentile = getattr(timing, key)
+        out[f"{key}_ms"] = pct.value_ms
+        out[f"{key}_ci_ms"] = list(pct.ci_ms) if pct.ci_ms is not None else None
+        if pct.why:
+            out[f"{key}_why"] = pct.why
+    p50 = timing.p50.value_ms or float("nan")
+    ci = timing.p50.ci_ms
+    out.update(
+        mean_ms=timing.mean_ms,
+        std_ms=timing.std_ms,
+        min_ms=timing.min_ms,
+        max_ms=timing.max_ms,
+        p10_ms=float(p10),
+        p25_ms=float(p25),
+        p75_ms=float(p75),
+        throughput_per_s=float(batch_size / (p50 / 1e3)) if p50 > 0 else float("inf"),
+        throughput_ci_per_s=[batch_size / (ci[1] / 1e3), batch_size / (ci[0] / 1e3)]
+        if ci and ci[0] > 0
+        else None,
+    )
+    return out
 
 
 def measure_interleaved(
@@ -103,35 +101,20 @@ def measure_interleaved(
     iterations: int = 100,
     block: int = 1,
 ) -> dict[str, LatencyStats]:
-    """Time several callables interleaved in one run; one LatencyStats each (`iterations`
-    timed calls each).
-
-    block=1: round-robin call by call (A, B, C, A, B, C, ...). block=k>1: each round calls
-    each callable k times in a row (A A A B B B C C C, ...) and times the last k-1 calls; the
-    first call of a block re-fills the caches the previous model evicted. A deployed model
-    called in a row does not pay that, and call-by-call rounds charge it to every call, which
-    penalises the small models most: measured on the 2-core Xeon, a 73k-MAC student read 8.2x
-    faster than the teacher call by call next to the teacher's FP16 and INT8 files, and 12.9x in
-    the search's screen next to other small models. Either way every model is timed in the
-    same rounds, so slow drift of a noisy machine hits all alike."""
-    _check_counts(warmup, iterations)
+    """Fixed-count interleaved timing through the engine (`runtime_bench.timing.time_blocks`,
+    no time budget): `iterations` timed calls per callable, in rounds of `block` calls, the
+    first untimed. Kept for callers that want plain LatencyStats; new code calls the engine."""
+    if warmup < 0:
+        raise BenchError(f"warm-up runs must be >= 0, got {warmup}")
+    if iterations < 1:
+        raise BenchError(f"iterations must be >= 1, got {iterations}")
     if block < 1:
         raise BenchError(f"interleaving block must be >= 1 call, got {block}")
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    samples: dict[str, list[int]] = {name: [] for name in names}
-    clock = time.perf_counter_ns
-    timed_per_block = max(block - 1, 1)
-    rounds = -(-iterations // timed_per_block)
-    for _ in range(rounds):
-        for name in names:
-            fn = fns[name]
-            if block > 1:
-                fn()  # untimed: refills what the previous model evicted
-            for _ in range(timed_per_block):
-                start = clock()
-                fn()
-                samples[name].append(clock() - start)
-    return {name: stats_from_ns(samples[name][:iterations], batch_size) for name in names}
+    rounds = -(-iterations // max(block - 1, 1))
+    cfg = TimingConfig(block=block, min_rounds=rounds, max_rounds=rounds, budget_s=math.inf,
+                       warmup=warmup, n_bootstrap=10)  # fmt: skip
+    result = time_blocks(fns, cfg)
+    return {
+        name: stats_from_ns(np.asarray(m.samples_ms[:iterations]) * 1e6, batch_size)
+        for name, m in result.models.items()
+    }

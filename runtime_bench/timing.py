@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -73,13 +73,15 @@ class TimingConfig:
     target_rel_ci: float = 0.05
     statistic: str = "p50"
     n_bootstrap: int = 1000
+    # resamples for the per-model p50/p90/p99 CIs (reported, not decided on: cheaper)
+    n_bootstrap_percentiles: int = 300
     seed: int = 0
     warmup: int = 1
     race_after_rounds: int = 5
 
     def __post_init__(self) -> None:
         ints = {"block": 1, "min_rounds": 1, "max_rounds": 1, "n_bootstrap": 10, "warmup": 0,
-                "race_after_rounds": 1}  # fmt: skip
+                "race_after_rounds": 1, "n_bootstrap_percentiles": 10}  # fmt: skip
         for name, low in ints.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -243,7 +245,7 @@ def _boot_indices(rng: np.random.Generator, n_rounds: int, n_boot: int, width: i
     done = 0
     while done < n_boot:
         size = min(per_chunk, n_boot - done)
-        yield rng.integers(0, n_rounds, size=(size, n_rounds))
+        yield rng.integers(0, n_rounds, size=(size, n_rounds), dtype=np.int32)
         done += size
 
 
@@ -258,32 +260,61 @@ def percentile_cis(
         return [(float(v), (float(v), float(v))) for v in values]
     rng = np.random.default_rng(cfg.seed + 1)
     boots = []
-    for idx in _boot_indices(rng, n_rounds, cfg.n_bootstrap, width):
+    for idx in _boot_indices(rng, n_rounds, cfg.n_bootstrap_percentiles, width):
         boots.append(np.percentile(samples_ms[idx].reshape(len(idx), -1), qs, axis=1))
     lo, hi = np.percentile(np.concatenate(boots, axis=1), _alpha(cfg), axis=1)
     return [(float(v), (float(a), float(b))) for v, a, b in zip(values, lo, hi, strict=True)]
 
 
-def paired_ratio(model: ModelTiming, reference: ModelTiming, cfg: TimingConfig) -> Ratio:
-    """reference_stat / model_stat with a paired bootstrap CI over their common rounds."""
-    n = min(len(model.round_stats_ms), len(reference.round_stats_ms))
-    if n == 0:
-        raise BenchError(f"no common timed rounds for {model.name} and {reference.name}")
-    both = np.array([reference.round_stats_ms[:n], model.round_stats_ms[:n]], dtype=np.float64)
-    agg = _aggregate(both, cfg.statistic)
-    point = float(agg[0] / agg[1])
-    if n < 2:
-        ci = (point, point)
-    else:
-        rng = np.random.default_rng(cfg.seed + 7919)
-        boots = []
-        for idx in _boot_indices(rng, n, cfg.n_bootstrap, 2):
-            stat = _aggregate(both[:, idx], cfg.statistic)  # (2, chunk)
-            boots.append(stat[0] / stat[1])
+def ratio_from_rounds(
+    name: str,
+    reference: str,
+    name_rounds: Sequence[float],
+    reference_rounds: Sequence[float],
+    cfg: TimingConfig,
+    *,
+    paired: bool = True,
+    scale: float = 1.0,
+) -> Ratio:
+    """scale * reference_stat / name_stat from per-round statistics, with a bootstrap CI over
+    rounds: paired (the same resampled rounds for both; the series must come from one run and
+    are cut to their common length) or, for series from different runs (e.g. two batch sizes),
+    each resampled on its own. `scale` turns a latency ratio into a throughput ratio
+    (batch_name / batch_reference)."""
+    a = np.asarray(name_rounds, dtype=np.float64)
+    b = np.asarray(reference_rounds, dtype=np.float64)
+    if paired:
+        n = min(a.size, b.size)
+        a, b = a[:n], b[:n]
+    if a.size == 0 or b.size == 0:
+        raise BenchError(f"no timed rounds to compare {name} with {reference}")
+    stat = cfg.statistic
+    point = float(scale * _aggregate(b, stat) / _aggregate(a, stat))
+    rng = np.random.default_rng(cfg.seed + 7919)
+    boots = []
+    if paired and a.size >= 2:
+        both = np.stack([b, a])
+        for idx in _boot_indices(rng, a.size, cfg.n_bootstrap, 2):
+            agg = _aggregate(both[:, idx], stat)  # (2, chunk)
+            boots.append(scale * agg[0] / agg[1])
+    elif not paired and min(a.size, b.size) >= 2:
+        for idx_b in _boot_indices(rng, b.size, cfg.n_bootstrap, 2):
+            idx_a = rng.integers(0, a.size, size=(len(idx_b), a.size))
+            boots.append(scale * _aggregate(b[idx_b], stat) / _aggregate(a[idx_a], stat))
+    if boots:
         lo, hi = np.percentile(np.concatenate(boots), _alpha(cfg))
         ci = (float(lo), float(hi))
-    return Ratio(name=model.name, reference=reference.name, ratio=point, ci=ci,
-                 statistic=cfg.statistic, n_rounds=n, ci_level=cfg.ci_level)  # fmt: skip
+    else:
+        ci = (point, point)
+    return Ratio(name=name, reference=reference, ratio=point, ci=ci, statistic=stat,
+                 n_rounds=int(min(a.size, b.size)), ci_level=cfg.ci_level)  # fmt: skip
+
+
+def paired_ratio(model: ModelTiming, reference: ModelTiming, cfg: TimingConfig) -> Ratio:
+    """reference_stat / model_stat with a paired bootstrap CI over their common rounds."""
+    return ratio_from_rounds(
+        model.name, reference.name, model.round_stats_ms, reference.round_stats_ms, cfg
+    )
 
 
 def _percentiles(samples: np.ndarray, cfg: TimingConfig) -> dict[str, Percentile]:
@@ -362,6 +393,7 @@ class _Rounds:
     def __init__(self, names: list[str], cfg: TimingConfig) -> None:
         self.cfg = cfg
         self.samples: dict[str, list[list[int]]] = {n: [] for n in names}
+        self.n_rounds = 0
         self.active = list(names)
         self.dropped: dict[str, str] = {}
 
@@ -379,10 +411,7 @@ class _Rounds:
                 fn()
                 calls.append(clock() - start)
             self.samples[name].append(calls)
-
-    @property
-    def n_rounds(self) -> int:
-        return max(len(v) for v in self.samples.values())
+        self.n_rounds += 1
 
     def timing(self, name: str) -> ModelTiming:
         arr = np.asarray(self.samples[name], dtype=np.float64) / 1e6
@@ -476,7 +505,9 @@ def time_blocks(
             check_total_s <= 0.1 * (t0 - start) or rounds.n_rounds + 1 == cfg.min_rounds
         )
         final_elements = (
-            (rounds.n_rounds + 1) * cfg.n_bootstrap * len(fns) * (cfg.timed_per_block + 2)
+            (rounds.n_rounds + 1)
+            * len(fns)
+            * (2 * cfg.n_bootstrap_percentiles * cfg.timed_per_block + 2 * cfg.n_bootstrap)
         )
         final_s = per_element_s * final_elements
         projected = round_s + (check_s if will_check else 0.0) + final_s

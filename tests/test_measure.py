@@ -65,14 +65,14 @@ def test_bench_stage_times_every_artifact_interleaved_in_one_run(
         "c": tiny.pixel_classifier(tmp_path / "c.onnx"),
     }
     calls: list[tuple[int, list[str]]] = []
-    real = bench_module.measure_interleaved
+    real = bench_module.time_blocks
 
-    def spy(fns, *, batch_size, warmup, iterations, block):  # type: ignore[no-untyped-def]
-        calls.append((batch_size, list(fns)))
-        assert block == BenchSettings().interleave_block == 4
-        return real(fns, batch_size=batch_size, warmup=warmup, iterations=iterations, block=block)
+    def spy(fns, cfg, *, reference=None, race=False):  # type: ignore[no-untyped-def]
+        calls.append((len(next(iter(fns.values())).args[1]["input"]), list(fns)))
+        assert cfg.block == BenchSettings().interleave_block == 4
+        return real(fns, cfg, reference=reference, race=race)
 
-    monkeypatch.setattr(bench_module, "measure_interleaved", spy)
+    monkeypatch.setattr(bench_module, "time_blocks", spy)
     bundle = tmp_path / "bundle"
     for folder in ("results", "stages"):
         (bundle / folder).mkdir(parents=True)

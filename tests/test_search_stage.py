@@ -12,6 +12,7 @@ import torch
 
 from onnxship.errors import PipelineError
 from onnxship.manifest import int8_shipping_verdict, recommend
+from onnxship.measure import RecommendPolicy
 from onnxship.models.registry import create_model
 from onnxship.models.search import PRUNED, StudentCandidate, patch_candidate
 from onnxship.report import pareto_front, write_pareto_plot
@@ -136,44 +137,114 @@ def test_search_config_refuses_a_rank_batch_that_is_not_screened() -> None:
         SearchConfig(rank_batch=32).validate()
 
 
-def _art(top1: float, p50: dict[str, float]) -> dict:
-    return {
-        "accuracy": {"test_top1": top1},
-        "latency": {"CPUExecutionProvider": {b: {"p50_ms": v} for b, v in p50.items()}},
-    }
+def _art(top1: float, precision: str = "fp32", size: int = 1000) -> dict:
+    return {"accuracy": {"test_top1": top1}, "precision": precision, "bytes": size}
+
+
+def _bench(p50: dict[str, dict[str, float]], noise: float = 0.01, rounds: int = 60) -> dict:
+    """A bench document: per artifact and batch, per-round p50s around the given p50 (a
+    relative spread of `noise`), as the interleaved bench stage writes them."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, by_batch in p50.items():
+        for batch, value in by_batch.items():
+            per_round = value * (1 + noise * rng.standard_normal(rounds))
+            rows.append({"model": f"artifacts/{name}.onnx", "provider": "CPUExecutionProvider",
+                         "batch_size": int(batch), "io": "host", "p50_ms": value,
+                         "p50_ci_ms": [value * 0.99, value * 1.01], "threads": 1,
+                         "spinning": True, "graph_optimization": "all",
+                         "round_stats_ms": per_round.tolist()})  # fmt: skip
+    return {"results": rows}
 
 
 def test_recommend_names_the_fastest_artifact_within_the_budget_per_ep() -> None:
     arts = {
-        "teacher-fp32": _art(0.992, {"1": 0.05, "64": 1.3}),
-        "student-int8": _art(0.9906, {"1": 0.014, "64": 0.29}),
-        "searched-fp32": _art(0.9895, {"1": 0.008, "64": 0.11}),  # 0.25 pp below: within
-        "searched-int8": _art(0.9880, {"1": 0.007, "64": 0.09}),  # 0.40 pp below: out
+        "teacher-fp32": _art(0.992, size=90_000),
+        "student-int8": _art(0.9906, "int8", 5_000),
+        "searched-fp32": _art(0.9895, size=8_000),  # 0.25 pp below: within
+        "searched-int8": _art(0.9880, "int8", 3_000),  # 0.40 pp below: out
     }
-    chosen, detail = recommend(arts, max_drop=0.003)
+    bench = _bench({
+        "teacher-fp32": {"1": 0.05, "64": 1.3}, "student-int8": {"1": 0.014, "64": 0.29},
+        "searched-fp32": {"1": 0.008, "64": 0.11}, "searched-int8": {"1": 0.007, "64": 0.09},
+    })  # fmt: skip
+    chosen, detail, by_scenario = recommend(arts, bench, max_drop=0.003)
     assert chosen == {"CPUExecutionProvider": "searched-fp32"}
     d = detail["CPUExecutionProvider"]
-    assert d["batch_size"] == 64
-    assert d["speedup_vs_teacher_fp32"] == pytest.approx(1.3 / 0.11, rel=1e-3)
+    assert d["scenario"] == "offline" and d["batch_size"] == 64 and d["decision"] == "fastest"
+    assert d["speedup_vs_teacher_fp32"] == pytest.approx(1.3 / 0.11, rel=0.03)
+    lo, hi = d["speedup_vs_teacher_fp32_ci"]
+    assert lo <= d["speedup_vs_teacher_fp32"] <= hi
+    assert d["session_options"]["intra_op_threads"] == 1
     assert "searched-int8" in d["not_eligible"]
+    assert by_scenario["CPUExecutionProvider"] == {
+        "single-stream": "searched-fp32", "offline": "searched-fp32"
+    }  # fmt: skip
+    assert d["scenarios"]["single-stream"]["batch_size"] == 1
 
 
-def test_recommend_ships_fp32_when_int8_is_not_1_3x_its_own_fp32() -> None:
-    arts = {
-        "teacher-fp32": _art(0.992, {"64": 1.3}),
-        "searched-fp32": _art(0.991, {"64": 0.11}),
-        "searched-int8": _art(0.991, {"64": 0.10}),
-    }
+def test_recommend_ships_the_simpler_artifact_on_a_tie_within_noise() -> None:
+    arts = {"teacher-fp32": _art(0.992, size=90_000), "searched-fp32": _art(0.991, size=8_000),
+            "searched-fp16": _art(0.991, "fp16", 4_000)}  # fmt: skip
+    # FP16 0.7 % faster than FP32: inside the tie band, the simpler FP32 ships.
+    bench = _bench({"teacher-fp32": {"64": 1.3}, "searched-fp32": {"64": 0.110},
+                    "searched-fp16": {"64": 0.1092}})  # fmt: skip
+    chosen, detail, _ = recommend(arts, bench, max_drop=0.003)
+    d = detail["CPUExecutionProvider"]
+    assert chosen["CPUExecutionProvider"] == "searched-fp32"
+    assert d["decision"] == "tie within noise" and d["fastest"] == "searched-fp16"
+    lo, hi = d["fastest_speedup_over_chosen_ci"]
+    assert lo <= d["fastest_speedup_over_chosen"] <= hi
+    assert d["speedup_vs_teacher_fp32_ci"][0] <= d["speedup_vs_teacher_fp32"]
+
+
+def test_recommend_needs_the_ci_to_clear_the_margin_not_the_point_estimate() -> None:
+    arts = {"teacher-fp32": _art(0.992, size=90_000), "searched-fp32": _art(0.991, size=8_000),
+            "searched-int8": _art(0.991, "int8", 3_000)}  # fmt: skip
+    p50 = {
+        "teacher-fp32": {"64": 1.3},
+        "searched-fp32": {"64": 0.11},
+        "searched-int8": {"64": 0.095},
+    }  # fmt: skip  (1.16x: point above 1 + margin)
+    quiet, _, _ = recommend(arts, _bench(p50, noise=0.01), max_drop=0.003)
+    assert quiet["CPUExecutionProvider"] == "searched-int8"
+    noisy, detail, _ = recommend(arts, _bench(p50, noise=0.6, rounds=8), max_drop=0.003)
+    assert noisy["CPUExecutionProvider"] == "searched-fp32"
+    assert detail["CPUExecutionProvider"]["decision"] == "tie within noise"
+
+
+def test_recommend_takes_its_margins_from_the_policy() -> None:
+    arts = {"teacher-fp32": _art(0.992, size=90_000), "searched-fp32": _art(0.991, size=8_000),
+            "searched-int8": _art(0.991, "int8", 3_000)}  # fmt: skip
+    p50 = {"teacher-fp32": {"64": 1.3}, "searched-fp32": {"64": 0.11},
+           "searched-int8": {"64": 0.095}}  # fmt: skip
+    strict = RecommendPolicy(margin=0.5, int8_min_speedup=1.5, int8_batch=32)
+    chosen, detail, _ = recommend(arts, _bench(p50), max_drop=0.003, policy=strict)
+    assert chosen["CPUExecutionProvider"] == "searched-fp32"
+    rule = detail["CPUExecutionProvider"]["rule"]
+    assert ">= 1.5x its own FP32 at batch 32" in rule and ">= 1.5 " in rule
+    assert "1.3" not in rule and "batch 64" not in rule
+
+
+def test_recommend_ships_fp32_when_int8_is_not_its_min_speedup() -> None:
+    arts = {"teacher-fp32": _art(0.992, size=90_000), "searched-fp32": _art(0.991, size=8_000),
+            "searched-int8": _art(0.991, "int8", 3_000)}  # fmt: skip
+    bench = _bench({"teacher-fp32": {"64": 1.3}, "searched-fp32": {"64": 0.11},
+                    "searched-int8": {"64": 0.05}})  # fmt: skip
     slow = int8_shipping_verdict({"latency": {"statistic": "min",
                                               "by_batch": {"64": {"min_ratio": 0.9}}}})  # fmt: skip
     assert slow[0] is False and "1.11x" in slow[1]
-    chosen, detail = recommend(arts, max_drop=0.003, int8_verdicts={"searched-int8": slow})
+    chosen, detail, _ = recommend(arts, bench, max_drop=0.003,
+                                  int8_verdicts={"searched-int8": slow})  # fmt: skip
     assert chosen["CPUExecutionProvider"] == "searched-fp32"
     assert "FP32 artifact ships" in detail["CPUExecutionProvider"]["not_eligible"]["searched-int8"]
     fast = int8_shipping_verdict({"latency": {"by_batch": {"64": {"min_ratio": 0.7}}}})
     assert fast[0] is True
-    chosen, _ = recommend(arts, max_drop=0.003, int8_verdicts={"searched-int8": fast})
+    chosen, _, _ = recommend(arts, bench, max_drop=0.003, int8_verdicts={"searched-int8": fast})
     assert chosen["CPUExecutionProvider"] == "searched-int8"
+    with_ci = {"latency": {"by_batch": {"32": {"min_ratio": 0.6, "speedup_ci": [1.2, 2.0]}}}}
+    ships, why = int8_shipping_verdict(with_ci, min_speedup=1.3, batch=32)
+    assert ships is False and "CI lower bound < 1.3x" in why
 
 
 def test_pareto_front_keeps_only_points_nothing_beats_on_both_axes() -> None:

@@ -378,6 +378,7 @@ def run(args: argparse.Namespace) -> int:
         io_binding=not args.no_io_binding if loaded is None else loaded.io_binding,
         cuda_graph=args.cuda_graph if loaded is None else loaded.cuda_graph,
         session=session if loaded is not None else None,
+        ci_level=args.ci_level,
         npz=args.npz,
         dim_values=tuple(args.dim),
         seed=args.seed,
