@@ -306,9 +306,12 @@ _STAGE_SHARE = {"threads": 0.4, "graph_optimization": 0.2, "execution_mode": 0.1
 
 
 def _label(session: SessionConfig) -> str:
+    mode = session.execution_mode.value
+    if session.execution_mode is ExecutionMode.PARALLEL:
+        mode += f"(inter={session.inter_op_threads})"
     return (
         f"threads={session.intra_op_threads} spin={'on' if session.allow_spinning else 'off'} "
-        f"graph={session.graph_optimization.value} mode={session.execution_mode.value}"
+        f"graph={session.graph_optimization.value} mode={mode}"
     )
 
 

@@ -186,3 +186,17 @@ def test_parse_scenario_accepts_loadgen_names():
         "offline",
         "server",
     ]
+
+
+def test_cli_scenarios_run_without_torch(tmp_path: Path):
+    from test_cli_bench import _torch_free
+
+    model = tiny.linear_classifier(tmp_path / "m.onnx")
+    out = tmp_path / "s.json"
+    done = _torch_free("bench", str(model), "--scenario", "server", "--qps", "2000",
+                       "--slo-ms", "60000", "--budget-s", "5", "--json", str(out), cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text())["results"][0]["slo_met"] is True
+    done = _torch_free("bench", str(model), "--scenario", "single-stream", "--budget-s", "2",
+                       cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0 and "scenario: single-stream" in done.stdout, done.stderr
