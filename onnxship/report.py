@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -542,7 +542,7 @@ def server_results(out_dir: Path, manifest: Mapping[str, Any]) -> list[dict[str,
     return [r for r in (found or []) if r.get("scenario") == "server" and r.get("steps")]
 
 
-def write_server_plot(path: Path, results: list[Mapping[str, Any]]) -> Path | None:
+def write_server_plot(path: Path, results: Sequence[Mapping[str, Any]]) -> Path | None:
     """p99 latency vs target QPS per model (log-log), the SLO as a line, each model's highest
     QPS that meets it starred. None when there is nothing to draw."""
     curves = [(r, [s for s in r["steps"] if s.get("p99_ms") is not None]) for r in results]

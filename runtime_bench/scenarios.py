@@ -341,7 +341,7 @@ def check_qps_generable(qps: float, cfg: ScenarioConfig, capacity: float) -> Non
 def _service_ms(target: _Target, cfg: ScenarioConfig) -> float:
     """Median batch-1 latency over a short probe (a tenth of the budget, at most 2 s)."""
     fn = target.call(1)
-    times = []
+    times: list[float] = []
     end = time.perf_counter() + min(2.0, 0.1 * cfg.budget_s)
     while time.perf_counter() < end or len(times) < 20:
         t = time.perf_counter_ns()
@@ -522,15 +522,16 @@ def run_offline(target: _Target, cfg: ScenarioConfig) -> dict[str, Any]:
 
     fns = {f"b{b}": target.call(b) for b in cfg.batch_sizes}
     timing = time_blocks(fns, _timing_config(cfg, min_calls=0))
-    per_batch = []
+    per_batch: list[dict[str, Any]] = []
     for b in cfg.batch_sizes:
         p50 = timing.models[f"b{b}"].p50
+        assert p50.value_ms is not None  # a p50 needs one timed call; the engine always has it
         ci = None if p50.ci_ms is None else [b * 1e3 / p50.ci_ms[1], b * 1e3 / p50.ci_ms[0]]
         per_batch.append(
             {"batch_size": b, "samples_per_s": b * 1e3 / p50.value_ms, "samples_per_s_ci": ci,
              "p50_ms": p50.value_ms, "p50_ci_ms": p50.ci_ms, "n_calls": p50.n}
         )  # fmt: skip
-    best = max(per_batch, key=lambda r: r["samples_per_s"])
+    best = max(per_batch, key=lambda r: float(r["samples_per_s"]))
     return {
         "scenario": Scenario.OFFLINE.value,
         "statistic": "throughput in samples/s = batch / p50 latency of one call, at the best "

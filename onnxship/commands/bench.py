@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onnxship.commands.common import (
     fraction,
@@ -17,6 +18,10 @@ from onnxship.commands.common import (
     positive_float,
     positive_int,
 )
+
+if TYPE_CHECKING:
+    from onnxship.runtime_bench.session import SessionConfig
+    from onnxship.runtime_bench.session_options import LoadedSessionConfig
 
 BENCH_DESCRIPTION = """\
 Measure latency of .onnx files on one ONNX Runtime execution provider. Per model: session
@@ -247,7 +252,9 @@ def float_csv(text: str) -> tuple[float, ...]:
         ) from None
 
 
-def _session_from_args(args: argparse.Namespace) -> tuple[str, object, object]:
+def _session_from_args(
+    args: argparse.Namespace,
+) -> tuple[str, SessionConfig, LoadedSessionConfig | None]:
     """(provider, SessionConfig, loaded file or None) from --session-config or the flags."""
     from onnxship.runtime_bench.errors import BenchError
     from onnxship.runtime_bench.session import SessionConfig, resolve_provider
