@@ -439,14 +439,17 @@ def run_server(target: _Target, cfg: ScenarioConfig) -> dict[str, Any]:
     if cfg.qps:
         for q in cfg.qps:
             check_qps_generable(q, cfg, capacity)
-        steps = []
+        steps, skipped = [], []
         for i, q in enumerate(cfg.qps):
             if time.perf_counter() + _needed_s(q, cfg) > deadline:
-                log.warning("server: %.1f QPS skipped: the budget is spent", q)
+                log.warning("server: %.1f QPS not run: its queries do not fit the budget left", q)
+                skipped.append(q)
                 continue
             steps.append(server_step(fn, q, _queries_for(q, cfg), cfg, cfg.seed + i))
-        stop = "fixed_qps" if len(steps) == len(cfg.qps) else "budget"
-        return _server_result(target, cfg, steps, stop, generator_capacity_qps=capacity)
+        return _server_result(
+            target, cfg, steps, "budget" if skipped else "fixed_qps",
+            generator_capacity_qps=capacity, skipped_qps=skipped,
+        )  # fmt: skip
     service = _service_ms(target, cfg)
     # The most the workers could serve if every query took the median service time.
     hi = min(capacity, cfg.concurrency * 1000.0 / service)

@@ -128,6 +128,7 @@ def test_server_fixed_qps_meets_a_loose_slo_with_enough_queries(tmp_path: Path):
         assert step["queries"] >= P99_MIN_QUERIES and step["met"] is True
         assert step["p50_ms"] <= step["p90_ms"] <= step["p99_ms"] <= step["max_ms"]
     assert r["slo_met"] is True and r["value"] == 3000.0 and r["stop_reason"] == "fixed_qps"
+    assert r["skipped_qps"] == []
 
 
 def test_server_search_that_cannot_meet_the_slo_says_so(tmp_path: Path, capsys):
