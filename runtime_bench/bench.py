@@ -107,6 +107,9 @@ class BenchConfig:
     statistic: str = "p50"
     # interleaved timing: the model (file stem) every ratio is taken against; None = no ratios
     reference: str | None = None
+    # interleaved timing: stop timing models whose speed-up CI lies wholly below the best's
+    # (they keep the rounds they had, with wider CIs; the reference is never dropped)
+    race: bool = False
 
     def __post_init__(self) -> None:
         sizes = self.batch_sizes
@@ -588,7 +591,10 @@ def benchmark_models_interleaved(
     runs: list[dict[str, Any]] = []
     for batch_size in cfg.batch_sizes:
         fns, feeds, first = _interleaved_fns(keys, model_paths, handles, batch_size, cfg, npz)
-        timed = time_blocks(fns, cfg.timing_config(block=cfg.interleave_block), reference=ref_key)
+        timed = time_blocks(
+            fns, cfg.timing_config(block=cfg.interleave_block), reference=ref_key,
+            race=cfg.race and ref_key is not None,
+        )  # fmt: skip
         io = IoMode.END_TO_END if handles[0].provider == CUDA_EP else IoMode.HOST
         for key, base, handle in zip(keys, bases, handles, strict=True):
             row = _row(base, batch_size=batch_size, io=io, first_run_ms=first[key],
@@ -600,7 +606,8 @@ def benchmark_models_interleaved(
         ratios += _ratio_rows(timed, names, handles[0].provider, batch_size, io.value)
         runs.append({"provider": handles[0].provider, "batch_size": batch_size,
                      "stop_reason": timed.stop_reason, "wall_s": round(timed.wall_s, 3),
-                     "notes": list(timed.notes), "dropped": dict(timed.dropped)})  # fmt: skip
+                     "notes": list(timed.notes),
+                     "dropped": {names[k]: v for k, v in timed.dropped.items()}})  # fmt: skip
     config = cfg.to_json()
     config["threads_exceed_cores"] = exceed
     config["timing"] = "interleaved"
