@@ -74,8 +74,8 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def _latency_for(path: Path, bench: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
-    latency: dict[str, dict[str, dict[str, float]]] = {}
+def _latency_for(path: Path, bench: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    latency: dict[str, dict[str, dict[str, Any]]] = {}
     for row in bench.get("results", []):
         # On CUDA the harness also reports device-resident rows; the manifest's number is the
         # end-to-end one (numpy in and out, copies included), comparable with the CPU EP's.

@@ -323,7 +323,7 @@ def _percentiles(samples: np.ndarray, cfg: TimingConfig) -> dict[str, Percentile
     keys = [k for k in ("p50", "p90", "p99") if n >= MIN_CALLS[k]]
     got = dict(zip(keys, percentile_cis(samples, tuple(float(k[1:]) for k in keys), cfg),
                    strict=True))  # fmt: skip
-    out = {}
+    out: dict[str, Percentile] = {}
     for key in ("p50", "p90", "p99"):
         if key in got:
             value, ci = got[key]
