@@ -76,6 +76,7 @@ from onnxship.calibrate.ort_static import (
 from onnxship.calibrate.recipes import (
     AUTO,
     LINEAR_OPS,
+    SATURATING_CLASSES,
     QuantFormatChoice,
     QuantScope,
     Recipe,
@@ -95,6 +96,10 @@ log = logging.getLogger(__name__)
 
 STAGE = "quantize"
 RECIPE_KEY = "onnxship.quant_recipe"  # extra metadata key on the INT8 model
+# Where the INT8 file was validated and where its recipe is exact (metadata on the INT8 model).
+VALIDATED_CLASS_KEY = "onnxship.integer_class"  # the integer class accuracy was measured on
+SAFE_CLASSES_KEY = "onnxship.safe_integer_classes"  # JSON list: classes the recipe is exact on
+RISK_KEY = "onnxship.quant_risk"  # the recipe's risk elsewhere, in words
 FP32_ROW = "fp32"
 
 
@@ -220,6 +225,20 @@ def recipe_grid(cfg: QuantizeConfig) -> tuple[Recipe, ...]:
     from onnxship.core.env import integer_class
 
     return recipes_for(cfg.recipe, integer_class(), portable=cfg.portable)
+
+
+def _grid_note(cfg: QuantizeConfig, cls: str) -> str:
+    """How the searched grid was chosen, for the record."""
+    if cfg.recipe.strip().lower() != AUTO:
+        return f"one recipe named ({cfg.recipe}); not checked against the class"
+    if cfg.portable:
+        return "portable: only recipes exact on every x86 integer class (reduce_range or U8U8)"
+    if cls in SATURATING_CLASSES:
+        return (
+            f"{cls} may saturate U8S8: every preset that may saturate was replaced by its "
+            "reduce_range twin (same kernel, same speed) and U8U8 on every op was added"
+        )
+    return f"every preset is exact on {cls}: the presets as they are"
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,13 +428,17 @@ def _write_int8(
     src_sha: str,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
+    recipe: Recipe,
     recipe_name: str,
     strip_node_metadata: bool,
 ) -> None:
-    """Copy `chosen` to `out_path` (atomic, self-contained) with the source's metadata."""
+    """Copy `chosen` to `out_path` (atomic, self-contained) with the source's metadata, the
+    recipe, the integer class it was validated on and the classes the recipe is exact on."""
     import json
 
     import onnx
+
+    from onnxship.core.env import integer_class
 
     model = onnx.load(os.fspath(chosen))
     meta = dict(src_meta)
@@ -426,6 +449,9 @@ def _write_int8(
     meta[model_meta.PRECISION] = "int8"
     meta[model_meta.SOURCE_SHA256] = src_sha
     meta[RECIPE_KEY] = recipe_name
+    meta[VALIDATED_CLASS_KEY] = integer_class()
+    meta[SAFE_CLASSES_KEY] = json.dumps(recipe.safe_integer_classes())
+    meta[RISK_KEY] = recipe.risk
     if strip_node_metadata:
         for node in model.graph.node:
             del node.metadata_props[:]
@@ -560,7 +586,8 @@ def int8_from_onnx(
         with pair:
             _write_int8(
                 chosen.path, out, inp.src_meta, src_sha=inp.src_sha, mean=inp.mean, std=inp.std,
-                recipe_name=chosen.name, strip_node_metadata=cfg.strip_node_metadata,
+                recipe=chosen.recipe, recipe_name=chosen.name,
+                strip_node_metadata=cfg.strip_node_metadata,
             )  # fmt: skip
         table = [_row_json(r, fp32, cfg, inp.budget(cfg)) for r in (fp32, *rows)]
     calib_path = os.fspath(calib_out) if calib_out is not None else None
@@ -862,9 +889,10 @@ def _metrics(
     why: str,
     out: Path,
 ) -> dict[str, Any]:
-    from onnxship.core.env import cpu_model_name, isa_summary
+    from onnxship.core.env import cpu_model_name, integer_class_record, isa_summary
 
     assert chosen.recipe is not None
+    here = integer_class_record()
     fp32_top1 = float(table[0]["val_top1"])
     fp32_bytes = inp.src.stat().st_size
     int8_bytes = out.stat().st_size
@@ -873,7 +901,15 @@ def _metrics(
             "name": chosen.name,
             "options": chosen.recipe.options(),
             "searched": cfg.recipe.strip().lower() == AUTO,
+            "safe_integer_classes": chosen.recipe.safe_integer_classes(),
+            "risk": chosen.recipe.risk,
+            "exact_on_validated_class": chosen.recipe.safe_on(str(here["integer_class"])),
         },
+        # The class the accuracy and latency below were measured on, and the grid it chose.
+        "integer_class": here["integer_class"],
+        "safe_integer_classes": chosen.recipe.safe_integer_classes(),
+        "portable": cfg.portable,
+        "grid": _grid_note(cfg, str(here["integer_class"])),
         "selection_rule": (
             "fastest within the accuracy budget: lowest geometric mean over the batch sizes "
             f"of the {cfg.latency.statistic.value}-latency ratio to FP32"
@@ -917,7 +953,12 @@ def _metrics(
         },
         "graph_rewrites": [r.to_json() for r in graph.rewrites],
         "fallback": fallback_info,
-        "target": {"provider": inp.provider, "cpu": cpu_model_name(), "isa": isa_summary()},
+        "target": {
+            "provider": inp.provider,
+            "cpu": cpu_model_name(),
+            "isa": isa_summary(),
+            **here,
+        },  # fmt: skip
     }
 
 

@@ -189,6 +189,7 @@ def evaluate(
 
     data: a dataset `.npz` (CONTRACT.md; preprocessed, fed as is) instead of MNIST; without
     labels, `reference` (the FP32 model) gives fidelity instead (top-1 agreement or SQNR)."""
+    from onnxship.core.env import integer_class_record
     from onnxship.runtime_bench.accuracy import evaluate_npz, evaluate_onnx
     from onnxship.runtime_bench.errors import BenchError
     from onnxship.runtime_bench.session_options import session_and_provider
@@ -201,7 +202,7 @@ def evaluate(
                 f"{', '.join(given)} apply to MNIST, not to --data {data}: an npz holds "
                 "preprocessed inputs and is fed as is; drop them"
             )
-        return evaluate_npz(
+        result = evaluate_npz(
             model,
             data,
             reference=reference,
@@ -209,11 +210,12 @@ def evaluate(
             provider=provider,
             session=session,
         )
+        return {**result, **integer_class_record()}
     if reference is not None:
         raise BenchError(
             "--reference compares two models on your own data: pass it with --data FILE.npz"
         )
-    return evaluate_onnx(
+    result = evaluate_onnx(
         model,
         data_dir=data_dir,
         split=split or "test",
@@ -223,6 +225,7 @@ def evaluate(
         std=std,
         session=session,
     )
+    return {**result, **integer_class_record()}  # the CPU class the accuracy was measured on
 
 
 eval = evaluate  # noqa: A001 - the stage is called `eval` on the command line

@@ -6,6 +6,11 @@ An artifact fails when it is missing from the manifest or its test_top1 is below
 baseline may list opt-in ratio checks between two artifacts *of the same run*
 ("latency_ratios": [{"fast": "student-int8", "slow": "student-fp32", "provider":
 "CPUExecutionProvider", "batch": 64, "min_ratio": 1.0}]) that run only with --check-latency.
+
+`require_classes` (`--require-class avx2,avx512_vnni`): for every baseline artifact and named
+CPU integer class, the accuracy measured on that class (`accuracy_by_class`, or a `targets`
+record of that class) must exist and meet the baseline; the JUnit case is "<artifact> on
+<class>". An unknown class name is a bad input listing the known ones (exit 2).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -73,12 +79,33 @@ def read_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
     return baseline
 
 
+def parse_integer_classes(text: str | Sequence[str]) -> tuple[str, ...]:
+    """'avx2,avx512_vnni' -> ('avx2', 'avx512_vnni'); an unknown name is a bad input (exit 2)
+    whose message lists the known classes."""
+    from onnxship.core.env import INTEGER_CLASSES
+
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names = tuple(dict.fromkeys(n.strip().lower() for n in items if n.strip()))
+    unknown = [n for n in names if n not in INTEGER_CLASSES]
+    if unknown or not names:
+        found = ", ".join(unknown) if unknown else "nothing"
+        raise PipelineError(
+            f"--require-class: expected integer classes from {', '.join(INTEGER_CLASSES)}; "
+            f"found {found}"
+        )
+    return names
+
+
 def gate(
     manifest_path: str | os.PathLike[str],
     baseline_path: str | os.PathLike[str],
     *,
     check_latency: bool = False,
+    require_classes: str | Sequence[str] | None = None,
 ) -> list[GateCase]:
+    """One case per baseline artifact (its `accuracy.test_top1`), one per baseline artifact and
+    required integer class (its accuracy measured on that class), and opt-in latency cases."""
+    classes = parse_integer_classes(require_classes) if require_classes is not None else ()
     manifest = read_manifest(manifest_path)
     baseline = read_baseline(baseline_path)
     artifacts = manifest["artifacts"]
@@ -100,8 +127,69 @@ def gate(
             f"by {100 * (required - observed):.2f} pp beyond the allowed drop"
         )
         cases.append(GateCase(name, ok, message, observed, required))
+    for cls in classes:
+        cases.extend(_class_cases(manifest, baseline, cls, where=f"manifest {manifest_path}"))
     if check_latency:
         cases.extend(_latency_cases(artifacts, baseline.get("latency_ratios", [])))
+    return cases
+
+
+def accuracy_on_class(manifest: dict[str, Any], name: str, cls: str) -> float | None:
+    """Test top-1 of artifact `name` measured on integer class `cls`: the artifact's
+    `accuracy_by_class[cls]`, else a `targets` record of that class (written by `onnxship tune`
+    on a target) with an accuracy for it; None when the bundle never measured it there."""
+    entry = manifest["artifacts"].get(name) or {}
+    by_class = entry.get("accuracy_by_class") or {}
+    if isinstance(by_class.get(cls), dict) and "test_top1" in by_class[cls]:
+        return by_class[cls]["test_top1"]
+    targets = manifest.get("targets") or {}
+    for record in targets.values() if isinstance(targets, dict) else []:
+        if not isinstance(record, dict) or record.get("integer_class") != cls:
+            continue
+        measured = (record.get("accuracy") or {}).get(name)
+        if isinstance(measured, dict):
+            measured = measured.get("test_top1")
+        if measured is not None:
+            return measured
+    return None
+
+
+def _classes_measured(manifest: dict[str, Any], name: str) -> list[str]:
+    entry = manifest["artifacts"].get(name) or {}
+    found = set(entry.get("accuracy_by_class") or {})
+    targets = manifest.get("targets") or {}
+    found |= {r.get("integer_class") for r in targets.values() if isinstance(r, dict)} - {None}
+    return sorted(found)
+
+
+def _class_cases(
+    manifest: dict[str, Any], baseline: dict[str, Any], cls: str, *, where: str
+) -> list[GateCase]:
+    """One case per baseline artifact on integer class `cls`: measured there and within the
+    baseline, or a failure saying it was never measured on that class."""
+    cases = []
+    for name, spec in baseline["artifacts"].items():
+        case = f"{name} on {cls}"
+        required = float(spec["test_top1"]) - float(spec.get("max_drop", 0.0))
+        if name not in manifest["artifacts"]:
+            cases.append(GateCase(case, False, f"artifact {name} is missing from the manifest",
+                                  None, required, "integer_class"))  # fmt: skip
+            continue
+        value = accuracy_on_class(manifest, name, cls)
+        if value is None:
+            seen = ", ".join(_classes_measured(manifest, name)) or "none"
+            cases.append(GateCase(case, False, f"{name} has no accuracy measured on integer "
+                                  f"class {cls} (measured on: {seen}); run `onnxship verify "
+                                  "DIR --record-class` on a CPU of that class", None, required,
+                                  "integer_class"))  # fmt: skip
+            continue
+        observed = _number(value, f"{where}: artifacts.{name} on {cls}", lo=0.0, hi=1.0)
+        ok = observed + _EPS >= required
+        verdict = ">=" if ok else "is below"
+        cases.append(GateCase(case, ok, f"test top-1 on {cls} {observed:.4f} {verdict} "
+                              f"{required:.4f} (baseline {spec['test_top1']} - "
+                              f"{spec.get('max_drop', 0.0)})", observed, required,
+                              "integer_class"))  # fmt: skip
     return cases
 
 

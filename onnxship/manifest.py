@@ -58,7 +58,12 @@ def git_commit() -> str | None:
 def environment() -> dict[str, Any]:
     import onnxruntime as ort
 
-    from onnxship.core.env import capture_environment, cpu_model_name, isa_summary
+    from onnxship.core.env import (
+        capture_environment,
+        cpu_model_name,
+        integer_class_record,
+        isa_summary,
+    )
 
     env: dict[str, Any] = {
         "python": platform.python_version(),
@@ -67,6 +72,7 @@ def environment() -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "cpu": cpu_model_name(),
         "isa": isa_summary(),
+        **integer_class_record(),
         "available_providers": list(ort.get_available_providers()),
     }
     details = capture_environment()
@@ -96,6 +102,32 @@ def _latency_for(path: Path, bench: dict[str, Any]) -> dict[str, dict[str, dict[
                 k: ratio[k] for k in ("ratio", "ci", "ci_level", "statistic", "n_rounds")
             }
     return latency
+
+
+def integer_class_fields(
+    precision: str, record: Mapping[str, Any], accuracy: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The CPU integer class an artifact's accuracy and latency were measured on, its accuracy
+    per class (`accuracy_by_class`, one entry per class measured; `verify --record-class` adds
+    the target's), and for INT8 where its recipe is exact and what it risks elsewhere (from
+    the quantize stage record)."""
+    from onnxship.core.env import integer_class
+
+    here = integer_class()
+    out: dict[str, Any] = {
+        "integer_class": here,
+        "accuracy_by_class": {
+            here: {"test_top1": accuracy["top1"], "correct": accuracy.get("correct"),
+                   "n": accuracy.get("n"), "measured_by": "run"}
+        },
+    }  # fmt: skip
+    if precision == "int8":
+        metrics = record.get("metrics") or {}
+        recipe = metrics.get("recipe") or {}
+        out["safe_integer_classes"] = list(recipe.get("safe_integer_classes") or [])
+        out["quant_risk"] = recipe.get("risk")
+        out["validated_on"] = metrics.get("integer_class")  # the quantize search's class
+    return out
 
 
 @dataclass(frozen=True)
@@ -172,6 +204,7 @@ def build_manifest(
             },
             "latency": _latency_for(path, bench_json),
         }
+        artifacts[spec.name].update(integer_class_fields(spec.precision, record, accuracy))
         if spec.precision == "int8":
             from onnxship.calibrate.coverage import integer_mac_share
 

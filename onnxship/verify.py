@@ -20,7 +20,11 @@ For every artifact:
   recorded predictions). Otherwise ORT's float kernels may legitimately flip a borderline
   argmax, so verify counts the predictions that differ from the recorded ones and passes when
   at most `max_differing` (default 0.1 % of the test set, 10 of 10,000) do; the detail says
-  how many differed and why exactness was not required.
+  how many differed and why exactness was not required. The detail names the CPU integer
+  class measured on, and the manifest's when it differs; an INT8 artifact whose recipe is not
+  exact on this class says so. `record_class_accuracy` (`verify --record-class`) keeps the
+  measurement in the manifest's `accuracy_by_class` under this class, for
+  `gate --require-class`.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ BUNDLE = "(bundle)"
 # Allowed share of differing test predictions when the environment differs from the one the
 # manifest was measured in (another CPU / ISA / onnxruntime): 0.1 % = 10 of MNIST's 10,000.
 DIFFERING_TOLERANCE = 0.001
-ENVIRONMENT_KEYS = ("cpu", "isa", "onnxruntime")
+ENVIRONMENT_KEYS = ("cpu", "isa", "integer_class", "onnxruntime")
 QUANT_OPS = frozenset(
     {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
      "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm"}
@@ -53,6 +57,7 @@ class Check:
     check: str
     ok: bool
     detail: str
+    measured: dict[str, Any] | None = None  # accuracy checks: what was measured, on which class
 
 
 @dataclass
@@ -89,16 +94,22 @@ def current_environment() -> dict[str, Any]:
     """This machine's values of the keys that decide whether float results can be exact."""
     import onnxruntime as ort
 
-    from onnxship.core.env import cpu_model_name, isa_summary
+    from onnxship.core.env import cpu_model_name, integer_class, isa_summary
 
-    return {"cpu": cpu_model_name(), "isa": isa_summary(), "onnxruntime": ort.__version__}
+    return {"cpu": cpu_model_name(), "isa": isa_summary(), "integer_class": integer_class(),
+            "onnxruntime": ort.__version__}  # fmt: skip
 
 
 def environment_differences(recorded: Mapping[str, Any], here: Mapping[str, Any]) -> list[str]:
-    """'key: recorded -> here' for each of ENVIRONMENT_KEYS that differs (ISA as sets)."""
+    """'key: recorded -> here' for each of ENVIRONMENT_KEYS that differs (ISA as sets); the
+    integer class is compared when the manifest records one, and names both classes."""
     out = []
     for key in ENVIRONMENT_KEYS:
         a, b = recorded.get(key), here.get(key)
+        if key == "integer_class":
+            if a is not None and a != b:
+                out.append(f"integer class: {a} (bundle) -> {b} (this CPU)")
+            continue
         same = sorted(a or []) == sorted(b or []) if key == "isa" else a == b
         if not same:
             out.append(f"{key}: {a} -> {b}")
@@ -184,14 +195,24 @@ def accuracy_check(
     measure: Callable[[Path, Mapping[str, Any]], dict[str, Any]],
     differences: list[str],
     max_differing: int | None,
+    classes: tuple[str | None, str] = (None, "unknown"),
 ) -> Check:
+    """`classes`: (the integer class the manifest's accuracy was measured on, this CPU's)."""
     import numpy as np
 
     measured = measure(path, recorded)
     expected, problem = _recorded_predictions(root, recorded)
     if problem:
         return Check(name, "accuracy", False, problem)
-    top1 = f"test top-1 {measured['top1']:.4f} (manifest {recorded['test_top1']:.4f})"
+    bundle_cls, here_cls = classes
+    where = (
+        f"on {here_cls}"
+        if bundle_cls in (None, here_cls)
+        else f"on {here_cls}, this CPU (the manifest's on {bundle_cls})"
+    )
+    top1 = f"test top-1 {measured['top1']:.4f} {where} (manifest {recorded['test_top1']:.4f})"
+    result = {"integer_class": here_cls, "test_top1": measured["top1"],
+              "correct": measured.get("correct"), "n": measured.get("n")}  # fmt: skip
     preds = measured["predictions"]
     if expected is not None and expected.shape != preds.shape:
         return Check(name, "accuracy", False, f"{top1}; the recorded predictions cover "
@@ -201,7 +222,7 @@ def accuracy_check(
         ok = measured["top1"] == recorded["test_top1"] and differing in (None, 0)
         same = f"{differing} differing predictions, " if differing is not None else ""
         return Check(name, "accuracy", ok, f"{top1}; {same}exact match required (same CPU, "
-                     "ISA and onnxruntime as the manifest)")  # fmt: skip
+                     "ISA and onnxruntime as the manifest)", result)  # fmt: skip
     n = int(measured["n"])
     tolerance = max_differing if max_differing is not None else math.floor(DIFFERING_TOLERANCE * n)
     if differing is None:  # a manifest without predictions: |change in correct| is a floor
@@ -215,6 +236,7 @@ def accuracy_check(
         differing <= tolerance,
         f"{top1}; {counted}, tolerance {tolerance} because the environment differs from the "
         f"manifest's ({'; '.join(differences)})",
+        result,
     )
 
 
@@ -241,6 +263,7 @@ def verify_bundle(
         if artifacts and name not in artifacts:
             add(Check(name, "present", False, "a contract artifact, missing from the manifest"))
     differences: list[str] = []
+    here_cls = str(current_environment()["integer_class"]) if check_accuracy else "unknown"
     if check_accuracy:
         differences = environment_differences(
             manifest.get("environment") or {}, current_environment()
@@ -272,8 +295,11 @@ def verify_bundle(
             continue
         add(Check(name, "loads in ORT", True, "CPUExecutionProvider"))
         if measure is not None:
-            add(accuracy_check(name, path, root, entry["accuracy"], measure=measure,
-                               differences=differences, max_differing=max_differing))  # fmt: skip
+            check = accuracy_check(
+                name, path, root, entry["accuracy"], measure=measure, differences=differences,
+                max_differing=max_differing, classes=(_bundle_class(manifest, entry), here_cls),
+            )  # fmt: skip
+            add(_with_class_risk(check, entry, here_cls))
     return report
 
 
@@ -321,3 +347,48 @@ def _accuracy_source(
         provider=recorded.get("provider") or "cpu",
         return_predictions=True,
     )
+
+
+def _bundle_class(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> str | None:
+    """The integer class the manifest's accuracy of `entry` was measured on (None: older bundle)."""
+    return entry.get("integer_class") or (manifest.get("environment") or {}).get("integer_class")
+
+
+def _with_class_risk(check: Check, entry: Mapping[str, Any], here_cls: str) -> Check:
+    """An INT8 artifact whose recipe is not exact on this CPU's class says so in the detail."""
+    safe = entry.get("safe_integer_classes")
+    if entry.get("precision") != "int8" or not isinstance(safe, list) or here_cls in safe:
+        return check
+    note = (
+        f"; its recipe is not exact on {here_cls} ({entry.get('quant_risk') or 'see the manifest'}"
+        f"; exact on {', '.join(safe) or 'no listed class'})"
+    )
+    return Check(check.artifact, check.check, check.ok, check.detail + note, check.measured)
+
+
+def record_class_accuracy(bundle: str | os.PathLike[str], report: VerifyReport) -> list[str]:
+    """Write the accuracies `report` measured into the bundle's manifest, under this CPU's
+    integer class (`artifacts.<name>.accuracy_by_class[class]`, `measured_by: verify`), so
+    `gate --require-class` can hold that class to the baseline. Returns the artifacts updated."""
+    from onnxship.core.artifact import atomic_write_json, utc_now
+
+    path = Path(bundle) / "manifest.json"
+    manifest = read_manifest(path)
+    updated = []
+    for check in report.checks:
+        if check.check != "accuracy" or not check.measured:
+            continue
+        entry = manifest["artifacts"].get(check.artifact)
+        if entry is None:
+            continue
+        cls = str(check.measured["integer_class"])
+        by_class = entry.setdefault("accuracy_by_class", {})
+        by_class[cls] = {
+            "test_top1": check.measured["test_top1"], "correct": check.measured.get("correct"),
+            "n": check.measured.get("n"), "measured_by": "verify", "verify_ok": check.ok,
+            "measured": utc_now(),
+        }  # fmt: skip
+        updated.append(check.artifact)
+    if updated:
+        atomic_write_json(path, manifest, what="the bundle's manifest")
+    return updated

@@ -82,3 +82,37 @@ def test_recipe_options_map_to_onnxruntime_enums() -> None:
     assert CalibMethod.PERCENTILE.to_ort() is CalibrationMethod.Percentile
     assert QuantScope.ALL.op_types() is None
     assert QuantScope.LINEAR.op_types() == ["Gemm", "MatMul"]
+
+
+def test_recipes_know_the_integer_classes_they_are_exact_on() -> None:
+    from onnxship.calibrate.recipes import SATURATING_CLASSES
+
+    u8s8 = parse_recipe("qdq-u8s8-perchannel-minmax")
+    assert u8s8.may_saturate and not u8s8.safe_on("avx2") and u8s8.safe_on("avx512_vnni")
+    assert "exact on VNNI" in u8s8.risk and "may saturate on AVX2" in u8s8.risk
+    assert set(u8s8.safe_integer_classes()).isdisjoint(SATURATING_CLASSES)
+    # QDQ S8S8 is turned into U8S8 on x86 (measured saturating on AVX2); QOperator S8S8 is not.
+    assert parse_recipe("qdq-s8s8-perchannel-minmax").may_saturate
+    assert not parse_recipe("qop-s8s8-perchannel-minmax").may_saturate
+    for name in ("qdq-u8s8-perchannel-rr-minmax", "qdq-u8u8-pertensor-minmax-linear"):
+        recipe = parse_recipe(name)
+        assert not recipe.may_saturate and "exact on every integer class" in recipe.risk
+        assert {"avx2", "sse", "avx512_vnni", "arm64"} <= set(recipe.safe_integer_classes())
+    assert u8s8.exact_twin().name == "qdq-u8s8-perchannel-rr-minmax"
+
+
+def test_auto_grid_is_exact_on_the_class_it_runs_on() -> None:
+    from onnxship.calibrate.recipes import X86_INTEGER_CLASSES, auto_grid
+
+    assert auto_grid("avx512_vnni") == PRESETS == auto_grid("arm64_dotprod")
+    for cls in ("avx2", "avx512", "sse"):
+        grid = auto_grid(cls)
+        assert grid and all(r.safe_on(cls) for r in grid)
+        assert "qdq-u8s8-perchannel-rr-minmax" in [r.name for r in grid]
+        assert "qdq-u8u8-pertensor-minmax" in [r.name for r in grid]  # U8U8 on every op
+    portable = auto_grid("avx512_vnni", portable=True)
+    assert all(r.safe_on(c) for r in portable for c in X86_INTEGER_CLASSES)
+    assert recipes_for("auto", "avx2") == auto_grid("avx2")
+    assert recipes_for("auto", "avx512_vnni", portable=True) == portable
+    with pytest.raises(CalibrateError, match="is not portable.*qdq-u8s8-perchannel-rr-minmax"):
+        recipes_for("qdq-u8s8-perchannel-minmax", "avx2", portable=True)

@@ -81,3 +81,24 @@ def test_quantize_module_has_one_selection_rule() -> None:
     source = Path(quantize.__file__).read_text() + Path(fallback.__file__).read_text()
     assert source.count("<= max_drop +") == 1  # the comparison lives in within_budget only
     assert "1e-9" not in Path(quantize.__file__).read_text()
+
+
+@pytest.mark.parametrize(
+    ("metric", "fp32", "best", "says", "never"),
+    [
+        ("sqnr_db", 140.0, 19.96, "19.96 dB output SQNR vs FP32", " pp"),
+        ("top1_agreement", 1.0, 0.95, "95.00 % top-1 agreement with FP32", "dB"),
+        ("top1", 0.99, 0.98, "0.9800 val top-1, 1.00 pp below FP32", "dB"),
+    ],
+)
+def test_no_recipe_within_budget_names_the_metric_of_the_budget(
+    metric: str, fp32: float, best: float, says: str, never: str
+) -> None:
+    """0.1.0 wrote an SQNR shortfall as 'drop 12003.90 pp'."""
+    cfg = QuantizeConfig(max_drop=0.001)
+    with pytest.raises(CalibrateError) as info:
+        choose_recipe([_row("b", best, (0.9, 0.9))], _fp32(fp32), cfg, budget=0.001,
+                      budget_text="the budget", metric=metric)  # fmt: skip
+    assert says in str(info.value) and never not in str(info.value), str(info.value)
+    reason = fallback._reason({"val_top1_alone_in_float": best, "sqnr_db": 12.0}, metric)
+    assert fallback.METRIC_WORDS[metric] in reason and " pp" not in reason

@@ -19,13 +19,16 @@ import pytest
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.ort_static import RangeOverride
 from onnxship.calibrate.quantize import FP32_ROW, LatencyConfig, QuantizeConfig, int8_from_onnx
-from onnxship.calibrate.recipes import PRESET_NAMES
+from onnxship.calibrate.recipes import PRESETS, SATURATING_CLASSES, auto_grid, exact_recipe_on
 from onnxship.core import mnist
 from onnxship.core.artifact import sha256_file
+from onnxship.core.env import detected_integer_class, integer_class
 
 # Fast latency settings: these tests check structure and accuracy, never timings.
 FAST = LatencyConfig(seconds_per_batch_size=0.05, min_iterations=3, warmup=1)
-RECIPE = "qdq-u8s8-perchannel-minmax"
+# The recipe exact on this CPU's integer class (U8S8 saturates in int16 without VNNI; on such a
+# CPU its reduce_range twin): the tolerances below are the quantization's, on any x86 CPU.
+RECIPE = exact_recipe_on("qdq-u8s8-perchannel-minmax", detected_integer_class()).name
 TRAIN_IMAGES = 10_000
 META = {
     "onnxship.input_mean": "[0.1307]",
@@ -195,7 +198,12 @@ def test_int8_from_onnx_auto_search_records_the_whole_table(
     art = _quantize(simplecnn, tmp_path, mnist_root, recipe="auto")
     m = art.metrics
     names = [c["name"] for c in m["candidates"]]
-    assert names == [FP32_ROW, *PRESET_NAMES]
+    # The grid exact on this CPU's integer class (the presets, saturating ones swapped for
+    # their reduce_range twins where U8S8 may saturate).
+    grid = auto_grid(integer_class())
+    assert names == [FP32_ROW, *(r.name for r in grid)]
+    assert (tuple(grid) == PRESETS) is (integer_class() not in SATURATING_CLASSES)
+    assert m["integer_class"] == integer_class() and m["grid"]
     chosen = next(c for c in m["candidates"] if c["name"] == m["recipe"]["name"])
     assert chosen["within_budget"] and m["recipe"]["searched"] is True
     assert all("faster_than_fp32" in c for c in m["candidates"][1:])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import onnxruntime as ort
+import pytest
 
 from onnxship.core.env import capture_environment, isa_summary, usable_cores
 
@@ -89,3 +90,47 @@ def test_machine_fingerprint_records_machine_and_session_and_hashes_them():
     env = capture_environment(("CPUExecutionProvider",))
     assert env["fingerprint"]["provider"] == "CPUExecutionProvider"
     assert env["fingerprint"]["cpu"] == env["cpu"]
+
+
+@pytest.mark.parametrize(
+    ("machine", "flags", "expected"),
+    [
+        ("x86_64", "sse4_2 avx avx2 fma avx512f avx512bw avx512_vnni amx_tile amx_int8", "amx"),
+        ("x86_64", "avx2 avx512f avx512bw avx512_vnni", "avx512_vnni"),
+        ("x86_64", "avx2 avx_vnni", "avx_vnni"),
+        ("x86_64", "avx2 avx512f avx512bw", "avx512"),
+        ("x86_64", "fma avx f16c avx2", "avx2"),  # the AMD EPYC these tests were written on
+        ("x86_64", "sse4_1 sse4_2", "sse"),
+        ("aarch64", "fp asimd asimddp i8mm", "arm64_i8mm"),
+        ("aarch64", "fp asimd asimddp", "arm64_dotprod"),
+        ("aarch64", "fp asimd", "arm64"),
+        ("riscv64", "", "unknown"),
+    ],
+)
+def test_integer_class_from_flags(machine: str, flags: str, expected: str) -> None:
+    from onnxship.core.env import INTEGER_CLASSES, integer_class_from_flags
+
+    assert integer_class_from_flags(machine, frozenset(flags.split())) == expected
+    assert expected in INTEGER_CLASSES
+
+
+def test_integer_class_is_detected_and_an_override_is_recorded_as_forced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from onnxship.core import env
+    from onnxship.core.errors import CoreError
+
+    monkeypatch.delenv(env.INTEGER_CLASS_ENV, raising=False)
+    detected = env.detected_integer_class()
+    assert env.integer_class() == detected and detected in env.INTEGER_CLASSES
+    assert env.integer_class_record() == {"integer_class": detected}
+    assert env.capture_environment()["integer_class"] == detected
+    other = "avx512_vnni" if detected != "avx512_vnni" else "avx2"
+    monkeypatch.setenv(env.INTEGER_CLASS_ENV, other)
+    assert env.integer_class() == other
+    record = env.capture_environment()
+    assert record["integer_class"] == other
+    assert record["integer_class_forced"] == {"by": env.INTEGER_CLASS_ENV, "detected": detected}
+    monkeypatch.setenv(env.INTEGER_CLASS_ENV, "avx1024")
+    with pytest.raises(CoreError, match=r"'avx1024' is not an integer class; known classes: amx"):
+        env.integer_class()

@@ -151,3 +151,69 @@ def test_gate_exits_2_when_the_manifest_accuracy_is_not_a_fraction(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "artifacts.student-int8.accuracy.test_top1" in err and "[0.0, 1.0]" in err
+
+
+def _class_manifest(tmp_path: Path, by_class: dict[str, float]) -> Path:
+    entry = {
+        "path": "artifacts/student-int8.onnx",
+        "accuracy": {"test_top1": 0.99},
+        "integer_class": "avx2",
+        "accuracy_by_class": {cls: {"test_top1": acc} for cls, acc in by_class.items()},
+    }
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"schema_version": 1, "artifacts": {"student-int8": entry}}))
+    return path
+
+
+def test_gate_require_class_fails_for_a_class_the_bundle_never_saw(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = _class_manifest(tmp_path, {"avx2": 0.99})
+    baseline = _baseline(tmp_path, {"artifacts": {"student-int8": {"test_top1": 0.985,
+                                                                   "max_drop": 0.003}}})  # fmt: skip
+    junit = tmp_path / "gate.xml"
+    rc = main(["gate", "--manifest", str(manifest), "--baseline", str(baseline),
+               "--require-class", "avx2,avx512_vnni", "--junit", str(junit)])  # fmt: skip
+    assert rc == 1
+    out = capsys.readouterr().out
+    assert "no accuracy measured on integer class avx512_vnni (measured on: avx2)" in out
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert set(cases) == {"student-int8", "student-int8 on avx2", "student-int8 on avx512_vnni"}
+    assert cases["student-int8 on avx512_vnni"].find("failure") is not None
+    assert cases["student-int8 on avx2"].find("failure") is None
+
+
+def test_gate_require_class_fails_when_the_class_accuracy_is_below_the_baseline(
+    tmp_path: Path,
+) -> None:
+    manifest = _class_manifest(tmp_path, {"avx2": 0.90, "avx512_vnni": 0.99})
+    baseline = _baseline(tmp_path, {"artifacts": {"student-int8": {"test_top1": 0.985,
+                                                                   "max_drop": 0.003}}})  # fmt: skip
+    cases = {c.name: c for c in gate(manifest, baseline, require_classes="avx2,avx512_vnni")}
+    assert cases["student-int8"].ok  # the headline accuracy passes ...
+    assert cases["student-int8 on avx512_vnni"].ok
+    bad = cases["student-int8 on avx2"]  # ... but on avx2 it regressed
+    assert not bad.ok and bad.observed == 0.90 and "on avx2 0.9000 is below 0.9820" in bad.message
+
+
+def test_gate_require_class_reads_a_target_record_of_that_class(tmp_path: Path) -> None:
+    manifest = _class_manifest(tmp_path, {"avx2": 0.99})
+    doc = json.loads(manifest.read_text())
+    doc["targets"] = {"epyc-9r14": {"integer_class": "avx512_vnni",
+                                    "accuracy": {"student-int8": {"test_top1": 0.987}}}}  # fmt: skip
+    manifest.write_text(json.dumps(doc))
+    baseline = _baseline(tmp_path, {"artifacts": {"student-int8": {"test_top1": 0.985}}})
+    assert all(c.ok for c in gate(manifest, baseline, require_classes=["avx512_vnni"]))
+
+
+def test_gate_require_class_unknown_name_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = _class_manifest(tmp_path, {"avx2": 0.99})
+    baseline = _baseline(tmp_path, {"artifacts": {"student-int8": {"test_top1": 0.985}}})
+    rc = main(["gate", "--manifest", str(manifest), "--baseline", str(baseline),
+               "--require-class", "avx2,avx1024"])  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "found avx1024" in err and "avx512_vnni" in err and "arm64_i8mm" in err

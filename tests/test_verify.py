@@ -216,3 +216,50 @@ def test_verify_accuracy_counts_differing_predictions_when_the_environment_diffe
     assert not by_name["teacher-fp32"].ok
     assert "4 of 200 predictions differ" in by_name["teacher-fp32"].detail
     assert by_name["student-int8"].ok and "0 of 200" in by_name["student-int8"].detail
+
+
+def test_verify_on_another_integer_class_names_both_and_records_this_one(
+    bundle: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bundle measured on one CPU integer class, verified on this CPU (another class): the
+    accuracy is re-measured, both classes are named, an INT8 recipe not exact here says so,
+    and --record-class keeps this class's accuracy for gate --require-class."""
+    from onnxship.calibrate.recipes import parse_recipe
+    from onnxship.core.env import integer_class
+
+    here = integer_class()
+    other = "avx512_vnni" if here != "avx512_vnni" else "avx2"
+    root, manifest = _copy(bundle, tmp_path)
+    manifest["environment"]["integer_class"] = other
+    recipe = parse_recipe("qdq-u8s8-perchannel-minmax")
+    for name, entry in manifest["artifacts"].items():
+        entry["integer_class"] = other
+        entry["accuracy_by_class"] = {other: {"test_top1": entry["accuracy"]["test_top1"]}}
+        if name == "student-int8":
+            entry["safe_integer_classes"] = recipe.safe_integer_classes()
+            entry["quant_risk"] = recipe.risk
+    _save(root, manifest)
+    report = verify_bundle(root, data_dir=bundle[1])
+    checks = {c.artifact: c for c in report.checks if c.check == "accuracy"}
+    assert report.ok, report.markdown()
+    detail = checks["student-fp32"].detail
+    assert f"on {here}, this CPU (the manifest's on {other})" in detail
+    assert f"integer class: {other} (bundle) -> {here} (this CPU)" in detail
+    int8 = checks["student-int8"].detail
+    assert (f"not exact on {here}" in int8) is (not recipe.safe_on(here))
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"artifacts": {"student-int8": {"test_top1": 0.5}}}))
+    gate_args = ["gate", "--manifest", str(root / "manifest.json"), "--baseline", str(baseline),
+                 "--require-class", f"{other},{here}"]  # fmt: skip
+    assert main(gate_args) == 1  # never measured on this class yet
+    assert f"no accuracy measured on integer class {here}" in capsys.readouterr().out
+    rc = main(["verify", str(root), "--data-dir", str(bundle[1]), "--record-class"])
+    assert rc == 0
+    recorded = json.loads((root / "manifest.json").read_text())["artifacts"]["student-int8"]
+    assert recorded["accuracy_by_class"][here]["measured_by"] == "verify"
+    assert (
+        recorded["accuracy_by_class"][here]["test_top1"]
+        == checks["student-int8"].measured["test_top1"]
+    )
+    capsys.readouterr()
+    assert main(gate_args) == 0

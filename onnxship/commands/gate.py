@@ -14,7 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         '({"artifacts": {"student-int8": {"test_top1": 0.985, "max_drop": 0.003}}}). An artifact '
         "fails when it is missing or below test_top1 - max_drop. Prints a Markdown summary; exit "
         "0 pass, 1 any failure, 2 bad input. Latency is not gated unless --check-latency enables "
-        "the baseline's latency_ratios (ratios between artifacts of the same run).",
+        "the baseline's latency_ratios (ratios between artifacts of the same run). "
+        "--require-class avx2,avx512_vnni also requires each baseline artifact's accuracy "
+        "measured on each named CPU integer class (the manifest's accuracy_by_class, e.g. from "
+        "`verify --record-class` on that CPU) to meet the baseline.",
     )
     parser.add_argument("--manifest", type=Path, required=True, help="DIR/manifest.json")
     parser.add_argument("--baseline", type=Path, required=True,
@@ -23,13 +26,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="write JUnit XML, one test case per artifact")  # fmt: skip
     parser.add_argument("--check-latency", action="store_true",
                         help="also enforce the baseline's latency_ratios (opt-in: noisy machines)")  # fmt: skip
+    parser.add_argument("--require-class", default=None, metavar="CLASSES",
+                        help="comma-separated CPU integer classes (e.g. avx2,avx512_vnni) each "
+                        "baseline artifact must have a measured accuracy on, meeting the "
+                        "baseline; one JUnit case per artifact and class")  # fmt: skip
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from onnxship.gate import gate, markdown, write_junit
 
-    cases = gate(args.manifest, args.baseline, check_latency=args.check_latency)
+    cases = gate(
+        args.manifest,
+        args.baseline,
+        check_latency=args.check_latency,
+        require_classes=args.require_class,
+    )
     print(markdown(cases))
     if args.junit:
         write_junit(cases, args.junit)

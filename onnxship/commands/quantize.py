@@ -56,6 +56,12 @@ and keeps the fastest within the budget:
 Any other grid point can be named: {GRAMMAR}.
 '-linear' quantizes only Gemm/MatMul and keeps convolutions in float.
 
+Integer classes: on x86 without VNNI (AVX2, AVX-512 without VNNI, SSE) U8S8 products are summed
+in int16 and can saturate. On such a CPU every preset that may saturate is replaced by its
+reduce_range twin (same kernel, 7-bit weights) and U8U8 is added. --portable searches only
+recipes exact on every x86 class, for an unknown target. The INT8 file and the record name the
+class it was validated on, the classes its recipe is exact on and what it risks elsewhere.
+
 If no recipe is within the budget, the accuracy fallback ranks nodes by sensitivity
 (qdq_loss_debug SQNR + measured one-node-in-float variants) and keeps the worst in float
 until the drop is within budget. The FP32 model is always a row of the table: if no INT8
@@ -145,6 +151,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="do not keep sensitive nodes in float when no recipe meets the budget",
     )
     parser.add_argument(
+        "--portable",
+        action="store_true",
+        help="search only recipes exact on every x86 integer class (reduce_range or U8U8), for "
+        "an unknown target CPU; by default the grid is the one exact on this CPU's class",
+    )
+    parser.add_argument(
         "--require-faster",
         action="store_true",
         help="exit 1 (writing nothing) if no INT8 recipe beats FP32 at every batch size",
@@ -193,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         fallback=not args.no_fallback,
         require_faster=args.require_faster,
         min_sqnr_db=args.min_sqnr,
+        portable=args.portable,
     )
     artifact = api.quantize(
         args.model,
@@ -213,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"quantize: {artifact.path} ({artifact.bytes} bytes, {m['bytes_ratio']:.0%} of FP32) "
-        f"recipe {m['recipe']['name']}; {scored} on {m['val_split']}: FP32 "
+        f"recipe {m['recipe']['name']} (validated on {m['integer_class']}, exact on "
+        f"{', '.join(m['safe_integer_classes'])}); {scored} on {m['val_split']}: FP32 "
         f"{m['fp32_val_top1']:.4f} -> INT8 {m['int8_val_top1']:.4f}; INT8/FP32 latency "
         f"(min/p50) {ratios}; "
         f"faster than FP32: {'yes' if m['int8_faster_than_fp32'] else 'no'}; "

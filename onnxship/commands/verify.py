@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "neither); it loads in ONNX Runtime (CPU); and its test accuracy (MNIST, or the test .npz named by the manifest's dataset block) re-measured with "
         "the recorded settings equals the manifest exactly when this machine's CPU, ISA and "
         "onnxruntime match the manifest's environment - otherwise at most --max-differing test "
-        "predictions may differ from the recorded ones. Exit 0 if all pass, 1 if any fails (the "
+        "predictions may differ from the recorded ones. The accuracy detail names this CPU's "
+        "integer class and the manifest's when they differ; --record-class keeps the accuracy "
+        "measured here in the manifest (accuracy_by_class) for gate --require-class. Exit 0 if all pass, 1 if any fails (the "
         "failing artifacts are named), 2 on bad input. Needs only onnxruntime + numpy.",
     )
     parser.add_argument("bundle", type=Path, help="bundle folder holding manifest.json")
@@ -29,12 +31,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="differing test predictions allowed when the environment differs "
                         "from the manifest's (default: 0.1%% of the test set, 10 of 10,000)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON")
+    parser.add_argument("--record-class", action="store_true",
+                        help="write the accuracies measured here into the manifest's "
+                        "accuracy_by_class under this CPU's integer class (for gate "
+                        "--require-class)")  # fmt: skip
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from onnxship.core.artifact import atomic_write_json
-    from onnxship.verify import verify_bundle
+    from onnxship.errors import PipelineError
+    from onnxship.verify import record_class_accuracy, verify_bundle
+
+    if args.record_class and args.skip_accuracy:
+        raise PipelineError(
+            "--record-class records the accuracy measured here, --skip-accuracy measures none; "
+            "drop one of them"
+        )
 
     report = verify_bundle(
         args.bundle,
@@ -45,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     print(report.markdown())
     if args.json:
         atomic_write_json(args.json, report.to_json())
+    if args.record_class:
+        updated = record_class_accuracy(args.bundle, report)
+        print(f"verify: recorded accuracy on this CPU's integer class for {len(updated)} artifacts")
     if report.ok:
         print(f"\nverify: {args.bundle} ok ({len(report.checks)} checks)")
         return 0

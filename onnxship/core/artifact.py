@@ -299,6 +299,8 @@ def write_stage_record(
     `name` is usually the stage itself ("train", "quantize"); a pipeline that runs a stage on
     two models uses e.g. "export-teacher" and "export-student".
     """
+    from onnxship.core.env import integer_class_record
+
     stages_dir = Path(out_dir) / "stages"
     stages_dir.mkdir(parents=True, exist_ok=True)
     record = {
@@ -306,7 +308,8 @@ def write_stage_record(
         "config": jsonable(config),
         "inputs": [file_entry(p) for p in inputs],
         "outputs": [file_entry(p, with_bytes=True) for p in outputs],
-        "metrics": jsonable(metrics),
+        # The CPU's integer class is in every record's metrics (they were measured there).
+        "metrics": jsonable({**integer_class_record(), **metrics}),
         "started": started,
         "finished": utc_now(),
         "wall_s": round(float(wall_s), 3),
