@@ -39,8 +39,12 @@ examples:
   onnxship bench artifacts/student-int8.onnx artifacts/student-fp32.onnx --json cpu.json
   onnxship bench model.onnx --provider cuda --batch-sizes 1,64,1024 --cuda-graph
   onnxship bench model.onnx --time-budget 5 --threads 4 --no-spinning
+  onnxship bench a.onnx b.onnx --scenario server --slo-ms 5 --json server.json --plot s.png
+  onnxship bench model.onnx --tune-session tuned.json --batch-sizes 64
 exit codes: 0 measured, 2 bad input (not an ONNX file, truncated, missing external data,
-batch size <= 0, dynamic dim without --dim, unknown or unavailable EP)
+batch size <= 0, dynamic dim without --dim, unknown or unavailable EP, unknown scenario,
+--slo-ms <= 0, a QPS the generator cannot issue, --ci-level outside (0, 1), a session
+config naming options this onnxruntime lacks); a server SLO missed at every QPS is exit 0
 """
 
 
@@ -190,12 +194,12 @@ def add_scenario_flags(parser: argparse.ArgumentParser) -> None:
     """Deployment scenarios (MLPerf LoadGen) and per-target session options."""
     group = parser.add_argument_group(
         "scenarios and session options",
-        "--scenario single-stream: batch-1 queries one after another, p50/p90/p99 with CIs; "
-        "offline: samples/s at the best of --batch-sizes; server: Poisson arrivals at a QPS, "
-        "--concurrency workers, the highest QPS whose p99 (from scheduled arrival, queueing "
-        "included) stays <= --slo-ms. --tune-session OUT.json searches threads, spinning, "
-        "graph level and execution mode for one model at one batch size and writes the "
-        "choice; --session-config FILE runs exactly those options.",
+        "--scenario single-stream: batch-1 queries one after another, p50/p90/p99 with CIs;\n"
+        "  offline: samples/s at the best of --batch-sizes; server: Poisson arrivals at a QPS,\n"
+        "  --concurrency workers, the highest QPS whose p99 (from scheduled arrival, queueing\n"
+        "  included) stays <= --slo-ms.\n"
+        "--tune-session OUT.json: threads, spinning, graph level and execution mode searched for\n"
+        "  one model at one batch size; --session-config FILE runs exactly those options.",
     )
     group.add_argument(
         "--scenario", default=None, metavar="S",
