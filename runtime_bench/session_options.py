@@ -350,8 +350,13 @@ def _time_stage(path: Path, provider: str, candidates: list[SessionConfig], incu
                            dim_values=dict(cfg.dim_values))  # fmt: skip
         fns[label] = lambda s=handle.session, f=feeds: s.run(None, f)
     ref = _label(incumbent)
+    # racing: a candidate whose speed-up CI lies wholly below the best one's stops being
+    # timed (never the incumbent), so the budget goes to the contenders
     timing = time_blocks(
-        fns, TimingConfig(budget_s=budget_s, ci_level=cfg.ci_level, seed=cfg.seed), reference=ref
+        fns,
+        TimingConfig(budget_s=budget_s, ci_level=cfg.ci_level, seed=cfg.seed),
+        reference=ref,
+        race=len(fns) > 2,
     )
     cleared = [r for r in timing.ratios.values() if decide_faster(r, cfg.margin)]
     best = max(cleared, key=lambda r: r.ci[0], default=None)
@@ -373,6 +378,7 @@ def _time_stage(path: Path, provider: str, candidates: list[SessionConfig], incu
         if best is not None
         else f"no alternative's CI lower bound clears the {cfg.margin:g}x margin: keep {ref}",
         "stop_reason": timing.stop_reason,
+        "dropped": dict(timing.dropped),
         "_winner": winner,
     }
 
