@@ -499,8 +499,11 @@ def _recommended_line(ep: str, name: str, d: Mapping[str, Any]) -> str:
     speed = f"{d.get('speedup_vs_teacher_fp32')}× teacher-fp32"
     if ci:
         speed += f" ({level} % CI {ci[0]}–{ci[1]}×)"
+    batches = f"at batch {d.get('batch_size')}"
+    if d.get("teacher_batch_size") not in (None, d.get("batch_size")):
+        batches += f" vs the teacher at its best batch {d['teacher_batch_size']}"
     line = (
-        f"- **{ep}**: `{name}` ({d.get('scenario', '')}: {speed} at batch {d.get('batch_size')}, "
+        f"- **{ep}**: `{name}` ({d.get('scenario', '')}: {speed} {batches}, "
         f"test top-1 {100 * float(d.get('test_top1', 0)):.2f} %)"
     )
     if d.get("decision") == "tie within noise":
