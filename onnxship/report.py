@@ -343,13 +343,14 @@ def write_latency_ci_plot(plots_dir: Path, manifest: Mapping[str, Any]) -> Path 
             values.append(cell["p50_ms"])
             lows.append(cell["p50_ms"] - ci[0])
             highs.append(ci[1] - cell["p50_ms"])
-        ax.barh(ys, values, color="#4477aa", alpha=0.7)
-        ax.errorbar(values, ys, xerr=[lows, highs], fmt="none", ecolor="black", capsize=3)
+        ax.errorbar(values, ys, xerr=[lows, highs], fmt="o", color="#4477aa", ecolor="black",
+                    capsize=3)  # fmt: skip
         ax.set_xscale("log")
         ax.set_title(f"{ep.replace('ExecutionProvider', '')} @ batch {batch}", fontsize=9)
         ax.set_xlabel(f"p50 ms ({level} % CI)")
         ax.grid(True, axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(names)), names, fontsize=8)
+    axes[0][0].invert_yaxis()  # the manifest's order, top down
     fig.suptitle("Latency with bootstrap CIs (block-interleaved rounds)", fontsize=10)
     fig.tight_layout()
     path = _save(fig, plots_dir / "latency_ci.png")
