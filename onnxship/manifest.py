@@ -430,6 +430,7 @@ def _scenario_detail(ep: str, scenario: str, names: list[str], excluded: dict[st
         r = _speedup(chosen, tperf, cfg)
         detail["speedup_vs_teacher_fp32"] = round(r.ratio, 3)
         detail["speedup_vs_teacher_fp32_ci"] = _ci(r)
+        detail["teacher_batch_size"] = tperf.batch  # offline: the teacher at its own best batch
     return detail
 
 

@@ -591,7 +591,10 @@ def benchmark_models_interleaved(
     created = utc_now()
     exceed = threads_exceed_cores(cfg.threads)
     npz = load_npz(cfg.npz) if cfg.npz is not None else None
-    keys = [f"{i}:{p.name}" for i, p in enumerate(model_paths)]
+    stems = [p.stem for p in model_paths]
+    # file stems name the models (in ratios and racing notes) unless two files share one
+    unique = len(set(stems)) == len(stems)
+    keys = stems if unique else [f"{i}:{p.name}" for i, p in enumerate(model_paths)]
     ref_key = _reference_key(keys, model_paths, cfg.reference)
     handles = [create_session(p, cfg.provider, cfg.session_config()) for p in model_paths]
     bases = [_base_row(p, h, cfg, exceed) for p, h in zip(model_paths, handles, strict=True)]
