@@ -7,9 +7,11 @@
    (`calibrate.dataset.EvaluationSet`) from the rest of that validation part, or from a
    user's `--val-npz` (any model: no metadata needed when both sets are npz files).
 2. `quant_pre_process`, then exact graph rewrites (`calibrate.graph_prep`), in a temporary folder.
-3. Every recipe of the search (or the one named) is quantized with `quantize_static` and
-   scored on the evaluation set - top-1 with labels; without labels fidelity to the FP32
-   model: top-1 agreement for class scores, output SQNR otherwise - and on latency
+3. Every recipe of the search (the grid exact on this CPU's integer class,
+   `calibrate.recipes.auto_grid`; with `portable`, on every x86 class) or the one named is
+   quantized with `quantize_static` and scored on the evaluation set - top-1 with labels;
+   without labels fidelity to the FP32 model: top-1 agreement for class scores, output SQNR
+   otherwise - and on latency
    on the target EP, interleaved with the FP32 model (batch 1 and 64, one thread) - one table,
    FP32 included as a row.
 4. One selection rule (`choose_recipe`): among the candidates within the accuracy budget
@@ -80,6 +82,7 @@ from onnxship.calibrate.recipes import (
     QuantFormatChoice,
     QuantScope,
     Recipe,
+    parse_recipe,
     recipes_for,
 )
 from onnxship.core import model_meta
@@ -230,7 +233,8 @@ def recipe_grid(cfg: QuantizeConfig) -> tuple[Recipe, ...]:
 def _grid_note(cfg: QuantizeConfig, cls: str) -> str:
     """How the searched grid was chosen, for the record."""
     if cfg.recipe.strip().lower() != AUTO:
-        return f"one recipe named ({cfg.recipe}); not checked against the class"
+        exact = parse_recipe(cfg.recipe).safe_on(cls)
+        return f"one recipe named ({cfg.recipe}); {'exact' if exact else 'may saturate'} on {cls}"
     if cfg.portable:
         return "portable: only recipes exact on every x86 integer class (reduce_range or U8U8)"
     if cls in SATURATING_CLASSES:
