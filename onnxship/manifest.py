@@ -80,8 +80,8 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def _latency_for(path: Path, bench: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
-    latency: dict[str, dict[str, dict[str, float]]] = {}
+def _latency_for(path: Path, bench: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    latency: dict[str, dict[str, dict[str, Any]]] = {}
     for row in bench.get("results", []):
         # On CUDA the harness also reports device-resident rows; the manifest's number is the
         # end-to-end one (numpy in and out, copies included), comparable with the CPU EP's.
@@ -435,6 +435,7 @@ def _scenario_detail(ep: str, scenario: str, names: list[str], excluded: dict[st
         r = _speedup(chosen, tperf, cfg)
         detail["speedup_vs_teacher_fp32"] = round(r.ratio, 3)
         detail["speedup_vs_teacher_fp32_ci"] = _ci(r)
+        detail["teacher_batch_size"] = tperf.batch  # offline: the teacher at its own best batch
     return detail
 
 

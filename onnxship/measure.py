@@ -88,6 +88,9 @@ class BenchSettings:
     target_rel_ci: float = 0.02
     statistic: str = "p50"
     reference: str = "teacher-fp32"
+    # stop timing artifacts clearly slower than the fastest (successive halving); they keep
+    # the rounds they had, with wider CIs, and the record says so
+    race: bool = True
     recommend: RecommendPolicy = field(default_factory=RecommendPolicy)
 
     def validate(self) -> None:
@@ -357,6 +360,7 @@ def bench_stage(
                 target_rel_ci=settings.target_rel_ci,
                 statistic=settings.statistic,
                 reference=settings.reference if settings.reference in onnx_paths else None,
+                race=settings.race,
             )
             result = benchmark_models_interleaved(list(onnx_paths.values()), cfg)
             if merged is None:

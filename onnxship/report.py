@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -404,13 +404,14 @@ def write_latency_ci_plot(plots_dir: Path, manifest: Mapping[str, Any]) -> Path 
             values.append(cell["p50_ms"])
             lows.append(cell["p50_ms"] - ci[0])
             highs.append(ci[1] - cell["p50_ms"])
-        ax.barh(ys, values, color="#4477aa", alpha=0.7)
-        ax.errorbar(values, ys, xerr=[lows, highs], fmt="none", ecolor="black", capsize=3)
+        ax.errorbar(values, ys, xerr=[lows, highs], fmt="o", color="#4477aa", ecolor="black",
+                    capsize=3)  # fmt: skip
         ax.set_xscale("log")
         ax.set_title(f"{ep.replace('ExecutionProvider', '')} @ batch {batch}", fontsize=9)
         ax.set_xlabel(f"p50 ms ({level} % CI)")
         ax.grid(True, axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(names)), names, fontsize=8)
+    axes[0][0].invert_yaxis()  # the manifest's order, top down
     fig.suptitle("Latency with bootstrap CIs (block-interleaved rounds)", fontsize=10)
     fig.tight_layout()
     path = _save(fig, plots_dir / "latency_ci.png")
@@ -560,8 +561,11 @@ def _recommended_line(ep: str, name: str, d: Mapping[str, Any]) -> str:
     speed = f"{d.get('speedup_vs_teacher_fp32')}× teacher-fp32"
     if ci:
         speed += f" ({level} % CI {ci[0]}–{ci[1]}×)"
+    batches = f"at batch {d.get('batch_size')}"
+    if d.get("teacher_batch_size") not in (None, d.get("batch_size")):
+        batches += f" vs the teacher at its best batch {d['teacher_batch_size']}"
     line = (
-        f"- **{ep}**: `{name}` ({d.get('scenario', '')}: {speed} at batch {d.get('batch_size')}, "
+        f"- **{ep}**: `{name}` ({d.get('scenario', '')}: {speed} {batches}, "
         f"test top-1 {100 * float(d.get('test_top1', 0)):.2f} %)"
     )
     if d.get("decision") == "tie within noise":
@@ -600,7 +604,7 @@ def server_results(out_dir: Path, manifest: Mapping[str, Any]) -> list[dict[str,
     return [r for r in (found or []) if r.get("scenario") == "server" and r.get("steps")]
 
 
-def write_server_plot(path: Path, results: list[Mapping[str, Any]]) -> Path | None:
+def write_server_plot(path: Path, results: Sequence[Mapping[str, Any]]) -> Path | None:
     """p99 latency vs target QPS per model (log-log), the SLO as a line, each model's highest
     QPS that meets it starred. None when there is nothing to draw."""
     curves = [(r, [s for s in r["steps"] if s.get("p99_ms") is not None]) for r in results]

@@ -246,7 +246,8 @@ def time_interleaved(
                 "iterations": m.n_calls,
             }
             if key in result.ratios:
-                entry["speedup_vs_teacher"] = result.ratios[key].to_json()
+                ratio = result.ratios[key].to_json()
+                entry["speedup_vs_teacher"] = {**ratio, "name": name, "reference": TEACHER_ROW}
             if key in result.dropped:
                 entry["dropped"] = result.dropped[key]
             by_name[name].latency.setdefault(label, {})[str(batch)] = entry

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from onnxship.core.artifact import jsonable, sha256_file, utc_now
-from onnxship.core.env import capture_environment, usable_cores
+from onnxship.core.env import capture_environment, machine_fingerprint, usable_cores
 from onnxship.runtime_bench.errors import BenchError
 from onnxship.runtime_bench.inputs import check_batch_size, input_specs, load_npz, make_feeds
 from onnxship.runtime_bench.latency import row_stats
@@ -100,6 +100,9 @@ class BenchConfig:
     # interleaved timing only (`benchmark_models_interleaved`): calls per model per round, the
     # first untimed (see `runtime_bench.timing`); 1 = call by call
     interleave_block: int = 1
+    # a whole SessionConfig (from a session-config file): run exactly it; threads, spinning,
+    # graph_optimization and provider_options must then match it (they label the rows)
+    session: SessionConfig | None = None
     # the engine's statistics: CI level, early stop once every CI half-width / value is below
     # target_rel_ci (only with a time budget), the statistic ratios use
     ci_level: float = 0.95
@@ -107,9 +110,9 @@ class BenchConfig:
     statistic: str = "p50"
     # interleaved timing: the model (file stem) every ratio is taken against; None = no ratios
     reference: str | None = None
-    # a whole SessionConfig (from a session-config file): run exactly it; threads, spinning,
-    # graph_optimization and provider_options must then match it (they label the rows)
-    session: SessionConfig | None = None
+    # interleaved timing: stop timing models whose speed-up CI lies wholly below the best's
+    # (they keep the rounds they had, with wider CIs; the reference is never dropped)
+    race: bool = False
 
     def __post_init__(self) -> None:
         sizes = self.batch_sizes
@@ -358,6 +361,10 @@ def _base_row(path: Path, handle: SessionHandle, cfg: BenchConfig, exceed: bool)
         "threads_exceed_cores": exceed,
         "spinning": cfg.spinning,
         "graph_optimization": cfg.graph_optimization.value,
+        # the one machine fingerprint (machine + EP, threads, spinning) of this row
+        "fingerprint": machine_fingerprint(
+            handle.provider, intra_op_threads=cfg.threads, allow_spinning=cfg.spinning
+        ),
         "warmup": cfg.warmup,
         "iterations_requested": cfg.iterations,
         "time_budget_s": cfg.time_budget_s,
@@ -567,7 +574,8 @@ def benchmark_models_interleaved(
     the rows are taken at the same moments. Same document as `benchmark_models`; each row says
     `"timing": "interleaved"` and keeps its per-round statistic (`round_stats_ms`, what paired
     ratio CIs resample). With `cfg.reference`, the document's `ratios` hold every model's
-    speed-up over it with a paired bootstrap CI. `time_budget_s` bounds each batch size.
+    speed-up over it with a paired bootstrap CI. `time_budget_s` is each batch size's share of
+    the budget; a share left unused (CIs reached early) goes to the batch sizes after it.
     Host (numpy in/out) rows only: `end_to_end` on CUDA, `host` elsewhere."""
     model_paths = [Path(p) for p in paths]
     if not model_paths:
@@ -575,7 +583,10 @@ def benchmark_models_interleaved(
     created = utc_now()
     exceed = threads_exceed_cores(cfg.threads)
     npz = load_npz(cfg.npz) if cfg.npz is not None else None
-    keys = [f"{i}:{p.name}" for i, p in enumerate(model_paths)]
+    stems = [p.stem for p in model_paths]
+    # file stems name the models (in ratios and racing notes) unless two files share one
+    unique = len(set(stems)) == len(stems)
+    keys = stems if unique else [f"{i}:{p.name}" for i, p in enumerate(model_paths)]
     ref_key = _reference_key(keys, model_paths, cfg.reference)
     handles = [create_session(p, cfg.provider, cfg.session_config()) for p in model_paths]
     bases = [_base_row(p, h, cfg, exceed) for p, h in zip(model_paths, handles, strict=True)]
@@ -583,9 +594,17 @@ def benchmark_models_interleaved(
     results: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
-    for batch_size in cfg.batch_sizes:
+    # budget left over by a batch size whose CIs were reached early goes to the next ones
+    left_s = None if cfg.time_budget_s is None else cfg.time_budget_s * len(cfg.batch_sizes)
+    for i, batch_size in enumerate(cfg.batch_sizes):
         fns, feeds, first = _interleaved_fns(keys, model_paths, handles, batch_size, cfg, npz)
-        timed = time_blocks(fns, cfg.timing_config(block=cfg.interleave_block), reference=ref_key)
+        timing = cfg.timing_config(block=cfg.interleave_block)
+        if left_s is not None:
+            share = max(left_s / (len(cfg.batch_sizes) - i), 1e-3)
+            timing = dataclasses.replace(timing, budget_s=share)
+        timed = time_blocks(fns, timing, reference=ref_key, race=cfg.race and ref_key is not None)
+        if left_s is not None:
+            left_s -= timed.wall_s
         io = IoMode.END_TO_END if handles[0].provider == CUDA_EP else IoMode.HOST
         for key, base, handle in zip(keys, bases, handles, strict=True):
             row = _row(base, batch_size=batch_size, io=io, first_run_ms=first[key],
@@ -597,7 +616,8 @@ def benchmark_models_interleaved(
         ratios += _ratio_rows(timed, names, handles[0].provider, batch_size, io.value)
         runs.append({"provider": handles[0].provider, "batch_size": batch_size,
                      "stop_reason": timed.stop_reason, "wall_s": round(timed.wall_s, 3),
-                     "notes": list(timed.notes), "dropped": dict(timed.dropped)})  # fmt: skip
+                     "notes": list(timed.notes),
+                     "dropped": {names[k]: v for k, v in timed.dropped.items()}})  # fmt: skip
     config = cfg.to_json()
     config["threads_exceed_cores"] = exceed
     config["timing"] = "interleaved"

@@ -35,6 +35,7 @@ CSV_COLUMNS = (
     "session_create_ms", "first_run_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
     "min_ms", "max_ms", "p25_ms", "p75_ms", "throughput_per_s", "threads_exceed_cores",
     "nodes_per_provider", "provider_options", "model", "model_sha256",
+    "p50_ci_ms", "p90_ci_ms", "p99_ci_ms", "n", "ci_level",
 )  # fmt: skip
 MACHINE_COLUMNS = (
     "machine",
@@ -156,8 +157,8 @@ def _short_provider(name: str) -> str:
 def markdown_table(doc: Mapping[str, Any]) -> str:
     """The result rows as a Markdown table (the stdout of `onnxship bench`)."""
     header = [
-        "model", "EP", "io", "batch", "threads", "create ms", "first ms", "p50 ms", "p90 ms",
-        "p99 ms", "mean ms", "std ms", "min ms", "samples/s", "runs",
+        "model", "EP", "io", "batch", "threads", "create ms", "first ms", "p50 ms", "p50 CI ms",
+        "p90 ms", "p99 ms", "mean ms", "std ms", "min ms", "samples/s", "runs",
     ]  # fmt: skip
     lines = []
     for r in doc["results"]:
@@ -167,6 +168,7 @@ def markdown_table(doc: Mapping[str, Any]) -> str:
                 str(r["batch_size"]),
                 f"{r['threads']}{'!' if r.get('threads_exceed_cores') else ''}",
                 _ms(r["session_create_ms"]), _ms(r["first_run_ms"]), _ms(r["p50_ms"]),
+                _ci_cell(r.get("p50_ci_ms")),
                 _ms(r["p90_ms"]), _ms(r["p99_ms"]), _ms(r["mean_ms"]), _ms(r["std_ms"]),
                 _ms(r["min_ms"]), _rate(r["throughput_per_s"]), str(r["iterations"]),
             ]
@@ -180,7 +182,35 @@ def markdown_table(doc: Mapping[str, Any]) -> str:
         note += "\n`!` threads exceed the usable cores: those numbers time-share cores."
     for skip in doc.get("skipped_measurements", []):
         note += f"\nnot measured: {skip['model']} {skip['io']}: {skip['reason']}"
-    return _table(header, lines) + note
+    if any(r.get("p99_why") or r.get("p90_why") for r in doc["results"]):
+        note += (
+            "\np90 / p99 `-`: fewer timed runs than a percentile needs (MLPerf LoadGen: 64 for "
+            "a p90, 662 for a p99); raise --iterations (or the time budget)."
+        )
+    return _table(header, lines) + note + ratios_markdown(doc)
+
+
+def _ci_cell(ci: Any) -> str:
+    if not ci:
+        return "-"
+    return f"{_ms(ci[0])}–{_ms(ci[1])}"
+
+
+def ratios_markdown(doc: Mapping[str, Any]) -> str:
+    """The document's speed-ups over its reference with their paired bootstrap CIs (interleaved
+    runs with a reference), as a Markdown table; empty when there are none."""
+    ratios = doc.get("ratios") or []
+    if not ratios:
+        return ""
+    header = ["model", "vs", "EP", "batch", "speed-up", "CI", "statistic", "rounds"]
+    lines = [
+        [str(r["name"]), str(r["reference"]), _short_provider(str(r.get("provider", ""))),
+         str(r.get("batch_size", "")), f"{float(r['ratio']):.3f}x",
+         f"{float(r['ci'][0]):.3f}–{float(r['ci'][1]):.3f}x ({round(100 * r['ci_level'])} %)",
+         str(r.get("statistic", "")), str(r.get("n_rounds", ""))]
+        for r in ratios
+    ]  # fmt: skip
+    return "\n\n" + _table(header, lines)
 
 
 # --------------------------------------------------------------------------------------------

@@ -341,7 +341,7 @@ def check_qps_generable(qps: float, cfg: ScenarioConfig, capacity: float) -> Non
 def _service_ms(target: _Target, cfg: ScenarioConfig) -> float:
     """Median batch-1 latency over a short probe (a tenth of the budget, at most 2 s)."""
     fn = target.call(1)
-    times = []
+    times: list[float] = []
     end = time.perf_counter() + min(2.0, 0.1 * cfg.budget_s)
     while time.perf_counter() < end or len(times) < 20:
         t = time.perf_counter_ns()
@@ -439,14 +439,17 @@ def run_server(target: _Target, cfg: ScenarioConfig) -> dict[str, Any]:
     if cfg.qps:
         for q in cfg.qps:
             check_qps_generable(q, cfg, capacity)
-        steps = []
+        steps, skipped = [], []
         for i, q in enumerate(cfg.qps):
             if time.perf_counter() + _needed_s(q, cfg) > deadline:
-                log.warning("server: %.1f QPS skipped: the budget is spent", q)
+                log.warning("server: %.1f QPS not run: its queries do not fit the budget left", q)
+                skipped.append(q)
                 continue
             steps.append(server_step(fn, q, _queries_for(q, cfg), cfg, cfg.seed + i))
-        stop = "fixed_qps" if len(steps) == len(cfg.qps) else "budget"
-        return _server_result(target, cfg, steps, stop, generator_capacity_qps=capacity)
+        return _server_result(
+            target, cfg, steps, "budget" if skipped else "fixed_qps",
+            generator_capacity_qps=capacity, skipped_qps=skipped,
+        )  # fmt: skip
     service = _service_ms(target, cfg)
     # The most the workers could serve if every query took the median service time.
     hi = min(capacity, cfg.concurrency * 1000.0 / service)
@@ -522,15 +525,19 @@ def run_offline(target: _Target, cfg: ScenarioConfig) -> dict[str, Any]:
 
     fns = {f"b{b}": target.call(b) for b in cfg.batch_sizes}
     timing = time_blocks(fns, _timing_config(cfg, min_calls=0))
-    per_batch = []
+    per_batch: list[dict[str, Any]] = []
     for b in cfg.batch_sizes:
-        p50 = timing.models[f"b{b}"].p50
+        model = timing.models[f"b{b}"]
+        p50 = model.p50
+        assert p50.value_ms is not None  # a p50 needs one timed call; the engine always has it
         ci = None if p50.ci_ms is None else [b * 1e3 / p50.ci_ms[1], b * 1e3 / p50.ci_ms[0]]
         per_batch.append(
             {"batch_size": b, "samples_per_s": b * 1e3 / p50.value_ms, "samples_per_s_ci": ci,
-             "p50_ms": p50.value_ms, "p50_ci_ms": p50.ci_ms, "n_calls": p50.n}
+             "p50_ms": p50.value_ms, "p50_ci_ms": p50.ci_ms, "n_calls": p50.n,
+             # LoadGen's offline number is samples / total time: the mean, without a CI here
+             "samples_per_s_at_mean": b * 1e3 / model.mean_ms}
         )  # fmt: skip
-    best = max(per_batch, key=lambda r: r["samples_per_s"])
+    best = max(per_batch, key=lambda r: float(r["samples_per_s"]))
     return {
         "scenario": Scenario.OFFLINE.value,
         "statistic": "throughput in samples/s = batch / p50 latency of one call, at the best "

@@ -73,13 +73,15 @@ class TimingConfig:
     target_rel_ci: float = 0.05
     statistic: str = "p50"
     n_bootstrap: int = 1000
+    # resamples for the per-model p50/p90/p99 CIs (reported, not decided on: cheaper)
+    n_bootstrap_percentiles: int = 300
     seed: int = 0
     warmup: int = 1
     race_after_rounds: int = 5
 
     def __post_init__(self) -> None:
         ints = {"block": 1, "min_rounds": 1, "max_rounds": 1, "n_bootstrap": 10, "warmup": 0,
-                "race_after_rounds": 1}  # fmt: skip
+                "race_after_rounds": 1, "n_bootstrap_percentiles": 10}  # fmt: skip
         for name, low in ints.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -243,7 +245,7 @@ def _boot_indices(rng: np.random.Generator, n_rounds: int, n_boot: int, width: i
     done = 0
     while done < n_boot:
         size = min(per_chunk, n_boot - done)
-        yield rng.integers(0, n_rounds, size=(size, n_rounds))
+        yield rng.integers(0, n_rounds, size=(size, n_rounds), dtype=np.int32)
         done += size
 
 
@@ -258,7 +260,7 @@ def percentile_cis(
         return [(float(v), (float(v), float(v))) for v in values]
     rng = np.random.default_rng(cfg.seed + 1)
     boots = []
-    for idx in _boot_indices(rng, n_rounds, cfg.n_bootstrap, width):
+    for idx in _boot_indices(rng, n_rounds, cfg.n_bootstrap_percentiles, width):
         boots.append(np.percentile(samples_ms[idx].reshape(len(idx), -1), qs, axis=1))
     lo, hi = np.percentile(np.concatenate(boots, axis=1), _alpha(cfg), axis=1)
     return [(float(v), (float(a), float(b))) for v, a, b in zip(values, lo, hi, strict=True)]
@@ -321,7 +323,7 @@ def _percentiles(samples: np.ndarray, cfg: TimingConfig) -> dict[str, Percentile
     keys = [k for k in ("p50", "p90", "p99") if n >= MIN_CALLS[k]]
     got = dict(zip(keys, percentile_cis(samples, tuple(float(k[1:]) for k in keys), cfg),
                    strict=True))  # fmt: skip
-    out = {}
+    out: dict[str, Percentile] = {}
     for key in ("p50", "p90", "p99"):
         if key in got:
             value, ci = got[key]
@@ -391,6 +393,7 @@ class _Rounds:
     def __init__(self, names: list[str], cfg: TimingConfig) -> None:
         self.cfg = cfg
         self.samples: dict[str, list[list[int]]] = {n: [] for n in names}
+        self.n_rounds = 0
         self.active = list(names)
         self.dropped: dict[str, str] = {}
 
@@ -408,10 +411,7 @@ class _Rounds:
                 fn()
                 calls.append(clock() - start)
             self.samples[name].append(calls)
-
-    @property
-    def n_rounds(self) -> int:
-        return max(len(v) for v in self.samples.values())
+        self.n_rounds += 1
 
     def timing(self, name: str) -> ModelTiming:
         arr = np.asarray(self.samples[name], dtype=np.float64) / 1e6
@@ -505,7 +505,9 @@ def time_blocks(
             check_total_s <= 0.1 * (t0 - start) or rounds.n_rounds + 1 == cfg.min_rounds
         )
         final_elements = (
-            (rounds.n_rounds + 1) * cfg.n_bootstrap * len(fns) * (cfg.timed_per_block + 2)
+            (rounds.n_rounds + 1)
+            * len(fns)
+            * (2 * cfg.n_bootstrap_percentiles * cfg.timed_per_block + 2 * cfg.n_bootstrap)
         )
         final_s = per_element_s * final_elements
         projected = round_s + (check_s if will_check else 0.0) + final_s

@@ -184,3 +184,38 @@ def test_check_replay_refuses_a_replay_that_differs_from_the_host_run():
         check_replay(Path("m.onnx"), [ref[0] + np.float32(0.5)], ref)
     with pytest.raises(BenchError, match=r"has shape \[1, 10\], the host run \[2, 10\]"):
         check_replay(Path("m.onnx"), [np.zeros((1, 10), np.float32)], ref)
+
+
+def test_benchmark_models_interleaved_gives_paired_ratio_cis_within_the_budget(tmp_path: Path):
+    import time
+
+    from onnxship.runtime_bench.bench import benchmark_models_interleaved
+    from onnxship.runtime_bench.results import markdown_table
+
+    ref = tiny.linear_classifier(tmp_path / "ref.onnx", seed=0)
+    other = tiny.pixel_classifier(tmp_path / "other.onnx")
+    cfg = BenchConfig(batch_sizes=(1, 8), warmup=2, iterations=100_000, time_budget_s=0.6,
+                      interleave_block=4, reference="ref", progress=False)  # fmt: skip
+    start = time.perf_counter()
+    doc = benchmark_models_interleaved([ref, other], cfg)
+    # the budget bounds each batch size (20 % plus slack for sessions and a loaded machine)
+    assert time.perf_counter() - start <= 2 * 0.6 * 1.2 + 1.0
+    validate_result(json.loads(json.dumps(doc)), source="doc")
+    assert [(r["name"], r["reference"], r["batch_size"]) for r in doc["ratios"]] == [
+        ("other", "ref", 1), ("other", "ref", 8)
+    ]  # fmt: skip
+    for r in doc["ratios"]:
+        assert r["ci"][0] <= r["ratio"] <= r["ci"][1] and r["ci_level"] == 0.95
+    for row in doc["results"]:
+        assert row["timing"] == "interleaved" and len(row["round_stats_ms"]) == row["n_rounds"]
+        assert row["n"] == 3 * row["n_rounds"]  # block 4: three timed calls per round
+    assert {run["stop_reason"] for run in doc["timing_runs"]} <= {"ci_reached", "budget"}
+    assert "speed-up" in markdown_table(doc)
+
+
+def test_benchmark_models_interleaved_refuses_an_unknown_reference(tmp_path: Path):
+    from onnxship.runtime_bench.bench import benchmark_models_interleaved
+
+    model = tiny.linear_classifier(tmp_path / "m.onnx")
+    with pytest.raises(BenchError, match="reference model 'teacher' is not among"):
+        benchmark_models_interleaved([model], BenchConfig(reference="teacher", progress=False))

@@ -212,3 +212,18 @@ def test_compare_judges_with_a_rank_test_over_rounds_and_marks_fingerprints():
     assert "ACROSS FINGERPRINTS" in compare_markdown(cross)
     few = compare(_doc_with_rounds(base[:5]), _doc_with_rounds(slower[:5]))["rows"][0]
     assert few["verdict"] == "too few runs"
+
+
+def test_compare_without_rounds_uses_disjoint_p50_cis():
+    from onnxship.runtime_bench.results import compare
+
+    a, b = _doc_with_rounds([1.0] * 10), _doc_with_rounds([1.3] * 10)
+    for doc, ci in ((a, [0.98, 1.02]), (b, [1.25, 1.35])):
+        row = doc["results"][0]
+        del row["round_stats_ms"]
+        row["p50_ci_ms"] = ci
+    row = compare(a, b)["rows"][0]
+    assert row["significance"]["method"] == "p50-ci-overlap" and row["verdict"] == "slower"
+    b["results"][0]["p50_ci_ms"] = [0.9, 1.4]  # overlapping: not significant, whatever the p50s
+    row = compare(a, b)["rows"][0]
+    assert row["significance"]["significant"] is False and row["verdict"] == "noise"

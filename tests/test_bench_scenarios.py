@@ -128,6 +128,7 @@ def test_server_fixed_qps_meets_a_loose_slo_with_enough_queries(tmp_path: Path):
         assert step["queries"] >= P99_MIN_QUERIES and step["met"] is True
         assert step["p50_ms"] <= step["p90_ms"] <= step["p99_ms"] <= step["max_ms"]
     assert r["slo_met"] is True and r["value"] == 3000.0 and r["stop_reason"] == "fixed_qps"
+    assert r["skipped_qps"] == []
 
 
 def test_server_search_that_cannot_meet_the_slo_says_so(tmp_path: Path, capsys):
@@ -186,3 +187,17 @@ def test_parse_scenario_accepts_loadgen_names():
         "offline",
         "server",
     ]
+
+
+def test_cli_scenarios_run_without_torch(tmp_path: Path):
+    from test_cli_bench import _torch_free
+
+    model = tiny.linear_classifier(tmp_path / "m.onnx")
+    out = tmp_path / "s.json"
+    done = _torch_free("bench", str(model), "--scenario", "server", "--qps", "2000",
+                       "--slo-ms", "60000", "--budget-s", "5", "--json", str(out), cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text())["results"][0]["slo_met"] is True
+    done = _torch_free("bench", str(model), "--scenario", "single-stream", "--budget-s", "2",
+                       cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0 and "scenario: single-stream" in done.stdout, done.stderr

@@ -138,6 +138,8 @@ def test_cli_tune_then_bench_and_eval_run_the_file(tmp_path: Path, capsys):
     )
     row = json.loads(out.read_text())["results"][0]
     assert row["threads"] == doc["session_options"]["intra_op_num_threads"]
+    assert row["fingerprint"]["intra_op_threads"] == row["threads"]
+    assert row["fingerprint"]["provider"] == "CPUExecutionProvider" and row["fingerprint"]["id"]
     data = tmp_path / "d.npz"
     import numpy as np
 

@@ -379,3 +379,32 @@ def test_search_report_shows_no_project_internal_words() -> None:
         source = (ROOT / module).read_text()
         assert "prototype" not in source.lower(), module
         assert not re.search(r"issue \d", source, re.I), module
+
+
+def test_screen_records_the_speedup_over_the_teacher_with_its_ci_within_the_budget(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from onnxship.search import TEACHER_ROW
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    teacher = export_for_screen(create_model("tiny_cnn"), tmp_path / "t.onnx", MNIST_SHAPE)
+    student = export_for_screen(
+        create_model("patch_cnn", kernel=7, stride=7, conv_channels=2, hidden=4),
+        tmp_path / "s.onnx",
+        MNIST_SHAPE,
+    )
+    rows = [ScreenRow(TEACHER_ROW, {"fp32": teacher}), ScreenRow("s", {"fp32": student})]
+    cfg = ScreenConfig(batch_sizes=(4,), warmup=1, seconds_per_batch_size=0.5,
+                       min_iterations=30, max_iterations=1_000_000)  # fmt: skip
+    start = time.perf_counter()
+    time_interleaved(rows, x, cfg, "cpu")
+    assert time.perf_counter() - start <= 0.5 * 1.2 + 1.0  # budget + sessions, loaded machine
+    cell = rows[1].latency["fp32"]["4"]
+    speedup = cell["speedup_vs_teacher"]
+    assert speedup["reference"] == TEACHER_ROW and speedup["name"] == "s"
+    assert speedup["ci"][0] <= speedup["ratio"] <= speedup["ci"][1]
+    assert cell["p50_ci_ms"][0] <= cell["p50_ms"] <= cell["p50_ci_ms"][1]
+    assert "speedup_vs_teacher" not in rows[0].latency["fp32"]["4"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onnxship.commands.common import (
     fraction,
@@ -17,6 +18,10 @@ from onnxship.commands.common import (
     positive_float,
     positive_int,
 )
+
+if TYPE_CHECKING:
+    from onnxship.runtime_bench.session import SessionConfig
+    from onnxship.runtime_bench.session_options import LoadedSessionConfig
 
 BENCH_DESCRIPTION = """\
 Measure latency of .onnx files on one ONNX Runtime execution provider. Per model: session
@@ -34,8 +39,12 @@ examples:
   onnxship bench artifacts/student-int8.onnx artifacts/student-fp32.onnx --json cpu.json
   onnxship bench model.onnx --provider cuda --batch-sizes 1,64,1024 --cuda-graph
   onnxship bench model.onnx --time-budget 5 --threads 4 --no-spinning
+  onnxship bench a.onnx b.onnx --scenario server --slo-ms 5 --json server.json --plot s.png
+  onnxship bench model.onnx --tune-session tuned.json --batch-sizes 64
 exit codes: 0 measured, 2 bad input (not an ONNX file, truncated, missing external data,
-batch size <= 0, dynamic dim without --dim, unknown or unavailable EP)
+batch size <= 0, dynamic dim without --dim, unknown or unavailable EP, unknown scenario,
+--slo-ms <= 0, a QPS the generator cannot issue, --ci-level outside (0, 1), a session
+config naming options this onnxruntime lacks); a server SLO missed at every QPS is exit 0
 """
 
 
@@ -189,12 +198,12 @@ def add_scenario_flags(parser: argparse.ArgumentParser) -> None:
     """Deployment scenarios (MLPerf LoadGen) and per-target session options."""
     group = parser.add_argument_group(
         "scenarios and session options",
-        "--scenario single-stream: batch-1 queries one after another, p50/p90/p99 with CIs; "
-        "offline: samples/s at the best of --batch-sizes; server: Poisson arrivals at a QPS, "
-        "--concurrency workers, the highest QPS whose p99 (from scheduled arrival, queueing "
-        "included) stays <= --slo-ms. --tune-session OUT.json searches threads, spinning, "
-        "graph level and execution mode for one model at one batch size and writes the "
-        "choice; --session-config FILE runs exactly those options.",
+        "--scenario single-stream: batch-1 queries one after another, p50/p90/p99 with CIs;\n"
+        "  offline: samples/s at the best of --batch-sizes; server: Poisson arrivals at a QPS,\n"
+        "  --concurrency workers, the highest QPS whose p99 (from scheduled arrival, queueing\n"
+        "  included) stays <= --slo-ms.\n"
+        "--tune-session OUT.json: threads, spinning, graph level and execution mode searched for\n"
+        "  one model at one batch size; --session-config FILE runs exactly those options.",
     )
     group.add_argument(
         "--scenario", default=None, metavar="S",
@@ -251,7 +260,9 @@ def float_csv(text: str) -> tuple[float, ...]:
         ) from None
 
 
-def _session_from_args(args: argparse.Namespace) -> tuple[str, object, object]:
+def _session_from_args(
+    args: argparse.Namespace,
+) -> tuple[str, SessionConfig, LoadedSessionConfig | None]:
     """(provider, SessionConfig, loaded file or None) from --session-config or the flags."""
     from onnxship.runtime_bench.errors import BenchError
     from onnxship.runtime_bench.session import SessionConfig, resolve_provider
@@ -331,7 +342,7 @@ def run_tune_command(args: argparse.Namespace) -> int:
     result = tune_session(args.models[0], provider, cfg)
     chosen = result.pop("chosen")
     doc = session_config_document(
-        chosen, provider,
+        chosen, provider, io_binding=result["io_binding"], cuda_graph=result["cuda_graph"],
         tuned_for={"model": str(args.models[0]), "model_sha256": sha256_file(args.models[0]),
                    "batch_size": cfg.batch_size},
         evidence=result,
@@ -382,6 +393,7 @@ def run(args: argparse.Namespace) -> int:
         io_binding=not args.no_io_binding if loaded is None else loaded.io_binding,
         cuda_graph=args.cuda_graph if loaded is None else loaded.cuda_graph,
         session=session if loaded is not None else None,
+        ci_level=args.ci_level,
         npz=args.npz,
         dim_values=tuple(args.dim),
         seed=args.seed,
