@@ -61,7 +61,8 @@ class TimingConfig:
     target_rel_ci: stop early when every ratio's CI half-width / ratio is <= this (without a
       reference: every model's statistic CI half-width / statistic).
     statistic: what ratios and decisions use ("p50" | "mean" | "min").
-    warmup: untimed calls per model before the first round (they count against the budget).
+    warmup: untimed calls per model before the first round (they count against the budget;
+      warm-up stops once it has taken a fifth of it).
     race_after_rounds: racing looks at the CIs only after this many rounds.
     """
 
@@ -488,7 +489,9 @@ def time_blocks(
     _validate(fns, reference)
     start = time.perf_counter()
     deadline = start + cfg.budget_s
-    for _ in range(cfg.warmup):
+    for _ in range(cfg.warmup):  # at most a fifth of the budget: the rounds are what counts
+        if time.perf_counter() - start > 0.2 * cfg.budget_s:
+            break
         for fn in fns.values():
             fn()
     rounds = _Rounds(list(fns), cfg)
