@@ -74,11 +74,11 @@ class TimingConfig:
     target_rel_ci: float = 0.05
     statistic: str = "p50"
     n_bootstrap: int = 1000
-    # resamples for the per-model p50/p90/p99 CIs (reported, not decided on: cheaper)
-    n_bootstrap_percentiles: int = 300
     seed: int = 0
     warmup: int = 1
     race_after_rounds: int = 5
+    # resamples for the per-model p50/p90/p99 CIs (reported, not decided on: cheaper)
+    n_bootstrap_percentiles: int = 300
 
     def __post_init__(self) -> None:
         ints = {"block": 1, "min_rounds": 1, "max_rounds": 1, "n_bootstrap": 10, "warmup": 0,
