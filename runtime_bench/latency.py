@@ -112,7 +112,7 @@ def measure_interleaved(
         raise BenchError(f"interleaving block must be >= 1 call, got {block}")
     rounds = -(-iterations // max(block - 1, 1))
     cfg = TimingConfig(block=block, min_rounds=rounds, max_rounds=rounds, budget_s=math.inf,
-                       warmup=warmup, n_bootstrap=10)  # fmt: skip
+                       warmup=warmup, n_bootstrap=10, n_bootstrap_percentiles=10)  # fmt: skip
     result = time_blocks(fns, cfg)
     return {
         name: stats_from_ns(np.asarray(m.samples_ms[:iterations]) * 1e6, batch_size)

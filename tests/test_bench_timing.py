@@ -169,3 +169,16 @@ def test_time_blocks_times_real_ort_sessions(tmp_path: Path) -> None:
     assert result.models["m0"].n_calls == result.models["m0"].n_rounds * 3
     assert result.stop_reason in ("ci_reached", "budget", "max_rounds")
     assert result.wall_s <= 1.0 * 1.2 + 0.25
+
+
+def test_time_blocks_warmup_takes_at_most_a_fifth_of_the_budget() -> None:
+    log: list[str] = []
+
+    def slow() -> None:
+        log.append("a")
+        time.sleep(0.02)
+
+    cfg = TimingConfig(budget_s=0.5, warmup=1000, block=1, min_rounds=1, max_rounds=1)
+    result = time_blocks({"a": slow}, cfg)
+    assert len(log) < 1000 and result.models["a"].n_rounds == 1
+    assert result.wall_s <= 0.5 * 1.2 + 0.25

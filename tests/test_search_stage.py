@@ -408,3 +408,14 @@ def test_screen_records_the_speedup_over_the_teacher_with_its_ci_within_the_budg
     assert speedup["ci"][0] <= speedup["ratio"] <= speedup["ci"][1]
     assert cell["p50_ci_ms"][0] <= cell["p50_ms"] <= cell["p50_ci_ms"][1]
     assert "speedup_vs_teacher" not in rows[0].latency["fp32"]["4"]
+
+
+def test_recommend_says_when_its_scenario_could_not_be_decided() -> None:
+    arts = {"teacher-fp32": _art(0.992, size=90_000), "searched-fp32": _art(0.991, size=8_000)}
+    bench = _bench({"teacher-fp32": {"64": 1.3}, "searched-fp32": {"64": 0.11}})
+    policy = RecommendPolicy(scenario="single-stream")
+    chosen, detail, by_scenario = recommend(arts, bench, max_drop=0.003, policy=policy)
+    assert by_scenario["CPUExecutionProvider"] == {"offline": "searched-fp32"}
+    d = detail["CPUExecutionProvider"]
+    assert d["scenario"] == "offline" and "single-stream could not be decided" in d["scenario_note"]
+    assert chosen == {"CPUExecutionProvider": "searched-fp32"}
