@@ -65,7 +65,7 @@ from onnxship.calibrate.dataset import (
     input_specs_of,
 )
 from onnxship.calibrate.errors import CalibrateError
-from onnxship.calibrate.fallback import fallback_to_float, within_budget
+from onnxship.calibrate.fallback import BUDGET_SLACK, fallback_to_float, within_budget
 from onnxship.calibrate.graph_prep import cap_opset, ort_max_qdq_opset, reshape_to_flatten
 from onnxship.calibrate.ort_static import (
     HistogramCaps,
@@ -111,9 +111,10 @@ class LatencyConfig:
     provider, with the timing engine (`runtime_bench.timing`: block-interleaved rounds,
     bootstrap CIs over rounds, racing).
 
-    seconds_per_batch_size: the time budget of the race at one batch size (the engine holds it
+    seconds_per_batch_size: the time budget of the race per batch size (the engine holds it
       within 20 %); the winner's re-run against FP32 gets `confirm_share` of it again. The whole
-      latency part of the search is bounded by (1 + confirm_share) x this x the batch sizes.
+      latency part of the search is bounded by (1 + confirm_share) x this x the batch sizes;
+      what a skipped batch size does not spend goes to the timed ones.
     min_iterations: rounds before a CI is trusted (the engine's `min_rounds`); a floor that
       never overrides the budget. A batch size larger than the smallest is skipped (and the
       record says so) when this many rounds of every candidate would not fit its share of the
@@ -134,7 +135,7 @@ class LatencyConfig:
     statistic: LatencyStatistic = LatencyStatistic.MIN
     faster_margin: float = 0.02
     block: int = 4
-    confirm_share: float = 0.5
+    confirm_share: float = 1.0
     ci_level: float = 0.95
     target_rel_ci: float = 0.05
 
@@ -282,6 +283,7 @@ class _Candidate:
     quantize_s: float = 0.0
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)
     fallback: dict[str, Any] | None = None
+    scored_on: int | None = None  # samples scored (fewer: stopped once outside the budget)
 
 
 def _runner(session: Any, feed: dict[str, np.ndarray]) -> Callable[[], object]:
@@ -320,27 +322,14 @@ def measure_against_fp32(
     sessions = {row.name: _session(row.path, cfg) for row in rows}
     info: dict[str, Any] = {"budget_s": round(budget_s, 3), "by_batch": {}, "skipped": {}}
     started = time.perf_counter()
-    per_sample_s: float | None = None
-    batches = sorted(lat.batch_sizes)
     try:
-        for i, batch in enumerate(batches):
-            left = budget_s - (time.perf_counter() - started)
-            share = max(left, 0.0) / (len(batches) - i)
+        smallest = min(lat.batch_sizes)
+        per_sample_s = _probe_s(_runner(sessions[fp32.name].session, feeds[smallest])) / smallest
+        kept = _batches_that_fit(lat, budget_s, per_sample_s, len(rows), info["skipped"])
+        for i, batch in enumerate(kept):
+            share = max(budget_s - (time.perf_counter() - started), 0.0) / (len(kept) - i)
             fns = {name: _runner(sess.session, feeds[batch]) for name, sess in sessions.items()}
-            if per_sample_s is None:
-                per_sample_s = _probe_s(fns[fp32.name]) / batch
-            need_s = per_sample_s * batch * len(fns) * lat.block * lat.min_iterations
-            if i > 0 and need_s > share:
-                info["skipped"][str(batch)] = (
-                    f"{lat.min_iterations} rounds of {len(fns)} models at batch {batch} need "
-                    f"~{need_s:.1f} s (FP32 {per_sample_s * batch * 1e3:.0f} ms a call), more "
-                    f"than this batch size's {share:.1f} s of the latency budget; raise "
-                    "--bench-seconds to time it"
-                )
-                log.info("latency: batch %d skipped: %s", batch, info["skipped"][str(batch)])
-                continue
             result = time_blocks(fns, lat.timing(max(share, 1e-3)), reference=fp32.name, race=race)
-            per_sample_s = result.models[fp32.name].min_ms / 1e3 / batch
             _fill_latency(rows, batch, result, lat)
             info["by_batch"][str(batch)] = {
                 "rounds": result.models[fp32.name].n_rounds,
@@ -353,6 +342,31 @@ def measure_against_fp32(
         sessions.clear()
     info["wall_s"] = round(time.perf_counter() - started, 3)
     return info
+
+
+def _batches_that_fit(
+    lat: LatencyConfig, budget_s: float, per_sample_s: float, n_models: int, skipped: dict
+) -> list[int]:
+    """The batch sizes to time, smallest first: the smallest always; a larger one only when
+    `min_iterations` rounds of every model fit its share of the budget (the cost estimated
+    from FP32's measured time per sample at the smallest batch). The others go in `skipped`
+    with the reason."""
+    batches = sorted(lat.batch_sizes)
+    kept = [batches[0]]
+    for batch in batches[1:]:
+        share = budget_s / (len(kept) + 1)
+        need_s = per_sample_s * batch * n_models * lat.block * lat.min_iterations
+        if need_s > share:
+            skipped[str(batch)] = (
+                f"{lat.min_iterations} rounds of {n_models} models at batch {batch} need "
+                f"~{need_s:.1f} s (FP32 ~{per_sample_s * batch * 1e3:.0f} ms a call), more than "
+                f"its {share:.1f} s share of the {budget_s:.1f} s latency budget; raise "
+                "--bench-seconds to time it"
+            )
+            log.info("latency: batch %d skipped: %s", batch, skipped[str(batch)])
+        else:
+            kept.append(batch)
+    return kept
 
 
 def _fill_latency(rows: Sequence[_Candidate], batch: int, result: Any, lat: LatencyConfig) -> None:
@@ -580,7 +594,11 @@ def drop_unused_opset_imports(model: Any) -> list[str]:
 
 
 def _row_json(
-    row: _Candidate, fp32: _Candidate, cfg: QuantizeConfig, budget: float | None = None
+    row: _Candidate,
+    fp32: _Candidate,
+    cfg: QuantizeConfig,
+    budget: float | None = None,
+    inp_samples: int = 0,
 ) -> dict[str, Any]:
     fp32_top1 = float(fp32.val_top1 or 0.0)
     budget = cfg.max_drop if budget is None else budget
@@ -594,6 +612,11 @@ def _row_json(
         "bytes": row.path.stat().st_size if row.path.is_file() else None,
         "nodes_in_float": row.float_nodes,
     }
+    if row.scored_on is not None and row.scored_on < inp_samples:
+        out["screened"] = (
+            f"scoring stopped after {row.scored_on} of {inp_samples} samples: val_top1 is an "
+            "upper bound, already outside the accuracy budget"
+        )
     if row.recipe is not None:
         out["quantize_s"] = round(row.quantize_s, 3)
         timed = bool(_timed_batches(row, cfg.latency))
@@ -678,7 +701,9 @@ def int8_from_onnx(
                 chosen.path, out, inp.src_meta, src_sha=inp.src_sha, mean=inp.mean, std=inp.std,
                 recipe_name=chosen.name, strip_node_metadata=cfg.strip_node_metadata,
             )  # fmt: skip
-        table = [_row_json(r, fp32, cfg, inp.budget(cfg)) for r in (fp32, *rows)]
+        table = [
+            _row_json(r, fp32, cfg, inp.budget(cfg), inp.evalset.samples) for r in (fp32, *rows)
+        ]
     calib_path = os.fspath(calib_out) if calib_out is not None else None
     metrics = _metrics(inp, cfg, graph, chosen, confirm, table, fallback_info, faster, why, out)
     metrics["calibration"]["path"] = calib_path
@@ -815,12 +840,19 @@ def _calibrate(
 
 
 def _score_recipes(
-    inp: _Inputs, graph: _Graph, recipes: Sequence[Recipe], cfg: QuantizeConfig, progress: bool
+    inp: _Inputs,
+    graph: _Graph,
+    recipes: Sequence[Recipe],
+    cfg: QuantizeConfig,
+    progress: bool,
+    fp32_score: float,
 ) -> list[_Candidate]:
     """Quantize (from the cached ranges) and score every recipe; each scoring session is
     released before the next recipe. A failing recipe is a row with its error while
     searching; with one recipe named, its failure is the stage's error."""
     searching = cfg.recipe.strip().lower() == AUTO
+    # below this score a candidate is outside the budget; scoring stops once it cannot reach it
+    floor = fp32_score - inp.budget(cfg) - BUDGET_SLACK
     rows: list[_Candidate] = []
     bar = _progress(len(recipes), progress)
     for i, recipe in enumerate(recipes):
@@ -834,7 +866,9 @@ def _score_recipes(
                 range_overrides=cfg.range_overrides,
             )  # fmt: skip
             row.quantize_s = time.perf_counter() - t0
-            row.val_top1 = inp.evaluate(_eval_session(row.path, cfg), cfg)
+            row.val_top1, row.scored_on = inp.evalset.score_screened(
+                _eval_session(row.path, cfg), floor
+            )
         except OnnxshipError as exc:  # CalibrateError, or BenchError from the session
             if not searching:
                 raise
@@ -860,7 +894,7 @@ def _search(
     t0 = time.perf_counter()
     passes = _calibrate(inp, graph, recipes, cfg)
     t1 = time.perf_counter()
-    rows = _score_recipes(inp, graph, recipes, cfg, progress)
+    rows = _score_recipes(inp, graph, recipes, cfg, progress, float(fp32.val_top1 or 0.0))
     t2 = time.perf_counter()
     within = _within_budget_rows(rows, fp32, inp.budget(cfg))
     search: dict[str, Any] = {
@@ -1024,7 +1058,12 @@ def _confirm(
     confirm_fp32 = _Candidate(None, FP32_ROW, fp32.path, [])
     batches = tuple(_timed_batches(chosen, cfg.latency)) or cfg.latency.batch_sizes
     lat = dataclasses.replace(cfg.latency, batch_sizes=batches)
-    budget_s = cfg.latency.seconds_per_batch_size * cfg.latency.confirm_share * len(batches)
+    # the configured batch sizes' budget: what a skipped batch size did not spend goes here
+    budget_s = (
+        cfg.latency.seconds_per_batch_size
+        * cfg.latency.confirm_share
+        * len(cfg.latency.batch_sizes)
+    )
     info = measure_against_fp32(
         confirm_fp32, [confirm], inp.feeds(batches), lat, cfg=cfg, budget_s=budget_s, race=False
     )
