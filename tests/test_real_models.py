@@ -31,7 +31,7 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp(request.param)
-    paths = real_models.export(request.param, SIZE, out, n_calib=16, n_val=16)
+    paths = real_models.export(request.param, SIZE, out, n_calib=16, n_val=32, classes=10)
     return {"arch": request.param, "out": out, **paths}
 
 
@@ -56,7 +56,7 @@ def test_real_model_through_eval_fp16_quantize_and_bench(
     assert main(["eval", str(model), "--data", str(val), "--reference", str(model),
                  "--json", str(out / "eval.json")]) == 0  # fmt: skip
     ev = json.loads((out / "eval.json").read_text())
-    assert "1.0" in json.dumps(ev)  # the model agrees with itself on every image
+    assert ev["top1"] >= 0.3, ev  # the fitted 10-way head beats chance (0.1) on held-out data
 
     assert main(["fp16", str(model), "--out", str(run), "--name", "net-fp16",
                  "--data", str(val), "--min-agreement", "0.9"]) == 0  # fmt: skip
