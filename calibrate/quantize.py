@@ -284,6 +284,7 @@ class _Candidate:
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)
     fallback: dict[str, Any] | None = None
     scored_on: int | None = None  # samples scored (fewer: stopped once outside the budget)
+    screened_out: str | None = None  # within the budget but cut before the latency race
 
 
 def _runner(session: Any, feed: dict[str, np.ndarray]) -> Callable[[], object]:
@@ -328,20 +329,66 @@ def measure_against_fp32(
         kept = _batches_that_fit(lat, budget_s, per_sample_s, len(rows), info["skipped"])
         for i, batch in enumerate(kept):
             share = max(budget_s - (time.perf_counter() - started), 0.0) / (len(kept) - i)
+            t_batch = time.perf_counter()
             fns = {name: _runner(sess.session, feeds[batch]) for name, sess in sessions.items()}
+            screened = _prescreen(fns, fp32.name, batch, per_sample_s, share, lat) if race else {}
+            for name in screened:
+                del fns[name]
+            share -= time.perf_counter() - t_batch
             result = time_blocks(fns, lat.timing(max(share, 1e-3)), reference=fp32.name, race=race)
-            _fill_latency(rows, batch, result, lat)
+            _fill_latency([r for r in rows if r.name in fns], batch, result, lat)
+            for r in rows:
+                if r.name in screened:
+                    r.screened_out = screened[r.name]
             info["by_batch"][str(batch)] = {
                 "rounds": result.models[fp32.name].n_rounds,
                 "stop_reason": result.stop_reason,
-                "wall_s": round(result.wall_s, 3),
-                "dropped": dict(result.dropped),
+                "wall_s": round(time.perf_counter() - t_batch, 3),
+                "dropped": {**screened, **result.dropped},
                 "notes": list(result.notes),
             }
     finally:
         sessions.clear()
     info["wall_s"] = round(time.perf_counter() - started, 3)
     return info
+
+
+def _prescreen(
+    fns: dict[str, Callable[[], object]],
+    reference: str,
+    batch: int,
+    per_sample_s: float,
+    share_s: float,
+    lat: LatencyConfig,
+) -> dict[str, str]:
+    """Successive halving's first cut: when `min_iterations` rounds of every model would not
+    fit `share_s`, time one round of each (block-interleaved, the engine) and keep only the
+    fastest that fit; return the others with the reason. Nothing is cut when all fit."""
+    from onnxship.runtime_bench.timing import time_blocks
+
+    model_round_s = per_sample_s * batch * lat.block
+    if len(fns) * model_round_s * lat.min_iterations <= share_s:
+        return {}
+    left = share_s - len(fns) * model_round_s
+    keep = max(2, int(left / (model_round_s * lat.min_iterations)))  # FP32 + at least one
+    if keep >= len(fns):
+        return {}
+    one = dataclasses.replace(lat, min_iterations=1, max_iterations=1, warmup=0)
+    result = time_blocks(fns, one.timing(max(share_s, 1e-3)), reference=reference)
+    stat = lat.statistic.value
+    ranked = sorted(
+        (n for n in fns if n != reference),
+        key=lambda n: result.models[n].min_ms if stat == "min" else result.models[n].mean_ms,
+    )
+    return {
+        name: (
+            f"screened out at batch {batch}: {lat.min_iterations} rounds of all {len(fns)} "
+            f"models would not fit the {share_s:.1f} s share of the latency budget, so one round "
+            f"of each was timed and the {keep - 1} fastest raced on; this one ranked "
+            f"{i + keep} of {len(fns) - 1}"
+        )
+        for i, name in enumerate(ranked[keep - 1 :])
+    }
 
 
 def _batches_that_fit(
@@ -624,6 +671,8 @@ def _row_json(
         out["speed_score"] = round(speed_score(row, cfg.latency), 4) if timed else None
         # None: not timed (outside the accuracy budget, or failed): cheap checks first
         out["faster_than_fp32"] = _faster(row, cfg.latency) if timed else None
+    if row.screened_out:
+        out["screened_out"] = row.screened_out
     if row.error:
         out["error"] = row.error
     if row.fallback:
@@ -1030,10 +1079,14 @@ def _within_rows(
 ) -> list[_Candidate]:
     fp32_top1 = float(fp32.val_top1 or 0.0)
     budget = cfg.max_drop if budget is None else budget
+    timed = set(fp32.latency)  # every row must be timed at every batch size FP32 was
     return [
         r
         for r in rows
-        if r.error is None and r.latency and within_budget(fp32_top1, r.val_top1, budget)
+        if r.error is None
+        and r.latency
+        and set(r.latency) >= timed
+        and within_budget(fp32_top1, r.val_top1, budget)
     ]
 
 

@@ -71,7 +71,7 @@ def test_real_model_through_eval_fp16_quantize_and_bench(
     assert m["calibration"]["passes"] == len(calibration_scopes(PRESETS)) < len(PRESETS)
     assert m["peak_rss_mb"] > 0
     rows = m["candidates"][1:]
-    assert {r["name"] for r in rows if r["timed"]} == set(m["search"]["timed"])
+    assert {r["name"] for r in rows if r["timed"]} <= set(m["search"]["timed"])
     for r in rows:  # cheap first: a candidate outside the accuracy budget is never timed
         if not r["within_budget"]:
             assert r["timed"] is False and r["latency"] == {}
