@@ -1253,9 +1253,10 @@ def _why(
         )
     else:
         others = (
-            f"none of the {len(names_within)} candidates within the budget was confidently "
-            f"faster at every timed batch size ({len(rows) - len(names_within)} outside the "
-            "accuracy budget were not timed)"
+            f"none of the {len(names_within)} timed candidates within the budget was "
+            f"confidently faster at every timed batch size; the other {len(rows) - len(names_within)} "
+            "were outside the accuracy budget or screened out before the race (see each "
+            "candidate's `screened` / `screened_out`)"
         )
     return (
         f"no INT8 recipe within the accuracy budget was faster than FP32 at every batch size "
