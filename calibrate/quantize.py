@@ -369,11 +369,12 @@ def _prescreen(
     model_round_s = per_sample_s * batch * lat.block
     if len(fns) * model_round_s * lat.min_iterations <= share_s:
         return {}
-    left = share_s - len(fns) * model_round_s
+    # the screening round: one untimed and one timed call per model
+    left = share_s - len(fns) * per_sample_s * batch * 2
     keep = max(2, int(left / (model_round_s * lat.min_iterations)))  # FP32 + at least one
     if keep >= len(fns):
         return {}
-    one = dataclasses.replace(lat, min_iterations=1, max_iterations=1, warmup=0)
+    one = dataclasses.replace(lat, min_iterations=1, max_iterations=1, warmup=0, block=2)
     result = time_blocks(fns, one.timing(max(share_s, 1e-3)), reference=reference)
     stat = lat.statistic.value
     ranked = sorted(
