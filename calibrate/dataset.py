@@ -502,6 +502,37 @@ class EvaluationSet:
             raise CalibrateError("score the FP32 model (reference_score) before any candidate")
         return float(fidelity(self.reference, out)["value"])
 
+    def score_screened(self, session: Any, floor: float) -> tuple[float, int]:
+        """Cheap first: score in calls of `batch_size` samples and stop as soon as even a
+        perfect rest could not reach `floor` (top-1 or agreement: the share of hits is then
+        bounded above by (hits + remaining) / samples < floor). Returns (score, samples seen);
+        when stopped early the score is that upper bound. SQNR has no such bound: scored whole.
+        """
+        from onnxship.runtime_bench.accuracy import check_data, run_model
+        from onnxship.runtime_bench.inputs import input_specs
+
+        if self.labels is None and self.metric is not BudgetMetric.AGREEMENT:
+            return self.score(session), self.samples
+        if self.labels is None and self.reference is None:
+            raise CalibrateError("score the FP32 model (reference_score) before any candidate")
+        feeds = check_data(input_specs(session), self.inputs, source=self.source)
+        n, hits = self.samples, 0
+        for start in range(0, n, self.batch_size):
+            stop = min(start + self.batch_size, n)
+            out = run_model(session, {k: v[start:stop] for k, v in feeds.items()}, self.batch_size)
+            if self.labels is not None:
+                truth = self.labels[start:stop]
+            else:
+                assert self.reference is not None
+                truth = self.reference[start:stop].argmax(axis=1)
+            hits += int(np.sum(out.reshape(out.shape[0], -1).argmax(axis=1) == truth))
+            bound = (hits + n - stop) / n
+            if stop < n and bound < floor:
+                return bound, stop
+        if self.labels is not None:
+            return self.score(session), n  # the one top-1 path (checks labels vs classes)
+        return hits / n, n
+
     def drop_budget(self, max_drop: float, min_sqnr_db: float) -> float:
         """The largest allowed FP32-score-minus-candidate-score for this metric."""
         from onnxship.runtime_bench.accuracy import SQNR_CAP_DB

@@ -67,6 +67,7 @@ from onnxship.calibrate.dataset import (
 )
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.fallback import (
+    BUDGET_SLACK,
     METRIC_WORDS,
     drop_text,
     fallback_to_float,
@@ -124,9 +125,10 @@ class LatencyConfig:
     provider, with the timing engine (`runtime_bench.timing`: block-interleaved rounds,
     bootstrap CIs over rounds, racing).
 
-    seconds_per_batch_size: the time budget of the race at one batch size (the engine holds it
+    seconds_per_batch_size: the time budget of the race per batch size (the engine holds it
       within 20 %); the winner's re-run against FP32 gets `confirm_share` of it again. The whole
-      latency part of the search is bounded by (1 + confirm_share) x this x the batch sizes.
+      latency part of the search is bounded by (1 + confirm_share) x this x the batch sizes;
+      what a skipped batch size does not spend goes to the timed ones.
     min_iterations: rounds before a CI is trusted (the engine's `min_rounds`); a floor that
       never overrides the budget. A batch size larger than the smallest is skipped (and the
       record says so) when this many rounds of every candidate would not fit its share of the
@@ -147,7 +149,7 @@ class LatencyConfig:
     statistic: LatencyStatistic = LatencyStatistic.MIN
     faster_margin: float = 0.02
     block: int = 4
-    confirm_share: float = 0.5
+    confirm_share: float = 1.0
     ci_level: float = 0.95
     target_rel_ci: float = 0.05
 
@@ -321,6 +323,8 @@ class _Candidate:
     quantize_s: float = 0.0
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)
     fallback: dict[str, Any] | None = None
+    scored_on: int | None = None  # samples scored (fewer: stopped once outside the budget)
+    screened_out: str | None = None  # within the budget but cut before the latency race
 
 
 def _runner(session: Any, feed: dict[str, np.ndarray]) -> Callable[[], object]:
@@ -359,39 +363,98 @@ def measure_against_fp32(
     sessions = {row.name: _session(row.path, cfg) for row in rows}
     info: dict[str, Any] = {"budget_s": round(budget_s, 3), "by_batch": {}, "skipped": {}}
     started = time.perf_counter()
-    per_sample_s: float | None = None
-    batches = sorted(lat.batch_sizes)
     try:
-        for i, batch in enumerate(batches):
-            left = budget_s - (time.perf_counter() - started)
-            share = max(left, 0.0) / (len(batches) - i)
+        smallest = min(lat.batch_sizes)
+        per_sample_s = _probe_s(_runner(sessions[fp32.name].session, feeds[smallest])) / smallest
+        kept = _batches_that_fit(lat, budget_s, per_sample_s, len(rows), info["skipped"])
+        for i, batch in enumerate(kept):
+            share = max(budget_s - (time.perf_counter() - started), 0.0) / (len(kept) - i)
+            t_batch = time.perf_counter()
             fns = {name: _runner(sess.session, feeds[batch]) for name, sess in sessions.items()}
-            if per_sample_s is None:
-                per_sample_s = _probe_s(fns[fp32.name]) / batch
-            need_s = per_sample_s * batch * len(fns) * lat.block * lat.min_iterations
-            if i > 0 and need_s > share:
-                info["skipped"][str(batch)] = (
-                    f"{lat.min_iterations} rounds of {len(fns)} models at batch {batch} need "
-                    f"~{need_s:.1f} s (FP32 {per_sample_s * batch * 1e3:.0f} ms a call), more "
-                    f"than this batch size's {share:.1f} s of the latency budget; raise "
-                    "--bench-seconds to time it"
-                )
-                log.info("latency: batch %d skipped: %s", batch, info["skipped"][str(batch)])
-                continue
+            screened = _prescreen(fns, fp32.name, batch, per_sample_s, share, lat) if race else {}
+            for name in screened:
+                del fns[name]
+            share -= time.perf_counter() - t_batch
             result = time_blocks(fns, lat.timing(max(share, 1e-3)), reference=fp32.name, race=race)
-            per_sample_s = result.models[fp32.name].min_ms / 1e3 / batch
-            _fill_latency(rows, batch, result, lat)
+            _fill_latency([r for r in rows if r.name in fns], batch, result, lat)
+            for r in rows:
+                if r.name in screened:
+                    r.screened_out = screened[r.name]
             info["by_batch"][str(batch)] = {
                 "rounds": result.models[fp32.name].n_rounds,
                 "stop_reason": result.stop_reason,
-                "wall_s": round(result.wall_s, 3),
-                "dropped": dict(result.dropped),
+                "wall_s": round(time.perf_counter() - t_batch, 3),
+                "dropped": {**screened, **result.dropped},
                 "notes": list(result.notes),
             }
     finally:
         sessions.clear()
     info["wall_s"] = round(time.perf_counter() - started, 3)
     return info
+
+
+def _prescreen(
+    fns: dict[str, Callable[[], object]],
+    reference: str,
+    batch: int,
+    per_sample_s: float,
+    share_s: float,
+    lat: LatencyConfig,
+) -> dict[str, str]:
+    """Successive halving's first cut: when `min_iterations` rounds of every model would not
+    fit `share_s`, time one round of each (block-interleaved, the engine) and keep only the
+    fastest that fit; return the others with the reason. Nothing is cut when all fit."""
+    from onnxship.runtime_bench.timing import time_blocks
+
+    model_round_s = per_sample_s * batch * lat.block
+    if len(fns) * model_round_s * lat.min_iterations <= share_s:
+        return {}
+    # the screening round: one untimed and one timed call per model
+    left = share_s - len(fns) * per_sample_s * batch * 2
+    keep = max(2, int(left / (model_round_s * lat.min_iterations)))  # FP32 + at least one
+    if keep >= len(fns):
+        return {}
+    one = dataclasses.replace(lat, min_iterations=1, max_iterations=1, warmup=0, block=2)
+    result = time_blocks(fns, one.timing(max(share_s, 1e-3)), reference=reference)
+    stat = lat.statistic.value
+    ranked = sorted(
+        (n for n in fns if n != reference),
+        key=lambda n: result.models[n].min_ms if stat == "min" else result.models[n].mean_ms,
+    )
+    return {
+        name: (
+            f"screened out at batch {batch}: {lat.min_iterations} rounds of all {len(fns)} "
+            f"models would not fit the {share_s:.1f} s share of the latency budget, so one round "
+            f"of each was timed and the {keep - 1} fastest raced on; this one ranked "
+            f"{i + keep} of {len(fns) - 1}"
+        )
+        for i, name in enumerate(ranked[keep - 1 :])
+    }
+
+
+def _batches_that_fit(
+    lat: LatencyConfig, budget_s: float, per_sample_s: float, n_models: int, skipped: dict
+) -> list[int]:
+    """The batch sizes to time, smallest first: the smallest always; a larger one only when
+    `min_iterations` rounds of every model fit its share of the budget (the cost estimated
+    from FP32's measured time per sample at the smallest batch). The others go in `skipped`
+    with the reason."""
+    batches = sorted(lat.batch_sizes)
+    kept = [batches[0]]
+    for batch in batches[1:]:
+        share = budget_s / (len(kept) + 1)
+        need_s = per_sample_s * batch * n_models * lat.block * lat.min_iterations
+        if need_s > share:
+            skipped[str(batch)] = (
+                f"{lat.min_iterations} rounds of {n_models} models at batch {batch} need "
+                f"~{need_s:.1f} s (FP32 ~{per_sample_s * batch * 1e3:.0f} ms a call), more than "
+                f"its {share:.1f} s share of the {budget_s:.1f} s latency budget; raise "
+                "--bench-seconds to time it"
+            )
+            log.info("latency: batch %d skipped: %s", batch, skipped[str(batch)])
+        else:
+            kept.append(batch)
+    return kept
 
 
 def _fill_latency(rows: Sequence[_Candidate], batch: int, result: Any, lat: LatencyConfig) -> None:
@@ -626,7 +689,11 @@ def drop_unused_opset_imports(model: Any) -> list[str]:
 
 
 def _row_json(
-    row: _Candidate, fp32: _Candidate, cfg: QuantizeConfig, budget: float | None = None
+    row: _Candidate,
+    fp32: _Candidate,
+    cfg: QuantizeConfig,
+    budget: float | None = None,
+    inp_samples: int = 0,
 ) -> dict[str, Any]:
     fp32_top1 = float(fp32.val_top1 or 0.0)
     budget = cfg.max_drop if budget is None else budget
@@ -640,6 +707,11 @@ def _row_json(
         "bytes": row.path.stat().st_size if row.path.is_file() else None,
         "nodes_in_float": row.float_nodes,
     }
+    if row.scored_on is not None and row.scored_on < inp_samples:
+        out["screened"] = (
+            f"scoring stopped after {row.scored_on} of {inp_samples} samples: val_top1 is an "
+            "upper bound, already outside the accuracy budget"
+        )
     if row.recipe is not None:
         out["quantize_s"] = round(row.quantize_s, 3)
         timed = bool(_timed_batches(row, cfg.latency))
@@ -647,6 +719,8 @@ def _row_json(
         out["speed_score"] = round(speed_score(row, cfg.latency), 4) if timed else None
         # None: not timed (outside the accuracy budget, or failed): cheap checks first
         out["faster_than_fp32"] = _faster(row, cfg.latency) if timed else None
+    if row.screened_out:
+        out["screened_out"] = row.screened_out
     if row.error:
         out["error"] = row.error
     if row.fallback:
@@ -725,7 +799,9 @@ def int8_from_onnx(
                 recipe=chosen.recipe, recipe_name=chosen.name,
                 strip_node_metadata=cfg.strip_node_metadata,
             )  # fmt: skip
-        table = [_row_json(r, fp32, cfg, inp.budget(cfg)) for r in (fp32, *rows)]
+        table = [
+            _row_json(r, fp32, cfg, inp.budget(cfg), inp.evalset.samples) for r in (fp32, *rows)
+        ]
     calib_path = os.fspath(calib_out) if calib_out is not None else None
     metrics = _metrics(inp, cfg, graph, chosen, confirm, table, fallback_info, faster, why, out)
     metrics["calibration"]["path"] = calib_path
@@ -862,12 +938,19 @@ def _calibrate(
 
 
 def _score_recipes(
-    inp: _Inputs, graph: _Graph, recipes: Sequence[Recipe], cfg: QuantizeConfig, progress: bool
+    inp: _Inputs,
+    graph: _Graph,
+    recipes: Sequence[Recipe],
+    cfg: QuantizeConfig,
+    progress: bool,
+    fp32_score: float,
 ) -> list[_Candidate]:
     """Quantize (from the cached ranges) and score every recipe; each scoring session is
     released before the next recipe. A failing recipe is a row with its error while
     searching; with one recipe named, its failure is the stage's error."""
     searching = cfg.recipe.strip().lower() == AUTO
+    # below this score a candidate is outside the budget; scoring stops once it cannot reach it
+    floor = fp32_score - inp.budget(cfg) - BUDGET_SLACK
     rows: list[_Candidate] = []
     bar = _progress(len(recipes), progress)
     for i, recipe in enumerate(recipes):
@@ -881,7 +964,9 @@ def _score_recipes(
                 range_overrides=cfg.range_overrides,
             )  # fmt: skip
             row.quantize_s = time.perf_counter() - t0
-            row.val_top1 = inp.evaluate(_eval_session(row.path, cfg), cfg)
+            row.val_top1, row.scored_on = inp.evalset.score_screened(
+                _eval_session(row.path, cfg), floor
+            )
         except OnnxshipError as exc:  # CalibrateError, or BenchError from the session
             if not searching:
                 raise
@@ -907,7 +992,7 @@ def _search(
     t0 = time.perf_counter()
     passes = _calibrate(inp, graph, recipes, cfg)
     t1 = time.perf_counter()
-    rows = _score_recipes(inp, graph, recipes, cfg, progress)
+    rows = _score_recipes(inp, graph, recipes, cfg, progress, float(fp32.val_top1 or 0.0))
     t2 = time.perf_counter()
     within = _within_budget_rows(rows, fp32, inp.budget(cfg))
     search: dict[str, Any] = {
@@ -1044,10 +1129,14 @@ def _within_rows(
 ) -> list[_Candidate]:
     fp32_top1 = float(fp32.val_top1 or 0.0)
     budget = cfg.max_drop if budget is None else budget
+    timed = set(fp32.latency)  # every row must be timed at every batch size FP32 was
     return [
         r
         for r in rows
-        if r.error is None and r.latency and within_budget(fp32_top1, r.val_top1, budget)
+        if r.error is None
+        and r.latency
+        and set(r.latency) >= timed
+        and within_budget(fp32_top1, r.val_top1, budget)
     ]
 
 
@@ -1080,7 +1169,12 @@ def _confirm(
     confirm_fp32 = _Candidate(None, FP32_ROW, fp32.path, [])
     batches = tuple(_timed_batches(chosen, cfg.latency)) or cfg.latency.batch_sizes
     lat = dataclasses.replace(cfg.latency, batch_sizes=batches)
-    budget_s = cfg.latency.seconds_per_batch_size * cfg.latency.confirm_share * len(batches)
+    # the configured batch sizes' budget: what a skipped batch size did not spend goes here
+    budget_s = (
+        cfg.latency.seconds_per_batch_size
+        * cfg.latency.confirm_share
+        * len(cfg.latency.batch_sizes)
+    )
     info = measure_against_fp32(
         confirm_fp32, [confirm], inp.feeds(batches), lat, cfg=cfg, budget_s=budget_s, race=False
     )
@@ -1231,9 +1325,10 @@ def _why(
         )
     else:
         others = (
-            f"none of the {len(names_within)} candidates within the budget was confidently "
-            f"faster at every timed batch size ({len(rows) - len(names_within)} outside the "
-            "accuracy budget were not timed)"
+            f"none of the {len(names_within)} timed candidates within the budget was "
+            f"confidently faster at every timed batch size; the other {len(rows) - len(names_within)} "
+            "were outside the accuracy budget or screened out before the race (see each "
+            "candidate's `screened` / `screened_out`)"
         )
     return (
         f"no INT8 recipe within the accuracy budget was faster than FP32 at every batch size "

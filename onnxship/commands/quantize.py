@@ -25,7 +25,7 @@ DEFAULT_CALIB_SIZE = 256  # mirrors calibrate.dataset.CalibrationConfig (tests c
 DEFAULT_CALIB_BATCH = 32
 DEFAULT_MAX_DROP = 0.003
 DEFAULT_MIN_SQNR = 30.0  # mirrors calibrate.quantize.QuantizeConfig.min_sqnr_db
-DEFAULT_BENCH_SECONDS = 2.5  # mirrors calibrate.quantize.LatencyConfig.seconds_per_batch_size
+DEFAULT_BENCH_SECONDS = 5.0  # mirrors calibrate.quantize.LatencyConfig.seconds_per_batch_size
 
 
 def _description() -> str:
@@ -177,7 +177,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--bench-seconds",
         type=positive_float,
         default=DEFAULT_BENCH_SECONDS,
-        help="time budget of one interleaved latency run per batch size, in seconds "
+        help="latency budget per batch size, in seconds: the race of the candidates within "
+        "the accuracy budget against FP32, plus as much again for the winner's re-run; a batch "
+        "size that does not fit is skipped and said in the record "
         f"(default: {DEFAULT_BENCH_SECONDS})",
     )
     parser.set_defaults(func=run)
@@ -219,7 +221,10 @@ def run(args: argparse.Namespace) -> int:
     )
     m = artifact.metrics
     lat = m["latency"]["by_batch"]
-    ratios = ", ".join(f"b{b} {v['min_ratio']:.2f}x/{v['p50_ratio']:.2f}x" for b, v in lat.items())
+    ratios = ", ".join(
+        f"b{b} {v['speedup']:.2f}x [{v['speedup_ci'][0]:.2f}, {v['speedup_ci'][1]:.2f}]"
+        for b, v in lat.items()
+    )
     metric = m["budget"]["metric"]
     scored = {"top1": "val top-1", "top1_agreement": "top-1 agreement with FP32"}.get(
         metric, "output SQNR (dB) vs FP32"
@@ -228,10 +233,11 @@ def run(args: argparse.Namespace) -> int:
         f"quantize: {artifact.path} ({artifact.bytes} bytes, {m['bytes_ratio']:.0%} of FP32) "
         f"recipe {m['recipe']['name']} (validated on {m['integer_class']}, exact on "
         f"{', '.join(m['safe_integer_classes'])}); {scored} on {m['val_split']}: FP32 "
-        f"{m['fp32_val_top1']:.4f} -> INT8 {m['int8_val_top1']:.4f}; INT8/FP32 latency "
-        f"(min/p50) {ratios}; "
+        f"{m['fp32_val_top1']:.4f} -> INT8 {m['int8_val_top1']:.4f}; speed-up over FP32 "
+        f"({m['latency']['statistic']}, CI) {ratios}; "
         f"faster than FP32: {'yes' if m['int8_faster_than_fp32'] else 'no'}; "
-        f"{len(m['candidates']) - 1} candidates in {m['search_wall_s']:.1f} s"
+        f"{len(m['candidates']) - 1} candidates, {m['calibration']['passes']} calibration "
+        f"pass(es), in {m['search_wall_s']:.1f} s, peak RSS {m['peak_rss_mb']:.0f} MiB"
     )
     if not m["int8_faster_than_fp32"]:
         print(f"quantize: note: {m['int8_faster_than_fp32_why']}")

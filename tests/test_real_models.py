@@ -1,0 +1,97 @@
+"""Real architectures through the ONNX-side commands: torchvision resnet18 (residual adds,
+BatchNorm) and mobilenet_v2 (depthwise convolutions, ReLU6), `weights=None`, exported with
+plain `torch.onnx.export` at 64x64 (the real graph, a small input so the suite stays quick).
+
+`eval --reference`, `fp16 --data`, `quantize --calib-npz --val-npz` and `bench` run on them
+as a user would. Numbers are asserted with stated tolerances; nothing here is a timing
+assertion (the quantize record's latencies are checked for structure and CIs only).
+"""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import real_models  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
+
+from onnxship.calibrate.ort_static import calibration_scopes
+from onnxship.calibrate.recipes import PRESETS
+from onnxship.cli import main
+
+pytestmark = pytest.mark.slow
+
+SIZE = 64
+CLASSES = {"resnet18": 10, "mobilenet_v2": 0}
+FAST = ("--batch-sizes", "1,4", "--bench-seconds", "0.4", "--calib-batch", "8")
+
+
+@pytest.fixture(scope="module", params=real_models.ARCHS)
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp(request.param)
+    # resnet18: a fitted 10-way head and labelled val (budget: top-1 vs labels); mobilenet_v2:
+    # unlabelled val (budget: top-1 agreement with FP32), so both budget kinds run
+    classes = CLASSES[request.param]
+    paths = real_models.export(request.param, SIZE, out, n_calib=16, n_val=32, classes=classes)
+    return {"arch": request.param, "out": out, "labelled": bool(classes), **paths}
+
+
+def test_real_model_graph_has_the_architecture_it_claims(exported: dict) -> None:
+    ops = {n.op_type for n in onnx.load(str(exported["onnx"])).graph.node}
+    assert "Conv" in ops
+    if exported["arch"] == "resnet18":
+        assert "Add" in ops  # residual connections
+    else:
+        model = onnx.load(str(exported["onnx"]))
+        groups = [a.i for n in model.graph.node if n.op_type == "Conv" for a in n.attribute
+                  if a.name == "group"]  # fmt: skip
+        assert max(groups) > 1  # depthwise convolutions
+
+
+def test_real_model_through_eval_fp16_quantize_and_bench(
+    exported: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, calib, val, out = exported["onnx"], exported["calib"], exported["val"], exported["out"]
+    run = out / "run"
+
+    assert main(["eval", str(model), "--data", str(val), "--reference", str(model),
+                 "--json", str(out / "eval.json")]) == 0  # fmt: skip
+    ev = json.loads((out / "eval.json").read_text())
+    if exported["labelled"]:
+        assert ev["top1"] >= 0.3, ev  # the fitted 10-way head beats chance (0.1) on held-out data
+    assert ev["fidelity"]["top1_agreement"] == 1.0  # the model agrees with itself
+
+    assert main(["fp16", str(model), "--out", str(run), "--name", "net-fp16",
+                 "--data", str(val), "--min-agreement", "0.9"]) == 0  # fmt: skip
+    assert (run / "artifacts" / "net-fp16.onnx").is_file()
+
+    assert main(["quantize", str(model), "--out", str(run), "--name", "net-int8",
+                 "--calib-npz", str(calib), "--val-npz", str(val), "--max-drop", "0.2" if exported["labelled"] else "0.5",
+                 *FAST]) == 0  # fmt: skip
+    record = json.loads((run / "stages" / "quantize.json").read_text())
+    m = record["metrics"]
+    # calibrate once per method the grid uses (not once per recipe)
+    assert m["calibration"]["passes"] == len(calibration_scopes(PRESETS)) < len(PRESETS)
+    assert m["peak_rss_mb"] > 0
+    rows = m["candidates"][1:]
+    assert {r["name"] for r in rows if r["timed"]} <= set(m["search"]["timed"])
+    for r in rows:  # cheap first: a candidate outside the accuracy budget is never timed
+        if not r["within_budget"]:
+            assert r["timed"] is False and r["latency"] == {}
+    by_batch = m["latency"]["by_batch"]
+    assert "1" in by_batch
+    lo, hi = by_batch["1"]["speedup_ci"]
+    assert lo <= by_batch["1"]["speedup"] <= hi
+    assert "CI" in m["int8_faster_than_fp32_why"]
+    int8 = onnx.load(str(run / "artifacts" / "net-int8.onnx"))
+    assert any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in int8.graph.node)
+
+    assert main(["bench", str(model), str(run / "artifacts" / "net-int8.onnx"),
+                 str(run / "artifacts" / "net-fp16.onnx"), "--batch-sizes", "1",
+                 "--iterations", "5", "--warmup", "1", "--no-progress",
+                 "--json", str(out / "bench.json")]) == 0  # fmt: skip
+    assert (out / "bench.json").is_file()
+    capsys.readouterr()
