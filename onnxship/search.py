@@ -31,11 +31,13 @@ validation numbers behind each decision, for the report and the Pareto plot.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import math
 import os
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -313,19 +315,22 @@ def race(
     size: int,
     keep: float,
     epochs: float,
+    run_all: Callable[[list[Callable[[], float | None]]], list[float | None]] | None = None,
 ) -> dict[str, RaceEntry]:
     """Successive halving's first rung: the `size` fastest candidates trained from scratch are
     each given a short KD (`short_evaluate` returns its validation top-1, None = it failed);
     the best ceil(keep x raced) by validation top-1 (ties: the faster first) go on. Returns an
-    entry per raced candidate; candidates not raced (slower, or already trained) have none."""
+    entry per raced candidate; candidates not raced (slower, or already trained) have none.
+    `run_all` runs the short KDs (default: in turn; the stage runs them side by side)."""
     from onnxship.models.search import PRUNED
 
     if size <= 0:
         return {}
-    ranked = sorted((c for c in order if c.origin != PRUNED), key=lambda c: -speedups[c.name])[
-        :size
-    ]
-    scores = {c.name: short_evaluate(c) for c in ranked}
+    scratch = [c for c in order if c.origin != PRUNED]
+    ranked = sorted(scratch, key=lambda c: -speedups[c.name])[:size]
+    jobs = [functools.partial(short_evaluate, c) for c in ranked]
+    results = run_all(jobs) if run_all is not None else [job() for job in jobs]
+    scores = {c.name: v for c, v in zip(ranked, results, strict=True)}
     by_val = sorted(
         ranked, key=lambda c: (scores[c.name] is None, -(scores[c.name] or 0.0), -speedups[c.name])
     )
@@ -428,6 +433,43 @@ def select(
     return winner, outcomes
 
 
+class PairedTraining:
+    """The full KD of the race's survivors, two at a time: when the search asks for a
+    candidate, the next survivor in speed order (`queue`, fastest first) trains beside it, one
+    core each, so that a second training, needed when the first misses the budget, costs no
+    extra wall time. Never more than `max_trained` trainings; results are memoised."""
+
+    def __init__(
+        self,
+        queue: Sequence[Any],
+        train: Callable[[Any], float | None],
+        max_trained: int,
+        run_all: Callable[[list[Callable[[], float | None]]], list[float | None]],
+    ) -> None:
+        self.queue, self.train, self.max_trained, self.run_all = (
+            list(queue),
+            train,
+            max_trained,
+            run_all,
+        )
+        self.done: dict[str, float | None] = {}
+        self.beside: dict[str, str] = {}  # candidate trained ahead -> the one it trained beside
+
+    def __call__(self, cand: Any) -> float | None:
+        if cand.name in self.done:
+            return self.done[cand.name]
+        pair = [cand]
+        names = [c.name for c in self.queue]
+        if cand.name in names and len(self.done) + 2 <= self.max_trained:
+            later = [c for c in self.queue[names.index(cand.name) + 1 :] if c.name not in self.done]
+            if later:
+                pair.append(later[0])
+                self.beside[later[0].name] = cand.name
+        results = self.run_all([functools.partial(self.train, c) for c in pair])
+        self.done.update({c.name: v for c, v in zip(pair, results, strict=True)})
+        return self.done[cand.name]
+
+
 # --------------------------------------------------------------------------------------------
 # KD training of a candidate (torch)
 
@@ -514,7 +556,7 @@ def searched_from_checkpoints(
     from onnxship.models.distill import teacher_logits
     from onnxship.models.evaluate import top1
     from onnxship.models.flops import count_macs, count_params
-    from onnxship.models.loop import process_cpu_s
+    from onnxship.models.loop import process_cpu_s, side_by_side
     from onnxship.models.search import PRUNED, space_candidates
     from onnxship.runtime_bench.session import check_provider_available
 
@@ -575,11 +617,13 @@ def searched_from_checkpoints(
     # 2. Race (short KD, ranked on validation), 3. train the survivors fastest first.
     train_log: dict[str, dict[str, Any]] = {}
     trained_models: dict[str, Any] = {}
+    init_lock = threading.Lock()
 
     def trained_val(cand: Any, recipe: SearchTrainConfig, log_to: dict[str, Any]) -> float:
         t = time.perf_counter()
-        torch.manual_seed(recipe.seed)
-        model = cand.build()
+        with init_lock:  # seeded initial weights, also when candidates train side by side
+            torch.manual_seed(recipe.seed)
+            model = cand.build()
         stats = kd_train(model, teacher, fit.x, fit.y, recipe,
                          cached_logits=fit_logits, progress=progress)  # fmt: skip
         model.eval()
@@ -591,7 +635,7 @@ def searched_from_checkpoints(
 
     def evaluate(cand: Any) -> float | None:
         if cand.origin != PRUNED:
-            return trained_val(cand, train_cfg, train_log)
+            return paired(cand)
         pruned.eval()
         trained_models[cand.name] = pruned
         return top1(pruned, val.x, val.y)
@@ -605,9 +649,13 @@ def searched_from_checkpoints(
     t0 = time.perf_counter()
     raced = race(
         screened, speedups, lambda c: trained_val(c, race_cfg, race_log), size=cfg.race_size,
-        keep=cfg.race_keep, epochs=round(race_cfg.epochs, 4),
+        keep=cfg.race_keep, epochs=round(race_cfg.epochs, 4), run_all=side_by_side,
     ) if cfg.race_size else None  # fmt: skip
     race_s = time.perf_counter() - t0
+    survivors = [c for c in sorted(screened, key=lambda c: -speedups[c.name])
+                 if c.origin != PRUNED and (raced is None or (c.name in raced and raced[c.name].kept))]  # fmt: skip
+    paired = PairedTraining(survivors, lambda c: trained_val(c, train_cfg, train_log),
+                            cfg.max_trained, side_by_side)  # fmt: skip
     winner, outcomes = select(
         screened, speedups, evaluate, teacher_val=teacher_val, max_drop=cfg.max_drop,
         max_trained=cfg.max_trained, budget_s=cfg.budget_s, raced=raced,
@@ -653,6 +701,11 @@ def searched_from_checkpoints(
             entry["race"] = {**raced[cand.name].to_json(), **race_log.get(cand.name, {})}
         if cand.name in train_log:
             entry["train"] = train_log[cand.name]
+            if cand.name in paired.beside:
+                entry["train"]["side_by_side_with"] = paired.beside[cand.name]
+            if out.val_top1 is None and cand.name in paired.done:
+                # trained ahead beside a faster candidate that then won: measured, not needed
+                entry["val_top1_unused"] = paired.done[cand.name]
         table.append(entry)
 
     metrics: dict[str, Any] = {
