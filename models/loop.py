@@ -81,7 +81,8 @@ def side_by_side(jobs: Sequence[Callable[[], T]], workers: int | None = None) ->
     results in the order of `jobs`. Small models gain nothing from a second intra-op thread
     (the pruned SimpleCNN student trained no faster on 2 threads than on 1, measured on 2
     cores), so two of them side by side use both cores. Each job owns its model, optimiser
-    and seeded generator, so results equal a sequential run's. `workers` defaults to
+    and seeded generator, so results equal those of a run in turn on one thread (a sum split
+    over two threads rounds differently). `workers` defaults to
     min(jobs, torch's intra-op threads); 1 runs them in turn, unchanged."""
     workers = min(len(jobs), torch.get_num_threads()) if workers is None else workers
     if workers <= 1 or len(jobs) <= 1:
