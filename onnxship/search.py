@@ -82,7 +82,7 @@ class SearchTrainConfig:
     channels_last student took ~60 % of batch 128's time per epoch for the patch_cnn
     candidates (one thread, measured); the peak LR doubles with the batch."""
 
-    epochs: float = 6.0
+    epochs: float = 10.0
     batch_size: int = 256
     lr: float = 0.1
     temperature: float = 2.0
@@ -110,9 +110,9 @@ class SearchConfig:
     max_drop: float = 0.003
     rank_batch: int = 64
     race_size: int = 16
-    race_fraction: float = 0.1
-    race_keep: float = 0.5
-    max_trained: int = 2
+    race_fraction: float = 0.05
+    race_keep: float = 0.25
+    max_trained: int = 4
     budget_s: float = 45.0
     screen: ScreenConfig = field(default_factory=ScreenConfig)
     train: SearchTrainConfig = field(default_factory=SearchTrainConfig)
@@ -363,6 +363,7 @@ def select(
     max_trained: int,
     budget_s: float,
     raced: dict[str, RaceEntry] | None = None,
+    measured: Callable[[Any], bool] = lambda cand: False,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[Any | None, dict[str, Outcome]]:
     """Walk candidates fastest first; return (winner or None, outcome per candidate).
@@ -371,7 +372,8 @@ def select(
     failed). Within budget: `teacher_val - val <= max_drop` (+1e-9 so a drop of exactly the
     budget counts). Candidates of origin PRUNED are already trained and never count against
     `max_trained`. With `raced` (the race's entries; see `race`), a candidate trained from
-    scratch is trained in full only when it went on from the race.
+    scratch is trained in full only when it went on from the race. A candidate already
+    `measured` (trained ahead, beside another) is scored even when a budget is spent since.
     """
     from onnxship.models.search import PRUNED
 
@@ -408,10 +410,10 @@ def select(
             )
             continue
         if cand.origin != PRUNED:
-            if trained >= max_trained:
+            if not measured(cand) and trained >= max_trained:
                 out.status, out.reason = "screened", f"candidate budget spent ({max_trained})"
                 continue
-            if budget_s and clock() - start >= budget_s:
+            if not measured(cand) and budget_s and clock() - start >= budget_s:
                 out.status, out.reason = "screened", f"time budget spent ({budget_s:g} s)"
                 continue
             trained += 1
@@ -659,6 +661,7 @@ def searched_from_checkpoints(
     winner, outcomes = select(
         screened, speedups, evaluate, teacher_val=teacher_val, max_drop=cfg.max_drop,
         max_trained=cfg.max_trained, budget_s=cfg.budget_s, raced=raced,
+        measured=lambda c: c.name in paired.done,
     )  # fmt: skip
     for c, r in zip(cands, rows[1:], strict=True):
         if not r.files:
