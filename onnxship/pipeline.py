@@ -383,7 +383,7 @@ def _run_locked(
             )
         )
 
-    # ---- issue 13: hardware-aware student search (onnxship.search) -------------------------
+    # ---- the hardware-aware student search (onnxship.search) -------------------------------
     # The built-in MNIST task searches its own space; a user's factory model searches width
     # multipliers of its keyword arguments, on the user's data (models.search).
     if cfg.search.enabled:
@@ -407,7 +407,7 @@ def _run_locked(
             ArtifactSpec("searched-fp16", "searched", "fp16", "searched-fp32", "fp16-searched",
                          searched_ckpt),
         ]  # fmt: skip
-    # ---- end issue 13 --------------------------------------------------------------------------
+    # ---- end of the student search -----------------------------------------------------------
 
     onnx_paths = {s.name: ctx.path("artifacts", f"{s.name}.onnx") for s in specs}
 

@@ -31,11 +31,13 @@ validation numbers behind each decision, for the report and the Pareto plot.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import math
 import os
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -80,7 +82,7 @@ class SearchTrainConfig:
     channels_last student took ~60 % of batch 128's time per epoch for the patch_cnn
     candidates (one thread, measured); the peak LR doubles with the batch."""
 
-    epochs: float = 6.0
+    epochs: float = 10.0
     batch_size: int = 256
     lr: float = 0.1
     temperature: float = 2.0
@@ -108,9 +110,9 @@ class SearchConfig:
     max_drop: float = 0.003
     rank_batch: int = 64
     race_size: int = 16
-    race_fraction: float = 0.1
-    race_keep: float = 0.5
-    max_trained: int = 2
+    race_fraction: float = 0.05
+    race_keep: float = 0.25
+    max_trained: int = 4
     budget_s: float = 45.0
     screen: ScreenConfig = field(default_factory=ScreenConfig)
     train: SearchTrainConfig = field(default_factory=SearchTrainConfig)
@@ -321,19 +323,22 @@ def race(
     size: int,
     keep: float,
     epochs: float,
+    run_all: Callable[[list[Callable[[], float | None]]], list[float | None]] | None = None,
 ) -> dict[str, RaceEntry]:
     """Successive halving's first rung: the `size` fastest candidates trained from scratch are
     each given a short KD (`short_evaluate` returns its validation top-1, None = it failed);
     the best ceil(keep x raced) by validation top-1 (ties: the faster first) go on. Returns an
-    entry per raced candidate; candidates not raced (slower, or already trained) have none."""
+    entry per raced candidate; candidates not raced (slower, or already trained) have none.
+    `run_all` runs the short KDs (default: in turn; the stage runs them side by side)."""
     from onnxship.models.search import PRUNED
 
     if size <= 0:
         return {}
-    ranked = sorted((c for c in order if c.origin != PRUNED), key=lambda c: -speedups[c.name])[
-        :size
-    ]
-    scores = {c.name: short_evaluate(c) for c in ranked}
+    scratch = [c for c in order if c.origin != PRUNED]
+    ranked = sorted(scratch, key=lambda c: -speedups[c.name])[:size]
+    jobs = [functools.partial(short_evaluate, c) for c in ranked]
+    results = run_all(jobs) if run_all is not None else [job() for job in jobs]
+    scores = {c.name: v for c, v in zip(ranked, results, strict=True)}
     by_val = sorted(
         ranked, key=lambda c: (scores[c.name] is None, -(scores[c.name] or 0.0), -speedups[c.name])
     )
@@ -366,6 +371,7 @@ def select(
     max_trained: int,
     budget_s: float,
     raced: dict[str, RaceEntry] | None = None,
+    measured: Callable[[Any], bool] = lambda cand: False,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[Any | None, dict[str, Outcome]]:
     """Walk candidates fastest first; return (winner or None, outcome per candidate).
@@ -374,7 +380,8 @@ def select(
     failed). Within budget: `teacher_val - val <= max_drop` (+1e-9 so a drop of exactly the
     budget counts). Candidates of origin PRUNED are already trained and never count against
     `max_trained`. With `raced` (the race's entries; see `race`), a candidate trained from
-    scratch is trained in full only when it went on from the race.
+    scratch is trained in full only when it went on from the race. A candidate already
+    `measured` (trained ahead, beside another) is scored even when a budget is spent since.
     """
     from onnxship.models.search import PRUNED
 
@@ -411,10 +418,10 @@ def select(
             )
             continue
         if cand.origin != PRUNED:
-            if trained >= max_trained:
+            if not measured(cand) and trained >= max_trained:
                 out.status, out.reason = "screened", f"candidate budget spent ({max_trained})"
                 continue
-            if budget_s and clock() - start >= budget_s:
+            if not measured(cand) and budget_s and clock() - start >= budget_s:
                 out.status, out.reason = "screened", f"time budget spent ({budget_s:g} s)"
                 continue
             trained += 1
@@ -434,6 +441,43 @@ def select(
             out.reason = f"val drop {100 * drop:.2f} pp > {100 * max_drop:.2f} pp"
             failed.append(cand)
     return winner, outcomes
+
+
+class PairedTraining:
+    """The full KD of the race's survivors, two at a time: when the search asks for a
+    candidate, the next survivor in speed order (`queue`, fastest first) trains beside it, one
+    core each, so that a second training, needed when the first misses the budget, costs no
+    extra wall time. Never more than `max_trained` trainings; results are memoised."""
+
+    def __init__(
+        self,
+        queue: Sequence[Any],
+        train: Callable[[Any], float | None],
+        max_trained: int,
+        run_all: Callable[[list[Callable[[], float | None]]], list[float | None]],
+    ) -> None:
+        self.queue, self.train, self.max_trained, self.run_all = (
+            list(queue),
+            train,
+            max_trained,
+            run_all,
+        )
+        self.done: dict[str, float | None] = {}
+        self.beside: dict[str, str] = {}  # candidate trained ahead -> the one it trained beside
+
+    def __call__(self, cand: Any) -> float | None:
+        if cand.name in self.done:
+            return self.done[cand.name]
+        pair = [cand]
+        names = [c.name for c in self.queue]
+        if cand.name in names and len(self.done) + 2 <= self.max_trained:
+            later = [c for c in self.queue[names.index(cand.name) + 1 :] if c.name not in self.done]
+            if later:
+                pair.append(later[0])
+                self.beside[later[0].name] = cand.name
+        results = self.run_all([functools.partial(self.train, c) for c in pair])
+        self.done.update({c.name: v for c, v in zip(pair, results, strict=True)})
+        return self.done[cand.name]
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,7 +565,6 @@ def searched_from_checkpoints(
     from onnxship.models.data import DataConfig, open_data
     from onnxship.models.distill import teacher_logits
     from onnxship.models.evaluate import top1
-    from onnxship.models.flops import count_macs, count_params
     from onnxship.models.loop import process_cpu_s
     from onnxship.models.search import PRUNED, space_candidates
     from onnxship.runtime_bench.session import check_provider_available
@@ -543,34 +586,13 @@ def searched_from_checkpoints(
         # (2 cores, measured); kd_train converts it anyway. Checkpoints are not touched.
         teacher.to(memory_format=torch.channels_last)
     teacher_val = top1(teacher, val.x, val.y)
-    calib_x = val.x[:64].numpy()
-    feeds_x = val.x[:256].numpy()
 
     # 1. Screen: untrained weights (the pruned teacher with its own), interleaved with the teacher.
     t0 = time.perf_counter()
-    rows: list[ScreenRow] = [ScreenRow(TEACHER_ROW, {"fp32": Path(teacher_onnx)})]
-    models: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="onnxship-search-") as scratch_name:
-        scratch = Path(scratch_name)
-        for i, cand in enumerate(cands):
-            row = ScreenRow(cand.name)
-            torch.manual_seed(cfg.train.seed)
-            model = pruned if cand.origin == PRUNED else cand.build()
-            models[cand.name] = model
-            try:
-                fp32 = export_for_screen(model, scratch / f"c{i}.onnx", input_shape)
-                row.files["fp32"] = fp32
-                for recipe in cfg.screen.int8_recipes:
-                    row.files[f"int8:{recipe}"] = quantize_for_screen(
-                        fp32, recipe, calib_x, scratch, f"c{i}"
-                    )
-            except Exception as exc:  # one broken candidate must not end the search
-                row.error = f"{type(exc).__name__}: {exc}"
-                row.files.clear()
-                log.warning("search: candidate %s could not be screened: %s", cand.name, exc)
-            rows.append(row)
-        timed = [r for r in rows if r.files]
-        time_interleaved(timed, feeds_x, cfg.screen, provider)
+    rows, models = screen_candidates(
+        cands, pruned, Path(teacher_onnx), cfg, input_shape, val.x[:64].numpy(),
+        val.x[:256].numpy(), provider,
+    )  # fmt: skip
     screen_s = time.perf_counter() - t0
 
     teacher_row = rows[0]
@@ -581,45 +603,14 @@ def searched_from_checkpoints(
                 for c, r in zip(cands, rows[1:], strict=True) if r.files}  # fmt: skip
 
     # 2. Race (short KD, ranked on validation), 3. train the survivors fastest first.
-    train_log: dict[str, dict[str, Any]] = {}
-    trained_models: dict[str, Any] = {}
-
-    def trained_val(cand: Any, recipe: SearchTrainConfig, log_to: dict[str, Any]) -> float:
-        t = time.perf_counter()
-        torch.manual_seed(recipe.seed)
-        model = cand.build()
-        stats = kd_train(model, teacher, fit.x, fit.y, recipe,
-                         cached_logits=fit_logits, progress=progress)  # fmt: skip
-        model.eval()
-        acc = top1(model, val.x, val.y)
-        log_to[cand.name] = {"final_loss": stats["final_loss"], "steps": stats["steps"],
-                             "wall_s": round(time.perf_counter() - t, 2)}  # fmt: skip
-        trained_models[cand.name] = model
-        return acc
-
-    def evaluate(cand: Any) -> float | None:
-        if cand.origin != PRUNED:
-            return trained_val(cand, train_cfg, train_log)
-        pruned.eval()
-        trained_models[cand.name] = pruned
-        return top1(pruned, val.x, val.y)
-
     # The +-2 px shifts are the MNIST recipe; a user's data gets none (as in distill), since
     # what a shift means depends on the data (8x8 digits, spectrograms, tabular rows...).
     train_cfg = cfg.train if info.task == "mnist" else replace(cfg.train, shift=False)
-    race_cfg = replace(train_cfg, epochs=train_cfg.epochs * cfg.race_fraction)
-    fit_logits = None if train_cfg.teacher_online else teacher_logits(teacher, fit.x)
-    race_log: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    raced = race(
-        screened, speedups, lambda c: trained_val(c, race_cfg, race_log), size=cfg.race_size,
-        keep=cfg.race_keep, epochs=round(race_cfg.epochs, 4),
-    ) if cfg.race_size else None  # fmt: skip
-    race_s = time.perf_counter() - t0
-    winner, outcomes = select(
-        screened, speedups, evaluate, teacher_val=teacher_val, max_drop=cfg.max_drop,
-        max_trained=cfg.max_trained, budget_s=cfg.budget_s, raced=raced,
-    )  # fmt: skip
+    logits = None if train_cfg.teacher_online else teacher_logits(teacher, fit.x)
+    trainer = CandidateTrainer(teacher, fit, val, logits, pruned, progress)
+    decided = race_and_select(screened, speedups, cfg, train_cfg, trainer, teacher_val)
+    winner, outcomes, raced = decided.winner, decided.outcomes, decided.raced
+    trained_models = trainer.models
     for c, r in zip(cands, rows[1:], strict=True):
         if not r.files:
             outcomes[c.name] = Outcome(c.name, float("nan"), "failed", None, r.error or "")
@@ -631,37 +622,10 @@ def searched_from_checkpoints(
         trained_models.setdefault(winner.name, pruned)
     best = trained_models[winner.name]
 
-    table = []
-    for cand, row in zip(cands, rows[1:], strict=True):
-        out = outcomes[cand.name]
-        model = models[cand.name]
-        entry: dict[str, Any] = {
-            **cand.to_json(),
-            "status": out.status,
-            "reason": out.reason,
-            "val_top1": out.val_top1,
-            # The pruned teacher is trained already: its validation score costs one pass.
-            **(
-                {"val_top1": round(top1(pruned, val.x, val.y), 6), "val_from": "pruned + distilled"}
-                if cand.origin == PRUNED and out.val_top1 is None
-                else {}
-            ),
-            "speedup_vs_teacher_fp32": None if math.isnan(out.speedup) else round(out.speedup, 3),
-            "macs": count_macs(model, (1, *input_shape)),
-            "params": count_params(model),
-            "latency": row.latency,
-            "ratios_vs_teacher_fp32": {
-                label: {b: round(teacher_ms[int(b)] / v["min_ms"], 3) for b, v in lat.items()}
-                for label, lat in row.latency.items()
-            },
-        }
-        if row.files:
-            entry["best_precision"] = best_precision(row, rank)[0]
-        if raced and cand.name in raced:
-            entry["race"] = {**raced[cand.name].to_json(), **race_log.get(cand.name, {})}
-        if cand.name in train_log:
-            entry["train"] = train_log[cand.name]
-        table.append(entry)
+    table = candidate_table(
+        cands, rows, models, outcomes, teacher_ms, rank, input_shape,
+        lambda: top1(pruned, val.x, val.y), decided,
+    )  # fmt: skip
 
     metrics: dict[str, Any] = {
         "winner": winner.name,
@@ -676,11 +640,11 @@ def searched_from_checkpoints(
         if raced is None
         else {
             "size": cfg.race_size,
-            "epochs": round(race_cfg.epochs, 4),
+            "epochs": round(train_cfg.epochs * cfg.race_fraction, 4),
             "keep": cfg.race_keep,
             "raced": len(raced),
             "went_on": sum(e.kept for e in raced.values()),
-            "wall_s": round(race_s, 2),
+            "wall_s": round(decided.race_s, 2),
         },
         "train_recipe": jsonable(train_cfg),
         "rank_batch": rank,
@@ -710,6 +674,199 @@ def searched_from_checkpoints(
         like=teacher_meta,
         factory=_winner_factory(winner, teacher_meta, pruned_meta),
     )
+
+
+class CandidateTrainer:
+    """KD of search candidates from one teacher on one data split: builds a candidate with
+    seeded weights, trains it (`kd_train`) and scores it on validation. Safe to call from two
+    threads at once (`models.loop.side_by_side`): the seeded build is locked, the rest is the
+    candidate's own."""
+
+    def __init__(
+        self, teacher: Any, fit: Any, val: Any, logits: Any, pruned: Any, progress: bool
+    ) -> None:
+        self.teacher, self.fit, self.val, self.logits = teacher, fit, val, logits
+        self.pruned, self.progress = pruned, progress
+        self.models: dict[str, Any] = {}
+        self._init_lock = threading.Lock()
+
+    def val_after(self, cand: Any, recipe: SearchTrainConfig, log_to: dict[str, Any]) -> float:
+        import torch
+
+        from onnxship.models.evaluate import top1
+
+        t = time.perf_counter()
+        with self._init_lock:  # seeded initial weights, also when candidates train side by side
+            torch.manual_seed(recipe.seed)
+            model = cand.build()
+        stats = kd_train(model, self.teacher, self.fit.x, self.fit.y, recipe,
+                         cached_logits=self.logits, progress=self.progress)  # fmt: skip
+        model.eval()
+        acc = top1(model, self.val.x, self.val.y)
+        log_to[cand.name] = {"final_loss": stats["final_loss"], "steps": stats["steps"],
+                             "wall_s": round(time.perf_counter() - t, 2)}  # fmt: skip
+        self.models[cand.name] = model
+        return acc
+
+    def pruned_val(self, name: str) -> float:
+        from onnxship.models.evaluate import top1
+
+        self.pruned.eval()
+        self.models[name] = self.pruned
+        return top1(self.pruned, self.val.x, self.val.y)
+
+
+@dataclass
+class Decided:
+    """What the race and the selection decided, with the numbers behind it."""
+
+    winner: Any
+    outcomes: dict[str, Outcome]
+    raced: dict[str, RaceEntry] | None
+    race_s: float
+    race_log: dict[str, Any]
+    train_log: dict[str, dict[str, Any]]
+    paired: PairedTraining
+
+
+def race_and_select(
+    screened: Sequence[Any],
+    speedups: dict[str, float],
+    cfg: SearchConfig,
+    train_cfg: SearchTrainConfig,
+    trainer: CandidateTrainer,
+    teacher_val: float,
+) -> Decided:
+    """The race (a short KD for the fastest, ranked on validation), then the full KD of its
+    survivors fastest first, two at a time, until one holds the budget (`select`)."""
+    from onnxship.models.loop import side_by_side
+    from onnxship.models.search import PRUNED
+
+    race_cfg = replace(train_cfg, epochs=train_cfg.epochs * cfg.race_fraction)
+    race_log: dict[str, Any] = {}
+    train_log: dict[str, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    raced = race(
+        screened, speedups, lambda c: trainer.val_after(c, race_cfg, race_log),
+        size=cfg.race_size, keep=cfg.race_keep, epochs=round(race_cfg.epochs, 4),
+        run_all=side_by_side,
+    ) if cfg.race_size else None  # fmt: skip
+    race_s = time.perf_counter() - t0
+    survivors = [c for c in sorted(screened, key=lambda c: -speedups[c.name])
+                 if c.origin != PRUNED and (raced is None or (c.name in raced and raced[c.name].kept))]  # fmt: skip
+    paired = PairedTraining(survivors, lambda c: trainer.val_after(c, train_cfg, train_log),
+                            cfg.max_trained, side_by_side)  # fmt: skip
+
+    def evaluate(cand: Any) -> float | None:
+        return paired(cand) if cand.origin != PRUNED else trainer.pruned_val(cand.name)
+
+    winner, outcomes = select(
+        screened, speedups, evaluate, teacher_val=teacher_val, max_drop=cfg.max_drop,
+        max_trained=cfg.max_trained, budget_s=cfg.budget_s, raced=raced,
+        measured=lambda c: c.name in paired.done,
+    )  # fmt: skip
+    return Decided(winner, outcomes, raced, race_s, race_log, train_log, paired)
+
+
+def screen_candidates(
+    cands: Sequence[Any],
+    pruned: Any,
+    teacher_onnx: Path,
+    cfg: SearchConfig,
+    input_shape: tuple[int, ...],
+    calib_x: np.ndarray,
+    feeds_x: np.ndarray,
+    provider: str,
+) -> tuple[list[ScreenRow], dict[str, Any]]:
+    """Export every candidate (untrained; the pruned teacher with its weights), quantize it
+    with the screen recipes and time all of them with the teacher in one interleaved run.
+    Returns the rows (the teacher's first) and the untrained model per candidate name."""
+    import torch
+
+    from onnxship.models.search import PRUNED
+
+    rows: list[ScreenRow] = [ScreenRow(TEACHER_ROW, {"fp32": teacher_onnx})]
+    models: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="onnxship-search-") as scratch_name:
+        scratch = Path(scratch_name)
+        for i, cand in enumerate(cands):
+            row = ScreenRow(cand.name)
+            torch.manual_seed(cfg.train.seed)
+            model = pruned if cand.origin == PRUNED else cand.build()
+            models[cand.name] = model
+            try:
+                fp32 = export_for_screen(model, scratch / f"c{i}.onnx", input_shape)
+                row.files["fp32"] = fp32
+                for recipe in cfg.screen.int8_recipes:
+                    row.files[f"int8:{recipe}"] = quantize_for_screen(
+                        fp32, recipe, calib_x, scratch, f"c{i}"
+                    )
+            except Exception as exc:  # one broken candidate must not end the search
+                row.error = f"{type(exc).__name__}: {exc}"
+                row.files.clear()
+                log.warning("search: candidate %s could not be screened: %s", cand.name, exc)
+            rows.append(row)
+        timed = [r for r in rows if r.files]
+        time_interleaved(timed, feeds_x, cfg.screen, provider)
+    return rows, models
+
+
+def candidate_table(
+    cands: Sequence[Any],
+    rows: Sequence[ScreenRow],
+    models: dict[str, Any],
+    outcomes: dict[str, Outcome],
+    teacher_ms: dict[int, float],
+    rank: int,
+    input_shape: tuple[int, ...],
+    pruned_val: Callable[[], float],
+    decided: Decided,
+) -> list[dict[str, Any]]:
+    """The record's row per candidate: what the search did with it and why (with the
+    validation numbers behind each decision), its MACs, and its screen latencies."""
+    from onnxship.models.flops import count_macs, count_params
+    from onnxship.models.search import PRUNED
+
+    raced, race_log, train_log, paired = (
+        decided.raced,
+        decided.race_log,
+        decided.train_log,
+        decided.paired,
+    )
+    table = []
+    for cand, row in zip(cands, rows[1:], strict=True):
+        out = outcomes[cand.name]
+        model = models[cand.name]
+        entry: dict[str, Any] = {
+            **cand.to_json(),
+            "status": out.status,
+            "reason": out.reason,
+            "val_top1": out.val_top1,
+            "speedup_vs_teacher_fp32": None if math.isnan(out.speedup) else round(out.speedup, 3),
+            "macs": count_macs(model, (1, *input_shape)),
+            "params": count_params(model),
+            "latency": row.latency,
+            "ratios_vs_teacher_fp32": {
+                label: {b: round(teacher_ms[int(b)] / v["min_ms"], 3) for b, v in lat.items()}
+                for label, lat in row.latency.items()
+            },
+        }
+        if cand.origin == PRUNED and out.val_top1 is None:
+            # The pruned teacher is trained already: its validation score costs one pass.
+            entry["val_top1"], entry["val_from"] = round(pruned_val(), 6), "pruned + distilled"
+        if row.files:
+            entry["best_precision"] = best_precision(row, rank)[0]
+        if raced and cand.name in raced:
+            entry["race"] = {**raced[cand.name].to_json(), **race_log.get(cand.name, {})}
+        if cand.name in train_log:
+            entry["train"] = train_log[cand.name]
+            if cand.name in paired.beside:
+                entry["train"]["side_by_side_with"] = paired.beside[cand.name]
+            if out.val_top1 is None and cand.name in paired.done:
+                # trained ahead beside a faster candidate that then won: measured, not needed
+                entry["val_top1_unused"] = paired.done[cand.name]
+        table.append(entry)
+    return table
 
 
 def teacher_info(meta: Any) -> Any:

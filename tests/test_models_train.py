@@ -214,3 +214,41 @@ def test_train_from_mnist_trains_on_cuda_with_amp(
     assert art.metrics["device"].startswith("cuda") and art.metrics["amp"] == amp.value
     model, _ = load_checkpoint(art.path)
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_side_by_side_training_gives_the_weights_of_training_in_turn() -> None:
+    from onnxship.models.loop import side_by_side, train_sgd
+    from onnxship.models.registry import create_model
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(512, 1, 28, 28, generator=gen), torch.randint(0, 10, (512,), generator=gen)
+    sgd = SgdConfig(epochs=1.0, batch_size=64, lr=0.05)
+
+    def job(seed: int) -> tuple[dict[str, torch.Tensor], list[int]]:
+        torch.manual_seed(seed)
+        model = create_model("tiny_cnn")
+        train_sgd(model, x, y, sgd, seed=seed, augment=shift_batch, progress=False)
+        return model.state_dict(), [torch.get_num_threads()]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float sums depend on the thread count: compare like with like
+    try:
+        in_turn = [job(1), job(2)]
+    finally:
+        torch.set_num_threads(threads)
+    beside = side_by_side([lambda: job(1), lambda: job(2)], workers=2)
+    for (a, _), (b, threads) in zip(in_turn, beside, strict=True):
+        assert threads == [1]  # one intra-op thread per job when side by side
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert not torch.equal(in_turn[0][0]["fc2.weight"], in_turn[1][0]["fc2.weight"])
+
+
+def test_train_from_mnist_saves_contiguous_weights_after_channels_last_training(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    art = train_from_mnist(TINY, tmp_path / "t.pt", data_dir=mnist_root, progress=False)
+    assert art.metrics["channels_last"] is True
+    assert art.metrics["train_cpu_s"] > 0
+    state = torch.load(tmp_path / "t.pt", weights_only=True)
+    assert all(t.is_contiguous() for t in state.values())

@@ -419,3 +419,29 @@ def test_recommend_says_when_its_scenario_could_not_be_decided() -> None:
     d = detail["CPUExecutionProvider"]
     assert d["scenario"] == "offline" and "single-stream could not be decided" in d["scenario_note"]
     assert chosen == {"CPUExecutionProvider": "searched-fp32"}
+
+
+def test_select_scores_a_candidate_trained_ahead_even_after_the_time_budget() -> None:
+    ticks = iter([0.0, 0.0, 100.0, 100.0, 100.0, 100.0])
+    ahead = {"patch k4s4 c16 h64": 0.99}
+    winner, out = select(_cands(), SPEED, lambda c: ahead.get(c.name, 0.97), teacher_val=0.9912,
+                         max_drop=0.003, max_trained=5, budget_s=10,
+                         measured=lambda c: c.name in ahead, clock=lambda: next(ticks))  # fmt: skip
+    assert out["patch k4s4 c8 h64"].status == "rejected"
+    assert winner is not None and winner.name == "patch k4s4 c16 h64"
+
+
+def test_paired_training_trains_the_next_survivor_beside_and_never_past_the_budget() -> None:
+    from onnxship.search import PairedTraining
+
+    queue = _cands()[:3]
+    calls: list[list[str]] = []
+
+    def run_all(jobs):  # type: ignore[no-untyped-def]
+        calls.append([j.args[0].name for j in jobs])
+        return [job() for job in jobs]
+
+    paired = PairedTraining(queue, lambda c: 0.9, max_trained=3, run_all=run_all)
+    assert paired(queue[0]) == 0.9 and paired(queue[1]) == 0.9 and paired(queue[2]) == 0.9
+    assert calls == [[queue[0].name, queue[1].name], [queue[2].name]]
+    assert paired.beside == {queue[1].name: queue[0].name}
