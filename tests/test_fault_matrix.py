@@ -54,10 +54,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import reduced_config, unvouched_files  # noqa: E402  (tests/ is on sys.path)
 
 from onnxship.cli import main
-from onnxship.core.artifact import atomic_output, sha256_file
-from onnxship.pipeline import RUN_LOCK, RUN_MARKER
+from onnxship.core.artifact import atomic_output
 
 pytestmark = pytest.mark.slow
 
@@ -81,45 +81,20 @@ MNIST_FILES = (
 # verify's accuracy re-measurement still apply to this data.
 SUBSET_TRAIN = 6000
 SUBSET_TEST = 1000
-TINY_CONFIG = """
-[train]
-augment = "none"
-widths = [["conv_channels", 8], ["hidden", 32]]
-[train.sgd]
-epochs = 2.7
-
-[prune]
-macs_budget = 0.5
-
-[export]
-exporter = "torchscript"  # 0.25 s of CPU per export here against dynamo's 2.4 s
-
-[distill.sgd]
-epochs = 1.0
-
-[fp16]
-parity_samples = 1000
-
-[quantize]
-recipe = "qdq-u8s8-perchannel-minmax-linear"
-[quantize.calibration]
-size = 64
-[quantize.latency]
-seconds_per_batch_size = 0.05
-min_iterations = 2
-max_iterations = 5
-
-[bench]
-warmup = 1
-iterations = 3
-
-[extra]
-teacher_int8 = false
-teacher_fp16 = false
-
-[search]
-enabled = false
-"""
+TINY_CONFIG = reduced_config(
+    {
+        "train": {"widths": [["conv_channels", 8], ["hidden", 32]], "sgd": {"epochs": 2.7}},
+        "prune": {"macs_budget": 0.5},
+        "export": {"exporter": "torchscript"},  # 0.25 s of CPU per export here against 2.4 s
+        "distill": {"sgd": {"epochs": 1.0}},
+        "quantize": {
+            "latency": {"seconds_per_batch_size": 0.05, "min_iterations": 2, "max_iterations": 5}
+        },
+        "bench": {"iterations": 3},
+        "extra": {"teacher_int8": False, "teacher_fp16": False},
+        "search": {"enabled": False},
+    }
+)
 
 STAGES = (
     "train",
@@ -396,51 +371,6 @@ def inject(fault: Fault, bundle: Path, scratch: Path) -> Iterator[list[str]]:
 
 # --------------------------------------------------------------------------------------------
 # Bundle invariants
-
-
-def _records(bundle: Path) -> dict[str, dict[str, Any]]:
-    out = {}
-    for path in (bundle / "stages").glob("*.json"):
-        out[path.stem] = json.loads(path.read_text())
-    return out
-
-
-def unvouched_files(bundle: Path) -> list[str]:
-    """Files under a final name that no stage record or the manifest vouches for."""
-    vouched: dict[str, set[str]] = {}
-    problems: list[str] = []
-    try:
-        records = _records(bundle)
-    except ValueError as exc:
-        return [f"a stage record is not valid JSON: {exc}"]
-    for record in records.values():
-        for out in record.get("outputs", []):
-            p = Path(out["path"])
-            vouched.setdefault(f"{p.parent.name}/{p.name}", set()).add(out["sha256"])
-    manifest = bundle / "manifest.json"
-    has_manifest = manifest.is_file()
-    if has_manifest:
-        try:
-            entries = json.loads(manifest.read_text())["artifacts"]
-        except (ValueError, KeyError) as exc:
-            return [f"manifest.json is not a valid manifest: {exc}"]
-        for entry in entries.values():
-            p = Path(entry["path"])
-            vouched.setdefault(f"{p.parent.name}/{p.name}", set()).add(entry["sha256"])
-    for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
-        rel = path.relative_to(bundle)
-        if path.name.endswith(".tmp"):
-            continue  # counted by no_temp
-        if rel.parts[0] == "stages" or path.name in (RUN_MARKER, RUN_LOCK, "manifest.json"):
-            continue  # records, the marker and the manifest vouch; the lock file is bookkeeping
-        if rel.parts[0] == "plots" or path.name == "report.md":
-            if not has_manifest:
-                problems.append(f"{rel} without a manifest")
-            continue
-        key = f"{path.parent.name}/{path.name}"
-        if sha256_file(path) not in vouched.get(key, set()):
-            problems.append(f"{rel} (no record or manifest entry with its sha256)")
-    return problems
 
 
 FOREIGN_TMP = {".ses"}

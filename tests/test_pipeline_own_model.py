@@ -24,6 +24,8 @@ from onnxship.core.artifact import sha256_file
 from onnxship.core.dataset import METADATA_KEY
 from onnxship.models.checkpoint import load_checkpoint, read_checkpoint_meta
 
+from conftest import reduced_config  # noqa: E402  (tests/ is on sys.path)
+
 MYNETS = textwrap.dedent(
     '''
     import torch
@@ -76,66 +78,34 @@ MYNETS = textwrap.dedent(
     '''
 )
 
-# Reduced budgets keep the whole run to tens of seconds on 2 shared cores.
-RUN_TOML = textwrap.dedent(
-    """
-    [model]
-    factory = "mynets:small_resnet"
-    kwargs = { width = 16 }
-
-    [data]
-    kind = "npz"
-    train = "data/train.npz"
-    test = "data/test.npz"
-
-    [train.sgd]
-    epochs = 15
-    batch_size = 64
-    lr = 0.1
-
-    [prune]
-    macs_budget = 0.3
-
-    [distill.sgd]
-    epochs = 15
-    batch_size = 64
-    lr = 0.05
-
-    [quantize]
-    max_drop = 0.02
-
-    [quantize.calibration]
-    size = 64
-    batch_size = 16
-
-    [quantize.latency]
-    seconds_per_batch_size = 0.1
-    min_iterations = 5
-    max_iterations = 20
-
-    [bench]
-    warmup = 2
-    iterations = 10
-
-    [extra]
-    teacher_int8 = false
-    teacher_fp16 = false
-
-    # Width multipliers of the factory's kwargs (the default space for a user's model).
-    # digits' validation split is 144 images (0.7 pp each): a 2 pp budget.
-    [search]
-    max_drop = 0.02
-    max_trained = 2
-
-    [search.screen]
-    seconds_per_batch_size = 0.3
-    min_iterations = 5
-    max_iterations = 50
-
-    [search.train]
-    epochs = 15
-    batch_size = 64
-    """
+# The reduced config with the user's model and data, and budgets for digits (1,437 training
+# images): tens of seconds on 2 shared cores. None: the library's default (the recipe search,
+# shift augmentation, FP16 parity on all test images).
+RUN_TOML = reduced_config(
+    {
+        "model": {"factory": "mynets:small_resnet", "kwargs": {"width": 16}},
+        "data": {"kind": "npz", "train": "data/train.npz", "test": "data/test.npz"},
+        "train": {"augment": None, "sgd": {"epochs": 15, "batch_size": 64, "lr": 0.1}},
+        "prune": {"macs_budget": 0.3},
+        "distill": {"sgd": {"epochs": 15, "batch_size": 64, "lr": 0.05}},
+        "fp16": {"parity_samples": None},
+        "quantize": {
+            "recipe": None,
+            "max_drop": 0.02,
+            "calibration": {"size": 64, "batch_size": 16},
+            "latency": {"seconds_per_batch_size": 0.1, "min_iterations": 5, "max_iterations": 20},
+        },
+        "bench": {"warmup": 2, "iterations": 10},
+        "extra": {"teacher_int8": False, "teacher_fp16": False},
+        # Width multipliers of the factory's kwargs (the default space for a user's model).
+        # digits' validation split is 144 images (0.7 pp each): a 2 pp budget.
+        "search": {
+            "max_drop": 0.02,
+            "max_trained": 2,
+            "screen": {"seconds_per_batch_size": 0.3, "min_iterations": 5, "max_iterations": 50},
+            "train": {"epochs": 15, "batch_size": 64},
+        },
+    }
 )
 
 N_TEST = 360
