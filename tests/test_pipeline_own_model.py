@@ -18,13 +18,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import reduced_config  # noqa: E402  (tests/ is on sys.path)
 
 from onnxship.cli import main
 from onnxship.core.artifact import sha256_file
 from onnxship.core.dataset import METADATA_KEY
 from onnxship.models.checkpoint import load_checkpoint, read_checkpoint_meta
-
-from conftest import reduced_config  # noqa: E402  (tests/ is on sys.path)
 
 MYNETS = textwrap.dedent(
     '''
