@@ -17,6 +17,8 @@ import pytest
 
 from onnxship.cli import main
 
+pytestmark = pytest.mark.slow  # trains a model on digits, quantizes, benches
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 

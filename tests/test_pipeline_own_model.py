@@ -144,6 +144,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_run_own_model_on_digits_writes_every_artifact_with_the_dataset_block(
     digits_run: Path,
 ) -> None:
@@ -171,6 +172,7 @@ def test_run_own_model_on_digits_writes_every_artifact_with_the_dataset_block(
     assert Path(manifest["config"]["data"]["train"]).is_absolute()
 
 
+@pytest.mark.slow
 def test_run_own_model_on_digits_reaches_accuracy_after_pruning_and_quantization(
     digits_run: Path,
 ) -> None:
@@ -184,6 +186,7 @@ def test_run_own_model_on_digits_reaches_accuracy_after_pruning_and_quantization
     assert top1["student-fp16"] >= top1["student-fp32"] - 0.01
 
 
+@pytest.mark.slow
 def test_run_own_model_prunes_structurally_within_the_macs_budget(digits_run: Path) -> None:
     prune = json.loads((digits_run / "stages" / "prune.json").read_text())["metrics"]
     assert prune["macs_after"] <= 0.3 * prune["macs_before"]
@@ -196,6 +199,7 @@ def test_run_own_model_prunes_structurally_within_the_macs_budget(digits_run: Pa
     assert {"test_top1_kd", "test_top1_no_kd"} <= set(distill)
 
 
+@pytest.mark.slow
 def test_run_own_model_searches_width_multipliers_of_its_factory_on_its_data(
     digits_run: Path,
 ) -> None:
@@ -227,6 +231,7 @@ def test_run_own_model_searches_width_multipliers_of_its_factory_on_its_data(
     assert manifest["artifacts"]["searched-fp32"]["accuracy"]["test_top1"] >= 0.90
 
 
+@pytest.mark.slow
 def test_run_own_model_student_checkpoint_is_a_plain_state_dict_rebuilt_from_shapes(
     digits_run: Path,
 ) -> None:
@@ -242,6 +247,7 @@ def test_run_own_model_student_checkpoint_is_a_plain_state_dict_rebuilt_from_sha
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_run_own_model_onnx_metadata_records_the_dataset(digits_run: Path) -> None:
     model = onnx.load(str(digits_run / "artifacts" / "student-int8.onnx"))
     meta = {p.key: p.value for p in model.metadata_props}
@@ -251,6 +257,7 @@ def test_run_own_model_onnx_metadata_records_the_dataset(digits_run: Path) -> No
     assert json.loads(meta["onnxship.input_std"]) == [1.0]
 
 
+@pytest.mark.slow
 def test_verify_and_gate_pass_on_the_own_model_bundle(
     digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -333,6 +340,7 @@ def test_run_exits_2_when_the_data_holds_nan(
     assert "NaN or Inf" in err
 
 
+@pytest.mark.slow
 def test_run_own_model_on_an_image_folder_goes_through_verify(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
