@@ -16,6 +16,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# What `onnxship` does before it imports torch (cli.main): OpenMP threads sleep while they
+# wait instead of spinning. The tests import torch before they call main(), so the same
+# setting is made here, before any test module is imported (subprocesses inherit it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def _mnist_root() -> Path:
     env = os.environ.get("ONNXSHIP_DATA_DIR")

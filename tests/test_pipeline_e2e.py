@@ -147,10 +147,9 @@ def test_pipeline_refuses_a_bundle_made_with_another_config(
     assert "different config" in capsys.readouterr().err
 
 
-def test_verify_passes_then_names_a_tampered_artifact(
-    bundle: Path, tmp_path: Path, mnist_root: Path
-) -> None:
-    assert main(["verify", str(bundle), "--data-dir", str(mnist_root)]) == 0
+def test_verify_names_a_tampered_artifact(bundle: Path, tmp_path: Path) -> None:
+    """(That verify passes the untouched bundle, accuracy re-measured, is asserted by the
+    README-commands test in this process and by the torch-free test in another.)"""
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(bundle), str(copy)], check=True)
     target = copy / "artifacts" / "student-fp16.onnx"
