@@ -405,6 +405,16 @@ def test_run_own_model_on_an_image_folder_goes_through_verify(
             [extra]
             teacher_int8 = false
             teacher_fp16 = false
+            # The search runs on the image folder too, with budgets cut like the others'.
+            [search]
+            max_trained = 1
+            [search.screen]
+            seconds_per_batch_size = 0.05
+            min_iterations = 3
+            max_iterations = 5
+            [search.train]
+            epochs = 2
+            batch_size = 8
             """
         )
     )
