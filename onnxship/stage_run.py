@@ -5,7 +5,7 @@ which reuses a finished stage whose config, inputs' sha256 and onnxship version 
 For the same stage on the same files both write the same record: the stage's config dataclass
 as `config` and the same `inputs` (`checkpoint_inputs`, `mnist_inputs`); the pipeline's record
 adds its `cache_key` and `onnxship_version`. Timestamps, wall time and the paths' folders
-differ; tests/test_pipeline_e2e.py compares the records of one bundle's stages."""
+differ; tests/test_fault_matrix.py compares the records of one bundle's stages."""
 
 from __future__ import annotations
 

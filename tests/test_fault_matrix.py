@@ -1004,3 +1004,44 @@ def test_cli_sigterm_handler_is_installed_only_while_a_command_runs(
     assert err.startswith("onnxship verify: terminated (SIGTERM); ") and err.count("\n") == 1
     assert seen and seen[0] is not before
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# --------------------------------------------------------------------------------------------
+# The single-stage API on the shared bundle
+
+
+def _inputs(record: dict) -> list[tuple[str, str]]:
+    return [(Path(i["path"]).name, i["sha256"]) for i in record["inputs"]]
+
+
+def test_api_stages_write_the_records_the_pipeline_wrote(
+    world: World, env: Path, tmp_path: Path
+) -> None:
+    """The single-stage functions (what `onnxship train|prune|distill|quantize` call) given the
+    shared bundle's files, data and config record the same config and inputs as its run."""
+    from onnxship import api
+    from onnxship.pipeline import load_config
+
+    bundle, mnist_root = world.bundle, world.data
+    cfg = load_config(world.config)
+    ckpt = bundle / "checkpoints"
+    made = {
+        "train": lambda out: api.train(out, cfg.train, data_dir=mnist_root),
+        "prune": lambda out: api.prune(ckpt / "teacher.pt", out, cfg.prune, data_dir=mnist_root),
+        "distill": lambda out: api.distill(
+            ckpt / "student-pruned.pt", ckpt / "teacher.pt", out, cfg.distill, data_dir=mnist_root
+        ),
+        "quantize": lambda out: api.quantize(
+            bundle / "artifacts" / "student-fp32.onnx", out, cfg.quantize, data_dir=mnist_root
+        ),
+    }
+    for stage, make in made.items():
+        out = tmp_path / stage
+        make(out)
+        alone = json.loads((out / "stages" / f"{stage}.json").read_text())
+        piped = json.loads((bundle / "stages" / f"{stage}.json").read_text())
+        assert alone["config"] == piped["config"], stage
+        assert _inputs(alone) == _inputs(piped), stage
+        assert alone["stage"] == piped["stage"] and set(piped) - set(alone) == {
+            "cache_key", "onnxship_version"
+        }  # fmt: skip

@@ -306,39 +306,3 @@ def test_a_half_written_artifact_is_found_although_its_size_is_not_zero(
     assert unvouched_files(copy) == [
         "artifacts/student-fp16.onnx (no record or manifest entry with its sha256)"
     ]
-
-
-def _inputs(record: dict) -> list[tuple[str, str]]:
-    return [(Path(i["path"]).name, i["sha256"]) for i in record["inputs"]]
-
-
-def test_api_stages_write_the_records_the_pipeline_wrote(
-    bundle: Path, tmp_path: Path, mnist_root: Path
-) -> None:
-    """The single-stage functions (what `onnxship train|prune|distill|quantize` call) given the
-    bundle's files and the run's config record the same config and inputs as the pipeline."""
-    from onnxship import api
-    from onnxship.pipeline import load_config
-
-    cfg = load_config(bundle.parent / "reduced.toml")
-    ckpt = bundle / "checkpoints"
-    made = {
-        "train": lambda out: api.train(out, cfg.train, data_dir=mnist_root),
-        "prune": lambda out: api.prune(ckpt / "teacher.pt", out, cfg.prune, data_dir=mnist_root),
-        "distill": lambda out: api.distill(
-            ckpt / "student-pruned.pt", ckpt / "teacher.pt", out, cfg.distill, data_dir=mnist_root
-        ),
-        "quantize": lambda out: api.quantize(
-            bundle / "artifacts" / "student-fp32.onnx", out, cfg.quantize, data_dir=mnist_root
-        ),
-    }
-    for stage, make in made.items():
-        out = tmp_path / stage
-        make(out)
-        alone = json.loads((out / "stages" / f"{stage}.json").read_text())
-        piped = json.loads((bundle / "stages" / f"{stage}.json").read_text())
-        assert alone["config"] == piped["config"], stage
-        assert _inputs(alone) == _inputs(piped), stage
-        assert alone["stage"] == piped["stage"] and set(piped) - set(alone) == {
-            "cache_key", "onnxship_version"
-        }  # fmt: skip
