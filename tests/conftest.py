@@ -116,6 +116,58 @@ def reduced_config(overrides: Mapping[str, Any] | None = None, **top: Any) -> st
     return to_toml(_merge(_merge(REDUCED, overrides or {}), top))
 
 
+# A run on a small MNIST subset, built in seconds: the first SUBSET_TRAIN training and
+# SUBSET_TEST test images (the fixed validation split takes 5,000 of the training images, so
+# 1,000 are left to fit on; 1,000 test images are the floor of the export's parity check),
+# an 8-channel teacher, a student at half its MACs, the TorchScript exporter, one fixed INT8
+# recipe, no teacher INT8/FP16 extras and no student search (their outputs go through the same
+# writers as the student's; the search cost the fault matrix 15 s of its 45 s of CPU,
+# measured). Epochs are fractions of the 1,000 fit images (2.7 = 21 steps of 128). For tests
+# of fault handling and plumbing, not accuracy; the run's own gates (INT8 drop, FP16
+# agreement, parity) and verify's accuracy re-measurement still apply to this data.
+SUBSET_TRAIN = 6000
+SUBSET_TEST = 1000
+SMALL: dict[str, Any] = {
+    "train": {"widths": [["conv_channels", 8], ["hidden", 32]], "sgd": {"epochs": 2.7}},
+    "prune": {"macs_budget": 0.5},
+    "export": {"exporter": "torchscript"},  # 0.25 s of CPU per export here against 2.4 s
+    "distill": {"sgd": {"epochs": 1.0}},
+    "quantize": {
+        "latency": {"seconds_per_batch_size": 0.05, "min_iterations": 2, "max_iterations": 5}
+    },
+    "bench": {"iterations": 3},
+    "extra": {"teacher_int8": False, "teacher_fp16": False},
+    "search": {"enabled": False},
+}
+
+
+def subset_data(root: Path, source: Path, n_train: int, n_test: int) -> Path:
+    """A data root holding the first `n_train` training and `n_test` test images (and labels)
+    of the MNIST root `source`, as idx files whose headers say so."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in (
+        "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+    ):  # fmt: skip
+        n = n_train if name.startswith("train") else n_test
+        with open(source / "MNIST" / "raw" / name, "rb") as handle:
+            magic = handle.read(4)
+            dims = [int.from_bytes(handle.read(4), "big") for _ in range(magic[3])]
+            assert dims[0] >= n, f"{name}: {dims[0]} items, fewer than {n}"
+            body = handle.read(n * (dims[1] * dims[2] if len(dims) == 3 else 1))
+        head = magic + b"".join(d.to_bytes(4, "big") for d in (n, *dims[1:]))
+        (raw / name).write_bytes(head + body)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_subset(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
+    """A data root of the first SUBSET_TRAIN training and SUBSET_TEST test images of MNIST."""
+    return subset_data(tmp_path_factory.mktemp("mnist_subset"), mnist_root, SUBSET_TRAIN,
+                       SUBSET_TEST)  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # The shared bundle: one reduced `onnxship run` per pytest session
 

@@ -54,7 +54,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import reduced_config, unvouched_files  # noqa: E402  (tests/ is on sys.path)
+from conftest import (  # noqa: E402  (tests/ is on sys.path)
+    SMALL,
+    SUBSET_TEST,
+    SUBSET_TRAIN,
+    reduced_config,
+    subset_data,
+    unvouched_files,
+)
 
 from onnxship.cli import main
 from onnxship.core.artifact import atomic_output
@@ -68,33 +75,7 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 
-# A run small enough to build in seconds, on a data root holding the first SUBSET_TRAIN
-# training and SUBSET_TEST test images of MNIST (the fixed validation split takes 5,000 of
-# the training images, so 1,000 are left to fit on; 1,000 test images are the floor of the
-# export's parity check): an 8-channel teacher, a student at half its MACs, the TorchScript
-# exporter, one fixed INT8 recipe, no teacher INT8/FP16 extras and no student search (their
-# outputs go through the same writers as the student's: save_checkpoint, the ONNX export,
-# INT8, FP16, plots; the search adds a Pareto plot to every run's report and three artifacts
-# to every verify, which cost this module 15 s of its 45 s of CPU when it was on, measured).
-# Epochs are fractions of the 1,000 fit images (2.7 = 21 steps of 128). The matrix checks
-# fault handling, not accuracy; the run's own gates (INT8 drop, FP16 agreement, parity) and
-# verify's accuracy re-measurement still apply to this data.
-SUBSET_TRAIN = 6000
-SUBSET_TEST = 1000
-TINY_CONFIG = reduced_config(
-    {
-        "train": {"widths": [["conv_channels", 8], ["hidden", 32]], "sgd": {"epochs": 2.7}},
-        "prune": {"macs_budget": 0.5},
-        "export": {"exporter": "torchscript"},  # 0.25 s of CPU per export here against 2.4 s
-        "distill": {"sgd": {"epochs": 1.0}},
-        "quantize": {
-            "latency": {"seconds_per_batch_size": 0.05, "min_iterations": 2, "max_iterations": 5}
-        },
-        "bench": {"iterations": 3},
-        "extra": {"teacher_int8": False, "teacher_fp16": False},
-        "search": {"enabled": False},
-    }
-)
+TINY_CONFIG = reduced_config(SMALL)
 
 STAGES = (
     "train",
@@ -429,23 +410,6 @@ def link_data(root: Path, source: Path) -> Path:
     raw.mkdir(parents=True, exist_ok=True)
     for name in MNIST_FILES:
         (raw / name).symlink_to(source / "MNIST" / "raw" / name)
-    return root
-
-
-def subset_data(root: Path, source: Path, n_train: int, n_test: int) -> Path:
-    """A data root holding the first `n_train` training and `n_test` test images (and labels)
-    of the MNIST root `source`, as idx files whose headers say so."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for name in MNIST_FILES:
-        n = n_train if name.startswith("train") else n_test
-        with open(source / "MNIST" / "raw" / name, "rb") as handle:
-            magic = handle.read(4)
-            dims = [int.from_bytes(handle.read(4), "big") for _ in range(magic[3])]
-            assert dims[0] >= n, f"{name}: {dims[0]} items, fewer than {n}"
-            body = handle.read(n * (dims[1] * dims[2] if len(dims) == 3 else 1))
-        head = magic + b"".join(d.to_bytes(4, "big") for d in (n, *dims[1:]))
-        (raw / name).write_bytes(head + body)
     return root
 
 
