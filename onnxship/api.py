@@ -189,7 +189,7 @@ def export(
         record_name,
         stage="export",
         config=cfg,
-        inputs=[p for p in checkpoint_inputs(ckpt) if p.is_file()],
+        inputs=checkpoint_inputs(ckpt),
         produce=lambda: onnx_from_checkpoint(ckpt, cfg, target, data_dir=data_dir),
     )
 

@@ -32,10 +32,11 @@ log = logging.getLogger(__name__)
 
 
 def checkpoint_inputs(checkpoint: str | os.PathLike[str]) -> list[Path]:
-    """A checkpoint as a stage input: the weights and their `.json` sidecar (architecture,
-    widths, normalisation), which a stage reads as well."""
-    path = Path(checkpoint)
-    return [path, path.with_suffix(".json")]
+    """A checkpoint as a stage input: its weights file. The `.json` sidecar is read too, but
+    it also holds the stage's metrics and wall times, which differ between two runs that
+    write the same weights; as an input it would make every later stage rerun after a stage
+    was redone with the same result."""
+    return [Path(checkpoint)]
 
 
 def mnist_inputs(data_root: str | os.PathLike[str]) -> list[Path]:

@@ -24,8 +24,6 @@ NETS = '''
 import torch
 from torch import nn
 
-pytestmark = pytest.mark.slow  # prunes and trains models built from a factory
-
 
 class Net(nn.Module):
     """stem conv+BN -> [depthwise -> BN -> pointwise] + residual -> concat of two convs ->
