@@ -1,7 +1,8 @@
 """The Python API: one path-in/path-out function per stage, with typed configs.
 
 These are the functions the CLI calls (the CLI only parses flags into the same configs), so a
-script and a shell user get the same files, records and errors. Every function writes its
+script and a shell user get the same files, records and errors; a stage's record holds the
+same config and inputs as the one `onnxship run` writes for it (`onnxship.stage_run`). Every function writes its
 outputs atomically and returns what it made; failures raise `OnnxshipError` subclasses whose
 one-line message names the file, what was expected and the fix (`exc.exit_code` is the CLI's).
 
@@ -22,22 +23,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxship.core.artifact import Artifact, jsonable
+from onnxship.core.artifact import Artifact
 from onnxship.errors import PipelineError
-from onnxship.stage_run import run_stage
+from onnxship.stage_run import checkpoint_inputs, mnist_inputs, run_stage
 
 if TYPE_CHECKING:  # the configs' modules import torch or onnx; import them only when called
     from onnxship.calibrate.quantize import QuantizeConfig
     from onnxship.export.fp16 import Fp16Config
     from onnxship.export.onnx_export import ExportConfig
     from onnxship.gate import GateCase
+    from onnxship.models.distill import DistillConfig
+    from onnxship.models.prune import PruneConfig
+    from onnxship.models.train import TrainConfig
     from onnxship.pipeline import PipelineConfig, PipelineResult
     from onnxship.runtime_bench.bench import BenchConfig
     from onnxship.verify import VerifyReport
 
 PathLike = str | os.PathLike[str]
 
-__all__ = ["bench", "eval", "evaluate", "export", "fp16", "gate", "quantize", "run", "verify"]
+__all__ = [
+    "bench", "distill", "eval", "evaluate", "export", "fp16", "gate", "prune", "quantize", "run",
+    "train", "verify",
+]  # fmt: skip
 
 
 def output_path(out_dir: PathLike, subdir: str, filename: str) -> Path:
@@ -57,6 +64,103 @@ def default_artifact_name(model: PathLike, suffix: str) -> str:
     """`student-fp32.onnx` -> `student-<suffix>`; any other stem gets `-<suffix>` appended."""
     stem = Path(model).stem
     return f"{stem.removesuffix('-fp32')}-{suffix}"
+
+
+def train(
+    out_dir: PathLike,
+    cfg: TrainConfig | None = None,
+    *,
+    name: str = "teacher",
+    data_dir: PathLike | None = None,
+    ranks: Any = None,
+) -> Artifact:
+    """Train `cfg.arch` from scratch on MNIST -> `out_dir/checkpoints/<name>.pt` (+ .json).
+
+    `ranks` (a `models.distributed.Ranks`, under torchrun): every rank trains its shard of
+    each batch, rank 0 alone writes."""
+    from onnxship.models.data import ensure_mnist
+    from onnxship.models.train import TrainConfig, train_from_mnist
+
+    cfg = cfg or TrainConfig()
+    cfg.validate()
+    root = (
+        ensure_mnist(data_dir) if ranks is None else ranks.on_main(lambda: ensure_mnist(data_dir))
+    )
+    checkpoint = Path(out_dir) / "checkpoints" / f"{name}.pt"
+    return run_stage(
+        out_dir,
+        "train",
+        stage="train",
+        config=cfg,
+        inputs=mnist_inputs(root),
+        produce=lambda: train_from_mnist(cfg, checkpoint, data_dir=root),
+        extra_outputs=[checkpoint.with_suffix(".json")],
+        ranks=ranks,
+    )
+
+
+def prune(
+    checkpoint: PathLike,
+    out_dir: PathLike,
+    cfg: PruneConfig | None = None,
+    *,
+    name: str = "student-pruned",
+    data_dir: PathLike | None = None,
+) -> Artifact:
+    """Checkpoint -> a pruned `out_dir/checkpoints/<name>.pt` (+ .json with the new widths)."""
+    from onnxship.models.errors import ModelsError
+    from onnxship.models.prune import PruneConfig, pruned_from_checkpoint
+
+    cfg = cfg or PruneConfig()
+    cfg.validate()
+    src = Path(checkpoint)
+    if not src.is_file():
+        raise ModelsError(f"checkpoint {src} does not exist; train one with `onnxship train`")
+    target = output_path(out_dir, "checkpoints", f"{name}.pt")
+    return run_stage(
+        out_dir,
+        "prune",
+        stage="prune",
+        config=cfg,
+        inputs=checkpoint_inputs(src),
+        produce=lambda: pruned_from_checkpoint(src, cfg, target, data_dir=data_dir),
+        extra_outputs=[target.with_suffix(".json")],
+    )
+
+
+def distill(
+    student: PathLike,
+    teacher: PathLike,
+    out_dir: PathLike,
+    cfg: DistillConfig | None = None,
+    *,
+    name: str = "student",
+    data_dir: PathLike | None = None,
+    ranks: Any = None,
+) -> Artifact:
+    """Fine-tune `student` (a pruned checkpoint) against `teacher` with knowledge distillation,
+    and the same steps without it (the ablation) -> `out_dir/checkpoints/<name>.pt` (+ .json).
+    `ranks` as in `train`."""
+    from onnxship.models.distill import DistillConfig, distilled_from_checkpoints
+
+    cfg = cfg or DistillConfig()
+    cfg.validate()
+    s, t = Path(student), Path(teacher)
+
+    def target_path() -> Path:
+        return output_path(out_dir, "checkpoints", f"{name}.pt")
+
+    target = target_path() if ranks is None else ranks.on_main(target_path)
+    return run_stage(
+        out_dir,
+        "distill",
+        stage="distill",
+        config=cfg,
+        inputs=[*checkpoint_inputs(s), *checkpoint_inputs(t)],
+        produce=lambda: distilled_from_checkpoints(s, t, cfg, target, data_dir=data_dir),
+        extra_outputs=[target.with_suffix(".json")],
+        ranks=ranks,
+    )
 
 
 def export(
@@ -80,13 +184,12 @@ def export(
             f"checkpoint {ckpt} does not exist; pass the .pt written by train/distill"
         )
     target = output_path(out_dir, "artifacts", f"{name or ckpt.stem + '-fp32'}.onnx")
-    sidecar = ckpt.with_suffix(".json")
     return run_stage(
         out_dir,
         record_name,
         stage="export",
         config=cfg,
-        inputs=[ckpt, *([sidecar] if sidecar.is_file() else [])],
+        inputs=checkpoint_inputs(ckpt),
         produce=lambda: onnx_from_checkpoint(ckpt, cfg, target, data_dir=data_dir),
     )
 
@@ -153,7 +256,7 @@ def quantize(
         out_dir,
         STAGE,
         stage=STAGE,
-        config={"name": name, "source": os.fspath(src), **jsonable(cfg)},
+        config=cfg,
         inputs=[src, *([calib] if calib else []), *([val] if val else [])],
         produce=lambda: int8_from_onnx(
             src,

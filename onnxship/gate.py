@@ -27,6 +27,7 @@ from typing import Any
 from onnxship.core.artifact import atomic_output
 from onnxship.errors import PipelineError
 from onnxship.manifest import read_manifest
+from onnxship.runtime_bench.providers import resolve_provider
 from onnxship.targets import base_name, matching_targets, read_record, read_require_file
 
 # Floating-point slack: a baseline written as 0.985 with max_drop 0.003 must pass at 0.982.
@@ -216,11 +217,10 @@ def _observed_top1(entry: Any, where: str) -> float:
 
 
 def _latency_cases(artifacts: dict[str, Any], ratios: list[dict[str, Any]]) -> list[GateCase]:
-    short = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
     cases = []
     for ratio in ratios:
         fast, slow = ratio["fast"], ratio["slow"]
-        provider = short.get(ratio.get("provider", "cpu"), ratio.get("provider", "cpu"))
+        provider = resolve_provider(str(ratio.get("provider", "cpu")))
         batch = str(ratio.get("batch", 64))
         name = f"latency {fast} vs {slow} ({provider} @{batch})"
         try:

@@ -17,6 +17,13 @@ from typing import Any
 from onnxship.core import mnist
 from onnxship.core.artifact import Artifact, atomic_write_json, utc_now
 from onnxship.errors import PipelineError
+from onnxship.runtime_bench.providers import (  # the EP table; ProviderProbe kept importable here
+    CPU_EP,
+    PROBED_PROVIDERS,
+    ProviderProbe,
+    probe_provider,
+    resolve_provider,
+)
 from onnxship.stage_run import RunContext, cached_stage
 
 EVAL_SCHEMA = 1
@@ -228,93 +235,16 @@ def eval_stage(
     return _load_json(out)
 
 
-CPU_EP = "CPUExecutionProvider"
-CUDA_EP = "CUDAExecutionProvider"
-
-
-@dataclass(frozen=True)
-class ProviderProbe:
-    """Can this process run a session on `provider`? (`reason` says why or why not.)"""
-
-    provider: str
-    usable: bool
-    reason: str
-
-
-def _probe_model() -> bytes:
-    """A one-node model (y = x + x on a [1, 4] float tensor), built in memory."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "x"], ["y"])],
-        "onnxship-probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
-def probe_provider(provider: str) -> ProviderProbe:
-    """Create a session on `provider` alone with a tiny model and run it once.
-
-    `get_available_providers()` only says which EPs this onnxruntime build contains:
-    onnxruntime-gpu lists CUDA on a machine without a usable GPU or CUDA libraries, and ORT
-    then falls back to the CPU EP (or fails) when a session is created. Only a session that
-    really runs on the EP counts."""
-    import numpy as np
-    import onnxruntime as ort
-
-    available = list(ort.get_available_providers())
-    if provider not in available:
-        return ProviderProbe(
-            provider, False, f"this onnxruntime build has no {provider} (available: {available})"
-        )
-    if provider == CUDA_EP:
-        from onnxship.runtime_bench.session import preload_cuda_libraries
-
-        preload_cuda_libraries()
-    try:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(_probe_model(), opts, providers=[provider])
-        active = list(sess.get_providers())
-        if provider not in active:
-            return ProviderProbe(
-                provider, False,
-                f"{provider} is listed but a session fell back to {active} (no usable device "
-                "or driver/libraries)",
-            )  # fmt: skip
-        x = np.arange(4, dtype=np.float32).reshape(1, 4)
-        (y,) = sess.run(None, {"x": x})
-        if not np.array_equal(y, x + x):
-            return ProviderProbe(provider, False, f"{provider} computed a wrong probe result")
-    except Exception as exc:  # any failure to create or run means "not usable here"
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        return ProviderProbe(
-            provider, False, f"creating or running a {provider} session failed: {first}"
-        )
-    return ProviderProbe(provider, True, f"a probe session ran on {provider}")
-
-
 def bench_providers(requested: tuple[str, ...]) -> tuple[list[str], list[ProviderProbe]]:
     """The EPs the pipeline benchmarks on, and the ones it skipped with the reason.
 
     Requested EPs (names or cpu/cuda) are used as given: one that cannot run is a hard error
     when its session is created, as with `onnxship bench --provider`. With none requested:
     the CPU EP, plus CUDA when a probe session on it actually runs (probed once)."""
-    from onnxship.runtime_bench.session import resolve_provider
-
     if requested:
         return [resolve_provider(p) for p in requested], []
-    probe = probe_provider(CUDA_EP)
-    if probe.usable:
-        return [CUDA_EP, CPU_EP], []
-    return [CPU_EP], [probe]
+    probes = [probe_provider(p) for p in PROBED_PROVIDERS]
+    return [*(p.provider for p in probes if p.usable), CPU_EP], [p for p in probes if not p.usable]
 
 
 def bench_stage(

@@ -53,14 +53,14 @@ from onnxship.export.onnx_export import ExportConfig, onnx_from_checkpoint
 from onnxship.manifest import ArtifactSpec, build_manifest, write_bundle_docs
 from onnxship.measure import BenchSettings, EvalSettings, bench_stage, eval_stage
 from onnxship.models import distributed
-from onnxship.models.data import DataConfig, DataSplits, open_data
+from onnxship.models.data import DataConfig, DataSplits, ensure_mnist, open_data
 from onnxship.models.distill import DistillConfig, distilled_from_checkpoints
 from onnxship.models.errors import ModelsError
 from onnxship.models.prune import PruneConfig, pruned_from_checkpoint
 from onnxship.models.registry import ModelFactory
 from onnxship.models.train import TrainConfig, train_from_mnist
 from onnxship.search import SearchConfig, searched_from_checkpoints
-from onnxship.stage_run import RunContext, cached_stage
+from onnxship.stage_run import RunContext, cached_stage, checkpoint_inputs, mnist_inputs
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +287,10 @@ def _run_locked(
 
     teacher_ckpt = ctx.path("checkpoints", "teacher.pt")
     train_config: Any = cfg.train
-    train_inputs: list[Path] = []
-    if own is not None:  # the default MNIST run keeps its cache keys
+    if own is None:  # the files MNIST's train reads, as `onnxship train` records them
+        root = ranks.on_main(lambda: ensure_mnist(data_dir), what="checking the MNIST files")
+        train_inputs = mnist_inputs(root)
+    else:
         train_config = {"train": cfg.train, "model": cfg.model, "data": cfg.data}
         train_inputs = cfg.data.files() or [p for p in (val_npz, test_npz) if p is not None]
         if cfg.model.state_dict:
@@ -308,7 +310,8 @@ def _run_locked(
     def export(ckpt: Path, name: str, record: str) -> Path:
         target = ctx.path("artifacts", f"{name}.onnx")
         cached_stage(
-            ctx, record, stage="export", config=cfg.export, inputs=[ckpt], outputs=[target],
+            ctx, record, stage="export", config=cfg.export, inputs=checkpoint_inputs(ckpt),
+            outputs=[target],
             produce=lambda: onnx_from_checkpoint(ckpt, cfg.export, target, data_dir=data_dir, data=data),
         )  # fmt: skip
         return target
@@ -320,14 +323,15 @@ def _run_locked(
 
     pruned_ckpt = ctx.path("checkpoints", "student-pruned.pt")
     cached_stage(
-        ctx, "prune", stage="prune", config=cfg.prune, inputs=[teacher_ckpt],
+        ctx, "prune", stage="prune", config=cfg.prune, inputs=checkpoint_inputs(teacher_ckpt),
         outputs=[pruned_ckpt, pruned_ckpt.with_suffix(".json")],
         produce=lambda: pruned_from_checkpoint(teacher_ckpt, cfg.prune, pruned_ckpt, data_dir=data_dir, data=data),
     )  # fmt: skip
 
     student_ckpt = ctx.path("checkpoints", "student.pt")
     cached_stage(
-        ctx, "distill", stage="distill", config=cfg.distill, inputs=[pruned_ckpt, teacher_ckpt],
+        ctx, "distill", stage="distill", config=cfg.distill,
+        inputs=[*checkpoint_inputs(pruned_ckpt), *checkpoint_inputs(teacher_ckpt)],
         outputs=[student_ckpt, student_ckpt.with_suffix(".json")],
         produce=lambda: distilled_from_checkpoints(
             pruned_ckpt, teacher_ckpt, cfg.distill, student_ckpt, data_dir=data_dir, data=data

@@ -11,10 +11,9 @@ from typing import Any
 
 from onnxship.core.artifact import atomic_output, atomic_write_text
 from onnxship.report_targets import targets_section, write_targets_plot
+from onnxship.runtime_bench.providers import CPU_EP, short_name
 
 log = logging.getLogger(__name__)
-
-CPU_EP = "CPUExecutionProvider"
 
 
 def _fmt_bytes(n: int) -> str:
@@ -144,9 +143,8 @@ def headline_lines(manifest: Mapping[str, Any], teacher: str = "teacher-fp32") -
 def artifact_table(manifest: Mapping[str, Any]) -> str:
     providers = _providers(manifest)
     cols = [(ep, b) for ep in providers for b in _batches(manifest, ep)]
-    short = {CPU_EP: "CPU", "CUDAExecutionProvider": "CUDA"}
     head = ["artifact", "precision", "test top-1", "bytes", "MACs", "params"]
-    head += [f"{short.get(ep, ep)} p50 ms @{b}" for ep, b in cols]
+    head += [f"{short_name(ep)} p50 ms @{b}" for ep, b in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, entry in manifest["artifacts"].items():
         row = [

@@ -1,7 +1,11 @@
-"""Run one stage function and write its record: the seam shared by the single-stage CLI
-commands and the pipeline, so both produce identical `stages/<name>.json` files; and the
-pipeline's stage cache (`cached_stage`), which reuses a finished stage whose config, inputs'
-sha256 and onnxship version are unchanged."""
+"""Run one stage function and write its record: the seam shared by the single-stage commands
+(through `onnxship.api`) and the pipeline; and the pipeline's stage cache (`cached_stage`),
+which reuses a finished stage whose config, inputs' sha256 and onnxship version are unchanged.
+
+For the same stage on the same files both write the same record: the stage's config dataclass
+as `config` and the same `inputs` (`checkpoint_inputs`, `mnist_inputs`); the pipeline's record
+adds its `cache_key` and `onnxship_version`. Timestamps, wall time and the paths' folders
+differ; tests/test_fault_matrix.py compares the records of one bundle's stages."""
 
 from __future__ import annotations
 
@@ -25,6 +29,21 @@ from onnxship.core.artifact import (
 from onnxship.core.version import __version__
 
 log = logging.getLogger(__name__)
+
+
+def checkpoint_inputs(checkpoint: str | os.PathLike[str]) -> list[Path]:
+    """A checkpoint as a stage input: its weights file. The `.json` sidecar is read too, but
+    it also holds the stage's metrics and wall times, which differ between two runs that
+    write the same weights; as an input it would make every later stage rerun after a stage
+    was redone with the same result."""
+    return [Path(checkpoint)]
+
+
+def mnist_inputs(data_root: str | os.PathLike[str]) -> list[Path]:
+    """MNIST's four files under `data_root` as a stage's inputs (train reads all four)."""
+    from onnxship.core import mnist
+
+    return [mnist.raw_dir(data_root) / name for name in mnist.MNIST_FILES]
 
 
 def run_stage(

@@ -21,6 +21,7 @@ from typing import Any
 from onnxship.core.artifact import atomic_write_json, atomic_write_text, utc_now
 from onnxship.core.env import fingerprint_diff
 from onnxship.runtime_bench.errors import BenchError
+from onnxship.runtime_bench.providers import short_name
 
 SCHEMA_VERSION = 1
 TOOLS = ("onnxship bench", "onnxship bench merge")
@@ -150,10 +151,6 @@ def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
-def _short_provider(name: str) -> str:
-    return name.removesuffix("ExecutionProvider") or name
-
-
 def markdown_table(doc: Mapping[str, Any]) -> str:
     """The result rows as a Markdown table (the stdout of `onnxship bench`)."""
     header = [
@@ -164,7 +161,7 @@ def markdown_table(doc: Mapping[str, Any]) -> str:
     for r in doc["results"]:
         lines.append(
             [
-                str(r["model_name"]), _short_provider(str(r["provider"])), str(r.get("io", "host")),
+                str(r["model_name"]), short_name(str(r["provider"])), str(r.get("io", "host")),
                 str(r["batch_size"]),
                 f"{r['threads']}{'!' if r.get('threads_exceed_cores') else ''}",
                 _ms(r["session_create_ms"]), _ms(r["first_run_ms"]), _ms(r["p50_ms"]),
@@ -204,7 +201,7 @@ def ratios_markdown(doc: Mapping[str, Any]) -> str:
         return ""
     header = ["model", "vs", "EP", "batch", "speed-up", "CI", "statistic", "rounds"]
     lines = [
-        [str(r["name"]), str(r["reference"]), _short_provider(str(r.get("provider", ""))),
+        [str(r["name"]), str(r["reference"]), short_name(str(r.get("provider", ""))),
          str(r.get("batch_size", "")), f"{float(r['ratio']):.3f}x",
          f"{float(r['ci'][0]):.3f}–{float(r['ci'][1]):.3f}x ({round(100 * r['ci_level'])} %)",
          str(r.get("statistic", "")), str(r.get("n_rounds", ""))]
@@ -431,7 +428,7 @@ def compare_markdown(cmp: Mapping[str, Any]) -> str:
         [
             r["model_name"] + ("" if r["same_model"] else " (*)")
             + (" (≠)" if r.get("across_fingerprints") else ""),
-            _short_provider(r["provider"]), r["io"], str(r["batch_size"]),
+            short_name(r["provider"]), r["io"], str(r["batch_size"]),
             _ms(r["a_p50_ms"]), _ms(r["b_p50_ms"]), f"{r['ratio_p50']:.3f}",
             _ms(r["noise_ms"]), r["verdict"],
         ]
@@ -459,7 +456,7 @@ def compare_markdown(cmp: Mapping[str, Any]) -> str:
     for side in ("a", "b"):
         missing = cmp[f"only_in_{side}"]
         if missing:
-            items = ", ".join(f"{m}/b{bs}/{_short_provider(p)}/{io_}" for m, bs, p, io_ in missing)
+            items = ", ".join(f"{m}/b{bs}/{short_name(p)}/{io_}" for m, bs, p, io_ in missing)
             parts.append(f"Only in {side.upper()}: {items}")
     if cmp["environment_diff"]:
         diffs = "; ".join(
@@ -548,7 +545,7 @@ def merge_markdown(merged: Mapping[str, Any]) -> str:
     ]
     lines = [
         [
-            str(r["model_name"]), _short_provider(str(r["provider"])), str(r.get("io", "host")),
+            str(r["model_name"]), short_name(str(r["provider"])), str(r.get("io", "host")),
             str(r["batch_size"]), str(r["machine"]), str(r["threads"]), _ms(r["p50_ms"]),
             _ms(r["p90_ms"]), _ms(r["p99_ms"]), _rate(r["throughput_per_s"]),
             str(r.get("onnxruntime") or "?"),

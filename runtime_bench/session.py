@@ -12,9 +12,7 @@ Every file is checked by `onnxship.core.onnx_file.check_model_file` before ONNX 
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import io
 import logging
 import os
 import tempfile
@@ -26,29 +24,20 @@ from typing import Any
 
 from onnxship.core.onnx_file import check_model_file
 from onnxship.runtime_bench.errors import BenchError
+from onnxship.runtime_bench.providers import (  # noqa: F401  (the EP table; names kept here)
+    CPU_EP,
+    CUDA_EP,
+    CUDA_FIX,
+    PROVIDER_ALIASES,
+    check_provider_available,
+    preload_cuda_libraries,
+    resolve_provider,
+)
 
 log = logging.getLogger(__name__)
 
-CPU_EP = "CPUExecutionProvider"
-CUDA_EP = "CUDAExecutionProvider"
-PROVIDER_ALIASES = {"cpu": CPU_EP, "cuda": CUDA_EP}
-CUDA_FIX = (
-    "install the GPU build: `pip uninstall onnxruntime && pip install onnxruntime-gpu` "
-    "(the two packages cannot coexist in one environment), on a machine with an NVIDIA GPU, "
-    "driver and the CUDA/cuDNN libraries that onnxruntime-gpu expects"
-)
 # Session config key (ORT >= 1.22) that makes get_provider_graph_assignment_info() work.
 RECORD_ASSIGNMENT_KEY = "session.record_ep_graph_assignment_info"
-
-
-def resolve_provider(spec: str) -> str:
-    """'cpu' -> 'CPUExecutionProvider', 'cuda' -> 'CUDAExecutionProvider', else `spec` as given.
-
-    The aliases are case-insensitive; any other value is taken as an ORT EP name (checked
-    against the installed build when a session is created).
-    """
-    text = spec.strip()
-    return PROVIDER_ALIASES.get(text.lower(), text)
 
 
 class GraphOptimization(enum.Enum):
@@ -209,67 +198,6 @@ class SessionHandle:
 
 # --------------------------------------------------------------------------------------------
 # Sessions
-
-
-_cuda_libraries_preloaded = False
-
-
-def preload_cuda_libraries() -> None:
-    """Load CUDA and cuDNN from the `nvidia-*` pip packages before the first CUDA session.
-
-    onnxruntime-gpu installed from pip finds those libraries only after
-    `onnxruntime.preload_dlls()` (ORT >= 1.21) or after `import torch` (whose CUDA build loads
-    them). The bench side never imports torch, so without this a CUDA session fails to load
-    libcudnn/libcublasLt on a machine whose CUDA comes from pip. Once per process; a build
-    without CUDA returns at once; libraries already on the loader path are left as they are.
-    ORT prints its warnings, which would corrupt machine-readable stdout: they go to the log.
-    """
-    global _cuda_libraries_preloaded
-    if _cuda_libraries_preloaded:
-        return
-    _cuda_libraries_preloaded = True
-    import onnxruntime as ort
-
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is None:
-        return
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(captured):
-            preload()
-    except Exception as exc:  # a failed preload shows up as a session error with the fix
-        log.debug("onnxruntime.preload_dlls() failed: %s", exc)
-    if captured.getvalue().strip():
-        log.info("onnxruntime.preload_dlls(): %s", captured.getvalue().strip())
-
-
-def check_provider_available(provider: str) -> str:
-    """Resolve `provider` and raise BenchError (exit 2) unless this ORT build has it."""
-    import onnxruntime as ort
-
-    resolved = resolve_provider(provider)
-    available = list(ort.get_available_providers())
-    if resolved in available:
-        if resolved == CUDA_EP:
-            preload_cuda_libraries()
-        return resolved
-    listed = ", ".join(available)
-    if resolved == CUDA_EP:
-        raise BenchError(
-            f"provider 'cuda' requested, but this onnxruntime {ort.__version__} build "
-            f"({ort.get_device()}) has no CUDAExecutionProvider; available: {listed}; "
-            f"to fix, {CUDA_FIX}"
-        )
-    if resolved in ort.get_all_providers():
-        raise BenchError(
-            f"provider {provider!r} ({resolved}) is a known ONNX Runtime EP but is not in this "
-            f"onnxruntime {ort.__version__} build; available: {listed}; install the "
-            "onnxruntime package built with it"
-        )
-    raise BenchError(
-        f"unknown execution provider {provider!r}: expected 'cpu', 'cuda' or an EP name this "
-        f"onnxruntime build has; available: {listed}"
-    )
 
 
 def _session_options(cfg: SessionConfig) -> Any:

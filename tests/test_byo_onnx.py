@@ -19,6 +19,8 @@ from onnxship.calibrate.recipes import exact_recipe_on
 from onnxship.cli import main
 from onnxship.core.env import detected_integer_class
 
+pytestmark = pytest.mark.slow  # trains a model on digits, quantizes, benches
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 

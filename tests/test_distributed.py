@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import SMALL, reduced_config  # noqa: E402  (tests/ is on sys.path)
 
 from onnxship.core.artifact import sha256_file
 from onnxship.models.distributed import LR_SCALING
@@ -365,47 +366,19 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-RUN_CONFIG = """
-data_dir = "{root}"
-
-[train]
-augment = "none"
-[train.sgd]
-epochs = 0.05
-
-[prune]
-macs_budget = 0.1
-
-[distill.sgd]
-epochs = 0.02
-
-[fp16]
-parity_samples = 1000
-
-[quantize]
-recipe = "qdq-u8s8-perchannel-minmax-linear"
-[quantize.calibration]
-size = 64
-[quantize.latency]
-seconds_per_batch_size = 0.2
-
-[bench]
-warmup = 1
-iterations = 5
-"""
-
-
 @pytest.mark.slow
 def test_run_under_torchrun_builds_a_verified_bundle_and_resumes_on_every_rank(
-    tmp_path: Path, mnist_root: Path
+    tmp_path: Path, mnist_subset: Path
 ) -> None:
-    """`torchrun -m onnxship run` on a reduced config: a bundle that `verify` accepts; a rerun
-    after the distill record is lost redoes distill on both ranks (rank 0 decided) and reuses
-    everything downstream, since the same seed and world size give the same student."""
+    """`torchrun -m onnxship run` on the small config (conftest.SMALL, on an MNIST subset): a
+    bundle that `verify` accepts; a rerun after the distill record is lost redoes distill on
+    both ranks (rank 0 decided) and reuses everything downstream, since the same seed and
+    world size give the same student."""
     from onnxship.cli import main
 
+    mnist_root = mnist_subset
     config = tmp_path / "small.toml"
-    config.write_text(RUN_CONFIG.format(root=mnist_root))
+    config.write_text(reduced_config(SMALL, data_dir=str(mnist_root)))
     out = tmp_path / "bundle"
     args = ("run", "--config", str(config), "--out", str(out))
     _launch(_torchrun(*args, log_dir=tmp_path / "logs1"), mnist_root)

@@ -54,10 +54,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import (  # noqa: E402  (tests/ is on sys.path)
+    SMALL,
+    SUBSET_TEST,
+    SUBSET_TRAIN,
+    reduced_config,
+    subset_data,
+    unvouched_files,
+)
 
 from onnxship.cli import main
-from onnxship.core.artifact import atomic_output, sha256_file
-from onnxship.pipeline import RUN_LOCK, RUN_MARKER
+from onnxship.core.artifact import atomic_output
 
 pytestmark = pytest.mark.slow
 
@@ -68,58 +75,7 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 
-# A run small enough to build in seconds, on a data root holding the first SUBSET_TRAIN
-# training and SUBSET_TEST test images of MNIST (the fixed validation split takes 5,000 of
-# the training images, so 1,000 are left to fit on; 1,000 test images are the floor of the
-# export's parity check): an 8-channel teacher, a student at half its MACs, the TorchScript
-# exporter, one fixed INT8 recipe, no teacher INT8/FP16 extras and no student search (their
-# outputs go through the same writers as the student's: save_checkpoint, the ONNX export,
-# INT8, FP16, plots; the search adds a Pareto plot to every run's report and three artifacts
-# to every verify, which cost this module 15 s of its 45 s of CPU when it was on, measured).
-# Epochs are fractions of the 1,000 fit images (2.7 = 21 steps of 128). The matrix checks
-# fault handling, not accuracy; the run's own gates (INT8 drop, FP16 agreement, parity) and
-# verify's accuracy re-measurement still apply to this data.
-SUBSET_TRAIN = 6000
-SUBSET_TEST = 1000
-TINY_CONFIG = """
-[train]
-augment = "none"
-widths = [["conv_channels", 8], ["hidden", 32]]
-[train.sgd]
-epochs = 2.7
-
-[prune]
-macs_budget = 0.5
-
-[export]
-exporter = "torchscript"  # 0.25 s of CPU per export here against dynamo's 2.4 s
-
-[distill.sgd]
-epochs = 1.0
-
-[fp16]
-parity_samples = 1000
-
-[quantize]
-recipe = "qdq-u8s8-perchannel-minmax-linear"
-[quantize.calibration]
-size = 64
-[quantize.latency]
-seconds_per_batch_size = 0.05
-min_iterations = 2
-max_iterations = 5
-
-[bench]
-warmup = 1
-iterations = 3
-
-[extra]
-teacher_int8 = false
-teacher_fp16 = false
-
-[search]
-enabled = false
-"""
+TINY_CONFIG = reduced_config(SMALL)
 
 STAGES = (
     "train",
@@ -398,51 +354,6 @@ def inject(fault: Fault, bundle: Path, scratch: Path) -> Iterator[list[str]]:
 # Bundle invariants
 
 
-def _records(bundle: Path) -> dict[str, dict[str, Any]]:
-    out = {}
-    for path in (bundle / "stages").glob("*.json"):
-        out[path.stem] = json.loads(path.read_text())
-    return out
-
-
-def unvouched_files(bundle: Path) -> list[str]:
-    """Files under a final name that no stage record or the manifest vouches for."""
-    vouched: dict[str, set[str]] = {}
-    problems: list[str] = []
-    try:
-        records = _records(bundle)
-    except ValueError as exc:
-        return [f"a stage record is not valid JSON: {exc}"]
-    for record in records.values():
-        for out in record.get("outputs", []):
-            p = Path(out["path"])
-            vouched.setdefault(f"{p.parent.name}/{p.name}", set()).add(out["sha256"])
-    manifest = bundle / "manifest.json"
-    has_manifest = manifest.is_file()
-    if has_manifest:
-        try:
-            entries = json.loads(manifest.read_text())["artifacts"]
-        except (ValueError, KeyError) as exc:
-            return [f"manifest.json is not a valid manifest: {exc}"]
-        for entry in entries.values():
-            p = Path(entry["path"])
-            vouched.setdefault(f"{p.parent.name}/{p.name}", set()).add(entry["sha256"])
-    for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
-        rel = path.relative_to(bundle)
-        if path.name.endswith(".tmp"):
-            continue  # counted by no_temp
-        if rel.parts[0] == "stages" or path.name in (RUN_MARKER, RUN_LOCK, "manifest.json"):
-            continue  # records, the marker and the manifest vouch; the lock file is bookkeeping
-        if rel.parts[0] == "plots" or path.name == "report.md":
-            if not has_manifest:
-                problems.append(f"{rel} without a manifest")
-            continue
-        key = f"{path.parent.name}/{path.name}"
-        if sha256_file(path) not in vouched.get(key, set()):
-            problems.append(f"{rel} (no record or manifest entry with its sha256)")
-    return problems
-
-
 FOREIGN_TMP = {".ses"}
 
 
@@ -499,23 +410,6 @@ def link_data(root: Path, source: Path) -> Path:
     raw.mkdir(parents=True, exist_ok=True)
     for name in MNIST_FILES:
         (raw / name).symlink_to(source / "MNIST" / "raw" / name)
-    return root
-
-
-def subset_data(root: Path, source: Path, n_train: int, n_test: int) -> Path:
-    """A data root holding the first `n_train` training and `n_test` test images (and labels)
-    of the MNIST root `source`, as idx files whose headers say so."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for name in MNIST_FILES:
-        n = n_train if name.startswith("train") else n_test
-        with open(source / "MNIST" / "raw" / name, "rb") as handle:
-            magic = handle.read(4)
-            dims = [int.from_bytes(handle.read(4), "big") for _ in range(magic[3])]
-            assert dims[0] >= n, f"{name}: {dims[0]} items, fewer than {n}"
-            body = handle.read(n * (dims[1] * dims[2] if len(dims) == 3 else 1))
-        head = magic + b"".join(d.to_bytes(4, "big") for d in (n, *dims[1:]))
-        (raw / name).write_bytes(head + body)
     return root
 
 
@@ -1074,3 +968,44 @@ def test_cli_sigterm_handler_is_installed_only_while_a_command_runs(
     assert err.startswith("onnxship verify: terminated (SIGTERM); ") and err.count("\n") == 1
     assert seen and seen[0] is not before
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# --------------------------------------------------------------------------------------------
+# The single-stage API on the shared bundle
+
+
+def _inputs(record: dict) -> list[tuple[str, str]]:
+    return [(Path(i["path"]).name, i["sha256"]) for i in record["inputs"]]
+
+
+def test_api_stages_write_the_records_the_pipeline_wrote(
+    world: World, env: Path, tmp_path: Path
+) -> None:
+    """The single-stage functions (what `onnxship train|prune|distill|quantize` call) given the
+    shared bundle's files, data and config record the same config and inputs as its run."""
+    from onnxship import api
+    from onnxship.pipeline import load_config
+
+    bundle, mnist_root = world.bundle, world.data
+    cfg = load_config(world.config)
+    ckpt = bundle / "checkpoints"
+    made = {
+        "train": lambda out: api.train(out, cfg.train, data_dir=mnist_root),
+        "prune": lambda out: api.prune(ckpt / "teacher.pt", out, cfg.prune, data_dir=mnist_root),
+        "distill": lambda out: api.distill(
+            ckpt / "student-pruned.pt", ckpt / "teacher.pt", out, cfg.distill, data_dir=mnist_root
+        ),
+        "quantize": lambda out: api.quantize(
+            bundle / "artifacts" / "student-fp32.onnx", out, cfg.quantize, data_dir=mnist_root
+        ),
+    }
+    for stage, make in made.items():
+        out = tmp_path / stage
+        make(out)
+        alone = json.loads((out / "stages" / f"{stage}.json").read_text())
+        piped = json.loads((bundle / "stages" / f"{stage}.json").read_text())
+        assert alone["config"] == piped["config"], stage
+        assert _inputs(alone) == _inputs(piped), stage
+        assert alone["stage"] == piped["stage"] and set(piped) - set(alone) == {
+            "cache_key", "onnxship_version"
+        }  # fmt: skip

@@ -146,6 +146,7 @@ def test_distilled_from_checkpoints_refuses_missing_mnist(
         )
 
 
+@pytest.mark.slow
 def test_distill_with_ablation_on_real_mnist(
     trained_checkpoint: Path, mnist_root: Path, tmp_path: Path
 ) -> None:

@@ -270,6 +270,7 @@ def test_prune_model_unstructured_iterative_steps_reach_target() -> None:
     assert metrics["sparsity"] == pytest.approx(0.9, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_pruned_from_checkpoint_on_real_mnist(
     trained_checkpoint: Path, mnist_root: Path, tmp_path: Path
 ) -> None:

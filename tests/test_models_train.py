@@ -153,6 +153,7 @@ def test_shift_batch_is_reproducible_for_a_seeded_generator() -> None:
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_train_from_mnist_same_seed_gives_same_sha256_and_other_seed_differs(
     tmp_path: Path, mnist_root: Path
 ) -> None:

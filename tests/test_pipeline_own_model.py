@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import reduced_config  # noqa: E402  (tests/ is on sys.path)
 
 from onnxship.cli import main
 from onnxship.core.artifact import sha256_file
@@ -76,66 +77,34 @@ MYNETS = textwrap.dedent(
     '''
 )
 
-# Reduced budgets keep the whole run to tens of seconds on 2 shared cores.
-RUN_TOML = textwrap.dedent(
-    """
-    [model]
-    factory = "mynets:small_resnet"
-    kwargs = { width = 16 }
-
-    [data]
-    kind = "npz"
-    train = "data/train.npz"
-    test = "data/test.npz"
-
-    [train.sgd]
-    epochs = 15
-    batch_size = 64
-    lr = 0.1
-
-    [prune]
-    macs_budget = 0.3
-
-    [distill.sgd]
-    epochs = 15
-    batch_size = 64
-    lr = 0.05
-
-    [quantize]
-    max_drop = 0.02
-
-    [quantize.calibration]
-    size = 64
-    batch_size = 16
-
-    [quantize.latency]
-    seconds_per_batch_size = 0.1
-    min_iterations = 5
-    max_iterations = 20
-
-    [bench]
-    warmup = 2
-    iterations = 10
-
-    [extra]
-    teacher_int8 = false
-    teacher_fp16 = false
-
-    # Width multipliers of the factory's kwargs (the default space for a user's model).
-    # digits' validation split is 144 images (0.7 pp each): a 2 pp budget.
-    [search]
-    max_drop = 0.02
-    max_trained = 2
-
-    [search.screen]
-    seconds_per_batch_size = 0.3
-    min_iterations = 5
-    max_iterations = 50
-
-    [search.train]
-    epochs = 15
-    batch_size = 64
-    """
+# The reduced config with the user's model and data, and budgets for digits (1,437 training
+# images): tens of seconds on 2 shared cores. None: the library's default (the recipe search,
+# shift augmentation, FP16 parity on all test images).
+RUN_TOML = reduced_config(
+    {
+        "model": {"factory": "mynets:small_resnet", "kwargs": {"width": 16}},
+        "data": {"kind": "npz", "train": "data/train.npz", "test": "data/test.npz"},
+        "train": {"augment": None, "sgd": {"epochs": 15, "batch_size": 64, "lr": 0.1}},
+        "prune": {"macs_budget": 0.3},
+        "distill": {"sgd": {"epochs": 15, "batch_size": 64, "lr": 0.05}},
+        "fp16": {"parity_samples": None},
+        "quantize": {
+            "recipe": None,
+            "max_drop": 0.02,
+            "calibration": {"size": 64, "batch_size": 16},
+            "latency": {"seconds_per_batch_size": 0.1, "min_iterations": 5, "max_iterations": 20},
+        },
+        "bench": {"warmup": 2, "iterations": 10},
+        "extra": {"teacher_int8": False, "teacher_fp16": False},
+        # Width multipliers of the factory's kwargs (the default space for a user's model).
+        # digits' validation split is 144 images (0.7 pp each): a 2 pp budget.
+        "search": {
+            "max_drop": 0.02,
+            "max_trained": 2,
+            "screen": {"seconds_per_batch_size": 0.3, "min_iterations": 5, "max_iterations": 50},
+            "train": {"epochs": 15, "batch_size": 64},
+        },
+    }
 )
 
 N_TEST = 360
@@ -175,6 +144,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_run_own_model_on_digits_writes_every_artifact_with_the_dataset_block(
     digits_run: Path,
 ) -> None:
@@ -202,6 +172,7 @@ def test_run_own_model_on_digits_writes_every_artifact_with_the_dataset_block(
     assert Path(manifest["config"]["data"]["train"]).is_absolute()
 
 
+@pytest.mark.slow
 def test_run_own_model_on_digits_reaches_accuracy_after_pruning_and_quantization(
     digits_run: Path,
 ) -> None:
@@ -215,6 +186,7 @@ def test_run_own_model_on_digits_reaches_accuracy_after_pruning_and_quantization
     assert top1["student-fp16"] >= top1["student-fp32"] - 0.01
 
 
+@pytest.mark.slow
 def test_run_own_model_prunes_structurally_within_the_macs_budget(digits_run: Path) -> None:
     prune = json.loads((digits_run / "stages" / "prune.json").read_text())["metrics"]
     assert prune["macs_after"] <= 0.3 * prune["macs_before"]
@@ -227,6 +199,7 @@ def test_run_own_model_prunes_structurally_within_the_macs_budget(digits_run: Pa
     assert {"test_top1_kd", "test_top1_no_kd"} <= set(distill)
 
 
+@pytest.mark.slow
 def test_run_own_model_searches_width_multipliers_of_its_factory_on_its_data(
     digits_run: Path,
 ) -> None:
@@ -258,6 +231,7 @@ def test_run_own_model_searches_width_multipliers_of_its_factory_on_its_data(
     assert manifest["artifacts"]["searched-fp32"]["accuracy"]["test_top1"] >= 0.90
 
 
+@pytest.mark.slow
 def test_run_own_model_student_checkpoint_is_a_plain_state_dict_rebuilt_from_shapes(
     digits_run: Path,
 ) -> None:
@@ -273,6 +247,7 @@ def test_run_own_model_student_checkpoint_is_a_plain_state_dict_rebuilt_from_sha
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_run_own_model_onnx_metadata_records_the_dataset(digits_run: Path) -> None:
     model = onnx.load(str(digits_run / "artifacts" / "student-int8.onnx"))
     meta = {p.key: p.value for p in model.metadata_props}
@@ -282,6 +257,7 @@ def test_run_own_model_onnx_metadata_records_the_dataset(digits_run: Path) -> No
     assert json.loads(meta["onnxship.input_std"]) == [1.0]
 
 
+@pytest.mark.slow
 def test_verify_and_gate_pass_on_the_own_model_bundle(
     digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -364,6 +340,7 @@ def test_run_exits_2_when_the_data_holds_nan(
     assert "NaN or Inf" in err
 
 
+@pytest.mark.slow
 def test_run_own_model_on_an_image_folder_goes_through_verify(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -428,6 +405,16 @@ def test_run_own_model_on_an_image_folder_goes_through_verify(
             [extra]
             teacher_int8 = false
             teacher_fp16 = false
+            # The search runs on the image folder too, with budgets cut like the others'.
+            [search]
+            max_trained = 1
+            [search.screen]
+            seconds_per_batch_size = 0.05
+            min_iterations = 3
+            max_iterations = 5
+            [search.train]
+            epochs = 2
+            batch_size = 8
             """
         )
     )

@@ -15,7 +15,6 @@ from onnxship.commands.common import (
     add_out_dir,
     non_negative_int,
     number,
-    output_file,
     positive_float,
     positive_int,
 )
@@ -127,12 +126,12 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from onnxship import api
     from onnxship.commands.prune import check_name
     from onnxship.core import mnist
     from onnxship.models import distributed
-    from onnxship.models.distill import DistillConfig, check_pair, distilled_from_checkpoints
+    from onnxship.models.distill import DistillConfig, check_pair
     from onnxship.models.errors import ModelsError
-    from onnxship.stage_run import run_stage
 
     name = check_name(str(args.name), DEFAULT_NAME)
     out = Path(args.out)
@@ -154,20 +153,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
 
     data_root = mnist.resolve_data_root(args.data_dir)
-    student, teacher = Path(args.student), Path(args.teacher)
     with distributed.session("cpu", args.dist_timeout) as ranks:
-        checkpoint = ranks.on_main(lambda: output_file(out, "checkpoints", f"{name}.pt"))
-        artifact = run_stage(
-            out,
-            "distill",
-            stage="distill",
-            config=cfg,
-            inputs=[student, student.with_suffix(".json"), teacher, teacher.with_suffix(".json")],
-            produce=lambda: distilled_from_checkpoints(
-                student, teacher, cfg, checkpoint, data_dir=data_root
-            ),
-            extra_outputs=[checkpoint.with_suffix(".json")],
-            ranks=ranks,
+        artifact = api.distill(
+            args.student, args.teacher, out, cfg, name=name, data_dir=data_root, ranks=ranks
         )
     if not ranks.is_main:
         return 0

@@ -14,7 +14,6 @@ from onnxship.commands.common import (
     add_out_dir,
     non_negative_int,
     number,
-    output_file,
     positive_float,
     positive_int,
 )
@@ -170,6 +169,7 @@ def check_name(name: str, example: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from onnxship import api
     from onnxship.core import mnist
     from onnxship.models.errors import ModelsError
     from onnxship.models.loop import SgdConfig
@@ -178,9 +178,7 @@ def run(args: argparse.Namespace) -> int:
         PruneConfig,
         PruneMethod,
         PruneScope,
-        pruned_from_checkpoint,
     )
-    from onnxship.stage_run import run_stage
 
     name = check_name(str(args.name), DEFAULT_NAME)
     out = Path(args.out)
@@ -219,17 +217,7 @@ def run(args: argparse.Namespace) -> int:
     if not src.is_file():
         raise ModelsError(f"checkpoint {src} does not exist; train one with `onnxship train`")
 
-    data_root = mnist.resolve_data_root(args.data_dir)
-    checkpoint = output_file(out, "checkpoints", f"{name}.pt")
-    artifact = run_stage(
-        out,
-        "prune",
-        stage="prune",
-        config=cfg,
-        inputs=[src, src.with_suffix(".json")],
-        produce=lambda: pruned_from_checkpoint(src, cfg, checkpoint, data_dir=data_root),
-        extra_outputs=[checkpoint.with_suffix(".json")],
-    )
+    artifact = api.prune(src, out, cfg, name=name, data_dir=mnist.resolve_data_root(args.data_dir))
     m = artifact.metrics
     summary = (
         f"pruned {m['arch']} ({method.value}) {_fmt_widths(m['widths_before'])} -> "

@@ -175,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
     prefer_passive_omp_wait()
     import torch
 
+    from onnxship import api
     from onnxship.core import mnist
     from onnxship.models import distributed
     from onnxship.models.errors import ModelsError
@@ -184,9 +185,7 @@ def run(args: argparse.Namespace) -> int:
         Augment,
         TrainConfig,
         default_amp,
-        train_from_mnist,
     )
-    from onnxship.stage_run import run_stage
 
     name = str(args.name)
     if not name or Path(name).name != name or name in (".", "..") or name.startswith("."):
@@ -223,18 +222,9 @@ def run(args: argparse.Namespace) -> int:
     )
     cfg.validate()  # bad values fail here, before any data is read or folder created
 
-    data_root = mnist.resolve_data_root(args.data_dir)
-    checkpoint = out / "checkpoints" / f"{name}.pt"
     with distributed.session(cfg.device, args.dist_timeout) as ranks:
-        artifact = run_stage(
-            out,
-            "train",
-            stage="train",
-            config=cfg.to_json(),
-            inputs=[mnist.raw_dir(data_root) / f for f in mnist.MNIST_FILES],
-            produce=lambda: train_from_mnist(cfg, checkpoint, data_dir=data_root),
-            extra_outputs=[checkpoint.with_suffix(".json")],
-            ranks=ranks,
+        artifact = api.train(
+            out, cfg, name=name, data_dir=mnist.resolve_data_root(args.data_dir), ranks=ranks
         )
     if not ranks.is_main:
         return 0
