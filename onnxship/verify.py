@@ -371,7 +371,10 @@ def record_class_accuracy(bundle: str | os.PathLike[str], report: VerifyReport) 
     integer class (`artifacts.<name>.accuracy_by_class[class]`, `measured_by: verify`), so
     `gate --require-class` can hold that class to the baseline. Returns the artifacts updated."""
     from onnxship.core.artifact import atomic_write_json, utc_now
+    from onnxship.core.env import integer_class_record
 
+    # A class forced by ONNXSHIP_INTEGER_CLASS is recorded as such (gate does not count it).
+    forced = {k: v for k, v in integer_class_record().items() if k == "integer_class_forced"}
     path = Path(bundle) / "manifest.json"
     manifest = read_manifest(path)
     updated = []
@@ -386,7 +389,7 @@ def record_class_accuracy(bundle: str | os.PathLike[str], report: VerifyReport) 
         by_class[cls] = {
             "test_top1": check.measured["test_top1"], "correct": check.measured.get("correct"),
             "n": check.measured.get("n"), "measured_by": "verify", "verify_ok": check.ok,
-            "measured": utc_now(),
+            "measured": utc_now(), **forced,
         }  # fmt: skip
         updated.append(check.artifact)
     if updated:
