@@ -94,9 +94,9 @@ def current_environment() -> dict[str, Any]:
     """This machine's values of the keys that decide whether float results can be exact."""
     import onnxruntime as ort
 
-    from onnxship.core.env import cpu_model_name, integer_class, isa_summary
+    from onnxship.core.env import cpu_model_name, integer_class_record, isa_summary
 
-    return {"cpu": cpu_model_name(), "isa": isa_summary(), "integer_class": integer_class(),
+    return {"cpu": cpu_model_name(), "isa": isa_summary(), **integer_class_record(),
             "onnxruntime": ort.__version__}  # fmt: skip
 
 
@@ -108,7 +108,10 @@ def environment_differences(recorded: Mapping[str, Any], here: Mapping[str, Any]
         a, b = recorded.get(key), here.get(key)
         if key == "integer_class":
             if a is not None and a != b:
-                out.append(f"integer class: {a} (bundle) -> {b} (this CPU)")
+                how = "forced by ONNXSHIP_INTEGER_CLASS" if here.get("integer_class_forced") else ""
+                out.append(
+                    f"integer class: {a} (bundle) -> {b} (this CPU{', ' + how if how else ''})"
+                )
             continue
         same = sorted(a or []) == sorted(b or []) if key == "isa" else a == b
         if not same:
