@@ -148,8 +148,11 @@ def accuracy_on_class(manifest: dict[str, Any], name: str, cls: str) -> float | 
     on a target) with an accuracy for it; None when the bundle never measured it there."""
     entry = manifest["artifacts"].get(name) or {}
     by_class = entry.get("accuracy_by_class") or {}
-    if isinstance(by_class.get(cls), dict) and "test_top1" in by_class[cls]:
-        return by_class[cls]["test_top1"]
+    measured = by_class.get(cls)
+    # A class forced by ONNXSHIP_INTEGER_CLASS (a simulation) is not a measurement on that class.
+    real = isinstance(measured, dict) and not measured.get("integer_class_forced")
+    if real and "test_top1" in measured:
+        return measured["test_top1"]
     targets = manifest.get("targets") or {}
     for record in targets.values() if isinstance(targets, dict) else []:
         if not isinstance(record, dict) or record.get("integer_class") != cls:
@@ -164,7 +167,8 @@ def accuracy_on_class(manifest: dict[str, Any], name: str, cls: str) -> float | 
 
 def _classes_measured(manifest: dict[str, Any], name: str) -> list[str]:
     entry = manifest["artifacts"].get(name) or {}
-    found = set(entry.get("accuracy_by_class") or {})
+    by_class = entry.get("accuracy_by_class") or {}
+    found = {c for c, m in by_class.items() if not (m or {}).get("integer_class_forced")}
     targets = manifest.get("targets") or {}
     found |= {r.get("integer_class") for r in targets.values() if isinstance(r, dict)} - {None}
     return sorted(found)

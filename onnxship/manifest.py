@@ -111,14 +111,16 @@ def integer_class_fields(
     per class (`accuracy_by_class`, one entry per class measured; `verify --record-class` adds
     the target's), and for INT8 where its recipe is exact and what it risks elsewhere (from
     the quantize stage record)."""
-    from onnxship.core.env import integer_class
+    from onnxship.core.env import integer_class_record
 
-    here = integer_class()
+    record_cls = integer_class_record()  # + integer_class_forced when ONNXSHIP_INTEGER_CLASS set it
+    here = str(record_cls["integer_class"])
+    forced = {k: v for k, v in record_cls.items() if k == "integer_class_forced"}
     out: dict[str, Any] = {
-        "integer_class": here,
+        **record_cls,
         "accuracy_by_class": {
             here: {"test_top1": accuracy["top1"], "correct": accuracy.get("correct"),
-                   "n": accuracy.get("n"), "measured_by": "run"}
+                   "n": accuracy.get("n"), "measured_by": "run", **forced}
         },
     }  # fmt: skip
     if precision == "int8":

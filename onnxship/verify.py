@@ -96,9 +96,9 @@ def current_environment() -> dict[str, Any]:
     """This machine's values of the keys that decide whether float results can be exact."""
     import onnxruntime as ort
 
-    from onnxship.core.env import cpu_model_name, integer_class, isa_summary
+    from onnxship.core.env import cpu_model_name, integer_class_record, isa_summary
 
-    return {"cpu": cpu_model_name(), "isa": isa_summary(), "integer_class": integer_class(),
+    return {"cpu": cpu_model_name(), "isa": isa_summary(), **integer_class_record(),
             "onnxruntime": ort.__version__}  # fmt: skip
 
 
@@ -110,7 +110,10 @@ def environment_differences(recorded: Mapping[str, Any], here: Mapping[str, Any]
         a, b = recorded.get(key), here.get(key)
         if key == "integer_class":
             if a is not None and a != b:
-                out.append(f"integer class: {a} (bundle) -> {b} (this CPU)")
+                how = "forced by ONNXSHIP_INTEGER_CLASS" if here.get("integer_class_forced") else ""
+                out.append(
+                    f"integer class: {a} (bundle) -> {b} (this CPU{', ' + how if how else ''})"
+                )
             continue
         same = sorted(a or []) == sorted(b or []) if key == "isa" else a == b
         if not same:
@@ -442,7 +445,10 @@ def record_class_accuracy(bundle: str | os.PathLike[str], report: VerifyReport) 
     integer class (`artifacts.<name>.accuracy_by_class[class]`, `measured_by: verify`), so
     `gate --require-class` can hold that class to the baseline. Returns the artifacts updated."""
     from onnxship.core.artifact import atomic_write_json, utc_now
+    from onnxship.core.env import integer_class_record
 
+    # A class forced by ONNXSHIP_INTEGER_CLASS is recorded as such (gate does not count it).
+    forced = {k: v for k, v in integer_class_record().items() if k == "integer_class_forced"}
     path = Path(bundle) / "manifest.json"
     manifest = read_manifest(path)
     updated = []
@@ -457,7 +463,7 @@ def record_class_accuracy(bundle: str | os.PathLike[str], report: VerifyReport) 
         by_class[cls] = {
             "test_top1": check.measured["test_top1"], "correct": check.measured.get("correct"),
             "n": check.measured.get("n"), "measured_by": "verify", "verify_ok": check.ok,
-            "measured": utc_now(),
+            "measured": utc_now(), **forced,
         }  # fmt: skip
         updated.append(check.artifact)
     if updated:

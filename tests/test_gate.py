@@ -217,3 +217,16 @@ def test_gate_require_class_unknown_name_is_one_line_exit_2(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "found avx1024" in err and "avx512_vnni" in err and "arm64_i8mm" in err
+
+
+def test_gate_require_class_does_not_count_a_forced_class(tmp_path: Path) -> None:
+    """ONNXSHIP_INTEGER_CLASS simulates a class in the records; it is not a measurement there."""
+    manifest = _class_manifest(tmp_path, {"avx2": 0.99, "avx512_vnni": 0.99})
+    doc = json.loads(manifest.read_text())
+    doc["artifacts"]["student-int8"]["accuracy_by_class"]["avx512_vnni"]["integer_class_forced"] = {
+        "by": "ONNXSHIP_INTEGER_CLASS", "detected": "avx2"}  # fmt: skip
+    manifest.write_text(json.dumps(doc))
+    baseline = _baseline(tmp_path, {"artifacts": {"student-int8": {"test_top1": 0.985}}})
+    cases = {c.name: c for c in gate(manifest, baseline, require_classes="avx512_vnni")}
+    assert not cases["student-int8 on avx512_vnni"].ok
+    assert "(measured on: avx2)" in cases["student-int8 on avx512_vnni"].message
