@@ -319,3 +319,12 @@ def test_a_half_written_artifact_is_found_although_its_size_is_not_zero(
     assert unvouched_files(copy) == [
         "artifacts/student-fp16.onnx (no record or manifest entry with its sha256)"
     ]
+
+
+def test_report_headline_names_the_recommended_artifact_and_the_timing(bundle: Path) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    head = (bundle / "report.md").read_text().split("**Headline**", 1)[1].split("\n## ", 1)[0]
+    assert manifest["recommended"]
+    for ep, name in manifest["recommended"].items():
+        assert f"{ep}: recommended `{name}` vs `teacher-fp32` at batch 64 (p50): " in head
+    assert "block-interleaved in one process: rounds of 4 calls per artifact, the first" in head

@@ -80,32 +80,38 @@ MYNETS = textwrap.dedent(
 # The reduced config with the user's model and data, and budgets for digits (1,437 training
 # images): tens of seconds on 2 shared cores. None: the library's default (the recipe search,
 # shift augmentation, FP16 parity on all test images).
-RUN_TOML = reduced_config(
-    {
-        "model": {"factory": "mynets:small_resnet", "kwargs": {"width": 16}},
-        "data": {"kind": "npz", "train": "data/train.npz", "test": "data/test.npz"},
-        "train": {"augment": None, "sgd": {"epochs": 15, "batch_size": 64, "lr": 0.1}},
-        "prune": {"macs_budget": 0.3},
-        "distill": {"sgd": {"epochs": 15, "batch_size": 64, "lr": 0.05}},
-        "fp16": {"parity_samples": None},
-        "quantize": {
-            "recipe": None,
-            "max_drop": 0.02,
-            "calibration": {"size": 64, "batch_size": 16},
-            "latency": {"seconds_per_batch_size": 0.1, "min_iterations": 5, "max_iterations": 20},
-        },
-        "bench": {"warmup": 2, "iterations": 10},
-        "extra": {"teacher_int8": False, "teacher_fp16": False},
-        # Width multipliers of the factory's kwargs (the default space for a user's model).
-        # digits' validation split is 144 images (0.7 pp each): a 2 pp budget.
-        "search": {
-            "max_drop": 0.02,
-            "max_trained": 2,
-            "screen": {"seconds_per_batch_size": 0.3, "min_iterations": 5, "max_iterations": 50},
-            "train": {"epochs": 15, "batch_size": 64},
-        },
-    }
-)
+DIGITS: dict = {
+    "model": {"factory": "mynets:small_resnet", "kwargs": {"width": 16}},
+    "data": {"kind": "npz", "train": "data/train.npz", "test": "data/test.npz"},
+    "train": {"augment": None, "sgd": {"epochs": 15, "batch_size": 64, "lr": 0.1}},
+    "prune": {"macs_budget": 0.3},
+    "distill": {"sgd": {"epochs": 15, "batch_size": 64, "lr": 0.05}},
+    "fp16": {"parity_samples": None},
+    "quantize": {
+        "recipe": None,
+        "max_drop": 0.02,
+        "calibration": {"size": 64, "batch_size": 16},
+        "latency": {"seconds_per_batch_size": 0.1, "min_iterations": 5, "max_iterations": 20},
+    },
+    "bench": {"warmup": 2, "iterations": 10},
+    "extra": {"teacher_int8": False, "teacher_fp16": False},
+    # Width multipliers of the factory's kwargs (the default space for a user's model).
+    # digits' validation split is 144 images (0.7 pp each): a 2 pp budget.
+    "search": {
+        "max_drop": 0.02,
+        "max_trained": 2,
+        "screen": {"seconds_per_batch_size": 0.3, "min_iterations": 5, "max_iterations": 50},
+        "train": {"epochs": 15, "batch_size": 64},
+    },
+}
+
+
+def own_toml(**model: object) -> str:
+    """The digits config with the `[model]` table's keys replaced (None drops one)."""
+    return reduced_config({**DIGITS, "model": {**DIGITS["model"], **model}})
+
+
+RUN_TOML = own_toml()
 
 N_TEST = 360
 
@@ -292,7 +298,7 @@ def _bad_run(config: Path, capsys: pytest.CaptureFixture[str]) -> str:
 def test_run_exits_2_when_the_factory_module_does_not_import(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = write_project(tmp_path, RUN_TOML.replace("mynets:small_resnet", "nonets:small_resnet"))
+    config = write_project(tmp_path, own_toml(factory="nonets:small_resnet"))
     err = _bad_run(config, capsys)
     assert "'nonets'" in err and "does not import" in err
 
@@ -300,9 +306,7 @@ def test_run_exits_2_when_the_factory_module_does_not_import(
 def test_run_exits_2_when_the_factory_does_not_return_a_module(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    toml = RUN_TOML.replace(
-        '"mynets:small_resnet"\nkwargs = { width = 16 }', '"mynets:not_a_module"'
-    )
+    toml = own_toml(factory="mynets:not_a_module", kwargs=None)
     err = _bad_run(write_project(tmp_path, toml), capsys)
     assert "returned str, expected a torch.nn.Module" in err
 
@@ -310,7 +314,7 @@ def test_run_exits_2_when_the_factory_does_not_return_a_module(
 def test_run_exits_2_naming_both_shapes_when_data_does_not_fit_the_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    toml = RUN_TOML.replace("kwargs = { width = 16 }", "kwargs = { width = 16, in_channels = 3 }")
+    toml = own_toml(kwargs={"width": 16, "in_channels": 3})
     err = _bad_run(write_project(tmp_path, toml), capsys)
     assert "[N, 1, 8, 8]" in err and "[N, 3, H, W]" in err
 
@@ -318,7 +322,7 @@ def test_run_exits_2_naming_both_shapes_when_data_does_not_fit_the_model(
 def test_run_exits_2_when_labels_exceed_the_models_classes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    toml = RUN_TOML.replace("kwargs = { width = 16 }", "kwargs = { width = 16, classes = 5 }")
+    toml = own_toml(kwargs={"width": 16, "classes": 5})
     err = _bad_run(write_project(tmp_path, toml), capsys)
     assert "[0, 9]" in err and "5 classes" in err
 
@@ -440,7 +444,7 @@ def test_load_config_resolves_paths_relative_to_the_config_file(tmp_path: Path) 
     folder = tmp_path / "proj"
     folder.mkdir()
     config = folder / "run.toml"
-    config.write_text(RUN_TOML.replace("kwargs = { width = 16 }", 'state_dict = "w/start.pt"'))
+    config.write_text(own_toml(kwargs=None, state_dict="w/start.pt"))
     cfg = load_config(config)
     assert cfg.data.train == str(folder / "data" / "train.npz")
     assert cfg.data.test == str(folder / "data" / "test.npz")

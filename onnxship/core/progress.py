@@ -100,8 +100,8 @@ class LogLines:
     def __enter__(self) -> LogLines:
         return self
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is not None:
+    def __exit__(self, *exc: object) -> None:
+        if exc and exc[0] is not None:
             self.closed = True  # the error is what the log needs, not a summary line
         self.close()
 
