@@ -34,14 +34,23 @@ from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.graph_prep import cap_opset, ort_max_qdq_opset, reshape_to_flatten
 from onnxship.calibrate.ort_static import (
     HistogramCaps,
+    calibrate_ranges,
     calibration_for,
+    calibration_scopes,
     node_table,
     preprocess_model,
     quantize_with_recipe,
+    ranges_path,
     resolve_exclusions,
 )
 from onnxship.calibrate.quantize import drop_unused_opset_imports
-from onnxship.calibrate.recipes import CalibMethod, exact_recipe_on, parse_recipe
+from onnxship.calibrate.recipes import (
+    PRESETS,
+    CalibMethod,
+    QuantScope,
+    exact_recipe_on,
+    parse_recipe,
+)
 from onnxship.core.env import detected_integer_class
 
 # Quantized outputs must match float ones to within this fraction of the float output range
@@ -203,7 +212,7 @@ def test_quantize_with_recipe_minmax_range_covers_every_batch(
         prepared, tmp_path / "q.onnx", parse_recipe("qdq-u8s8-pertensor-minmax"), calib,
         cache_dir=tmp_path,
     )  # fmt: skip
-    ranges = load_tensors_data(tmp_path / "ranges-minmax.json")
+    ranges = load_tensors_data(ranges_path(tmp_path, CalibMethod.MINMAX, QuantScope.ALL))
     low, high = (float(np.asarray(v).reshape(-1)[0]) for v in ranges.data["input"].range_value)
     assert low == pytest.approx(-7.0) and high == pytest.approx(9.0)
 
@@ -342,3 +351,27 @@ def test_drop_unused_opset_imports_keeps_the_used_domains_only(
     assert {o.domain for o in model.opset_import} == {n.domain for n in model.graph.node} | {""}
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"input": _data(2)})[0].shape == (2, 3)
+
+
+def test_calibration_runs_once_per_method_over_the_widest_scope(
+    prepared: Path, tmp_path: Path
+) -> None:
+    """Ranges do not depend on format, types, granularity or reduce_range: one MinMax pass
+    over every quantizable op serves all of them (a second pass would need the reader)."""
+    assert calibration_scopes(PRESETS) == {
+        CalibMethod.MINMAX: QuantScope.ALL,
+        CalibMethod.ENTROPY: QuantScope.LINEAR,
+        CalibMethod.PERCENTILE: QuantScope.LINEAR,
+    }
+    calib = CalibrationSet(_data(16), input_name="input", batch_size=4, source="test")
+    done = calibrate_ranges(prepared, CalibMethod.MINMAX, QuantScope.ALL, calib, cache_dir=tmp_path)
+    assert done.samples == 16 and done.path.is_file()
+    empty = CalibrationSet(_data(4)[:0], input_name="input", batch_size=4, source="unused")
+    names = ["qdq-u8s8-perchannel-minmax", "qop-u8s8-pertensor-minmax",
+             "qdq-s8s8-perchannel-rr-minmax", "qdq-u8s8-pertensor-minmax-linear"]  # fmt: skip
+    for name in names:
+        out = quantize_with_recipe(
+            prepared, tmp_path / f"{name}.onnx", parse_recipe(name), empty, cache_dir=tmp_path
+        )
+        assert out.is_file()
+    assert sorted(p.name for p in tmp_path.glob("ranges-*.json")) == ["ranges-minmax-all.json"]

@@ -149,8 +149,8 @@ def test_int8_from_onnx_writes_a_quantized_model_with_lineage(
     # batch 64 is timed, or skipped and said when FAST's tiny budget cannot hold its rounds
     skipped = set(m["search"]["latency"]["skipped"])
     assert "1" in row["latency"] and set(row["latency"]) | skipped == {"1", "64"}
-    for timed in row["latency"].values():
-        assert set(timed) >= {"p50_ms", "fp32_p50_ms", "p50_ratio", "min_ratio"}
+    for entry in row["latency"].values():
+        assert set(entry) >= {"p50_ms", "fp32_p50_ms", "p50_ratio", "min_ratio", "speedup_ci"}
     assert m["fp32_val_top1"] - m["int8_val_top1"] <= 0.003 + 1e-9
     assert isinstance(m["int8_faster_than_fp32"], bool) and m["int8_faster_than_fp32_why"]
     assert m["bytes_ratio"] <= 0.30

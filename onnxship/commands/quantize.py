@@ -49,9 +49,10 @@ model's metadata (--mean/--std override it); the budget is measured on the other
 images. The calibration set is saved as OUT/calibration/NAME-calib.npz; its sha256 is in the
 record.
 
---recipe {AUTO} (default) searches these recipes on the target provider, scoring each on the
-budget's metric and on latency interleaved with the FP32 model at --batch-sizes (one thread),
-and keeps the fastest within the budget:
+--recipe {AUTO} (default) searches these recipes on the target provider: ranges calibrated once
+per calibration method, each recipe scored on the budget's metric, then only those within the
+budget raced against the FP32 model at --batch-sizes (one thread, --bench-seconds per batch
+size; a batch size that does not fit is skipped and said), and keeps the fastest:
 {presets}
 Any other grid point can be named: {GRAMMAR}.
 '-linear' quantizes only Gemm/MatMul and keeps convolutions in float.
