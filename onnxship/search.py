@@ -323,7 +323,7 @@ def race(
     size: int,
     keep: float,
     epochs: float,
-    run_all: Callable[[list[Callable[[], float | None]]], list[float | None]] | None = None,
+    run_all: Callable[[Sequence[Callable[[], float | None]]], list[float | None]] | None = None,
 ) -> dict[str, RaceEntry]:
     """Successive halving's first rung: the `size` fastest candidates trained from scratch are
     each given a short KD (`short_evaluate` returns its validation top-1, None = it failed);
@@ -336,7 +336,7 @@ def race(
         return {}
     scratch = [c for c in order if c.origin != PRUNED]
     ranked = sorted(scratch, key=lambda c: -speedups[c.name])[:size]
-    jobs = [functools.partial(short_evaluate, c) for c in ranked]
+    jobs: list[Callable[[], float | None]] = [functools.partial(short_evaluate, c) for c in ranked]
     results = run_all(jobs) if run_all is not None else [job() for job in jobs]
     scores = {c.name: v for c, v in zip(ranked, results, strict=True)}
     by_val = sorted(
@@ -344,7 +344,7 @@ def race(
     )
     n_keep = max(1, math.ceil(keep * len(ranked)))
     kept = [c.name for c in by_val[:n_keep] if scores[c.name] is not None]
-    cutoff = min((scores[n] for n in kept if scores[n] is not None), default=None)
+    cutoff = min((v for n in kept if (v := scores[n]) is not None), default=None)
     return {
         c.name: RaceEntry(scores[c.name], i + 1, len(ranked), c.name in kept, epochs, cutoff)
         for i, c in enumerate(by_val)
@@ -454,7 +454,7 @@ class PairedTraining:
         queue: Sequence[Any],
         train: Callable[[Any], float | None],
         max_trained: int,
-        run_all: Callable[[list[Callable[[], float | None]]], list[float | None]],
+        run_all: Callable[[Sequence[Callable[[], float | None]]], list[float | None]],
     ) -> None:
         self.queue, self.train, self.max_trained, self.run_all = (
             list(queue),
@@ -475,7 +475,8 @@ class PairedTraining:
             if later:
                 pair.append(later[0])
                 self.beside[later[0].name] = cand.name
-        results = self.run_all([functools.partial(self.train, c) for c in pair])
+        jobs: list[Callable[[], float | None]] = [functools.partial(self.train, c) for c in pair]
+        results = self.run_all(jobs)
         self.done.update({c.name: v for c, v in zip(pair, results, strict=True)})
         return self.done[cand.name]
 
