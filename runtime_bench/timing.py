@@ -525,7 +525,10 @@ def time_blocks(
             check_s = time.perf_counter() - t1
             check_total_s += check_s
             checked = rounds.n_rounds * cfg.n_bootstrap * max(n_series, 1) * 2
-            per_element_s = check_s / checked
+            # a check's fixed overhead inflates its per-number cost at few rounds; the
+            # smallest estimate seen is the closest to the marginal cost the projection needs
+            estimate = check_s / checked
+            per_element_s = estimate if per_element_s == 0 else min(per_element_s, estimate)
             next_check = max(rounds.n_rounds + 1, int(rounds.n_rounds * 1.2))
             if done:
                 stop = "ci_reached"
