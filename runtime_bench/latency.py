@@ -4,15 +4,13 @@ timing engine): `row_stats` turns its per-model result into a bench row's latenc
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from onnxship.runtime_bench.errors import BenchError
-from onnxship.runtime_bench.timing import ModelTiming, Percentile, TimingConfig, time_blocks
+from onnxship.runtime_bench.timing import ModelTiming, Percentile
 
 
 @dataclass(frozen=True)
@@ -91,30 +89,3 @@ def row_stats(timing: ModelTiming, batch_size: int) -> dict[str, Any]:
         else None,
     )
     return out
-
-
-def measure_interleaved(
-    fns: Mapping[str, Callable[[], object]],
-    *,
-    batch_size: int,
-    warmup: int = 10,
-    iterations: int = 100,
-    block: int = 1,
-) -> dict[str, LatencyStats]:
-    """Fixed-count interleaved timing through the engine (`runtime_bench.timing.time_blocks`,
-    no time budget): `iterations` timed calls per callable, in rounds of `block` calls, the
-    first untimed. Kept for callers that want plain LatencyStats; new code calls the engine."""
-    if warmup < 0:
-        raise BenchError(f"warm-up runs must be >= 0, got {warmup}")
-    if iterations < 1:
-        raise BenchError(f"iterations must be >= 1, got {iterations}")
-    if block < 1:
-        raise BenchError(f"interleaving block must be >= 1 call, got {block}")
-    rounds = -(-iterations // max(block - 1, 1))
-    cfg = TimingConfig(block=block, min_rounds=rounds, max_rounds=rounds, budget_s=math.inf,
-                       warmup=warmup, n_bootstrap=10, n_bootstrap_percentiles=10)  # fmt: skip
-    result = time_blocks(fns, cfg)
-    return {
-        name: stats_from_ns(np.asarray(m.samples_ms[:iterations]) * 1e6, batch_size)
-        for name, m in result.models.items()
-    }
