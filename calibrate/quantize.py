@@ -793,6 +793,8 @@ def int8_from_onnx(
             if calib_out is not None
             else contextlib.nullcontext()
         )
+        if chosen.recipe is None:  # choose_recipe never picks the FP32 row
+            raise CalibrateError(f"{inp.src}: no INT8 recipe was chosen")
         with pair:
             _write_int8(
                 chosen.path, out, inp.src_meta, src_sha=inp.src_sha, mean=inp.mean, std=inp.std,

@@ -150,12 +150,17 @@ def accuracy_on_class(manifest: dict[str, Any], name: str, cls: str) -> float | 
     by_class = entry.get("accuracy_by_class") or {}
     measured = by_class.get(cls)
     # A class forced by ONNXSHIP_INTEGER_CLASS (a simulation) is not a measurement on that class.
-    real = isinstance(measured, dict) and not measured.get("integer_class_forced")
-    if real and "test_top1" in measured:
-        return measured["test_top1"]
+    if (
+        isinstance(measured, dict)
+        and not measured.get("integer_class_forced")
+        and "test_top1" in measured
+    ):
+        return float(measured["test_top1"])
     targets = manifest.get("targets") or {}
     for record in targets.values() if isinstance(targets, dict) else []:
         if not isinstance(record, dict) or record.get("integer_class") != cls:
+            continue
+        if record.get("integer_class_forced"):  # a simulated class measured nothing there
             continue
         measured = (record.get("accuracy") or {}).get(name)
         if isinstance(measured, dict):

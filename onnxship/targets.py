@@ -75,15 +75,24 @@ def manifest_entry(record: Mapping[str, Any], rel: str, sha256: str) -> dict[str
         "session_options": (record.get("session_options") or {}).get("session"),
         "session_config": record.get("session_config"),
         "test_top1": (record.get("accuracy", {}).get(rec) or {}).get("test_top1"),
+        # every artifact's test top-1 measured there (gate --require-class reads it)
+        "accuracy": {n: a.get("test_top1") for n, a in (record.get("accuracy") or {}).items()},
+        "integer_class_forced": bool((record.get("fingerprint") or {}).get("integer_class_forced")),
     }
 
 
 def matching_targets(manifest: Mapping[str, Any], wanted: str) -> list[str]:
-    """Target ids in the manifest matched by `wanted`: a target id or an integer class."""
+    """Target ids in the manifest matched by `wanted`: a target id, or an integer class that a
+    record was measured on (a record whose class was forced for simulation matches by id only)."""
     targets = manifest.get("targets") or {}
     if wanted in targets:
         return [wanted]
-    return sorted(t for t, e in targets.items() if e.get("integer_class") == wanted)
+    # by class, only records measured on a CPU of that class (not a forced, simulated class)
+    return sorted(
+        t
+        for t, e in targets.items()
+        if e.get("integer_class") == wanted and not e.get("integer_class_forced")
+    )
 
 
 def artifact_path(bundle: Path, record: Mapping[str, Any], name: str, manifest: Mapping) -> Path:

@@ -378,7 +378,7 @@ def _fns(
     from onnxship.runtime_bench.inputs import make_feeds
     from onnxship.runtime_bench.session import create_session
 
-    fns = {}
+    fns: dict[str, Callable[[], object]] = {}
     for cand in cands:
         handle = create_session(cand.path, provider, session_cfg)
         feeds = make_feeds(handle, batch, seed=0)
