@@ -152,8 +152,10 @@ def train_sgd(
     steps = total_steps(x.shape[0], cfg)
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     if cfg.schedule is LrSchedule.ONECYCLE:
+        # OneCycleLR divides by (pct_start * total_steps - 1): 0.25 of 4 steps would be 0.
+        pct_start = 0.25 if steps != 4 else 0.3
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.25
+            optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=pct_start
         )
     elif cfg.schedule is LrSchedule.COSINE:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)

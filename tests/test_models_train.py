@@ -253,3 +253,14 @@ def test_train_from_mnist_saves_contiguous_weights_after_channels_last_training(
     assert art.metrics["train_cpu_s"] > 0
     state = torch.load(tmp_path / "t.pt", weights_only=True)
     assert all(t.is_contiguous() for t in state.values())
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8])
+def test_train_sgd_onecycle_runs_any_number_of_steps(steps: int) -> None:
+    from onnxship.models.loop import train_sgd
+    from onnxship.models.registry import create_model
+
+    x, y = torch.randn(16 * steps, 1, 28, 28), torch.randint(0, 10, (16 * steps,))
+    stats = train_sgd(create_model("tiny_cnn"), x, y, SgdConfig(epochs=1.0, batch_size=16),
+                      seed=0, progress=False)  # fmt: skip
+    assert stats["steps"] == steps

@@ -23,7 +23,7 @@ from onnxship.commands.common import (
 # tests/test_cli_prune_distill.py checks they agree).
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_ALPHA = 0.5
-DEFAULT_EPOCHS = 10.0
+DEFAULT_EPOCHS = 4.0
 DEFAULT_LR = 0.05
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_NAME = "student"

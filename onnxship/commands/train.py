@@ -24,7 +24,7 @@ from onnxship.commands.common import (
 # Mirrors models.train.DEFAULT_SGD / DEFAULT_AUGMENT (kept literal here so --help is torch-free;
 # tests/test_cli_train.py checks they agree).
 DEFAULT_ARCH = "simple_cnn"
-DEFAULT_EPOCHS = 8
+DEFAULT_EPOCHS = 5
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_LR = 0.1
 DEFAULT_AUGMENT = "shift"
