@@ -317,7 +317,7 @@ def factory_search_path(config_file: str | os.PathLike[str] | None) -> str | Non
 
 
 # --------------------------------------------------------------------------------------------
-# Latency-shaped students (issue 13): a strided or patchify stem instead of a full-resolution
+# Latency-shaped students: a strided or patchify stem instead of a full-resolution
 # conv + max-pool. On ORT's CPU EP the student's time went to its 26x26 conv, the pool and the
 # NCHWc reorders, not to its MACs; a stride-k stem cuts those per-pixel costs by k^2.
 

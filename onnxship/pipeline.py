@@ -102,7 +102,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # The default student: <= 10 % of the teacher's MACs (issue 3's target), stated explicitly.
+    # The default student: <= 10 % of the teacher's MACs, stated explicitly.
     prune: PruneConfig = field(default_factory=lambda: PruneConfig(macs_budget=0.1))
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -111,7 +111,7 @@ class PipelineConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
     bench: BenchSettings = field(default_factory=BenchSettings)
     extra: ExtraArtifacts = field(default_factory=ExtraArtifacts)
-    # issue 13: the latency-searched student (searched-fp32/int8/fp16) and `recommended`.
+    # The latency-searched student (searched-fp32/int8/fp16) and `recommended`.
     search: SearchConfig = field(default_factory=SearchConfig)
 
 

@@ -280,7 +280,7 @@ def write_report(out_dir: Path, manifest: Mapping[str, Any], plots: list[Path]) 
     quant = _record(out_dir, "quantize")
     if quant:
         parts += _quantize_section(quant)
-    search = _record(out_dir, "search")  # issue 13
+    search = _record(out_dir, "search")
     if search:
         parts += search_section(search["metrics"], manifest)
     parts += targets_section(out_dir, manifest)
@@ -353,7 +353,7 @@ def write_plots(out_dir: Path, manifest: Mapping[str, Any]) -> list[Path]:
     ci_plot = write_latency_ci_plot(plots_dir, manifest)
     if ci_plot is not None:
         written.append(ci_plot)
-    search = _record(out_dir, "search")  # issue 13
+    search = _record(out_dir, "search")
     if search:
         written.append(write_pareto_plot(plots_dir, search["metrics"]))
 
@@ -424,7 +424,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# issue 13: the student search (stages/search.json)
+# The student search (stages/search.json)
 
 
 def _search_point(cand: Mapping[str, Any], batch: str) -> tuple[float, str] | None:
