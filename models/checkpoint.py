@@ -53,7 +53,9 @@ class CheckpointMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     parent_sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    dataset: DatasetInfo | None = None  # None: MNIST (checkpoints written before datasets were recorded)
+    dataset: DatasetInfo | None = (
+        None  # None: MNIST (checkpoints written before datasets were recorded)
+    )
     data: dict[str, Any] | None = None  # models.data.DataConfig.to_json(): where to read it
     factory: ModelFactory | None = None  # a user's own network
     shapes: dict[str, dict[str, Any]] | None = None  # module_shapes() of a factory model
