@@ -414,6 +414,17 @@ def link_data(root: Path, source: Path) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
+def _sigint_raises() -> Iterator[None]:
+    """Python's SIGINT handler (KeyboardInterrupt) while the module runs: a process started in
+    the background by a non-interactive shell inherits SIGINT ignored, and Python then installs
+    no handler, so a SIGINT the matrix sends would do nothing (the CLI keeps a user's choice to
+    ignore it; the matrix tests what happens when it is not ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread() -> Iterator[None]:
     """One intra-op thread for torch while the module runs (restored after): the models are
     tiny, and on a shared 2-core machine a second OpenMP thread that waits for a busy core
