@@ -225,19 +225,22 @@ def test_side_by_side_training_gives_the_weights_of_training_in_turn() -> None:
     x, y = torch.randn(512, 1, 28, 28, generator=gen), torch.randint(0, 10, (512,), generator=gen)
     sgd = SgdConfig(epochs=1.0, batch_size=64, lr=0.05)
 
-    def job(seed: int) -> tuple[dict[str, torch.Tensor], list[int]]:
-        torch.manual_seed(seed)
-        model = create_model("tiny_cnn")
+    def fresh(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)  # the global RNG: models are built before the threads start
+        return create_model("tiny_cnn")
+
+    def job(seed: int, model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[int]]:
         train_sgd(model, x, y, sgd, seed=seed, augment=shift_batch, progress=False)
         return model.state_dict(), [torch.get_num_threads()]
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # float sums depend on the thread count: compare like with like
     try:
-        in_turn = [job(1), job(2)]
+        in_turn = [job(1, fresh(1)), job(2, fresh(2))]
     finally:
         torch.set_num_threads(threads)
-    beside = side_by_side([lambda: job(1), lambda: job(2)], workers=2)
+    m1, m2 = fresh(1), fresh(2)
+    beside = side_by_side([lambda: job(1, m1), lambda: job(2, m2)], workers=2)
     for (a, _), (b, threads) in zip(in_turn, beside, strict=True):
         assert threads == [1]  # one intra-op thread per job when side by side
         for key in a:
