@@ -13,8 +13,10 @@ A bundle is built on one machine; its `recommended` was decided there. On the ta
    `teacher-fp32` for the declared scenario with the timing engine (block-interleaved rounds,
    bootstrap CIs over rounds): `single-stream` = batch 1 p50 latency, `offline` = throughput at
    the best batch size of the list;
-5. chooses: the fastest wins, but among the artifacts whose ratio CI overlaps the fastest's (a
-   tie within noise) the simplest one ships - FP32 over FP16 over INT8, then the smaller file;
+5. chooses by the bundle's own `[bench.recommend]` policy, on this target's measurements: INT8
+   only where its speed-up over its own FP32 clears `int8_min_speedup` (CI lower bound); the
+   fastest ships unless a simpler artifact (FP32 over FP16 over INT8, then the smaller file) is
+   within noise of it (the margin and tie band);
 6. tunes session options (threads, spinning) for the chosen artifact: an option set replaces
    the default only when its ratio CI clears `option_margin`;
 7. writes `targets/<id>.json` and the manifest's `targets[<id>]` entry (`onnxship.targets`), and
@@ -63,8 +65,6 @@ class TuneConfig:
     max_drop: accuracy budget vs teacher-fp32 measured here (None: the bundle's).
     option_margin: a session-option set replaces the default only when its speed-up's CI lower
       bound is >= this.
-    tie_band: two ratios whose CIs overlap, or that differ by less than this share, are a tie
-      within noise: the simpler artifact ships.
     """
 
     provider: str = "cpu"
@@ -74,7 +74,6 @@ class TuneConfig:
     max_drop: float | None = None
     requantize: bool = True
     option_margin: float = 1.05
-    tie_band: float = 0.02
     ci_level: float = 0.95
     threads: tuple[int, ...] = ()  # () = 1 .. this machine's usable cores
 
@@ -91,11 +90,8 @@ class TuneConfig:
             raise PipelineError(f"--max-drop must be a fraction in [0, 1), got {self.max_drop}")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise PipelineError(f"batch sizes must be >= 1, got {list(self.batch_sizes)}")
-        if not 0 <= self.tie_band < 1 or not self.option_margin >= 1:
-            raise PipelineError(
-                f"tie_band must be in [0, 1) and option_margin >= 1, got {self.tie_band} and "
-                f"{self.option_margin}"
-            )
+        if not self.option_margin >= 1:
+            raise PipelineError(f"option_margin must be >= 1, got {self.option_margin}")
         if any(t < 1 for t in self.threads):
             raise PipelineError(f"threads must be >= 1, got {list(self.threads)}")
 
@@ -110,6 +106,7 @@ class _Candidate:
     precision: str
     bytes: int
     own: dict[str, Any] | None = None  # lineage of an INT8 file made here
+    parent: str | None = None  # the FP32 artifact an INT8 or FP16 file was made from
     accuracy: dict[str, Any] = field(default_factory=dict)
 
 
@@ -144,7 +141,7 @@ def target_from_bundle(
         max_drop = _max_drop(cfg, manifest)
         eligible = _measure_accuracy(cands, measure, max_drop, progress)
         timing = _time_scenario(eligible, provider, cfg)
-        chosen, why = choose(eligible, timing, cfg)
+        chosen, why = choose(eligible, timing, cfg, recommend_policy(manifest))
         options = tune_session_options(chosen, provider, cfg, timing)
         record = _record(tid, ident, provider, cfg, cands, timing, chosen, why, options,
                          max_drop, started)  # fmt: skip
@@ -237,7 +234,8 @@ def _bundle_candidates(root: Path, manifest: Mapping[str, Any]) -> list[_Candida
                 f"{root}: artifact {name} ({entry['path']}) is missing or changed since the "
                 "run; run `onnxship verify` on the bundle"
             )
-        out.append(_Candidate(name, path, str(entry.get("precision")), int(entry["bytes"])))
+        out.append(_Candidate(name, path, str(entry.get("precision")), int(entry["bytes"]),
+                              parent=entry.get("parent")))  # fmt: skip
     return out
 
 
@@ -409,39 +407,95 @@ def _best_batch(name: str, timing: Mapping[int, Any]) -> int:
     return max(timing, key=lambda b: b / timing[b].models[name].p50.value_ms)
 
 
+def recommend_policy(manifest: Mapping[str, Any]) -> Any:
+    """The bundle's own `[bench.recommend]` policy (margin, tie band, INT8 minimum speed-up),
+    so the target decides by the rule the build host used."""
+    from onnxship.configio import dataclass_from_mapping
+    from onnxship.measure import RecommendPolicy
+
+    recorded = dict(
+        dict(dict(manifest.get("config") or {}).get("bench") or {}).get("recommend") or {}
+    )
+    return dataclass_from_mapping(RecommendPolicy, recorded, "the bundle's bench.recommend")
+
+
 def choose(
-    cands: list[_Candidate], timing: Mapping[int, Any], cfg: TuneConfig
+    cands: list[_Candidate], timing: Mapping[int, Any], cfg: TuneConfig, policy: Any
 ) -> tuple[_Candidate, dict[str, Any]]:
-    """The fastest by ratio vs teacher-fp32; inside the tie band (ratio CIs overlap the
-    fastest's), the simplest: FP32 over FP16 over INT8, then the smaller file."""
-    from onnxship.runtime_bench.timing import tie
+    """The bundle's recommend rule, on this target's measurements: an INT8 artifact is eligible
+    only when the CI lower bound of its speed-up over its own FP32 parent is >= the policy's
+    `int8_min_speedup`; the fastest eligible artifact ships unless a simpler one (FP32 > FP16 >
+    INT8, then the smaller file; teacher-fp32 included) is within noise of it - the fastest's
+    speed-up over it has a CI lower bound < 1 + margin, or differs by less than the tie band."""
 
     def ratio(c: _Candidate) -> Any:
         batch = _best_batch(c.name, timing) if cfg.scenario == "offline" else 1
         return timing[batch].ratios.get(c.name)
 
-    rated = [(c, ratio(c)) for c in cands if ratio(c) is not None]
+    rated = {c.name: (c, ratio(c)) for c in cands if ratio(c) is not None}
     ref = next(c for c in cands if c.name == REFERENCE)
-    if not rated:
-        return ref, {"rule": "only teacher-fp32 is within the accuracy budget here"}
-    best_c, best_r = max(rated, key=lambda cr: cr[1].ratio)
-    tied = [(c, r) for c, r in rated if r is best_r or tie(r, best_r, cfg.tie_band)]
-    if best_r.ci[0] <= 1.0:  # not clearly faster than the reference: it ties too
-        tied.append((ref, None))
-    chosen, chosen_r = min(tied, key=lambda cr: (SIMPLICITY.get(cr[0].precision, 3), cr[0].bytes))
-    why: dict[str, Any] = {
-        "rule": "fastest by ratio vs teacher-fp32 (p50, block-interleaved); inside the tie band "
-        "(ratio CIs overlapping the fastest's) the simplest: fp32 > fp16 > int8, then smaller",
-        "fastest": best_c.name,
-        "fastest_ratio": best_r.ratio,
-        "fastest_ci": list(best_r.ci),
-    }
+    not_eligible = _int8_gate(rated, timing, cfg, policy)
+    eligible = [cr for n, cr in rated.items() if n not in not_eligible]
+    why: dict[str, Any] = {"rule": _RULE.format(p=policy), "not_eligible": not_eligible}
+    if not eligible:
+        return ref, why | {"decision": "only teacher-fp32 is eligible here"}
+    best_c, best_r = max(eligible, key=lambda cr: cr[1].ratio)
+    simpler = sorted(
+        [*eligible, (ref, None)], key=lambda cr: (SIMPLICITY.get(cr[0].precision, 3), cr[0].bytes)
+    )
+    chosen, chosen_r = best_c, best_r
+    for c, r in simpler:  # simplest first; nothing after the fastest is simpler than it
+        if c is best_c:
+            break
+        lo, hi, point = (r.ci[0], r.ci[1], r.ratio) if r is not None else (1.0, 1.0, 1.0)
+        clearly = best_r.ci[0] / hi >= 1 + policy.margin
+        if clearly and best_r.ratio / point >= 1 + policy.tie_band:
+            continue
+        chosen, chosen_r = c, r
+        break
+    why |= {"fastest": best_c.name, "fastest_ratio": best_r.ratio, "fastest_ci": list(best_r.ci)}
     if chosen is not best_c:
         why["tie_within_noise"] = (
             f"{chosen.name} ({_ci_text(chosen_r)}) is within noise of {best_c.name} "
             f"({_ci_text(best_r)}); the simpler artifact ships"
         )
     return chosen, why
+
+
+_RULE = (
+    "the fastest by speed-up vs teacher-fp32 (p50, block-interleaved, 95 % CI) among artifacts "
+    "within the accuracy budget here; INT8 only where >= {p.int8_min_speedup:g}x its own FP32 "
+    "(CI lower bound); a simpler artifact (fp32 > fp16 > int8, then smaller) ships unless the "
+    "fastest beats it by a CI lower bound >= 1 + {p.margin:g} and more than the {p.tie_band:g} "
+    "tie band"
+)
+
+
+def _int8_gate(
+    rated: Mapping[str, Any], timing: Mapping[int, Any], cfg: TuneConfig, policy: Any
+) -> dict[str, str]:
+    """INT8 candidates whose speed-up over their own FP32 parent, measured here at the same
+    batch, has a CI lower bound below `policy.int8_min_speedup` (or whose parent was not
+    timed here)."""
+    out = {}
+    for name, (c, r) in rated.items():
+        if c.precision != "int8":
+            continue
+        parent = c.own["parent"] if c.own else c.parent
+        if parent == REFERENCE:  # the reference itself: its ratio is 1 by definition
+            p_ratio, p_hi = 1.0, 1.0
+        elif parent in rated:
+            p_ratio, p_hi = rated[parent][1].ratio, rated[parent][1].ci[1]
+        else:
+            out[name] = f"its FP32 parent {parent} was not timed here"
+            continue
+        lower = r.ci[0] / p_hi
+        if lower < policy.int8_min_speedup:
+            out[name] = (
+                f"INT8 is {r.ratio / p_ratio:.2f}x its own FP32 here (CI lower bound "
+                f"{lower:.2f} < {policy.int8_min_speedup:g}x): the FP32 artifact ships instead"
+            )
+    return out
 
 
 def _ci_text(r: Any) -> str:

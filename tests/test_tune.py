@@ -278,3 +278,39 @@ def test_tune_verify_gate_without_torch(bundle: Path, tmp_path: Path) -> None:
                 os.fspath(tmp_path / "base.json"), "--require-targets",
                 os.fspath(tmp_path / "req.json"))  # fmt: skip
     assert gated.returncode == 0, gated.stdout[-2000:]
+
+
+def _choice(ratios: dict[str, tuple[float, float, float]]) -> tuple[str, dict]:
+    """`tune.choose` on hand-made single-stream ratios vs teacher-fp32 (ratio, CI low, high)."""
+    from types import SimpleNamespace
+
+    from onnxship.measure import RecommendPolicy
+    from onnxship.runtime_bench.timing import Ratio
+    from onnxship.tune import TuneConfig, _Candidate, choose
+
+    kinds = {"teacher-fp32": ("fp32", 900, None), "student-fp32": ("fp32", 200, None),
+             "student-int8": ("int8", 60, "student-fp32"),
+             "student-fp16": ("fp16", 100, "student-fp32")}  # fmt: skip
+    cands = [_Candidate(n, Path(n), p, b, parent=par) for n, (p, b, par) in kinds.items()]
+    timing = {1: SimpleNamespace(ratios={
+        n: Ratio(n, "teacher-fp32", r, (lo, hi), "p50") for n, (r, lo, hi) in ratios.items()
+    })}  # fmt: skip
+    chosen, why = choose(cands, timing, TuneConfig(), RecommendPolicy())
+    return chosen.name, why
+
+
+def test_choose_ships_int8_only_past_its_minimum_speedup_and_the_simpler_file_on_a_tie() -> None:
+    # INT8 1.5x its FP32 (CI lower bound 2.9/2.05 = 1.41 >= 1.3): it ships
+    name, _ = _choice({"student-fp32": (2.0, 1.95, 2.05), "student-int8": (3.0, 2.9, 3.1)})
+    assert name == "student-int8"
+    # INT8 only 1.1x its FP32: not eligible, and the FP32 student ships
+    name, why = _choice({"student-fp32": (2.0, 1.95, 2.05), "student-int8": (2.2, 2.15, 2.25)})
+    assert name == "student-fp32" and "student-int8" in why["not_eligible"]
+    # FP16 a hair faster than FP32 (inside the margin): a tie within noise, FP32 ships
+    name, why = _choice({"student-fp32": (2.0, 1.95, 2.05), "student-fp16": (2.04, 2.0, 2.08)})
+    assert name == "student-fp32" and "tie_within_noise" in why
+    # a student whose CI does not clear the margin over teacher-fp32 (exactly 1.0): a tie, and
+    # teacher-fp32 (fp32, listed first among equals by simplicity, then size) ships only if it
+    # is the simplest; here the student file is smaller, so the student ships
+    name, why = _choice({"student-fp32": (1.02, 0.98, 1.06)})
+    assert name == "student-fp32" and "tie_within_noise" not in why

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     record = json.loads(path.read_text())
     rec = record["recommended"]
     detail = record["ratios"].get(rec, {})
-    ratio = next(iter(detail.values()), None)
+    ratio = max(detail.values(), key=lambda r: r["ratio"], default=None)  # the scenario's batch
     speed = (
         f"{ratio['ratio']:.2f}x teacher-fp32 (95% CI {ratio['ci'][0]:.2f}-{ratio['ci'][1]:.2f})"
         if ratio
