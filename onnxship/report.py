@@ -78,7 +78,8 @@ def timing_note(manifest: Mapping[str, Any]) -> str:
     else:
         how = "interleaved call by call in one process (every call timed)"
     return (
-        f"timed {how}; {iterations} timed calls each after {warmup} warm-up rounds, "
+        f"timed {how}; at most {iterations} timed calls each (the budget and CI target stop it "
+        f"sooner) after {warmup} warm-up rounds, "
         f"{threads} intra-op thread(s)"
     )
 
