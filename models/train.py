@@ -34,6 +34,15 @@ import torch.nn.functional as F
 from onnxship.core import env
 from onnxship.core.artifact import Artifact
 from onnxship.core.dataset import DatasetKind
+from onnxship.core.flags import (
+    Flag,
+    flag,
+    nested,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    width_value,
+)
 from onnxship.core.mnist import MNIST_MEAN, MNIST_STD
 from onnxship.models import distributed
 from onnxship.models.data import DataConfig
@@ -128,13 +137,33 @@ class TrainConfig:
     sorted tuple of (name, value) pairs so the config stays hashable. Empty = the
     architecture's defaults."""
 
-    arch: str = "simple_cnn"
-    widths: tuple[tuple[str, int], ...] = ()
-    sgd: SgdConfig = field(default_factory=lambda: DEFAULT_SGD)
-    seed: int = 0
-    augment: Augment = DEFAULT_AUGMENT
-    amp: AmpMode = AmpMode.OFF
-    device: str = "cpu"
+    # fmt: off
+    arch: str = field(default="simple_cnn", metadata=flag(
+        "--arch", "registered architecture: simple_cnn, bn_cnn, tiny_cnn (default: {default})"))
+    widths: tuple[tuple[str, int], ...] = field(default=(), metadata=flag(
+        "--width", "override one width of the architecture, e.g. --width hidden=64 (repeatable; "
+        "default: the architecture's own widths)", dest="widths", action="append",
+        type=width_value, metavar="NAME=INT"))
+    sgd: SgdConfig = field(default_factory=lambda: DEFAULT_SGD, metadata=nested(
+        epochs=Flag("--epochs", "passes over the training data, > 0; fractions allowed "
+                    "(default: {default})", type=positive_float),
+        batch_size=Flag("--batch-size", "mini-batch size (default: {default})", type=positive_int),
+        lr=Flag("--lr", "peak learning rate of the schedule (default: {default})",
+                type=positive_float),
+        schedule=Flag("--schedule", "learning-rate schedule (default: {default})")))
+    seed: int = field(default=0, metadata=flag(
+        "--seed", "random seed (default: {default})", type=non_negative_int))
+    augment: Augment = field(default=DEFAULT_AUGMENT, metadata=flag(
+        "--augment", "training augmentation; shift = random +-2 px translation "
+        "(default: {default})"))
+    amp: AmpMode = field(default=AmpMode.OFF, metadata=flag(
+        "--amp", "mixed precision (default: off). Bare --amp = bf16 (fp16 + GradScaler on a CUDA "
+        "GPU without bf16). On a CPU only bf16, and only with native bf16 (AVX512-BF16/AMX): "
+        "otherwise it is refused, since emulated bf16 was measured 37x slower than fp32",
+        nargs="?", const="auto", choices=("auto", "bf16", "fp16"), default=None))
+    device: str = field(default="cpu", metadata=flag(
+        "--device", "cpu or cuda[:N] (default: {default})"))
+    # fmt: on
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", _widths_tuple(self.widths))

@@ -57,12 +57,13 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
 
 
 def _describe(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    text = parser.format_help()  # first: a command's parser may add its arguments on first use
     actions = [_action(a) for a in parser._actions if not isinstance(a, argparse._SubParsersAction)]
     groups = [
         [g.title, sorted(a.dest for a in g._group_actions)]
         for g in parser._mutually_exclusive_groups
     ]
-    return {"help": parser.format_help(), "actions": actions, "exclusive": groups}
+    return {"help": text, "actions": actions, "exclusive": groups}
 
 
 def _snapshot(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
