@@ -36,7 +36,7 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from onnxship.core.artifact import Artifact, sha256_file
+from onnxship.core.flags import flag, non_negative_int, number, parse_ratios, positive_int
 from onnxship.models.checkpoint import load_checkpoint, save_checkpoint
 from onnxship.models.data import DataConfig, DataSplits, open_data
 from onnxship.models.errors import ModelsError
@@ -89,16 +90,33 @@ class PruneConfig:
     finetune: SGD fine-tune on the 'fit' split after every step (None: no fine-tune).
     """
 
-    method: PruneMethod = PruneMethod.STRUCTURED
-    importance: Importance = Importance.L1
-    width_ratios: float | Mapping[str, float] | None = None
-    macs_budget: float | None = None
-    sparsity: float | None = None
-    threshold: float | None = None
-    scope: PruneScope = PruneScope.GLOBAL
-    steps: int = 1
-    finetune: SgdConfig | None = None
-    seed: int = 0
+    # fmt: off
+    method: PruneMethod = field(default=PruneMethod.STRUCTURED, metadata=flag(
+        "--method", "structured removes channels (default); unstructured zeroes single weights"))
+    importance: Importance = field(default=Importance.L1, metadata=flag(
+        "--importance", "structured: norm that ranks channels (default: {default})"))
+    width_ratios: float | Mapping[str, float] | None = field(default=None, metadata=flag(
+        "--ratios", "structured: fraction of each width to KEEP, in (0, 1): one number for every "
+        "width (0.25) or NAME=R pairs (conv_channels=0.25,hidden=0.3; unnamed widths stay whole)",
+        type=parse_ratios, metavar="R"))
+    macs_budget: float | None = field(default=None, metadata=flag(
+        "--macs-budget", "structured: MACs of the result as a fraction of the source's, in "
+        f"(0, 1) (default: {DEFAULT_MACS_BUDGET})", type=number, metavar="F"))
+    sparsity: float | None = field(default=None, metadata=flag(
+        "--sparsity", "unstructured: fraction of weights to zero, in (0, 1) "
+        f"(default: {DEFAULT_SPARSITY})", type=number, metavar="S"))
+    threshold: float | None = field(default=None, metadata=flag(
+        "--threshold", "unstructured: zero every weight with |w| <= T", type=number, metavar="T"))
+    scope: PruneScope = field(default=PruneScope.GLOBAL, metadata=flag(
+        "--scope", "unstructured --sparsity: one ranking over all layers, or the same sparsity "
+        "in each (default: {default})"))
+    steps: int = field(default=1, metadata=flag(
+        "--steps", "iterative schedule: prune in this many steps (default: {default})",
+        type=positive_int))
+    finetune: SgdConfig | None = None  # the CLI's --finetune-epochs / --finetune-lr
+    seed: int = field(default=0, metadata=flag(
+        "--seed", "fine-tune seed (default: {default})", type=non_negative_int))
+    # fmt: on
 
     def validate(self) -> None:
         if not isinstance(self.method, PruneMethod):
