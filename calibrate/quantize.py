@@ -102,6 +102,16 @@ from onnxship.core.artifact import (
     sha256_file,
 )
 from onnxship.core.errors import OnnxshipError
+from onnxship.core.flags import (
+    Flag,
+    flag,
+    float_list,
+    fraction,
+    int_list,
+    nested,
+    positive_float,
+    positive_int,
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,18 +231,48 @@ class QuantizeConfig:
       file); the model-level metadata is always kept.
     """
 
-    recipe: str = AUTO
-    provider: str = "cpu"
-    max_drop: float = 0.003
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    # fmt: off
+    recipe: str = field(default=AUTO, metadata=flag(
+        "--recipe", "'auto' (search, the default) or a recipe name"))
+    provider: str = field(default="cpu", metadata=flag(
+        "--provider", "target EP for accuracy and latency: cpu, cuda or an EP name "
+        "(default: {default})"))
+    max_drop: float = field(default=0.003, metadata=flag(
+        "--max-drop", "accuracy budget: FP32 minus INT8 validation top-1, as a fraction "
+        "(default: {default} = 0.3 pp)", type=fraction))
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig, metadata=nested(
+        size=Flag("--calib-size", "calibration images from the validation split "
+                  "(default: {default})", type=positive_int),
+        batch_size=Flag("--calib-batch", "images per calibration batch (default: {default})",
+                        type=positive_int)))
     caps: HistogramCaps = field(default_factory=HistogramCaps)
-    latency: LatencyConfig = field(default_factory=LatencyConfig)
-    exclude_nodes: tuple[str, ...] = ()
-    exclude_op_types: tuple[str, ...] = ()
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    fallback: bool = True
-    require_faster: bool = False
+    latency: LatencyConfig = field(default_factory=LatencyConfig, metadata=nested(
+        batch_sizes=Flag("--batch-sizes", "batch sizes of the latency comparison "
+                         "(default: {default})", type=int_list),
+        threads=Flag("--threads", "intra-op threads of the latency comparison "
+                     "(default: {default})", type=positive_int),
+        seconds_per_batch_size=Flag(
+            "--bench-seconds", "latency budget per batch size, in seconds: the race of the "
+            "candidates within the accuracy budget against FP32, plus as much again for the "
+            "winner's re-run; a batch size that does not fit is skipped and said in the record "
+            "(default: {default})", type=positive_float)))
+    exclude_nodes: tuple[str, ...] = field(default=(), metadata=flag(
+        "--exclude-node", "keep this node in float (repeatable)", action="append",
+        metavar="NODE"))
+    exclude_op_types: tuple[str, ...] = field(default=(), metadata=flag(
+        "--exclude-op-type", "keep every node of this op type in float (repeatable), e.g. Conv",
+        action="append", metavar="OP"))
+    mean: tuple[float, ...] | None = field(default=None, metadata=flag(
+        "--mean", "input mean per channel", type=float_list))
+    std: tuple[float, ...] | None = field(default=None, metadata=flag(
+        "--std", "input std per channel", type=float_list))
+    fallback: bool = field(default=True, metadata=flag(
+        "--no-fallback", "do not keep sensitive nodes in float when no recipe meets the budget",
+        action="store_true", invert=True))
+    require_faster: bool = field(default=False, metadata=flag(
+        "--require-faster", "exit 1 (writing nothing) if no INT8 recipe beats FP32 at every "
+        "batch size", action="store_true"))
+    # fmt: on
     max_float_nodes: int = 4
     probes: int = 8
     fallback_recipes: int = 2
@@ -240,8 +280,15 @@ class QuantizeConfig:
     flatten_reshapes: bool = True
     strip_node_metadata: bool = True
     eval_batch: int = 500
-    min_sqnr_db: float = 30.0
-    portable: bool = False
+    # fmt: off
+    min_sqnr_db: float = field(default=30.0, metadata=flag(
+        "--min-sqnr", "budget without labels for outputs that are not class scores: INT8 output "
+        "SQNR vs FP32, in dB (default: {default:g})", type=positive_float, metavar="DB"))
+    portable: bool = field(default=False, metadata=flag(
+        "--portable", "search only recipes exact on every x86 integer class (reduce_range or "
+        "U8U8), for an unknown target CPU; by default the grid is the one exact on this CPU's "
+        "class", action="store_true"))
+    # fmt: on
 
     def validate(self) -> None:
         recipe_grid(self)  # raises on an unknown name (listing the known ones) or not portable
