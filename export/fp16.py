@@ -41,7 +41,7 @@ import logging
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ import numpy as np
 from onnxship.core import model_meta
 from onnxship.core.artifact import Artifact, atomic_output, sha256_file
 from onnxship.core.errors import CoreError
+from onnxship.core.flags import flag, op_types, unit_interval
 from onnxship.export.checks import (
     check_onnx_file,
     check_parity_batch_sizes,
@@ -84,12 +85,22 @@ class Fp16Config:
         (parity on your own data only; 40 dB = an RMS error of 1 % of the output's RMS).
     """
 
-    keep_io_types: bool = True
-    op_block_list: tuple[str, ...] = ()
-    min_agreement: float = 0.999
+    # fmt: off
+    keep_io_types: bool = field(default=True, metadata=flag(
+        "--no-keep-io-types", "make the graph's inputs/outputs float16 too (callers must then "
+        "feed float16)", action="store_true", invert=True))
+    op_block_list: tuple[str, ...] = field(default=(), metadata=flag(
+        "--op-block-list", "op types to keep in float32, e.g. Gemm,Softmax (added to the "
+        "converter's defaults)", type=op_types, metavar="A,B"))
+    min_agreement: float = field(default=0.999, metadata=flag(
+        "--min-agreement", "argmax agreement with the FP32 model required on the parity data "
+        "(default: {default})", type=unit_interval))
     parity_samples: int = MNIST_TEST_SIZE
     parity_batch_sizes: tuple[int, ...] = (1, 1000)
-    min_sqnr_db: float = 40.0
+    min_sqnr_db: float = field(default=40.0, metadata=flag(
+        "--min-sqnr", "output SQNR vs FP32 required when the output is not class scores "
+        "(default: {default:g})", type=float, metavar="DB"))
+    # fmt: on
 
     def validate(self) -> None:
         if not (math.isfinite(self.min_agreement) and 0 <= self.min_agreement <= 1):

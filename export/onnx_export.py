@@ -50,13 +50,14 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from onnxship.core import dataset as dataset_meta
 from onnxship.core import model_meta
 from onnxship.core.artifact import Artifact, atomic_output, require_parent_writable
+from onnxship.core.flags import flag
 from onnxship.export.checks import (
     check_onnx_file,
     check_parity_batch_sizes,
@@ -114,13 +115,24 @@ class ExportConfig:
     optimize: optional ONNX Runtime offline graph optimization of the saved file.
     """
 
-    opset: int | None = None
-    exporter: ExporterKind = ExporterKind.AUTO
+    # fmt: off
+    opset: int | None = field(default=None, metadata=flag(
+        "--opset", f"ai.onnx opset (default: {DEFAULT_OPSET}, which onnxruntime >= 1.14 loads, "
+        "so the artifact runs on older deployment targets; the installed onnxruntime must load "
+        "it)", type=int))
+    exporter: ExporterKind = field(default=ExporterKind.AUTO, metadata=flag(
+        "--exporter", "auto = dynamo, falling back to TorchScript only if dynamo fails "
+        "(default: {default})"))
     export_batch: int = 2
-    parity_samples: int = 1000
+    parity_samples: int = field(default=1000, metadata=flag(
+        "--parity-samples", "MNIST test images compared with PyTorch, 1000..10000 "
+        "(default: {default})", type=int))
     parity_batch_sizes: tuple[int, ...] = (1, 250)
     parity_atol: float = 1e-4
-    optimize: OptimizeLevel = OptimizeLevel.NONE
+    optimize: OptimizeLevel = field(default=OptimizeLevel.NONE, metadata=flag(
+        "--optimize", "save ONNX Runtime's offline-optimized graph: basic stays portable ONNX, "
+        "extended adds ORT-only fused ops (default: {default})"))
+    # fmt: on
 
     def validate(self) -> None:
         if self.opset is not None and (

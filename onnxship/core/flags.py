@@ -125,6 +125,27 @@ def fraction(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """A number in [0, 1] (agreement thresholds like --min-agreement 0.999)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
+    return value
+
+
+def op_types(text: str) -> tuple[str, ...]:
+    """'Gemm,Softmax' -> ('Gemm', 'Softmax'): ONNX op type names."""
+    ops = tuple(op.strip() for op in text.split(",") if op.strip())
+    if not ops or any(not op.replace("_", "").isalnum() for op in ops):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated ONNX op types like Gemm,Softmax, got {text!r}"
+        )
+    return ops
+
+
 def int_csv(text: str) -> tuple[int, ...]:
     """'1,64' -> (1, 64), no range check (for configs that check ranges with a clearer error)."""
     try:
