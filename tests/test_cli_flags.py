@@ -92,3 +92,31 @@ def test_cli_snapshot_covers_every_command_and_sub_verb() -> None:
 
     names = set(json.loads(SNAPSHOT.read_text()))
     assert {"onnxship", *COMMAND_MODULES, *BENCH_SUBVERBS.values()} <= names
+
+
+HELP_WITHOUT_TORCH = """
+import contextlib, io, sys
+from onnxship.cli import build_parser
+parser = build_parser()
+for argv in ([], *([c] for c in sys.argv[1:])):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        parser.parse_args([*argv, "--help"])
+leaked = sorted(m for m in ("torch", "onnx", "onnxruntime.quantization") if m in sys.modules)
+sys.exit(f"--help imported {leaked}" if leaked else 0)
+"""
+
+
+def test_cli_help_reads_only_the_library_of_the_command_asked() -> None:
+    """A command's flags come off its config, so its parser is built when used: `onnxship
+    --help` and the ONNX-side commands' help load neither torch nor the quantizer (their
+    configs live in torch-free modules; train/prune/distill --help do import torch)."""
+    import subprocess
+    import sys
+
+    commands = ["bench", "bench-compare", "bench-merge", "eval", "export", "fp16", "gate", "run",
+                "tune", "verify"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_WITHOUT_TORCH, *commands], capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
