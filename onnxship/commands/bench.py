@@ -10,7 +10,13 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from onnxship.commands.common import add_command, add_config_flags, fraction, positive_float
+from onnxship.commands.common import (
+    add_command,
+    add_config_flags,
+    config_from_args,
+    fraction,
+    positive_float,
+)
 
 if TYPE_CHECKING:
     from onnxship.runtime_bench.session import SessionConfig
@@ -182,11 +188,9 @@ def run_scenario_command(args: argparse.Namespace) -> int:
     from onnxship.runtime_bench.scenarios import ScenarioConfig, run_scenario, scenario_markdown
 
     provider, session, _ = _session_from_args(args)
-    cfg = ScenarioConfig(
-        scenario=args.scenario, provider=provider, session=session,
-        batch_sizes=args.batch_sizes, slo_ms=args.slo_ms, concurrency=args.concurrency,
-        qps=args.qps, budget_s=args.budget_s or 30.0, ci_level=args.ci_level, seed=args.seed,
-        npz=args.npz, dim_values=tuple(args.dim),
+    cfg = config_from_args(
+        args, ScenarioConfig(), provider=provider, session=session, batch_sizes=args.batch_sizes,
+        ci_level=args.ci_level, seed=args.seed, npz=args.npz, dim_values=tuple(args.dim),
     )  # fmt: skip
     if args.plot is not None and cfg.scenario.value != "server":
         raise BenchError(f"--plot draws the server scenario; got --scenario {args.scenario}")
@@ -219,8 +223,8 @@ def run_tune_command(args: argparse.Namespace) -> int:
             "; run it once per model and batch size, e.g. --batch-sizes 64"
         )
     provider, session, _ = _session_from_args(args)
-    cfg = TuneConfig(
-        batch_size=args.batch_sizes[0], margin=args.tune_margin, budget_s=args.budget_s or 20.0,
+    cfg = config_from_args(
+        args, TuneConfig(), batch_size=args.batch_sizes[0], budget_s=args.budget_s or 20.0,
         ci_level=args.ci_level, baseline=session, seed=args.seed, npz=args.npz,
         dim_values=tuple(args.dim),
     )  # fmt: skip
@@ -265,25 +269,14 @@ def run(args: argparse.Namespace) -> int:
     if iterations is None:
         iterations = BUDGET_ONLY_ITERATIONS if args.time_budget is not None else 100
     provider, session, loaded = _session_from_args(args)
-    cfg = BenchConfig(
-        provider=provider,
-        batch_sizes=args.batch_sizes,
-        threads=session.intra_op_threads,
-        warmup=args.warmup,
-        iterations=iterations,
-        time_budget_s=args.time_budget,
-        spinning=session.allow_spinning,
-        graph_optimization=session.graph_optimization,
-        provider_options=session.provider_options,
-        io_binding=not args.no_io_binding if loaded is None else loaded.io_binding,
-        cuda_graph=args.cuda_graph if loaded is None else loaded.cuda_graph,
-        session=session if loaded is not None else None,
-        ci_level=args.ci_level,
-        npz=args.npz,
-        dim_values=tuple(args.dim),
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    # The session's options come from --session-config when given, else from their flags.
+    cfg = config_from_args(
+        args, BenchConfig(), provider=provider, iterations=iterations,
+        threads=session.intra_op_threads, spinning=session.allow_spinning,
+        graph_optimization=session.graph_optimization, provider_options=session.provider_options,
+        **({} if loaded is None else
+           {"io_binding": loaded.io_binding, "cuda_graph": loaded.cuda_graph, "session": session}),
+    )  # fmt: skip
     doc = benchmark_models(args.models, cfg)
     if args.json is not None:
         write_json(doc, args.json)

@@ -208,7 +208,10 @@ def _value(args: argparse.Namespace, flag: Flag, current: Any) -> Any:
     if value is None:
         return current  # a flag whose default the command resolves: the config's stands
     if isinstance(current, enum.Enum):
-        return type(current)(value)
+        try:
+            return type(current)(value)
+        except ValueError:
+            return value  # not a member: the config's own check reports it (with the choices)
     return tuple(value) if isinstance(value, list) else value
 
 
