@@ -15,7 +15,7 @@ import enum
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from onnxship.core.flags import (  # noqa: F401  (the value parsers, re-exported for the commands)
     FLAG,
@@ -96,6 +96,9 @@ def add_dist_timeout(parser: argparse.ArgumentParser) -> None:
     )
 
 
+Config = TypeVar("Config")
+
+
 class CommandParser(argparse.ArgumentParser):
     """A command's parser whose arguments are added on first use: when it parses, or prints
     its help or usage. Registering every command then costs nothing, and only the command that
@@ -171,7 +174,7 @@ def _flags(config: Any, names: tuple[str, ...]) -> Iterator[tuple[str, Flag, Any
             raise TypeError(f"{type(config).__name__}.{name} declares no flag")
 
 
-def add_config_flags(target: Any, config: Any, *names: str) -> None:
+def add_config_flags(target: argparse._ActionsContainer, config: Any, *names: str) -> None:
     """Add the flags of `config`'s fields `names` (a parser or an argument group), defaults
     and `{default}` in the help taken from `config` (an instance: the defaults a command uses).
     """
@@ -215,7 +218,7 @@ def _value(args: argparse.Namespace, flag: Flag, current: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def config_from_args(args: argparse.Namespace, config: Any, *names: str, **fixed: Any) -> Any:
+def config_from_args(args: argparse.Namespace, config: Config, *names: str, **fixed: Any) -> Config:
     """`config` with the fields `names` (all flagged fields if none) set from the parsed flags;
     `fixed` fields are set as given (values the command resolved itself)."""
     changes: dict[str, Any] = dict(fixed)
@@ -230,4 +233,4 @@ def config_from_args(args: argparse.Namespace, config: Any, *names: str, **fixed
             changes[name] = _value(args, flag, current)
     for name, values in nested.items():
         changes[name] = dataclasses.replace(getattr(config, name), **values)
-    return dataclasses.replace(config, **changes)
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
