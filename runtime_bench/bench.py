@@ -48,12 +48,14 @@ from onnxship.core.flags import (
 from onnxship.runtime_bench.errors import BenchError
 from onnxship.runtime_bench.inputs import check_batch_size, input_specs, load_npz, make_feeds
 from onnxship.runtime_bench.latency import row_stats
+from onnxship.runtime_bench.results import REQUIRED_ROW_KEYS
 from onnxship.runtime_bench.session import (
     CUDA_EP,
     GraphOptimization,
     SessionConfig,
     SessionHandle,
     create_session,
+    inference_failed,
     resolve_provider,
 )
 from onnxship.runtime_bench.timing import ModelTiming, TimingConfig, TimingResult, time_blocks
@@ -63,12 +65,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 TOOL = "onnxship bench"
 # Keys every result row has (the pipeline and `bench compare/merge` rely on them).
-ROW_KEYS = (
-    "model", "model_name", "model_sha256", "provider", "provider_options", "batch_size",
-    "threads", "spinning", "warmup", "iterations", "session_create_ms", "first_run_ms",
-    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "throughput_per_s",
-    "nodes_per_provider",
-)  # fmt: skip
+ROW_KEYS = REQUIRED_ROW_KEYS
 # Iteration cap when only a time budget is given.
 BUDGET_ONLY_ITERATIONS = 10_000_000
 
@@ -295,17 +292,25 @@ def _device_id(cfg: BenchConfig) -> int:
         raise BenchError(f"provider option device_id must be an integer, got {value!r}") from None
 
 
-def _bind_on_device(handle: SessionHandle, feeds: Mapping[str, np.ndarray], device_id: int) -> Any:
-    """IO binding with inputs copied to the GPU once; outputs allocated on the GPU by ORT."""
+def _bind_inputs_on_device(
+    binding: Any, feeds: Mapping[str, np.ndarray], device_id: int
+) -> list[Any]:
+    """Copy each input to the GPU once and bind it; the returned OrtValues keep them alive."""
     import onnxruntime as ort
 
-    sess = handle.session
-    binding = sess.io_binding()
     keep = []
     for name, array in feeds.items():
         value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", device_id)
         keep.append(value)
         binding.bind_ortvalue_input(name, value)
+    return keep
+
+
+def _bind_on_device(handle: SessionHandle, feeds: Mapping[str, np.ndarray], device_id: int) -> Any:
+    """IO binding with inputs copied to the GPU once; outputs allocated on the GPU by ORT."""
+    sess = handle.session
+    binding = sess.io_binding()
+    keep = _bind_inputs_on_device(binding, feeds, device_id)
     for out in sess.get_outputs():
         binding.bind_output(out.name, "cuda", device_id)
     binding.synchronize_inputs()
@@ -333,11 +338,7 @@ def _bench_cuda_graph(
     )
     sess = handle.session
     binding = sess.io_binding()
-    keep = []
-    for name, array in feeds.items():
-        value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", device_id)
-        keep.append(value)
-        binding.bind_ortvalue_input(name, value)
+    keep = _bind_inputs_on_device(binding, feeds, device_id)  # noqa: F841  (alive while timed)
     outputs = []
     for out, ref in zip(sess.get_outputs(), reference, strict=True):
         value = ort.OrtValue.ortvalue_from_numpy(np.zeros_like(ref), "cuda", device_id)
@@ -476,10 +477,7 @@ def _benchmark_model(
         try:
             first = _first_run_ms(host_run)
         except Exception as exc:
-            raise BenchError(
-                f"{path}: inference failed at batch size {batch_size} on {handle.provider}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-            ) from exc
+            raise inference_failed(path, batch_size, handle.provider, exc) from exc
         timed = _measure(host_run, cfg)
         io = IoMode.END_TO_END if is_cuda else IoMode.HOST
         rows.append(
@@ -572,11 +570,7 @@ def _interleaved_fns(
         try:
             first[key] = _first_run_ms(fns[key])
         except Exception as exc:
-            text = str(exc).strip()
-            raise BenchError(
-                f"{path}: inference failed at batch size {batch_size} on {handle.provider}: "
-                f"{text.splitlines()[0] if text else type(exc).__name__}"
-            ) from exc
+            raise inference_failed(path, batch_size, handle.provider, exc) from exc
     return fns, feeds, first
 
 

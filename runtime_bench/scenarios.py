@@ -36,7 +36,12 @@ from onnxship.core.env import capture_environment, machine_fingerprint
 from onnxship.core.flags import flag, float_csv, number, positive_float, positive_int
 from onnxship.runtime_bench.errors import BenchError
 from onnxship.runtime_bench.inputs import check_batch_size, load_npz, make_feeds
-from onnxship.runtime_bench.session import SessionConfig, SessionHandle, create_session
+from onnxship.runtime_bench.session import (
+    SessionConfig,
+    SessionHandle,
+    create_session,
+    inference_failed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +188,7 @@ def _open(path: Path, cfg: ScenarioConfig, batch_sizes: Sequence[int]) -> _Targe
         try:
             target.call(b)()
         except Exception as exc:
-            text = str(exc).strip()
-            raise BenchError(
-                f"{path}: inference failed at batch size {b} on {handle.provider}: "
-                f"{text.splitlines()[0] if text else type(exc).__name__}"
-            ) from exc
+            raise inference_failed(path, b, handle.provider, exc) from exc
     return target
 
 
