@@ -9,11 +9,11 @@ import pytest
 
 from onnxship.calibrate import fallback, quantize
 from onnxship.calibrate.errors import CalibrateError
+from onnxship.calibrate.latency_race import Candidate
 from onnxship.calibrate.quantize import (
     FP32_ROW,
     LatencyConfig,
     QuantizeConfig,
-    _Candidate,
     choose_recipe,
     speed_score,
 )
@@ -22,8 +22,8 @@ from onnxship.calibrate.recipes import recipes_for
 RECIPE = recipes_for("auto")[0]
 
 
-def _row(name: str, val_top1: float, ratios: tuple[float, float]) -> _Candidate:
-    row = _Candidate(RECIPE, name, Path(f"{name}.onnx"), [])
+def _row(name: str, val_top1: float, ratios: tuple[float, float]) -> Candidate:
+    row = Candidate(RECIPE, name, Path(f"{name}.onnx"), [])
     row.val_top1 = val_top1
     row.latency = {
         str(b): {"min_ratio": r, "p50_ratio": r} for b, r in zip((1, 64), ratios, strict=True)
@@ -31,8 +31,8 @@ def _row(name: str, val_top1: float, ratios: tuple[float, float]) -> _Candidate:
     return row
 
 
-def _fp32(val_top1: float) -> _Candidate:
-    row = _Candidate(None, FP32_ROW, Path("fp32.onnx"), [])
+def _fp32(val_top1: float) -> Candidate:
+    row = Candidate(None, FP32_ROW, Path("fp32.onnx"), [])
     row.val_top1 = val_top1
     return row
 
