@@ -31,6 +31,11 @@
    size (`runtime_bench.timing.decide_faster`); the record cites the CIs, the calibration
    passes, the time of each phase and the peak resident memory.
 
+Where the phases live: this module holds the configs, the stage and its record, the
+selection rule and the fallback's use; `calibrate.quantize_inputs` the data and the prepared
+graph, `calibrate.recipe_scoring` calibration and scoring, `calibrate.latency_race` the timing
+and the INT8-ships decision, `calibrate.int8_file` the written model and its metadata.
+
 Latency statistic: on a shared machine the per-call distribution is bimodal (preempted calls
 take 5-10x longer), so the median of one candidate can land in either mode. Recipes are ranked
 by the ratio of *minimum* latencies (the uncontended cost; `LatencyStatistic.MIN`), and p50 is
@@ -54,7 +59,6 @@ from typing import Any
 from onnxship.calibrate.dataset import CalibrationConfig
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.fallback import (
-    BUDGET_SLACK,
     METRIC_WORDS,
     drop_text,
     fallback_to_float,
@@ -72,13 +76,17 @@ from onnxship.calibrate.latency_race import (
     speed_score,
     timed_batches,
 )
-from onnxship.calibrate.ort_static import HistogramCaps, RangeOverride, quantize_with_recipe
+from onnxship.calibrate.ort_static import HistogramCaps, RangeOverride
 from onnxship.calibrate.quantize_inputs import (
     Inputs,
     PreparedGraph,
     load_inputs,
     prepare_graph,
-    scope_rows,
+)
+from onnxship.calibrate.recipe_scoring import (
+    calibrate_once_per_method,
+    peak_rss_mb,
+    score_recipes,
 )
 from onnxship.calibrate.recipes import (
     AUTO,
@@ -162,7 +170,6 @@ class LatencyConfig:
 
     def timing(self, budget_s: float) -> Any:
         """The engine's config for one timed run of `budget_s` seconds."""
-        from onnxship.core.errors import OnnxshipError
         from onnxship.runtime_bench.timing import TimingConfig
 
         try:
@@ -351,7 +358,8 @@ def _eval_session(path: Path, cfg: QuantizeConfig) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# Phase 1: inputs (metadata, calibration set, validation set)
+# Phases 1 and 2: inputs (metadata, calibration and validation sets) and the prepared graph,
+# `calibrate.quantize_inputs`
 
 
 def _load_inputs(
@@ -369,7 +377,8 @@ def _load_inputs(
 
 
 # --------------------------------------------------------------------------------------------
-# Phases 3 and 4: FP32 scored, every recipe searched, the fallback when none is within budget
+# Phases 3 and 4 together: FP32 scored, every recipe searched, the fallback when none is within
+# the budget
 
 
 def _searched(
@@ -392,76 +401,8 @@ def _searched(
 
 
 # --------------------------------------------------------------------------------------------
-# Phase 3: the search - calibrate once per method, score every recipe, time only the survivors
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (`resource`; Linux reports KiB)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-
-
-def _calibrate(
-    inp: Inputs, graph: PreparedGraph, recipes: Sequence[Recipe], cfg: QuantizeConfig
-) -> list[Any]:
-    """One calibration pass per method the recipes use, over the widest scope they need."""
-    from onnxship.calibrate.ort_static import calibrate_ranges, calibration_scopes
-
-    return [
-        calibrate_ranges(
-            graph.prepared, method, scope, inp.calib, cache_dir=graph.cache_dir, caps=cfg.caps
-        )
-        for method, scope in calibration_scopes(recipes).items()
-    ]
-
-
-def _score_recipes(
-    inp: Inputs,
-    graph: PreparedGraph,
-    recipes: Sequence[Recipe],
-    cfg: QuantizeConfig,
-    progress: bool,
-    fp32_score: float,
-) -> list[Candidate]:
-    """Quantize (from the cached ranges) and score every recipe; each scoring session is
-    released before the next recipe. A failing recipe is a row with its error while
-    searching; with one recipe named, its failure is the stage's error."""
-    searching = cfg.recipe.strip().lower() == AUTO
-    # below this score a candidate is outside the budget; scoring stops once it cannot reach it
-    floor = fp32_score - inp.budget() - BUDGET_SLACK
-    rows: list[Candidate] = []
-    bar = _progress(len(recipes), progress)
-    for i, recipe in enumerate(recipes):
-        row = Candidate(recipe, recipe.name, graph.scratch / f"cand-{i}.onnx",
-                         graph.user_rows + scope_rows(recipe, graph.nodes, graph.user_excluded))  # fmt: skip
-        t0 = time.perf_counter()
-        try:
-            quantize_with_recipe(
-                graph.prepared, row.path, recipe, inp.calib, cache_dir=graph.cache_dir,
-                nodes_to_exclude=graph.user_excluded, caps=cfg.caps,
-                range_overrides=cfg.range_overrides,
-            )  # fmt: skip
-            row.quantize_s = time.perf_counter() - t0
-            row.val_top1, row.scored_on = inp.evalset.score_screened(
-                _eval_session(row.path, cfg), floor
-            )
-        except OnnxshipError as exc:  # CalibrateError, or BenchError from the session
-            if not searching:
-                raise
-            row.error = str(exc)
-            log.warning("recipe %s failed: %s", recipe.name, exc)
-        rows.append(row)
-        bar.update(1)
-    bar.close()
-    if all(r.error is not None for r in rows):
-        raise CalibrateError(
-            f"every recipe failed to quantize {inp.src}: "
-            + "; ".join(f"{r.name}: {r.error}" for r in rows)
-        )
-    return rows
+# Phase 3: the search - calibrate once per method and score every recipe
+# (`calibrate.recipe_scoring`), time only the survivors (`calibrate.latency_race`)
 
 
 def _search(
@@ -471,9 +412,13 @@ def _search(
     recipes within the accuracy budget against FP32 (`measure_against_fp32`)."""
     recipes = recipe_grid(cfg)
     t0 = time.perf_counter()
-    passes = _calibrate(inp, graph, recipes, cfg)
+    passes = calibrate_once_per_method(inp, graph, recipes, cfg.caps)
     t1 = time.perf_counter()
-    rows = _score_recipes(inp, graph, recipes, cfg, progress, float(fp32.val_top1 or 0.0))
+    rows = score_recipes(
+        inp, graph, recipes, searching=cfg.recipe.strip().lower() == AUTO, caps=cfg.caps,
+        range_overrides=cfg.range_overrides, provider=cfg.provider, progress=progress,
+        fp32_score=float(fp32.val_top1 or 0.0),
+    )  # fmt: skip
     t2 = time.perf_counter()
     within = _within_budget_rows(rows, fp32, inp.budget())
     search: dict[str, Any] = {
@@ -833,9 +778,3 @@ def _write_outputs(
             recipe=chosen.recipe, recipe_name=chosen.name,
             strip_node_metadata=cfg.strip_node_metadata,
         )  # fmt: skip
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    from onnxship.core.progress import progress
-
-    return progress(total, "quantize recipes", "recipe", enabled=enabled)
