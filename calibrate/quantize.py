@@ -20,9 +20,9 @@
    candidates clearly slower than the best dropped early) at each batch size, smallest first,
    within `LatencyConfig.seconds_per_batch_size` per batch size; a batch size whose minimum
    rounds would not fit its share of that budget is skipped and the record says so.
-   The selection rule (`choose_recipe`): the fastest timed candidate, i.e. the lowest geometric
-   mean over the timed batch sizes of its latency ratio to FP32 (`speed_score`). If none is
-   within budget, the accuracy fallback (`calibrate.fallback`) leaves the most sensitive nodes
+   The selection rule (`calibrate.selection.choose_recipe`): the fastest timed candidate,
+   i.e. the lowest geometric mean over the timed batch sizes of its latency ratio to FP32
+   (`speed_score`). If none is within budget, the accuracy fallback (`calibrate.fallback`) leaves the most sensitive nodes
    in float, starting from the recipes with the best scores, and the same rule chooses.
 5. The winner is re-timed against FP32 alone (the race's best is optimistic), written with the
    source's metadata (`onnxship.precision` = "int8", `onnxship.source_sha256` = the FP32
@@ -31,10 +31,11 @@
    size (`runtime_bench.timing.decide_faster`); the record cites the CIs, the calibration
    passes, the time of each phase and the peak resident memory.
 
-Where the phases live: this module holds the configs, the stage and its record, the
-selection rule and the fallback's use; `calibrate.quantize_inputs` the data and the prepared
+Where the phases live: this module holds the configs, the stage, the search's driver, the
+fallback's use and the stage record; `calibrate.quantize_inputs` the data and the prepared
 graph, `calibrate.recipe_scoring` calibration and scoring, `calibrate.latency_race` the timing
-and the INT8-ships decision, `calibrate.int8_file` the written model and its metadata.
+and the INT8-ships decision, `calibrate.selection` the selection rule, `calibrate.int8_file`
+the written model and its metadata.
 
 Latency statistic: on a shared machine the per-call distribution is bimodal (preempted calls
 take 5-10x longer), so the median of one candidate can land in either mode. Recipes are ranked
@@ -59,10 +60,7 @@ from typing import Any
 from onnxship.calibrate.dataset import CalibrationConfig
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.fallback import (
-    METRIC_WORDS,
-    drop_text,
     fallback_to_float,
-    score_text,
     within_budget,
 )
 from onnxship.calibrate.int8_file import write_int8
@@ -94,6 +92,12 @@ from onnxship.calibrate.recipes import (
     Recipe,
     parse_recipe,
     recipes_for,
+)
+from onnxship.calibrate.selection import (
+    budget_text,
+    choose_recipe,
+    within_budget_rows,
+    within_rows,
 )
 from onnxship.core.artifact import Artifact, atomic_companion, jsonable
 from onnxship.core.errors import OnnxshipError
@@ -300,8 +304,8 @@ def int8_from_onnx(
 ) -> Artifact:
     """Quantize the FP32 model `src` to static INT8 at `out_path` (see the module docstring).
 
-    Phases: `_load_inputs` (metadata, calibration and validation data, `calibrate.
-    quantize_inputs`), `prepare_graph` (pre-processing in a scratch folder), `_search` (every
+    Phases: `_load_inputs` (metadata, calibration and validation data,
+    `calibrate.quantize_inputs`), `prepare_graph` (pre-processing in a scratch folder), `_search` (every
     recipe quantized, scored and timed), `_fallback` (only when no recipe meets the budget),
     `choose_recipe` (the selection rule), `_confirm` (the winner re-timed against FP32) and
     `write_int8` (`calibrate.int8_file`).
@@ -322,12 +326,12 @@ def int8_from_onnx(
         fp32, rows, search, fallback_info = _searched(inp, graph, cfg, progress)
         chosen = choose_recipe(
             rows, fp32, cfg, src=inp.src, fallback_ran=fallback_info is not None,
-            budget=inp.budget(), budget_text=_budget_text(inp, cfg), metric=inp.metric,
+            budget=inp.budget(), budget_text=budget_text(inp), metric=inp.metric,
         )  # fmt: skip
         confirm, search["confirm"] = _confirm(chosen, fp32, inp, cfg)
         int8_faster = faster(confirm, cfg.latency)
         why = faster_why(
-            confirm, int8_faster, cfg.latency, _within_rows(rows, fp32, cfg, inp.budget()), rows
+            confirm, int8_faster, cfg.latency, within_rows(rows, fp32, cfg, inp.budget()), rows
         )
         if cfg.require_faster and not int8_faster:
             raise CalibrateError(
@@ -392,7 +396,7 @@ def _searched(
     )
     rows, search = _search(inp, graph, fp32, cfg, progress)
     fallback_info = None
-    if cfg.fallback and not _within_rows(rows, fp32, cfg, inp.budget()):
+    if cfg.fallback and not within_rows(rows, fp32, cfg, inp.budget()):
         fallback_rows, fallback_timing = _fallback(inp, graph, fp32, rows, cfg)
         rows.extend(fallback_rows)
         fallback_info = {"ran": True, "candidates": [r.name for r in fallback_rows],
@@ -420,7 +424,7 @@ def _search(
         fp32_score=float(fp32.val_top1 or 0.0),
     )  # fmt: skip
     t2 = time.perf_counter()
-    within = _within_budget_rows(rows, fp32, inp.budget())
+    within = within_budget_rows(rows, fp32, inp.budget())
     search: dict[str, Any] = {
         "calibration_passes": len(passes),
         "calibrations": [p.to_json() for p in passes],
@@ -443,14 +447,6 @@ def _search(
 
 def _race_budget(lat: LatencyConfig) -> float:
     return lat.seconds_per_batch_size * len(lat.batch_sizes)
-
-
-def _within_budget_rows(
-    rows: Sequence[Candidate], fp32: Candidate, budget: float
-) -> list[Candidate]:
-    """Scored rows within the accuracy budget (timed or not)."""
-    fp32_top1 = float(fp32.val_top1 or 0.0)
-    return [r for r in rows if r.error is None and within_budget(fp32_top1, r.val_top1, budget)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,7 +492,7 @@ def _fallback(
         out.append(fb)
         if result.within_budget:
             break
-    within = _within_budget_rows(out, fp32, inp.budget())
+    within = within_budget_rows(out, fp32, inp.budget())
     timing = None
     if within:
         timing = measure_against_fp32(
@@ -504,80 +500,6 @@ def _fallback(
             budget_s=_race_budget(cfg.latency), race=len(within) > 1,
         )  # fmt: skip
     return out, timing
-
-
-# --------------------------------------------------------------------------------------------
-# Phase 5: the selection rule
-
-
-def choose_recipe(
-    rows: Sequence[Candidate],
-    fp32: Candidate,
-    cfg: QuantizeConfig,
-    *,
-    src: Path | None = None,
-    fallback_ran: bool = False,
-    budget: float | None = None,
-    budget_text: str | None = None,
-    metric: str = "top1",
-) -> Candidate:
-    """The one selection rule: among the candidates within the accuracy budget
-    (`within_budget`: FP32 val top-1 minus the candidate's is at most `max_drop`), the fastest,
-    i.e. the lowest `speed_score` (geometric mean over the batch sizes of its latency ratio
-    to FP32); the first in table order on a tie.
-
-    `budget` replaces `cfg.max_drop` when the score is not top-1 (fidelity without labels:
-    `EvaluationSet.drop_budget`); `budget_text` then says what it means and `metric` (a
-    `BudgetMetric` value) names the score in the message.
-    Raises CalibrateError (exit 1) when no candidate is within the budget.
-    """
-    budget = cfg.max_drop if budget is None else budget
-    within = _within_rows(rows, fp32, cfg, budget)
-    if within:
-        return min(within, key=lambda r: speed_score(r, cfg.latency))
-    fp32_top1 = float(fp32.val_top1 or 0.0)
-    scored = [r for r in rows if r.val_top1 is not None]
-    best = max(scored, key=lambda r: r.val_top1 or 0.0) if scored else None
-    found = (
-        f"best found {best.name} with {drop_text(metric, fp32_top1, best.val_top1 or 0.0)}"
-        if best is not None
-        else "no candidate was scored"
-    )
-    raise CalibrateError(
-        f"no INT8 recipe for {src} is within the accuracy budget of "
-        f"{budget_text or f'{cfg.max_drop * 100:.2f} pp of val top-1'}: FP32 "
-        f"{score_text(metric, fp32_top1)}, {found} after trying "
-        f"{len(rows)} candidates{' and the float fallback' if fallback_ran else ''}; "
-        "raise --max-drop, calibrate with more data (--calib-size) or exclude "
-        "sensitive nodes",
-        exit_code=1,
-    )
-
-
-def _within_rows(
-    rows: Sequence[Candidate], fp32: Candidate, cfg: QuantizeConfig, budget: float | None = None
-) -> list[Candidate]:
-    fp32_top1 = float(fp32.val_top1 or 0.0)
-    budget = cfg.max_drop if budget is None else budget
-    timed = set(fp32.latency)  # every row must be timed at every batch size FP32 was
-    return [
-        r
-        for r in rows
-        if r.error is None
-        and r.latency
-        and set(r.latency) >= timed
-        and within_budget(fp32_top1, r.val_top1, budget)
-    ]
-
-
-def _budget_text(inp: Inputs, cfg: QuantizeConfig) -> str:
-    """The budget in its metric's words: dB for SQNR, % for agreement, pp for top-1."""
-    metric = inp.metric
-    if metric == "sqnr_db":
-        return f"{cfg.min_sqnr_db:.1f} dB output SQNR vs FP32 (on {inp.evalset.source})"
-    if metric == "top1_agreement":
-        return f"{(1 - cfg.max_drop) * 100:.2f} % {METRIC_WORDS[metric]} (on {inp.evalset.source})"
-    return f"{cfg.max_drop * 100:.2f} pp of {METRIC_WORDS[metric]} (on {inp.evalset.source})"
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The INT8 selection rule (`calibrate.quantize.choose_recipe`): one rule, written once, the
+"""The INT8 selection rule (`calibrate.selection.choose_recipe`): one rule, written once, the
 same accuracy-budget test in the search and in the fallback."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxship.calibrate import fallback, quantize
+from onnxship.calibrate import fallback, quantize, selection
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.latency_race import Candidate
 from onnxship.calibrate.quantize import (
@@ -66,7 +66,7 @@ def test_choose_recipe_counts_a_drop_of_exactly_the_budget_as_within() -> None:
     # The fallback's stopping test is the same function, so both agree at the boundary.
     assert fallback.within_budget(0.99, 0.987, 0.003)
     assert not fallback.within_budget(0.99, 0.9868, 0.003)
-    assert quantize.within_budget is fallback.within_budget
+    assert selection.within_budget is fallback.within_budget
 
 
 def test_choose_recipe_exits_1_naming_the_best_when_none_is_within_budget() -> None:
@@ -78,9 +78,11 @@ def test_choose_recipe_exits_1_naming_the_best_when_none_is_within_budget() -> N
 
 def test_quantize_module_has_one_selection_rule() -> None:
     assert not hasattr(quantize, "_choice_key")
-    source = Path(quantize.__file__).read_text() + Path(fallback.__file__).read_text()
+    modules = (quantize, selection, fallback)
+    source = "".join(Path(m.__file__ or "").read_text() for m in modules)
     assert source.count("<= max_drop +") == 1  # the comparison lives in within_budget only
     assert "1e-9" not in Path(quantize.__file__).read_text()
+    assert "1e-9" not in Path(selection.__file__).read_text()
 
 
 @pytest.mark.parametrize(
