@@ -31,11 +31,11 @@
    size (`runtime_bench.timing.decide_faster`); the record cites the CIs, the calibration
    passes, the time of each phase and the peak resident memory.
 
-Where the phases live: this module holds the configs, the stage, the search's driver, the
-fallback's use and the stage record; `calibrate.quantize_inputs` the data and the prepared
-graph, `calibrate.recipe_scoring` calibration and scoring, `calibrate.latency_race` the timing
-and the INT8-ships decision, `calibrate.selection` the selection rule, `calibrate.int8_file`
-the written model and its metadata.
+Where the phases live: this module holds the configs, the stage, the search's driver and the
+fallback's use; `calibrate.quantize_inputs` the data and the prepared graph,
+`calibrate.recipe_scoring` calibration and scoring, `calibrate.latency_race` the timing and the
+INT8-ships decision, `calibrate.selection` the selection rule, `calibrate.int8_file` the
+written model and its metadata, `calibrate.quantize_record` the stage record.
 
 Latency statistic: on a shared machine the per-call distribution is bimodal (preempted calls
 take 5-10x longer), so the median of one candidate can land in either mode. Recipes are ranked
@@ -61,7 +61,6 @@ from onnxship.calibrate.dataset import CalibrationConfig
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.fallback import (
     fallback_to_float,
-    within_budget,
 )
 from onnxship.calibrate.int8_file import write_int8
 from onnxship.calibrate.latency_race import (
@@ -71,7 +70,6 @@ from onnxship.calibrate.latency_race import (
     faster_why,
     measure_against_fp32,
     session,
-    speed_score,
     timed_batches,
 )
 from onnxship.calibrate.ort_static import HistogramCaps, RangeOverride
@@ -81,6 +79,7 @@ from onnxship.calibrate.quantize_inputs import (
     load_inputs,
     prepare_graph,
 )
+from onnxship.calibrate.quantize_record import row_json, stage_metrics
 from onnxship.calibrate.recipe_scoring import (
     calibrate_once_per_method,
     peak_rss_mb,
@@ -88,9 +87,7 @@ from onnxship.calibrate.recipe_scoring import (
 )
 from onnxship.calibrate.recipes import (
     AUTO,
-    SATURATING_CLASSES,
     Recipe,
-    parse_recipe,
     recipes_for,
 )
 from onnxship.calibrate.selection import (
@@ -272,21 +269,6 @@ def recipe_grid(cfg: QuantizeConfig) -> tuple[Recipe, ...]:
     return recipes_for(cfg.recipe, integer_class(), portable=cfg.portable)
 
 
-def _grid_note(cfg: QuantizeConfig, cls: str) -> str:
-    """How the searched grid was chosen, for the record."""
-    if cfg.recipe.strip().lower() != AUTO:
-        exact = parse_recipe(cfg.recipe).safe_on(cls)
-        return f"one recipe named ({cfg.recipe}); {'exact' if exact else 'may saturate'} on {cls}"
-    if cfg.portable:
-        return "portable: only recipes exact on every x86 integer class (reduce_range or U8U8)"
-    if cls in SATURATING_CLASSES:
-        return (
-            f"{cls} may saturate U8S8: every preset that may saturate was replaced by its "
-            "reduce_range twin (same kernel, same speed) and U8U8 on every op was added"
-        )
-    return f"every preset is exact on {cls}: the presets as they are"
-
-
 # --------------------------------------------------------------------------------------------
 # The stage
 
@@ -341,9 +323,9 @@ def int8_from_onnx(
             )
         out = Path(out_path)
         _write_outputs(inp, chosen, cfg, out, calib_out)
-        table = [_row_json(r, fp32, cfg, inp.budget(), inp.evalset.samples) for r in (fp32, *rows)]
+        table = [row_json(r, fp32, cfg, inp.budget(), inp.evalset.samples) for r in (fp32, *rows)]
     calib_path = os.fspath(calib_out) if calib_out is not None else None
-    metrics = _metrics(
+    metrics = stage_metrics(
         inp, cfg, graph, chosen, confirm, table, fallback_info, int8_faster, why, out
     )
     metrics["calibration"]["path"] = calib_path
@@ -535,148 +517,7 @@ def _confirm(
 
 
 # --------------------------------------------------------------------------------------------
-# The stage record
-
-
-def _metrics(
-    inp: Inputs,
-    cfg: QuantizeConfig,
-    graph: PreparedGraph,
-    chosen: Candidate,
-    confirm: Candidate,
-    table: list[dict[str, Any]],
-    fallback_info: dict[str, Any] | None,
-    int8_faster: bool,
-    why: str,
-    out: Path,
-) -> dict[str, Any]:
-    from onnxship.core.env import cpu_model_name, integer_class_record, isa_summary
-
-    assert chosen.recipe is not None
-    here = integer_class_record()
-    fp32_top1 = float(table[0]["val_top1"])
-    fp32_bytes = inp.src.stat().st_size
-    int8_bytes = out.stat().st_size
-    return {
-        "recipe": _recipe_json(chosen, cfg, str(here["integer_class"])),
-        # The class the accuracy and latency below were measured on, and the grid it chose.
-        "integer_class": here["integer_class"],
-        "safe_integer_classes": chosen.recipe.safe_integer_classes(),
-        "portable": cfg.portable,
-        "grid": _grid_note(cfg, str(here["integer_class"])),
-        "selection_rule": (
-            "fastest within the accuracy budget: lowest geometric mean over the timed batch "
-            f"sizes of the {cfg.latency.statistic.value}-latency ratio to FP32 (candidates "
-            "outside the budget are never timed)"
-        ),
-        "candidates": table,
-        "nodes_in_float": chosen.float_nodes,
-        "fp32_val_top1": fp32_top1,
-        "int8_val_top1": chosen.val_top1,
-        "val_drop": round(fp32_top1 - (chosen.val_top1 or 0.0), 6),
-        "max_drop": cfg.max_drop,
-        "val_samples": inp.evalset.samples,
-        "val_split": inp.evalset.source,
-        "budget": inp.evalset.describe(cfg.max_drop, cfg.min_sqnr_db),
-        "latency": _latency_json(inp, cfg, confirm),
-        "int8_faster_than_fp32": int8_faster,
-        "int8_faster_than_fp32_why": why,
-        "fp32_bytes": fp32_bytes,
-        "int8_bytes": int8_bytes,
-        "bytes_ratio": round(int8_bytes / fp32_bytes, 4),
-        "calibration": _calibration_json(inp, cfg),
-        "graph_rewrites": [r.to_json() for r in graph.rewrites],
-        "fallback": fallback_info,
-        "target": {
-            "provider": inp.provider,
-            "cpu": cpu_model_name(),
-            "isa": isa_summary(),
-            **here,
-        },  # fmt: skip
-    }
-
-
-def _recipe_json(chosen: Candidate, cfg: QuantizeConfig, integer_class: str) -> dict[str, Any]:
-    assert chosen.recipe is not None
-    return {
-        "name": chosen.name,
-        "options": chosen.recipe.options(),
-        "searched": cfg.recipe.strip().lower() == AUTO,
-        "safe_integer_classes": chosen.recipe.safe_integer_classes(),
-        "risk": chosen.recipe.risk,
-        "exact_on_validated_class": chosen.recipe.safe_on(integer_class),
-    }
-
-
-def _latency_json(inp: Inputs, cfg: QuantizeConfig, confirm: Candidate) -> dict[str, Any]:
-    return {
-        "provider": inp.provider,
-        "threads": cfg.latency.threads,
-        "statistic": cfg.latency.statistic.value,
-        "by_batch": confirm.latency,
-        "min_speedup": round(cfg.latency.min_speedup, 4),
-        "engine": "runtime_bench.timing (block-interleaved rounds, paired bootstrap CI)",
-    }
-
-
-def _calibration_json(inp: Inputs, cfg: QuantizeConfig) -> dict[str, Any]:
-    return {
-        "path": None,
-        "sha256": inp.calib.sha256(),
-        "samples": inp.calib.samples,
-        "batch_size": inp.calib.batch_size,
-        "source_split": inp.calib.source,
-        "normalisation": {
-            "mean": None if inp.mean is None else list(inp.mean),
-            "std": None if inp.std is None else list(inp.std),
-            "from": inp.norm_source,
-        },
-        "histogram_cap": {
-            "max_samples": cfg.caps.max_samples,
-            "batches_in_memory": cfg.caps.batches_in_memory,
-            "applies_to": ["entropy", "percentile"],
-        },
-    }
-
-
-def _row_json(
-    row: Candidate,
-    fp32: Candidate,
-    cfg: QuantizeConfig,
-    budget: float | None = None,
-    inp_samples: int = 0,
-) -> dict[str, Any]:
-    fp32_top1 = float(fp32.val_top1 or 0.0)
-    budget = cfg.max_drop if budget is None else budget
-    out: dict[str, Any] = {
-        "name": row.name,
-        "options": row.recipe.options() if row.recipe else {"precision": "fp32"},
-        "val_top1": row.val_top1,
-        "val_drop": None if row.val_top1 is None else round(fp32_top1 - row.val_top1, 6),
-        "within_budget": row.recipe is None or within_budget(fp32_top1, row.val_top1, budget),
-        "latency": row.latency,
-        "bytes": row.path.stat().st_size if row.path.is_file() else None,
-        "nodes_in_float": row.float_nodes,
-    }
-    if row.scored_on is not None and row.scored_on < inp_samples:
-        out["screened"] = (
-            f"scoring stopped after {row.scored_on} of {inp_samples} samples: val_top1 is an "
-            "upper bound, already outside the accuracy budget"
-        )
-    if row.recipe is not None:
-        out["quantize_s"] = round(row.quantize_s, 3)
-        timed = bool(timed_batches(row, cfg.latency))
-        out["timed"] = timed
-        out["speed_score"] = round(speed_score(row, cfg.latency), 4) if timed else None
-        # None: not timed (outside the accuracy budget, or failed): cheap checks first
-        out["faster_than_fp32"] = faster(row, cfg.latency) if timed else None
-    if row.screened_out:
-        out["screened_out"] = row.screened_out
-    if row.error:
-        out["error"] = row.error
-    if row.fallback:
-        out["fallback"] = row.fallback
-    return out
+# Phase 7: the files (the stage record is `calibrate.quantize_record`)
 
 
 def _write_outputs(

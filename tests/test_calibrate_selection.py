@@ -9,15 +9,10 @@ import pytest
 
 from onnxship.calibrate import fallback, quantize, selection
 from onnxship.calibrate.errors import CalibrateError
-from onnxship.calibrate.latency_race import Candidate
-from onnxship.calibrate.quantize import (
-    FP32_ROW,
-    LatencyConfig,
-    QuantizeConfig,
-    choose_recipe,
-    speed_score,
-)
+from onnxship.calibrate.latency_race import FP32_ROW, Candidate, speed_score
+from onnxship.calibrate.quantize import LatencyConfig, QuantizeConfig
 from onnxship.calibrate.recipes import recipes_for
+from onnxship.calibrate.selection import choose_recipe
 
 RECIPE = recipes_for("auto")[0]
 
