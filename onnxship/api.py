@@ -79,7 +79,7 @@ def train(
     `ranks` (a `models.distributed.Ranks`, under torchrun): every rank trains its shard of
     each batch, rank 0 alone writes."""
     from onnxship.models.data import ensure_mnist
-    from onnxship.models.train import TrainConfig, train_from_mnist
+    from onnxship.models.train import TrainConfig, trained_from_data
 
     cfg = cfg or TrainConfig()
     cfg.validate()
@@ -93,7 +93,7 @@ def train(
         stage="train",
         config=cfg,
         inputs=mnist_inputs(root),
-        produce=lambda: train_from_mnist(cfg, checkpoint, data_dir=root),
+        produce=lambda: trained_from_data(cfg, checkpoint, data_dir=root),
         extra_outputs=[checkpoint.with_suffix(".json")],
         ranks=ranks,
     )

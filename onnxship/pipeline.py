@@ -58,7 +58,7 @@ from onnxship.models.distill import DistillConfig, distilled_from_checkpoints
 from onnxship.models.errors import ModelsError
 from onnxship.models.prune import PruneConfig, pruned_from_checkpoint
 from onnxship.models.registry import ModelFactory
-from onnxship.models.train import TrainConfig, train_from_mnist
+from onnxship.models.train import TrainConfig, trained_from_data
 from onnxship.search import SearchConfig, searched_from_checkpoints
 from onnxship.stage_run import RunContext, cached_stage, checkpoint_inputs, mnist_inputs
 
@@ -300,7 +300,7 @@ def _run_locked(
     cached_stage(
         ctx, "train", stage="train", config=train_config, inputs=train_inputs,
         outputs=[teacher_ckpt, teacher_ckpt.with_suffix(".json")],
-        produce=lambda: train_from_mnist(
+        produce=lambda: trained_from_data(
             cfg.train, teacher_ckpt, data_dir=data_dir, data=data, factory=factory,
             initial_state=cfg.model.state_dict,
         ),
