@@ -56,17 +56,11 @@ config naming options this onnxruntime lacks); a server SLO missed at every QPS 
 """
 
 
+HELP = "latency of .onnx files on an ONNX Runtime EP (also: bench compare, bench merge)"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    add_command(
-        sub,
-        "bench",
-        _add_arguments,
-        run,
-        help="latency of .onnx files on an ONNX Runtime EP (also: bench compare, bench merge)",
-        description=BENCH_DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    add_command(sub, "bench", _add_arguments, run, HELP, BENCH_DESCRIPTION, EXAMPLES)
     cmp = sub.add_parser(
         "bench-compare",
         help="B/A latency ratios of two bench results (also spelled: bench compare)",

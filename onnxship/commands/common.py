@@ -84,6 +84,27 @@ def output_file(out_dir: Path, subdir: str, filename: str) -> Path:
 DEFAULT_DIST_TIMEOUT_S = 120.0  # mirrors models.distributed.DEFAULT_TIMEOUT_S (torch-free here)
 
 
+def artifact_name(text: str) -> str:
+    """An artifact or record name: a bare name, no folders (`.onnx` dropped)."""
+    if not text or "/" in text or "\\" in text or text.startswith("."):
+        raise argparse.ArgumentTypeError(
+            f"expected an artifact name like teacher-fp32 (no folders), got {text!r}"
+        )
+    return text.removesuffix(".onnx")
+
+
+def add_artifact_names(parser: argparse.ArgumentParser, name_help: str, record: str) -> None:
+    """--name (the artifact file's name) and --record-name (its stage record's, default
+    `record`)."""
+    parser.add_argument("--name", type=artifact_name, default=None, help=name_help)
+    parser.add_argument(
+        "--record-name",
+        type=artifact_name,
+        default=record,
+        help=f"stage record name: OUT/stages/RECORD.json (default: {record})",
+    )
+
+
 def add_dist_timeout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dist-timeout",
@@ -132,10 +153,18 @@ def add_command(
     name: str,
     add_arguments: Callable[[argparse.ArgumentParser], None],
     func: Callable[[argparse.Namespace], int],
-    **kwargs: Any,
+    help: str,
+    description: str | None = None,
+    epilog: str | None = None,
+    *,
+    wrap: bool = False,
 ) -> None:
-    """Register command `name`; `add_arguments(parser)` runs when the command is used."""
-    parser = sub.add_parser(name, **kwargs)
+    """Register command `name`; `add_arguments(parser)` runs when the command is used. The
+    description and epilog are shown as written (line breaks kept), or re-wrapped if `wrap`."""
+    formatter = argparse.HelpFormatter if wrap else argparse.RawDescriptionHelpFormatter
+    parser = sub.add_parser(
+        name, help=help, description=description, epilog=epilog, formatter_class=formatter
+    )
     parser.set_defaults(func=func)
     if isinstance(parser, CommandParser):
         parser.defer(add_arguments)

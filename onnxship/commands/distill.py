@@ -45,15 +45,11 @@ checkpoints and writes). See README "Scaling up".
 """
 
 
+HELP = "distill a pruned student from its teacher (+ the no-teacher ablation)"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    add_command(
-        sub,
-        "distill",
-        _add_arguments,
-        run,
-        help="distill a pruned student from its teacher (+ the no-teacher ablation)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    add_command(sub, "distill", _add_arguments, run, HELP)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import add_data_dir, float_list, positive_int
+from onnxship.commands.common import add_command, add_data_dir, float_list, positive_int
 
 DESCRIPTION = """\
 Top-1 accuracy of an .onnx file, run in an ONNX Runtime session (no torch).
@@ -24,15 +24,21 @@ The result is deterministic: the same file, data and onnxruntime give exactly th
 """
 
 
+HELP = (
+    "top-1 (or fidelity to --reference) of an .onnx file through ONNX Runtime, on MNIST or --data"
+)
+
+EPILOG = (
+    "exit codes: 0 evaluated, 2 bad input (model file, data, metadata, shapes, "
+    "labels)\nexample: onnxship eval model.onnx --data test.npz --json eval.json"
+)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "eval",
-        help="MNIST top-1 of an .onnx file through ONNX Runtime",
-        description=DESCRIPTION,
-        epilog="exit codes: 0 evaluated, 2 bad input (model file, data, metadata, shapes, "
-        "labels)\nexample: onnxship eval model.onnx --data test.npz --json eval.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    add_command(sub, "eval", _add_arguments, run, HELP, DESCRIPTION, EPILOG)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, metavar="MODEL.onnx")
     add_data_dir(parser)
     parser.add_argument(
@@ -65,7 +71,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--json", type=Path, default=None, metavar="OUT", help="write the result as JSON"
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

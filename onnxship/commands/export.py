@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from onnxship.commands.common import (
+    add_artifact_names,
     add_command,
     add_config_flags,
     add_data_dir,
@@ -30,25 +31,11 @@ example: onnxship export runs/a/checkpoints/teacher.pt --out runs/a --name teach
 """
 
 
-def _name(text: str) -> str:
-    if not text or "/" in text or "\\" in text or text.startswith("."):
-        raise argparse.ArgumentTypeError(
-            f"expected an artifact name like teacher-fp32 (no folders), got {text!r}"
-        )
-    return text.removesuffix(".onnx")
+HELP = "checkpoint -> one checked FP32 .onnx (dynamo exporter, parity vs PyTorch)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_command(
-        sub,
-        "export",
-        _add_arguments,
-        run,
-        help="checkpoint -> one checked FP32 .onnx (dynamo exporter, parity vs PyTorch)",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    add_command(sub, "export", _add_arguments, run, HELP, DESCRIPTION, EPILOG)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,17 +45,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "checkpoint", type=Path, help="checkpoint .pt (its .json sidecar beside it)"
     )
     add_out_dir(parser)
-    parser.add_argument(
-        "--name",
-        type=_name,
-        default=None,
-        help="artifact name: writes OUT/artifacts/NAME.onnx (default: <checkpoint stem>-fp32)",
-    )
-    parser.add_argument(
-        "--record-name",
-        type=_name,
-        default="export",
-        help="stage record name: OUT/stages/RECORD.json (default: export)",
+    add_artifact_names(
+        parser,
+        "artifact name: writes OUT/artifacts/NAME.onnx (default: <checkpoint stem>-fp32)",
+        "export",
     )
     defaults = ExportConfig()
     add_config_flags(parser, defaults, "opset", "exporter", "optimize", "parity_samples")

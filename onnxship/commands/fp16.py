@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from onnxship.commands.common import (
+    add_artifact_names,
     add_command,
     add_config_flags,
     add_data_dir,
@@ -34,25 +35,11 @@ example: onnxship fp16 runs/a/artifacts/student-fp32.onnx --out runs/a --name st
 """
 
 
-def _name(text: str) -> str:
-    if not text or "/" in text or "\\" in text or text.startswith("."):
-        raise argparse.ArgumentTypeError(
-            f"expected an artifact name like student-fp16 (no folders), got {text!r}"
-        )
-    return text.removesuffix(".onnx")
+HELP = "FP32 .onnx -> FP16 .onnx (float32 I/O kept, parity vs FP32 on test data)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_command(
-        sub,
-        "fp16",
-        _add_arguments,
-        run,
-        help="FP32 .onnx -> FP16 .onnx (float32 I/O kept, parity vs FP32 on test data)",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    add_command(sub, "fp16", _add_arguments, run, HELP, DESCRIPTION, EPILOG)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,17 +47,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("model", type=Path, help="FP32 .onnx (onnxship's export or your own)")
     add_out_dir(parser)
-    parser.add_argument(
-        "--name",
-        type=_name,
-        default=None,
-        help="artifact name: OUT/artifacts/NAME.onnx (default: MODEL's stem with -fp32 -> -fp16)",
-    )
-    parser.add_argument(
-        "--record-name",
-        type=_name,
-        default="fp16",
-        help="stage record name: OUT/stages/RECORD.json (default: fp16)",
+    add_artifact_names(
+        parser,
+        "artifact name: OUT/artifacts/NAME.onnx (default: MODEL's stem with -fp32 -> -fp16)",
+        "fp16",
     )
     defaults = Fp16Config()
     add_config_flags(

@@ -5,20 +5,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from onnxship.commands.common import add_command
+
+HELP = "CI gate: per-artifact accuracy against a committed baseline, JUnit XML"
+
+DESCRIPTION = """\
+Compare each artifact's test top-1 in a manifest with a baseline file ({"artifacts":
+{"student-int8": {"test_top1": 0.985, "max_drop": 0.003}}}). An artifact fails when it is
+missing or below test_top1 - max_drop. Prints a Markdown summary; exit 0 pass, 1 any failure, 2
+bad input. Latency is not gated unless --check-latency enables the baseline's latency_ratios
+(ratios between artifacts of the same run). --require-class avx2,avx512_vnni also requires each
+baseline artifact's accuracy measured on each named CPU integer class (the manifest's
+accuracy_by_class, e.g. from `verify --record-class` on that CPU) to meet the baseline.
+"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "gate",
-        help="CI gate: per-artifact accuracy against a committed baseline, JUnit XML",
-        description="Compare each artifact's test top-1 in a manifest with a baseline file "
-        '({"artifacts": {"student-int8": {"test_top1": 0.985, "max_drop": 0.003}}}). An artifact '
-        "fails when it is missing or below test_top1 - max_drop. Prints a Markdown summary; exit "
-        "0 pass, 1 any failure, 2 bad input. Latency is not gated unless --check-latency enables "
-        "the baseline's latency_ratios (ratios between artifacts of the same run). "
-        "--require-class avx2,avx512_vnni also requires each baseline artifact's accuracy "
-        "measured on each named CPU integer class (the manifest's accuracy_by_class, e.g. from "
-        "`verify --record-class` on that CPU) to meet the baseline.",
-    )
+    add_command(sub, "gate", _add_arguments, run, HELP, DESCRIPTION, wrap=True)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", type=Path, required=True, help="DIR/manifest.json")
     parser.add_argument("--baseline", type=Path, required=True,
                         help="baseline JSON, e.g. baselines/mnist_simplecnn.json")  # fmt: skip
@@ -34,7 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help='JSON {"targets": ["<target id or integer class>", ...]}: fail '
                         "when one has no `onnxship tune` record in the manifest, or its "
                         "accuracy measured there is below the baseline")  # fmt: skip
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -42,15 +42,11 @@ split only). Prints one summary line.
 """
 
 
+HELP = "prune a checkpoint: structured (smaller dense model) or unstructured (sparse)"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    add_command(
-        sub,
-        "prune",
-        _add_arguments,
-        run,
-        help="prune a checkpoint: structured (smaller dense model) or unstructured (sparse)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    add_command(sub, "prune", _add_arguments, run, HELP)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -66,15 +66,11 @@ metadata, unknown provider, ...).
 """
 
 
+HELP = "static INT8 with calibration (ORT), accuracy budget, recipe search per target"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    add_command(
-        sub,
-        "quantize",
-        _add_arguments,
-        run,
-        help="static INT8 with calibration (ORT), accuracy budget, recipe search per target",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    add_command(sub, "quantize", _add_arguments, run, HELP)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -46,15 +46,11 @@ ranks, so the LR is not scaled; only rank 0 writes. See README "Scaling up".
 """
 
 
+HELP = "train a model from scratch on MNIST (writes a checkpoint + stages/train.json)"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    add_command(
-        sub,
-        "train",
-        _add_arguments,
-        run,
-        help="train a model from scratch on MNIST (writes a checkpoint + stages/train.json)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    add_command(sub, "train", _add_arguments, run, HELP)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,27 +7,27 @@ from pathlib import Path
 
 from onnxship.commands.common import add_command, add_config_flags, add_data_dir, config_from_args
 
+HELP = (
+    "decide on the target: re-search INT8, re-measure accuracy, pick the artifact "
+    "and session options for a scenario, record it in the bundle"
+)
+
+DESCRIPTION = """\
+Run on the target machine (needs onnxruntime, numpy and onnx; no torch). Re-runs the INT8 recipe
+search for this machine's integer class from the bundle's FP32 files and shipped calibration
+sets (new files are named ARTIFACT@TARGET and written under BUNDLE/targets/TARGET/), re-measures
+every artifact's test accuracy here, times the artifacts within the accuracy budget against
+teacher-fp32 for the scenario (block-interleaved rounds, 95%% bootstrap CIs), picks the fastest
+- the simplest artifact when the fastest is a tie within noise - tunes threads and spinning for
+it, and writes BUNDLE/targets/TARGET.json plus the manifest's targets entry. A second tune on
+the same machine replaces its own record and no other. Exit 0 done, 2 bad input (no manifest, a
+missing or altered calibration set, a newer manifest schema, a provider this onnxruntime lacks,
+an unknown scenario).
+"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_command(
-        sub,
-        "tune",
-        _add_arguments,
-        run,
-        help="decide on the target: re-search INT8, re-measure accuracy, pick the artifact "
-        "and session options for a scenario, record it in the bundle",
-        description="Run on the target machine (needs onnxruntime, numpy and onnx; no torch). "
-        "Re-runs the INT8 recipe search for this machine's integer class from the bundle's FP32 "
-        "files and shipped calibration sets (new files are named ARTIFACT@TARGET and written "
-        "under BUNDLE/targets/TARGET/), re-measures every artifact's test accuracy here, times "
-        "the artifacts within the accuracy budget against teacher-fp32 for the scenario "
-        "(block-interleaved rounds, 95%% bootstrap CIs), picks the fastest - the simplest "
-        "artifact when the fastest is a tie within noise - tunes threads and spinning for it, "
-        "and writes BUNDLE/targets/TARGET.json plus the manifest's targets entry. A second tune "
-        "on the same machine replaces its own record and no other. Exit 0 done, 2 bad input "
-        "(no manifest, a missing or altered calibration set, a newer manifest schema, a "
-        "provider this onnxruntime lacks, an unknown scenario).",
-    )
+    add_command(sub, "tune", _add_arguments, run, HELP, DESCRIPTION, wrap=True)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:

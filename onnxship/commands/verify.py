@@ -5,24 +5,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import add_data_dir, non_negative_int
+from onnxship.commands.common import add_command, add_data_dir, non_negative_int
+
+HELP = "check a bundle: contract artifacts, checksums, content vs precision, accuracy"
+
+DESCRIPTION = """\
+Check a bundle against its manifest.json: the four contract artifacts are listed; each file's
+sha256 and size match; it has no external-data references; its content matches its precision
+label (int8: quantized ops, fp16: float16 weights, fp32: neither); it loads in ONNX Runtime
+(CPU); and its test accuracy (MNIST, or the test .npz named by the manifest's dataset block)
+re-measured with the recorded settings equals the manifest exactly when this machine's CPU, ISA
+and onnxruntime match the manifest's environment - otherwise at most --max-differing test
+predictions may differ from the recorded ones. The accuracy detail names this CPU's integer
+class and the manifest's when they differ; --record-class keeps the accuracy measured here in
+the manifest (accuracy_by_class) for gate --require-class. Exit 0 if all pass, 1 if any fails
+(the failing artifacts are named), 2 on bad input. Needs only onnxruntime + numpy.
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "verify",
-        help="check a bundle: contract artifacts, checksums, content vs precision, accuracy",
-        description="Check a bundle against its manifest.json: the four contract artifacts are "
-        "listed; each file's sha256 and size match; it has no external-data references; its "
-        "content matches its precision label (int8: quantized ops, fp16: float16 weights, fp32: "
-        "neither); it loads in ONNX Runtime (CPU); and its test accuracy (MNIST, or the test .npz named by the manifest's dataset block) re-measured with "
-        "the recorded settings equals the manifest exactly when this machine's CPU, ISA and "
-        "onnxruntime match the manifest's environment - otherwise at most --max-differing test "
-        "predictions may differ from the recorded ones. The accuracy detail names this CPU's "
-        "integer class and the manifest's when they differ; --record-class keeps the accuracy "
-        "measured here in the manifest (accuracy_by_class) for gate --require-class. Exit 0 if all pass, 1 if any fails (the "
-        "failing artifacts are named), 2 on bad input. Needs only onnxruntime + numpy.",
-    )
+    add_command(sub, "verify", _add_arguments, run, HELP, DESCRIPTION, wrap=True)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, help="bundle folder holding manifest.json")
     add_data_dir(parser)
     parser.add_argument("--skip-accuracy", action="store_true",
@@ -35,7 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="write the accuracies measured here into the manifest's "
                         "accuracy_by_class under this CPU's integer class (for gate "
                         "--require-class)")  # fmt: skip
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
