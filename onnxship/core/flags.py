@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 FLAG = "flag"
 NESTED = "flags"
@@ -76,64 +78,49 @@ def nested(**flags: Flag) -> Mapping[str, Mapping[str, Flag]]:
     return {NESTED: flags}
 
 
-def positive_int(text: str) -> int:
+def _checked(
+    text: str,
+    convert: Callable[[str], T],
+    expected: str,
+    ok: Callable[[T], bool],
+    bad: str | None = None,
+) -> T:
+    """`convert(text)`, refused with "expected EXPECTED, got TEXT" when it does not convert,
+    and with "expected BAD, got VALUE" when `ok(value)` is false (BAD defaults to EXPECTED)."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {bad or expected}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _checked(text, int, "a positive integer", lambda v: v >= 1, "a positive integer (>= 1)")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+    return _checked(text, int, "an integer >= 0", lambda v: v >= 0)
 
 
 def number(text: str) -> float:
     """Any float; the library checks the range, so its message can explain the meaning."""
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    return _checked(text, float, "a number", _any_value)
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number (> 0), got {value}")
-    return value
+    return _checked(text, float, "a positive number", lambda v: v > 0, "a positive number (> 0)")
 
 
 def fraction(text: str) -> float:
     """A number in [0, 1) (budgets like --max-drop 0.003)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value}")
-    return value
+    return _checked(text, float, "a fraction in [0, 1)", lambda v: 0 <= v < 1)
 
 
 def unit_interval(text: str) -> float:
     """A number in [0, 1] (agreement thresholds like --min-agreement 0.999)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
-    return value
+    return _checked(text, float, "a fraction in [0, 1]", lambda v: 0 <= v <= 1)
 
 
 def op_types(text: str) -> tuple[str, ...]:
@@ -146,14 +133,14 @@ def op_types(text: str) -> tuple[str, ...]:
     return ops
 
 
+def _csv(text: str, convert: Callable[[str], T]) -> tuple[T, ...]:
+    """'1,64' -> (convert('1'), convert('64')); empty items skipped; ValueError propagates."""
+    return tuple(convert(v) for v in text.split(",") if v.strip())
+
+
 def int_csv(text: str) -> tuple[int, ...]:
     """'1,64' -> (1, 64), no range check (for configs that check ranges with a clearer error)."""
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers like 1,64, got {text!r}"
-        ) from None
+    return _checked(text, lambda s: _csv(s, int), "comma-separated integers like 1,64", _any_value)
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -167,25 +154,25 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 def float_csv(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
+    return _checked(text, lambda s: _csv(s, float), "comma-separated numbers", _any_value)
 
 
 def float_list(text: str) -> tuple[float, ...]:
     """'0.1307' or '0.485,0.456,0.406' -> floats, one per input channel."""
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers (one per input channel) like 0.1307, got {text!r}"
-        ) from None
+    values = _checked(
+        text,
+        lambda s: _csv(s, float),
+        "comma-separated numbers (one per input channel) like 0.1307",
+        _any_value,
+    )
     if not values:
         raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
     return values
+
+
+def _any_value(value: object) -> bool:
+    """Any value is in range."""
+    return True
 
 
 def key_value(text: str) -> tuple[str, str]:
