@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +248,22 @@ def _run_recorded(
             _remove_unvouched(ctx.path("stages", f"{record_name}.json"), outputs)
         raise
     ctx.ran.append(record_name)
+    if ranks is None or ranks.is_main:
+        artifact = _as_recorded(ctx.path("stages", f"{record_name}.json"), artifact)
     return artifact
+
+
+def _as_recorded(record_path: Path, artifact: Artifact) -> Artifact:
+    """The artifact with the stage, config and metrics its record holds (the record's config
+    is the one the cache key was made of; its metrics add the CPU's integer class), so a stage
+    that ran returns what a reused one does."""
+    record = json.loads(record_path.read_text())
+    return replace(
+        artifact,
+        stage=record["stage"],
+        config=record.get("config", {}),
+        metrics=record.get("metrics", {}),
+    )
 
 
 def _remove_unvouched(record_path: Path, outputs: Sequence[Path]) -> None:
