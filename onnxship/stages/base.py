@@ -19,8 +19,9 @@ from onnxship.core.artifact import Artifact
 from onnxship.stage_run import RunContext
 
 if TYPE_CHECKING:
+    from onnxship.models.data import DataSplits
+    from onnxship.models.registry import ModelFactory
     from onnxship.stages.config import PipelineConfig
-    from onnxship.stages.data import OwnRun
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,16 @@ class Stage:
     recorded: bool = True
     onnx: BundleOnnx | None = None
     resolve: Callable[[Run, Work], Work] | None = None
+
+
+@dataclass(frozen=True)
+class OwnRun:
+    """A user's own model and data, checked before the bundle folder is touched
+    (`stages.data.own_model_and_data`)."""
+
+    splits: DataSplits
+    factory: ModelFactory | None
+    source: Path | None  # the factory's module file: editing it invalidates the train stage
 
 
 @dataclass

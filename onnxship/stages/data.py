@@ -12,28 +12,19 @@ from __future__ import annotations
 import inspect
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from onnxship.core.artifact import Artifact, atomic_write_bytes, sha256_file
 from onnxship.core.dataset import DatasetKind
 from onnxship.errors import PipelineError
-from onnxship.models.data import DataSplits, open_data
+from onnxship.models.data import open_data
 from onnxship.models.errors import ModelsError
-from onnxship.models.registry import ModelFactory
-from onnxship.stages.base import Run, Stage, Work
+from onnxship.stages.base import OwnRun, Run, Stage, Work
 from onnxship.stages.config import PipelineConfig
 
 VAL_NPZ = "data/val.npz"
 TEST_NPZ = "data/test.npz"
-
-
-@dataclass(frozen=True)
-class OwnRun:
-    splits: DataSplits
-    factory: ModelFactory | None
-    source: Path | None  # the factory's module file: editing it invalidates the train stage
 
 
 def uses_own_data(cfg: PipelineConfig) -> bool:

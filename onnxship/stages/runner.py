@@ -65,4 +65,4 @@ def _on_main(run: Run, fn: Callable[[], T], what: str) -> T:
     ranks = run.ctx.ranks
     if ranks is None:
         return fn()
-    return ranks.on_main(fn, what=what)  # type: ignore[no-any-return]
+    return ranks.on_main(fn, what=what)
