@@ -1,11 +1,13 @@
 """Run one stage function and write its record: the seam shared by the single-stage commands
-(through `onnxship.api`) and the pipeline; and the pipeline's stage cache (`cached_stage`),
-which reuses a finished stage whose config, inputs' sha256 and onnxship version are unchanged.
+(through `onnxship.api`) and the pipeline's runner (`onnxship.stages.runner`); and the stage
+cache (`cached_stage`), which reuses a finished stage whose config, inputs' sha256 and onnxship
+version are unchanged.
 
-For the same stage on the same files both write the same record: the stage's config dataclass
-as `config` and the same `inputs` (`checkpoint_inputs`, `mnist_inputs`); the pipeline's record
-adds its `cache_key` and `onnxship_version`. Timestamps, wall time and the paths' folders
-differ; tests/test_fault_matrix.py compares the records of one bundle's stages."""
+For the same stage on the same files both write the same record: the stage's config as
+`config`, the same `inputs` (`checkpoint_inputs`, `mnist_inputs`) and the metrics of the same
+library function; the pipeline's record adds its `cache_key` and `onnxship_version`.
+Timestamps, wall time and the paths' folders differ; tests/test_fault_matrix.py compares the
+records of one bundle's stages."""
 
 from __future__ import annotations
 
