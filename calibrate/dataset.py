@@ -254,10 +254,7 @@ def check_inputs(arr: np.ndarray, spec: InputSpec, *, source: str, batch_size: i
             f"calibration data {source}: dtype {arr.dtype}, but the model expects {expected}; "
             f"convert the array to {spec.dtype} (preprocessed, not raw pixels)"
         )
-    want = spec.sample_shape()
-    if arr.ndim != len(spec.shape) or any(
-        w is not None and w != got for w, got in zip(want, arr.shape[1:], strict=False)
-    ):
+    if not spec.takes_batch_of(arr.shape):
         raise CalibrateError(
             f"calibration data {source}: shape {tuple(arr.shape)}, but the model expects "
             f"{expected} (N samples along axis 0); reshape the array to match"
@@ -580,8 +577,7 @@ def evaluation_set_from_mnist(
     if calib.train_indices is not None:
         keep &= ~np.isin(val_idx, calib.train_indices)
     x = mnist.normalize(val.images[keep], mean, std)
-    want = spec.sample_shape()
-    if any(w is not None and w != g for w, g in zip(want, x.shape[1:], strict=False)):
+    if not spec.takes_batch_of(x.shape):
         raise CalibrateError(
             f"the model's {spec.describe()} does not take MNIST images {tuple(x.shape[1:])}; "
             "measure the accuracy budget on your own data with --val-npz VAL.npz (and "

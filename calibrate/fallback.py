@@ -199,9 +199,27 @@ def fallback_to_float(
         per_tensor = {}
     sqnr = node_sqnr(candidates, per_tensor)
     ordered = sorted(candidates, key=lambda n: (sqnr[n.name] is None, sqnr[n.name] or 0.0))
-
     # 2. Measured probes: one node in float at a time.
     measured: dict[frozenset[str], tuple[Path, float]] = {}
+    sensitivity = _probe(ordered, sqnr, build, evaluate, base_excluded, probes, measured)
+    # 3. Greedy: most sensitive first, until within budget.
+    return _greedy(
+        sensitivity, build, evaluate, measured, base_excluded=base_excluded,
+        fp32_top1=fp32_top1, max_drop=max_drop, max_float_nodes=max_float_nodes, metric=metric,
+    )  # fmt: skip
+
+
+def _probe(
+    ordered: Sequence[Any],
+    sqnr: dict[str, float | None],
+    build: Callable[[Sequence[str]], Path],
+    evaluate: Callable[[Path], float],
+    base_excluded: Sequence[str],
+    probes: int,
+    measured: dict[frozenset[str], tuple[Path, float]],
+) -> list[dict[str, Any]]:
+    """Each node's sensitivity: its SQNR, and for the first `probes` (lowest SQNR first) the
+    score with that node alone in float (each measured model goes into `measured`)."""
     sensitivity: list[dict[str, Any]] = []
     for i, node in enumerate(ordered):
         top1: float | None = None
@@ -219,6 +237,24 @@ def fallback_to_float(
                 "val_top1_alone_in_float": top1,
             }
         )
+    return sensitivity
+
+
+def _greedy(
+    sensitivity: list[dict[str, Any]],
+    build: Callable[[Sequence[str]], Path],
+    evaluate: Callable[[Path], float],
+    measured: dict[frozenset[str], tuple[Path, float]],
+    *,
+    base_excluded: Sequence[str],
+    fp32_top1: float,
+    max_drop: float,
+    max_float_nodes: int,
+    metric: str,
+) -> FallbackResult:
+    """Most sensitive first (the best score alone in float, then the lowest SQNR), one more
+    node in float per step until within the budget or `max_float_nodes`; the result is the
+    first step within the budget, else the best step."""
     rank = sorted(
         sensitivity,
         key=lambda s: (
@@ -226,8 +262,6 @@ def fallback_to_float(
             s["sqnr_db"] if s["sqnr_db"] is not None else math.inf,
         ),
     )
-
-    # 3. Greedy: most sensitive first, until within budget.
     steps: list[dict[str, Any]] = []
     results: list[tuple[list[dict[str, Any]], Path, float]] = []
     for count in range(1, min(max_float_nodes, len(rank)) + 1):

@@ -41,7 +41,7 @@ import logging
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ import numpy as np
 from onnxship.core import model_meta
 from onnxship.core.artifact import Artifact, atomic_output, sha256_file
 from onnxship.core.errors import CoreError
+from onnxship.core.flags import flag, op_types, unit_interval
 from onnxship.export.checks import (
     check_onnx_file,
     check_parity_batch_sizes,
@@ -84,12 +85,22 @@ class Fp16Config:
         (parity on your own data only; 40 dB = an RMS error of 1 % of the output's RMS).
     """
 
-    keep_io_types: bool = True
-    op_block_list: tuple[str, ...] = ()
-    min_agreement: float = 0.999
+    # fmt: off
+    keep_io_types: bool = field(default=True, metadata=flag(
+        "--no-keep-io-types", "make the graph's inputs/outputs float16 too (callers must then "
+        "feed float16)", action="store_true", invert=True))
+    op_block_list: tuple[str, ...] = field(default=(), metadata=flag(
+        "--op-block-list", "op types to keep in float32, e.g. Gemm,Softmax (added to the "
+        "converter's defaults)", type=op_types, metavar="A,B"))
+    min_agreement: float = field(default=0.999, metadata=flag(
+        "--min-agreement", "argmax agreement with the FP32 model required on the parity data "
+        "(default: {default})", type=unit_interval))
     parity_samples: int = MNIST_TEST_SIZE
     parity_batch_sizes: tuple[int, ...] = (1, 1000)
-    min_sqnr_db: float = 40.0
+    min_sqnr_db: float = field(default=40.0, metadata=flag(
+        "--min-sqnr", "output SQNR vs FP32 required when the output is not class scores "
+        "(default: {default:g})", type=float, metavar="DB"))
+    # fmt: on
 
     def validate(self) -> None:
         if not (math.isfinite(self.min_agreement) and 0 <= self.min_agreement <= 1):
@@ -270,11 +281,95 @@ def fp16_from_onnx(
     import onnx
     import onnxruntime as ort
 
-    from onnxship.core.version import __version__
-
     cfg.validate()
     src_path = Path(src)
     out = Path(out_path)
+    _check_output_path(src_path, out)
+
+    source = check_onnx_file(src_path)
+    raw_meta = _source_meta(src_path, source, need_normalisation=data is None)
+    source_sha256 = sha256_file(src_path)
+    ref_session = ort_session(src_path)
+    parity_data = _ParityData.load(ref_session, data, data_dir, cfg, raw_meta)
+
+    converted, block = _convert(source, cfg)
+    ranges = _checked_ranges(source, converted, src_path)
+
+    final = _with_metadata(_topological_sort(converted), source_sha256)
+
+    reference = parity_data.run(ref_session, 1000)
+    parity_data.check_labels(reference, what=f"{src_path} on {data}")
+
+    with atomic_output(out) as tmp:
+        onnx.save_model(final, os.fspath(tmp), save_as_external_data=False)
+        checked = check_onnx_file(tmp)
+        description = describe_model(checked)
+        session = ort_session(tmp)
+        outputs = {bs: parity_data.run(session, bs) for bs in cfg.parity_batch_sizes}
+        parity_metrics, fp16_logits = parity_data.check(
+            reference, outputs, cfg, what=f"{out.name} (FP16 of {src_path.name})"
+        )
+
+    sizes = _bytes_metrics(src_path, out)
+    metrics: dict[str, Any] = {
+        "precision": "fp16",
+        "architecture": raw_meta.get(model_meta.ARCHITECTURE),
+        **_structure_metrics(checked, description, cfg, block, ranges),
+        **sizes,
+        "parity": parity_metrics,
+        "top1_on_parity_samples": parity_data.top1(reference, fp16_logits),
+        "versions": {"onnx": onnx.__version__, "onnxruntime": ort.__version__},
+    }
+    log.info(
+        "fp16 %s: %.1f %% of FP32 bytes, parity %s",
+        out,
+        100 * sizes["fp16_bytes"] / sizes["fp32_bytes"],
+        {k: v for k, v in parity_metrics.items() if not isinstance(v, dict | list)},
+    )
+    return Artifact.from_file(
+        out, stage="fp16", config=cfg, parent_sha256=source_sha256, metrics=metrics
+    )
+
+
+def _with_metadata(final: Any, source_sha256: str) -> Any:
+    """`final` with the producer, the source's sha256 and the precision in its metadata."""
+    from onnxship.core.version import __version__
+
+    model_meta.set_metadata(
+        final,
+        {
+            model_meta.PRODUCER: f"onnxship {__version__}",
+            model_meta.SOURCE_SHA256: source_sha256,
+            model_meta.PRECISION: "fp16",
+        },
+    )
+    return final
+
+
+def _bytes_metrics(src_path: Path, out: Path) -> dict[str, Any]:
+    """The FP16 file's size against the FP32 one's (a warning above the target ratio)."""
+    fp32_bytes = src_path.stat().st_size
+    fp16_bytes = out.stat().st_size
+    ratio = fp16_bytes / fp32_bytes
+    if ratio > BYTES_RATIO_TARGET:
+        log.warning(
+            "%s is %.1f %% of the FP32 file's bytes (target <= %.0f %%): float32 tensors kept "
+            "by the block list or a graph too small for weights to dominate",
+            out,
+            100 * ratio,
+            100 * BYTES_RATIO_TARGET,
+        )
+    return {
+        "fp32_bytes": fp32_bytes,
+        "fp16_bytes": fp16_bytes,
+        "bytes_ratio": round(ratio, 4),
+        "bytes_ratio_target": BYTES_RATIO_TARGET,
+        "bytes_ratio_ok": ratio <= BYTES_RATIO_TARGET,
+    }
+
+
+def _check_output_path(src_path: Path, out: Path) -> None:
+    """The output is a new file in a writable folder (stages never modify a file in place)."""
     if out.resolve() == src_path.resolve():
         raise ExportError(
             f"fp16 output {out} is its own source: stages never modify a file in place; "
@@ -288,13 +383,11 @@ def fp16_from_onnx(
     if not os.access(out.parent, os.W_OK):
         raise ExportError(f"cannot write {out}: its folder {out.parent} is not writable")
 
-    source = check_onnx_file(src_path)
-    raw_meta = _source_meta(src_path, source, need_normalisation=data is None)
-    source_sha256 = sha256_file(src_path)
-    ref_session = ort_session(src_path)
-    parity_data = _ParityData.load(ref_session, data, data_dir, cfg, raw_meta)
 
-    converted, block = _convert(source, cfg)
+def _checked_ranges(source: Any, converted: Any, src_path: Path) -> dict[str, Any]:
+    """`fp16_range_report` of the conversion; a weight beyond float16's range is an error
+    (exit 1) naming the consumers to keep in float32, one below its smallest subnormal is
+    logged."""
     ranges = fp16_range_report(source, converted)
     if ranges["overflow_values"]:
         names = {t["name"] for t in ranges["overflow_tensors"]}
@@ -316,47 +409,20 @@ def fp16_from_onnx(
             ", ".join(t["name"] for t in ranges["underflow_tensors"]),
         )
 
-    final = _topological_sort(converted)
-    model_meta.set_metadata(
-        final,
-        {
-            model_meta.PRODUCER: f"onnxship {__version__}",
-            model_meta.SOURCE_SHA256: source_sha256,
-            model_meta.PRECISION: "fp16",
-        },
-    )
+    return ranges
 
-    reference = parity_data.run(ref_session, 1000)
-    parity_data.check_labels(reference, what=f"{src_path} on {data}")
 
-    with atomic_output(out) as tmp:
-        onnx.save_model(final, os.fspath(tmp), save_as_external_data=False)
-        checked = check_onnx_file(tmp)
-        description = describe_model(checked)
-        session = ort_session(tmp)
-        outputs = {bs: parity_data.run(session, bs) for bs in cfg.parity_batch_sizes}
-        parity_metrics, fp16_logits = parity_data.check(
-            reference, outputs, cfg, what=f"{out.name} (FP16 of {src_path.name})"
-        )
+def _structure_metrics(
+    checked: Any, description: dict[str, Any], cfg: Fp16Config, block: Any, ranges: Any
+) -> dict[str, Any]:
+    """What the FP16 file holds: opset, I/O, op types, initializer dtypes, ranges."""
+    import onnx
 
-    fp32_bytes = src_path.stat().st_size
-    fp16_bytes = out.stat().st_size
-    ratio = fp16_bytes / fp32_bytes
-    if ratio > BYTES_RATIO_TARGET:
-        log.warning(
-            "%s is %.1f %% of the FP32 file's bytes (target <= %.0f %%): float32 tensors kept "
-            "by the block list or a graph too small for weights to dominate",
-            out,
-            100 * ratio,
-            100 * BYTES_RATIO_TARGET,
-        )
     op_types = Counter(node.op_type for node in checked.graph.node)
     init_dtypes = Counter(
         str(onnx.helper.tensor_dtype_to_np_dtype(i.data_type)) for i in checked.graph.initializer
     )
-    metrics: dict[str, Any] = {
-        "precision": "fp16",
-        "architecture": raw_meta.get(model_meta.ARCHITECTURE),
+    return {
         "opset": description["opset"],
         "ir_version": description["ir_version"],
         "inputs": description["inputs"],
@@ -367,24 +433,7 @@ def fp16_from_onnx(
         "initializer_dtypes": dict(sorted(init_dtypes.items())),
         "fp16_range": ranges,
         "topological_sort": "onnx_ir.passes.common.TopologicalSortPass",
-        "fp32_bytes": fp32_bytes,
-        "fp16_bytes": fp16_bytes,
-        "bytes_ratio": round(ratio, 4),
-        "bytes_ratio_target": BYTES_RATIO_TARGET,
-        "bytes_ratio_ok": ratio <= BYTES_RATIO_TARGET,
-        "parity": parity_metrics,
-        "top1_on_parity_samples": parity_data.top1(reference, fp16_logits),
-        "versions": {"onnx": onnx.__version__, "onnxruntime": ort.__version__},
     }
-    log.info(
-        "fp16 %s: %.1f %% of FP32 bytes, parity %s",
-        out,
-        100 * ratio,
-        {k: v for k, v in parity_metrics.items() if not isinstance(v, dict | list)},
-    )
-    return Artifact.from_file(
-        out, stage="fp16", config=cfg, parent_sha256=source_sha256, metrics=metrics
-    )
 
 
 # ------------------------------------------------------------------------------ parity data

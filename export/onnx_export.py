@@ -50,13 +50,14 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from onnxship.core import dataset as dataset_meta
 from onnxship.core import model_meta
 from onnxship.core.artifact import Artifact, atomic_output, require_parent_writable
+from onnxship.core.flags import flag
 from onnxship.export.checks import (
     check_onnx_file,
     check_parity_batch_sizes,
@@ -114,13 +115,24 @@ class ExportConfig:
     optimize: optional ONNX Runtime offline graph optimization of the saved file.
     """
 
-    opset: int | None = None
-    exporter: ExporterKind = ExporterKind.AUTO
+    # fmt: off
+    opset: int | None = field(default=None, metadata=flag(
+        "--opset", f"ai.onnx opset (default: {DEFAULT_OPSET}, which onnxruntime >= 1.14 loads, "
+        "so the artifact runs on older deployment targets; the installed onnxruntime must load "
+        "it)", type=int))
+    exporter: ExporterKind = field(default=ExporterKind.AUTO, metadata=flag(
+        "--exporter", "auto = dynamo, falling back to TorchScript only if dynamo fails "
+        "(default: {default})"))
     export_batch: int = 2
-    parity_samples: int = 1000
+    parity_samples: int = field(default=1000, metadata=flag(
+        "--parity-samples", "MNIST test images compared with PyTorch, 1000..10000 "
+        "(default: {default})", type=int))
     parity_batch_sizes: tuple[int, ...] = (1, 250)
     parity_atol: float = 1e-4
-    optimize: OptimizeLevel = OptimizeLevel.NONE
+    optimize: OptimizeLevel = field(default=OptimizeLevel.NONE, metadata=flag(
+        "--optimize", "save ONNX Runtime's offline-optimized graph: basic stays portable ONNX, "
+        "extended adds ORT-only fused ops (default: {default})"))
+    # fmt: on
 
     def validate(self) -> None:
         if self.opset is not None and (
@@ -482,8 +494,6 @@ def onnx_from_checkpoint(
     output, exporter failure), `ModelsError` for a checkpoint that does not match its
     architecture, and `ExportError(exit_code=1)` when the parity check fails.
     """
-    import onnx
-    import onnxruntime as ort
     import torch
 
     from onnxship.models.checkpoint import load_checkpoint
@@ -494,12 +504,55 @@ def onnx_from_checkpoint(
     resolve_opset(cfg.opset, ExporterKind.DYNAMO)  # a bad --opset fails before the export
     model, meta = load_checkpoint(src)
     model.eval()
-    num_classes = len(meta.class_labels)
     example = torch.zeros(cfg.export_batch, *meta.input_shape, dtype=torch.float32)
+    exported = _exported_proto(model, meta, example, cfg)
+
+    x, _labels = parity_inputs(meta, data, data_dir, cfg.parity_samples)
+    reference = _torch_logits(model, x)
+    checked, description, parity = _write_checked(
+        exported.proto, out, cfg, x, reference, what=f"{out.name} (export of {Path(src).name})"
+    )
+    metrics = _export_metrics(meta, cfg, exported, checked, description, parity)
+    if metrics["batchnorm_nodes"]:
+        log.warning(
+            "%s still has %d BatchNormalization node(s): the exporter did not fold them",
+            out,
+            metrics["batchnorm_nodes"],
+        )
+    log.info(
+        "exported %s with %s at opset %d in %.1f s; parity max |dlogit| %.2e",
+        out,
+        exported.exporter,
+        exported.opset,
+        exported.wall_s,
+        parity.max_abs_logit_diff,
+    )
+    return Artifact.from_file(
+        out,
+        stage="export",
+        config=cfg,
+        parent_sha256=meta.weights_sha256,
+        metrics=metrics,
+    )
+
+
+@dataclass(frozen=True)
+class _Exported:
+    proto: Any
+    exporter: str
+    opset: int
+    fallback_reason: str | None
+    wall_s: float
+
+
+def _exported_proto(model: Any, meta: Any, example: Any, cfg: ExportConfig) -> _Exported:
+    """The exporters run (`_run_exporters`), the interface checked, the metadata and a
+    description set, and the size held under protobuf's limit."""
+    import torch
 
     proto, exporter, opset, fallback_reason, export_wall_s = _run_exporters(model, example, cfg)
     _require_interface(
-        proto, num_classes=num_classes, exporter=exporter, input_shape=meta.input_shape
+        proto, num_classes=len(meta.class_labels), exporter=exporter, input_shape=meta.input_shape
     )
     model_meta.set_metadata(proto, _metadata(meta, source_sha256=meta.weights_sha256))
     proto.doc_string = (
@@ -511,9 +564,16 @@ def onnx_from_checkpoint(
             f"{meta.arch} is {proto.ByteSize()} bytes as ONNX, over protobuf's 2 GB limit for "
             "one self-contained file; onnxship ships single-file models only"
         )
+    return _Exported(proto, exporter, opset, fallback_reason, export_wall_s)
 
-    x, _labels = parity_inputs(meta, data, data_dir, cfg.parity_samples)
-    reference = _torch_logits(model, x)
+
+def _write_checked(
+    proto: Any, out: Path, cfg: ExportConfig, x: Any, reference: Any, *, what: str
+) -> tuple[Any, dict[str, Any], Any]:
+    """Write `proto` to `out` (atomic; optimised when configured), check it and require parity
+    with the PyTorch logits `reference` on `x`; return the checked model, its description and
+    the parity result. Nothing is left at `out` when a check fails."""
+    import onnx
 
     with atomic_output(out) as tmp:
         onnx.save_model(proto, os.fspath(tmp), save_as_external_data=False)
@@ -536,23 +596,37 @@ def onnx_from_checkpoint(
             session=ort_session(tmp),
         )
         parity.require(
-            what=f"{out.name} (export of {Path(src).name})",
+            what=what,
             atol=cfg.parity_atol,
             min_agreement=1.0,
             fix="the exported graph computes something else than the PyTorch model; try "
             "--exporter torchscript or another --opset, and report the checkpoint",
         )
+    return checked, description, parity
+
+
+def _export_metrics(
+    meta: Any,
+    cfg: ExportConfig,
+    exported: _Exported,
+    checked: Any,
+    description: dict[str, Any],
+    parity: Any,
+) -> dict[str, Any]:
+    import onnx
+    import onnxruntime as ort
+    import torch
 
     op_types = Counter(node.op_type for node in checked.graph.node)
     low, high = ort_opset_range()
-    metrics: dict[str, Any] = {
+    return {
         "precision": "fp32",
         "architecture": meta.arch,
         "widths": dict(meta.widths),
-        "exporter": exporter,
+        "exporter": exported.exporter,
         "exporter_requested": cfg.exporter.value,
-        "exporter_fallback_reason": fallback_reason,
-        "opset": opset,
+        "exporter_fallback_reason": exported.fallback_reason,
+        "opset": exported.opset,
         "opset_requested": cfg.opset,
         "ort_opset_range": [low, high],
         "ir_version": description["ir_version"],
@@ -562,7 +636,7 @@ def onnx_from_checkpoint(
         "batchnorm_nodes": op_types.get("BatchNormalization", 0),
         "op_types": dict(sorted(op_types.items())),
         "optimize_level": cfg.optimize.value,
-        "export_wall_s": round(export_wall_s, 3),
+        "export_wall_s": round(exported.wall_s, 3),
         "parity": parity.to_metrics(),
         "versions": {
             "torch": torch.__version__,
@@ -570,24 +644,3 @@ def onnx_from_checkpoint(
             "onnxruntime": ort.__version__,
         },
     }
-    if metrics["batchnorm_nodes"]:
-        log.warning(
-            "%s still has %d BatchNormalization node(s): the exporter did not fold them",
-            out,
-            metrics["batchnorm_nodes"],
-        )
-    log.info(
-        "exported %s with %s at opset %d in %.1f s; parity max |dlogit| %.2e",
-        out,
-        exporter,
-        opset,
-        export_wall_s,
-        parity.max_abs_logit_diff,
-    )
-    return Artifact.from_file(
-        out,
-        stage="export",
-        config=cfg,
-        parent_sha256=meta.weights_sha256,
-        metrics=metrics,
-    )

@@ -38,6 +38,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from onnxship.core.artifact import Artifact, sha256_file
+from onnxship.core.flags import (
+    Flag,
+    flag,
+    nested,
+    non_negative_int,
+    number,
+    positive_float,
+    positive_int,
+)
 from onnxship.models import distributed
 from onnxship.models.checkpoint import (
     CheckpointMeta,
@@ -96,10 +105,22 @@ class DistillConfig:
     run online cost 2.5x the time for no gain (98.91 % at 6 epochs).
     """
 
-    temperature: float = 2.0
-    alpha: float = 0.5
-    sgd: SgdConfig = field(default_factory=lambda: DEFAULT_DISTILL_SGD)
-    seed: int = 0
+    # fmt: off
+    temperature: float = field(default=2.0, metadata=flag(
+        "--temperature", "softmax temperature, > 0 (default: {default:g})", type=number,
+        metavar="T"))
+    alpha: float = field(default=0.5, metadata=flag(
+        "--alpha", "weight of the teacher term in [0, 1] (default: {default:g})", type=number))
+    sgd: SgdConfig = field(default_factory=lambda: DEFAULT_DISTILL_SGD, metadata=nested(
+        epochs=Flag("--epochs", "epochs of each run (KD and ablation), fractions allowed "
+                    "(default: {default:g})", type=positive_float),
+        lr=Flag("--lr", "peak learning rate, OneCycle (default: {default:g})",
+                type=positive_float),
+        batch_size=Flag("--batch-size", "mini-batch size (default: {default})",
+                        type=positive_int)))
+    seed: int = field(default=0, metadata=flag(
+        "--seed", "batch-order seed (default: {default})", type=non_negative_int))
+    # fmt: on
 
     def validate(self) -> None:
         if isinstance(self.temperature, bool) or not (

@@ -142,25 +142,8 @@ def train_sgd(
             f"the global batch, split across ranks; pass --batch-size >= {ranks.world_size}"
         )
     net = distributed.wrap(model, ranks, device)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov and cfg.momentum > 0,
-        weight_decay=cfg.weight_decay,
-    )
     steps = total_steps(x.shape[0], cfg)
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None
-    if cfg.schedule is LrSchedule.ONECYCLE:
-        # OneCycleLR divides by (pct_start * total_steps - 1): 0.25 of 4 steps would be 0.
-        pct_start = 0.25 if steps != 4 else 0.3
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=pct_start
-        )
-    elif cfg.schedule is LrSchedule.COSINE:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    else:
-        scheduler = None
+    optimizer, scheduler = _optimizer(model, cfg, steps)
     use_scaler = amp is AmpMode.FP16 and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     autocast_dtype = {AmpMode.FP16: torch.float16, AmpMode.BF16: torch.bfloat16}.get(amp)
@@ -186,25 +169,11 @@ def train_sgd(
                 if ranks.enabled:
                     xb, yb, weight = _local_part(xb, yb, ranks)
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                if autocast_dtype is not None:
-                    with torch.autocast(device_type=device.type, dtype=autocast_dtype):
-                        loss = loss_fn(net(xb), xb, yb)
-                else:
-                    loss = loss_fn(net(xb), xb, yb)
-                if ranks.enabled:
-                    # DDP averages gradients over the ranks; weighting each rank's mean loss by
-                    # world * local_n / global_n makes that average the global batch mean's.
-                    loss = loss * weight
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
+                loss = _sgd_step(
+                    net, xb, yb, weight, loss_fn=loss_fn, optimizer=optimizer,
+                    scheduler=scheduler, scaler=scaler, autocast_dtype=autocast_dtype,
+                    device=device, ranks=ranks,
+                )  # fmt: skip
                 step += 1
                 if step % 50 == 0 or step == steps:
                     loss_value = float(loss.detach())
@@ -214,6 +183,69 @@ def train_sgd(
                 bar.update(1)
     model.eval()
     return {"steps": float(steps), "final_loss": loss_value}
+
+
+def _optimizer(
+    model: nn.Module, cfg: SgdConfig, steps: int
+) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LRScheduler | None]:
+    """SGD with the config's momentum and weight decay, and its learning-rate schedule over
+    `steps` optimiser steps (None: a constant rate)."""
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    if cfg.schedule is LrSchedule.ONECYCLE:
+        # OneCycleLR divides by (pct_start * total_steps - 1): 0.25 of 4 steps would be 0.
+        pct_start = 0.25 if steps != 4 else 0.3
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=pct_start
+        )
+    elif cfg.schedule is LrSchedule.COSINE:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    else:
+        scheduler = None
+    return optimizer, scheduler
+
+
+def _sgd_step(
+    net: nn.Module,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    weight: float,
+    *,
+    loss_fn: LossFn,
+    optimizer: torch.optim.SGD,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    scaler: torch.amp.GradScaler | None,
+    autocast_dtype: torch.dtype | None,
+    device: torch.device,
+    ranks: distributed.Ranks,
+) -> torch.Tensor:
+    """One optimiser step on the batch (this rank's part of it); returns the batch's loss."""
+    optimizer.zero_grad(set_to_none=True)
+    if autocast_dtype is not None:
+        with torch.autocast(device_type=device.type, dtype=autocast_dtype):
+            loss = loss_fn(net(xb), xb, yb)
+    else:
+        loss = loss_fn(net(xb), xb, yb)
+    if ranks.enabled:
+        # DDP averages gradients over the ranks; weighting each rank's mean loss by
+        # world * local_n / global_n makes that average the global batch mean's.
+        loss = loss * weight
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return loss
 
 
 def _local_part(

@@ -22,7 +22,7 @@ from typing import Any
 
 from onnxship import __version__
 from onnxship.commands import COMMAND_MODULES
-from onnxship.commands.common import resolve_user_paths
+from onnxship.commands.common import CommandParser, resolve_user_paths
 
 EPILOG = """\
 pipeline:  train -> export(teacher) -> prune -> distill -> export(student) -> quantize (INT8)
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log debug output and show tracebacks"
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"onnxship.commands.{name}")
         module.register(sub)

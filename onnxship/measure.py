@@ -180,41 +180,8 @@ def eval_results(
     """Measure every artifact's test top-1 and write `out` (results/eval.json) and every
     argmax to `preds_path`, so `onnxship verify` on another CPU can count differing
     predictions."""
-    import numpy as np
-
-    from onnxship.core.artifact import atomic_output, sha256_file
-    from onnxship.runtime_bench.accuracy import evaluate_npz, evaluate_onnx
-
-    results: dict[str, Any] = {}
-    predictions: dict[str, Any] = {}
-    for name, path in onnx_paths.items():
-        if data_npz is not None:
-            results[name] = evaluate_npz(
-                path,
-                data_npz,
-                batch_size=settings.batch_size,
-                provider=settings.provider,
-                return_predictions=True,
-            )
-        else:
-            results[name] = evaluate_onnx(
-                path,
-                data_dir=data_dir,
-                split="test",
-                batch_size=settings.batch_size,
-                provider=settings.provider,
-                return_predictions=True,
-            )
-        predictions[name] = results[name].pop("predictions").astype(np.int32)
-    with atomic_output(preds_path) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, **predictions)
-    preds_sha = sha256_file(preds_path)
-    for name in results:
-        results[name]["predictions"] = {
-            "path": f"results/{PREDICTIONS_FILE}",
-            "key": name,
-            "sha256": preds_sha,
-        }
+    results, predictions = _evaluated(onnx_paths, settings, data_dir, data_npz)
+    _write_predictions(preds_path, predictions, results)
     atomic_write_json(
         out,
         {
@@ -253,6 +220,61 @@ def eval_stage(
         ),
     )
     return _load_json(out)
+
+
+def _evaluated(
+    onnx_paths: Mapping[str, Path],
+    settings: EvalSettings,
+    data_dir: str | None,
+    data_npz: Path | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each artifact's accuracy record and its predictions (int32 argmax per sample)."""
+    import numpy as np
+
+    from onnxship.runtime_bench.accuracy import evaluate_npz, evaluate_onnx
+
+    results: dict[str, Any] = {}
+    predictions: dict[str, Any] = {}
+    for name, path in onnx_paths.items():
+        if data_npz is not None:
+            results[name] = evaluate_npz(
+                path,
+                data_npz,
+                batch_size=settings.batch_size,
+                provider=settings.provider,
+                return_predictions=True,
+            )
+        else:
+            results[name] = evaluate_onnx(
+                path,
+                data_dir=data_dir,
+                split="test",
+                batch_size=settings.batch_size,
+                provider=settings.provider,
+                return_predictions=True,
+            )
+        predictions[name] = results[name].pop("predictions").astype(np.int32)
+    return results, predictions
+
+
+def _write_predictions(
+    preds_path: Path, predictions: Mapping[str, Any], results: dict[str, Any]
+) -> None:
+    """Every argmax, so `onnxship verify` on another CPU can count differing predictions;
+    each result names the file, its key and its sha256."""
+    import numpy as np
+
+    from onnxship.core.artifact import atomic_output, sha256_file
+
+    with atomic_output(preds_path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **predictions)
+    preds_sha = sha256_file(preds_path)
+    for name in results:
+        results[name]["predictions"] = {
+            "path": f"results/{PREDICTIONS_FILE}",
+            "key": name,
+            "sha256": preds_sha,
+        }
 
 
 def bench_providers(requested: tuple[str, ...]) -> tuple[list[str], list[ProviderProbe]]:

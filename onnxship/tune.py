@@ -43,6 +43,7 @@ from typing import Any
 
 from onnxship.core.artifact import atomic_output, atomic_write_json, sha256_file
 from onnxship.core.errors import OnnxshipError
+from onnxship.core.flags import flag, fraction, int_csv, positive_float
 from onnxship.core.version import __version__
 from onnxship.errors import PipelineError
 from onnxship.manifest import read_manifest
@@ -67,12 +68,25 @@ class TuneConfig:
       bound is >= this.
     """
 
-    provider: str = "cpu"
-    scenario: str = "single-stream"
-    batch_sizes: tuple[int, ...] = (1, 64)
-    budget_s: float = 40.0
-    max_drop: float | None = None
-    requantize: bool = True
+    # fmt: off
+    provider: str = field(default="cpu", metadata=flag(
+        "--provider", "EP to tune for: cpu, cuda or an ONNX Runtime EP name (default {default})"))
+    scenario: str = field(default="single-stream", metadata=flag(
+        "--scenario", "single-stream (batch 1 p50 latency, default) or offline (throughput at "
+        "the best of --batch-sizes)"))
+    batch_sizes: tuple[int, ...] = field(default=(1, 64), metadata=flag(
+        "--batch-sizes", "batch sizes the offline scenario chooses from (default {default})",
+        type=int_csv))
+    budget_s: float = field(default=40.0, metadata=flag(
+        "--budget-s", "seconds for timing (artifacts, then session options; default "
+        "{default:g})", type=positive_float))
+    max_drop: float | None = field(default=None, metadata=flag(
+        "--max-drop", "accuracy budget vs teacher-fp32 measured here (default: the bundle's)",
+        type=fraction))
+    requantize: bool = field(default=True, metadata=flag(
+        "--no-requantize", "choose among the bundle's files only (no INT8 search here)",
+        action="store_true", invert=True))
+    # fmt: on
     option_margin: float = 1.05
     ci_level: float = 0.95
     threads: tuple[int, ...] = ()  # () = 1 .. this machine's usable cores

@@ -212,9 +212,7 @@ def check_data(
             )
         x = inputs[spec.name]
         want = spec.sample_shape()
-        if x.ndim != len(spec.shape) or any(
-            w is not None and w != g for w, g in zip(want, x.shape[1:], strict=False)
-        ):
+        if not spec.takes_batch_of(x.shape):
             raise BenchError(
                 f"{source}: array for input '{spec.name}' has shape {list(x.shape)} "
                 f"(per sample {list(x.shape[1:])}), but the model's {spec.describe()} takes "

@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,15 +35,27 @@ import numpy as np
 
 from onnxship.core.artifact import jsonable, sha256_file, utc_now
 from onnxship.core.env import capture_environment, machine_fingerprint, usable_cores
+from onnxship.core.flags import (
+    dim_value,
+    flag,
+    int_csv,
+    key_value,
+    non_negative_int,
+    number,
+    positive_float,
+    positive_int,
+)
 from onnxship.runtime_bench.errors import BenchError
 from onnxship.runtime_bench.inputs import check_batch_size, input_specs, load_npz, make_feeds
 from onnxship.runtime_bench.latency import row_stats
+from onnxship.runtime_bench.results import REQUIRED_ROW_KEYS
 from onnxship.runtime_bench.session import (
     CUDA_EP,
     GraphOptimization,
     SessionConfig,
     SessionHandle,
     create_session,
+    inference_failed,
     resolve_provider,
 )
 from onnxship.runtime_bench.timing import ModelTiming, TimingConfig, TimingResult, time_blocks
@@ -53,12 +65,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 TOOL = "onnxship bench"
 # Keys every result row has (the pipeline and `bench compare/merge` rely on them).
-ROW_KEYS = (
-    "model", "model_name", "model_sha256", "provider", "provider_options", "batch_size",
-    "threads", "spinning", "warmup", "iterations", "session_create_ms", "first_run_ms",
-    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "throughput_per_s",
-    "nodes_per_provider",
-)  # fmt: skip
+ROW_KEYS = REQUIRED_ROW_KEYS
 # Iteration cap when only a time budget is given.
 BUDGET_ONLY_ITERATIONS = 10_000_000
 
@@ -82,21 +89,48 @@ class BenchConfig:
     dim_values: sizes of symbolic dimensions other than the batch, e.g. (("seq", 128),).
     """
 
-    provider: str = "cpu"
-    batch_sizes: tuple[int, ...] = (1, 64)
-    threads: int = 1
-    warmup: int = 10
-    iterations: int = 100
-    time_budget_s: float | None = None
-    spinning: bool = True
-    graph_optimization: GraphOptimization = GraphOptimization.ALL
-    provider_options: tuple[tuple[str, str], ...] = ()
-    io_binding: bool = True
-    cuda_graph: bool = False
-    npz: Path | None = None
-    dim_values: tuple[tuple[str, int], ...] = ()
-    seed: int = 0
-    progress: bool = True
+    # fmt: off
+    provider: str = field(default="cpu", metadata=flag(
+        "--provider", "cpu (CPUExecutionProvider), cuda (CUDAExecutionProvider) or any ORT EP "
+        "name; never falls back silently (default: {default})"))
+    batch_sizes: tuple[int, ...] = field(default=(1, 64), metadata=flag(
+        "--batch-sizes", "comma-separated batch sizes, each >= 1 (default: {default})",
+        type=int_csv, metavar="1,64"))
+    threads: int = field(default=1, metadata=flag(
+        "--threads", "intra-op threads (0 = ORT default: one per physical core; default: "
+        "{default}); more than the usable cores is allowed, warned about and recorded",
+        type=non_negative_int))
+    warmup: int = field(default=10, metadata=flag(
+        "--warmup", "untimed runs per batch size (default: {default})", type=non_negative_int))
+    iterations: int = field(default=100, metadata=flag(
+        "--iterations", "timed runs per batch size (default: {default}; with --time-budget, a "
+        "cap)", type=positive_int, default=None))
+    time_budget_s: float | None = field(default=None, metadata=flag(
+        "--time-budget", "stop timing a batch size after S seconds (at least one timed run)",
+        type=positive_float, metavar="S"))
+    spinning: bool = field(default=True, metadata=flag(
+        "--no-spinning", "worker threads sleep instead of busy-waiting", action="store_true",
+        invert=True))
+    graph_optimization: GraphOptimization = field(default=GraphOptimization.ALL, metadata=flag(
+        "--graph-opt", "ORT graph optimisation level (default: {default})"))
+    provider_options: tuple[tuple[str, str], ...] = field(default=(), metadata=flag(
+        "--provider-option", "an EP option, e.g. device_id=0 (repeatable); recorded in the "
+        "results", type=key_value, action="append", metavar="KEY=VALUE"))
+    io_binding: bool = field(default=True, metadata=flag(
+        "--no-io-binding", "CUDA: skip the device-resident (IO binding) measurement",
+        action="store_true", invert=True))
+    cuda_graph: bool = field(default=False, metadata=flag(
+        "--cuda-graph", "CUDA: also measure with CUDA graph capture", action="store_true"))
+    npz: Path | None = field(default=None, metadata=flag(
+        "--npz", "real inputs: an .npz with one array per input name", type=Path))
+    dim_values: tuple[tuple[str, int], ...] = field(default=(), metadata=flag(
+        "--dim", "size of a symbolic input dimension other than the batch (repeatable)",
+        type=dim_value, action="append", metavar="NAME=N"))
+    seed: int = field(default=0, metadata=flag(
+        "--seed", "seed of the random inputs (default: {default})", type=int))
+    progress: bool = field(default=True, metadata=flag(
+        "--no-progress", "no progress bar on stderr", action="store_true", invert=True))
+    # fmt: on
     # interleaved timing only (`benchmark_models_interleaved`): calls per model per round, the
     # first untimed (see `runtime_bench.timing`); 1 = call by call
     interleave_block: int = 1
@@ -105,7 +139,9 @@ class BenchConfig:
     session: SessionConfig | None = None
     # the engine's statistics: CI level, early stop once every CI half-width / value is below
     # target_rel_ci (only with a time budget), the statistic ratios use
-    ci_level: float = 0.95
+    ci_level: float = field(default=0.95, metadata=flag(
+        "--ci-level", "confidence level of every CI, in (0, 1) (default: {default})",
+        type=number, metavar="L"))  # fmt: skip
     target_rel_ci: float = 0.05
     statistic: str = "p50"
     # interleaved timing: the model (file stem) every ratio is taken against; None = no ratios
@@ -256,17 +292,25 @@ def _device_id(cfg: BenchConfig) -> int:
         raise BenchError(f"provider option device_id must be an integer, got {value!r}") from None
 
 
-def _bind_on_device(handle: SessionHandle, feeds: Mapping[str, np.ndarray], device_id: int) -> Any:
-    """IO binding with inputs copied to the GPU once; outputs allocated on the GPU by ORT."""
+def _bind_inputs_on_device(
+    binding: Any, feeds: Mapping[str, np.ndarray], device_id: int
+) -> list[Any]:
+    """Copy each input to the GPU once and bind it; the returned OrtValues keep them alive."""
     import onnxruntime as ort
 
-    sess = handle.session
-    binding = sess.io_binding()
     keep = []
     for name, array in feeds.items():
         value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", device_id)
         keep.append(value)
         binding.bind_ortvalue_input(name, value)
+    return keep
+
+
+def _bind_on_device(handle: SessionHandle, feeds: Mapping[str, np.ndarray], device_id: int) -> Any:
+    """IO binding with inputs copied to the GPU once; outputs allocated on the GPU by ORT."""
+    sess = handle.session
+    binding = sess.io_binding()
+    keep = _bind_inputs_on_device(binding, feeds, device_id)
     for out in sess.get_outputs():
         binding.bind_output(out.name, "cuda", device_id)
     binding.synchronize_inputs()
@@ -294,11 +338,7 @@ def _bench_cuda_graph(
     )
     sess = handle.session
     binding = sess.io_binding()
-    keep = []
-    for name, array in feeds.items():
-        value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", device_id)
-        keep.append(value)
-        binding.bind_ortvalue_input(name, value)
+    keep = _bind_inputs_on_device(binding, feeds, device_id)  # noqa: F841  (alive while timed)
     outputs = []
     for out, ref in zip(sess.get_outputs(), reference, strict=True):
         value = ort.OrtValue.ortvalue_from_numpy(np.zeros_like(ref), "cuda", device_id)
@@ -437,10 +477,7 @@ def _benchmark_model(
         try:
             first = _first_run_ms(host_run)
         except Exception as exc:
-            raise BenchError(
-                f"{path}: inference failed at batch size {batch_size} on {handle.provider}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-            ) from exc
+            raise inference_failed(path, batch_size, handle.provider, exc) from exc
         timed = _measure(host_run, cfg)
         io = IoMode.END_TO_END if is_cuda else IoMode.HOST
         rows.append(
@@ -533,11 +570,7 @@ def _interleaved_fns(
         try:
             first[key] = _first_run_ms(fns[key])
         except Exception as exc:
-            text = str(exc).strip()
-            raise BenchError(
-                f"{path}: inference failed at batch size {batch_size} on {handle.provider}: "
-                f"{text.splitlines()[0] if text else type(exc).__name__}"
-            ) from exc
+            raise inference_failed(path, batch_size, handle.provider, exc) from exc
     return fns, feeds, first
 
 

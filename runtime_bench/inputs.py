@@ -73,6 +73,14 @@ class InputSpec:
         """Shape of one sample (without the batch axis); None where the dim is symbolic."""
         return tuple(d if isinstance(d, int) else None for d in self.shape[1:])
 
+    def takes_batch_of(self, shape: tuple[int, ...]) -> bool:
+        """Whether an array of `shape` (samples along axis 0) fits this input: same rank, and
+        every fixed dimension after the batch axis equal."""
+        want = self.sample_shape()
+        return len(shape) == len(self.shape) and all(
+            w is None or w == got for w, got in zip(want, shape[1:], strict=True)
+        )
+
 
 def ort_type_of(elem_type_name: str) -> str:
     """ONNX `TensorProto.DataType` name (e.g. "FLOAT") -> ORT type string ("tensor(float)")."""

@@ -346,55 +346,12 @@ def compare(
     A significant difference under noise_floor * A's p50 is still called noise: the relative
     floor covers drift between runs (other tenants, frequency), which no single run can see.
     Rows measured under different fingerprints (machine, EP, threads, spinning) are marked."""
-    if not 0 <= noise_floor < 1:
-        raise BenchError(f"noise floor must be a fraction in [0, 1), got {noise_floor}")
-    if not 0 < alpha < 1:
-        raise BenchError(f"significance level must be in (0, 1), got {alpha}")
-    for doc, name in ((a, a_name), (b, b_name)):
-        if doc.get("tool") == "onnxship bench merge":
-            raise BenchError(
-                f"{name} is a merged table (onnxship bench merge); compare takes two results "
-                "of `onnxship bench --json`"
-            )
+    _check_compare_inputs(a, b, a_name, b_name, noise_floor, alpha)
     ia, ib = _index(a, a_name), _index(b, b_name)
-    rows = []
-    for key in [k for k in ia if k in ib]:
-        ra, rb = ia[key], ib[key]
-        pa, pb = float(ra["p50_ms"]), float(rb["p50_ms"])
-        sig = _significance(ra, rb, alpha)
-        spread = max(_spread(ra), _spread(rb)) if sig["method"] == "iqr" else 0.0
-        noise_ms = max(spread, noise_floor * pa)
-        delta = pb - pa
-        few_rounds = sig["method"] == "mann-whitney-u" and sig["significant"] is None
-        if few_rounds or min(int(ra["iterations"]), int(rb["iterations"])) < MIN_COMPARE_ITERATIONS:
-            verdict = "too few runs"
-        elif sig["significant"] is False or abs(delta) <= noise_ms:
-            verdict = "noise"
-        else:
-            verdict = "faster" if delta < 0 else "slower"
-        fp_a, fp_b = row_fingerprint(a, ra), row_fingerprint(b, rb)
-        fp_diff = fingerprint_diff(fp_a, fp_b) if fp_a and fp_b else None
-        ta, tb = float(ra["throughput_per_s"]), float(rb["throughput_per_s"])
-        rows.append(
-            {
-                "model_name": key[0],
-                "batch_size": key[1],
-                "provider": key[2],
-                "io": key[3],
-                "a_p50_ms": pa,
-                "b_p50_ms": pb,
-                "ratio_p50": pb / pa if pa > 0 else math.inf,
-                "ratio_throughput": tb / ta if ta > 0 else math.inf,
-                "delta_ms": delta,
-                "noise_ms": noise_ms,
-                "verdict": verdict,
-                "significance": sig,
-                "same_model": ra.get("model_sha256") == rb.get("model_sha256"),
-                # None: a file without fingerprints (older onnxship); {}: same conditions
-                "fingerprint_diff": fp_diff,
-                "across_fingerprints": bool(fp_diff),
-            }
-        )
+    rows = [
+        _compared_row(a, b, key, ia[key], ib[key], noise_floor=noise_floor, alpha=alpha)
+        for key in [k for k in ia if k in ib]
+    ]
     env_a, env_b = a.get("environment", {}), b.get("environment", {})
     env_diff = {
         k: [env_a.get(k), env_b.get(k)] for k in ENV_KEYS_COMPARED if env_a.get(k) != env_b.get(k)
@@ -409,6 +366,72 @@ def compare(
         "across_fingerprints": any(r["across_fingerprints"] for r in rows),
         "noise_floor": noise_floor,
         "alpha": alpha,
+    }
+
+
+def _check_compare_inputs(
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    a_name: str,
+    b_name: str,
+    noise_floor: float,
+    alpha: float,
+) -> None:
+    if not 0 <= noise_floor < 1:
+        raise BenchError(f"noise floor must be a fraction in [0, 1), got {noise_floor}")
+    if not 0 < alpha < 1:
+        raise BenchError(f"significance level must be in (0, 1), got {alpha}")
+    for doc, name in ((a, a_name), (b, b_name)):
+        if doc.get("tool") == "onnxship bench merge":
+            raise BenchError(
+                f"{name} is a merged table (onnxship bench merge); compare takes two results "
+                "of `onnxship bench --json`"
+            )
+
+
+def _compared_row(
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    key: tuple[Any, ...],
+    ra: Mapping[str, Any],
+    rb: Mapping[str, Any],
+    *,
+    noise_floor: float,
+    alpha: float,
+) -> dict[str, Any]:
+    """One pair of rows (`key`: model, batch, EP, io): B/A ratios, significance, verdict."""
+    pa, pb = float(ra["p50_ms"]), float(rb["p50_ms"])
+    sig = _significance(ra, rb, alpha)
+    spread = max(_spread(ra), _spread(rb)) if sig["method"] == "iqr" else 0.0
+    noise_ms = max(spread, noise_floor * pa)
+    delta = pb - pa
+    few_rounds = sig["method"] == "mann-whitney-u" and sig["significant"] is None
+    if few_rounds or min(int(ra["iterations"]), int(rb["iterations"])) < MIN_COMPARE_ITERATIONS:
+        verdict = "too few runs"
+    elif sig["significant"] is False or abs(delta) <= noise_ms:
+        verdict = "noise"
+    else:
+        verdict = "faster" if delta < 0 else "slower"
+    fp_a, fp_b = row_fingerprint(a, ra), row_fingerprint(b, rb)
+    fp_diff = fingerprint_diff(fp_a, fp_b) if fp_a and fp_b else None
+    ta, tb = float(ra["throughput_per_s"]), float(rb["throughput_per_s"])
+    return {
+        "model_name": key[0],
+        "batch_size": key[1],
+        "provider": key[2],
+        "io": key[3],
+        "a_p50_ms": pa,
+        "b_p50_ms": pb,
+        "ratio_p50": pb / pa if pa > 0 else math.inf,
+        "ratio_throughput": tb / ta if ta > 0 else math.inf,
+        "delta_ms": delta,
+        "noise_ms": noise_ms,
+        "verdict": verdict,
+        "significance": sig,
+        "same_model": ra.get("model_sha256") == rb.get("model_sha256"),
+        # None: a file without fingerprints (older onnxship); {}: same conditions
+        "fingerprint_diff": fp_diff,
+        "across_fingerprints": bool(fp_diff),
     }
 
 

@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,15 @@ import numpy as np
 
 from onnxship.core.artifact import jsonable, sha256_file, utc_now
 from onnxship.core.env import capture_environment, machine_fingerprint
+from onnxship.core.flags import flag, float_csv, number, positive_float, positive_int
 from onnxship.runtime_bench.errors import BenchError
 from onnxship.runtime_bench.inputs import check_batch_size, load_npz, make_feeds
-from onnxship.runtime_bench.session import SessionConfig, SessionHandle, create_session
+from onnxship.runtime_bench.session import (
+    SessionConfig,
+    SessionHandle,
+    create_session,
+    inference_failed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +82,27 @@ class ScenarioConfig:
     step_s: server: a QPS step also lasts at least this long (more queries at high QPS).
     """
 
-    scenario: Scenario = Scenario.SINGLE_STREAM
+    # fmt: off
+    scenario: Scenario = field(default=Scenario.SINGLE_STREAM, metadata=flag(
+        "--scenario", "single-stream | offline | server (default: none, the latency table above)",
+        metavar="S", default=None))
     provider: str = "cpu"
     session: SessionConfig = SessionConfig()
     batch_sizes: tuple[int, ...] = (1, 64)
-    slo_ms: float = 5.0
-    concurrency: int = 1
-    qps: tuple[float, ...] = ()
-    budget_s: float = 30.0
+    slo_ms: float = field(default=5.0, metadata=flag(
+        "--slo-ms", "server: p99 latency bound in ms, > 0 (default: {default:g})", type=number,
+        metavar="MS"))
+    concurrency: int = field(default=1, metadata=flag(
+        "--concurrency", "server: worker threads sharing one session (default: {default})",
+        type=positive_int, metavar="N"))
+    qps: tuple[float, ...] = field(default=(), metadata=flag(
+        "--qps", "server: run these target QPS instead of searching (each checked: the "
+        "generator must be able to issue it, and a p99's 662 queries must fit the budget)",
+        type=float_csv, metavar="Q[,Q...]"))
+    budget_s: float = field(default=30.0, metadata=flag(
+        "--budget-s", "wall-clock budget per model for --scenario (default {default:g}) and for "
+        "--tune-session (default 20)", type=positive_float, metavar="S", default=None))
+    # fmt: on
     ci_level: float = 0.95
     qps_tolerance: float = 0.05
     min_queries: int = P99_MIN_QUERIES
@@ -169,11 +188,7 @@ def _open(path: Path, cfg: ScenarioConfig, batch_sizes: Sequence[int]) -> _Targe
         try:
             target.call(b)()
         except Exception as exc:
-            text = str(exc).strip()
-            raise BenchError(
-                f"{path}: inference failed at batch size {b} on {handle.provider}: "
-                f"{text.splitlines()[0] if text else type(exc).__name__}"
-            ) from exc
+            raise inference_failed(path, b, handle.provider, exc) from exc
     return target
 
 

@@ -253,6 +253,16 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def inference_failed(
+    path: object, batch_size: int, provider: str, exc: BaseException
+) -> BenchError:
+    """The one error for a run of `path` that raised: the file, batch size, EP and ORT's
+    first line."""
+    return BenchError(
+        f"{path}: inference failed at batch size {batch_size} on {provider}: {_first_line(exc)}"
+    )
+
+
 def create_session(
     path: str | os.PathLike[str],
     provider: str = "cpu",

@@ -29,11 +29,12 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from onnxship.core.artifact import atomic_write_json
+from onnxship.core.flags import flag, number
 from onnxship.runtime_bench.errors import BenchError
 from onnxship.runtime_bench.session import (
     CUDA_EP,
@@ -274,7 +275,10 @@ class TuneConfig:
     """
 
     batch_size: int = 1
-    margin: float = 1.05
+    margin: float = field(default=1.05, metadata=flag(
+        "--tune-margin", "--tune-session: an alternative wins only when its speed-up CI's lower "
+        "bound is >= X (default: {default}); otherwise the defaults stay", type=number,
+        metavar="X"))  # fmt: skip
     budget_s: float = 20.0
     ci_level: float = 0.95
     max_threads: int | None = None  # None: the usable cores (affinity and cgroup quota)

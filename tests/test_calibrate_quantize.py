@@ -32,6 +32,7 @@ from onnxship.calibrate.coverage import integer_mac_share
 from onnxship.calibrate.dataset import CalibrationSet, input_spec_of
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.graph_prep import cap_opset, ort_max_qdq_opset, reshape_to_flatten
+from onnxship.calibrate.int8_file import drop_unused_opset_imports
 from onnxship.calibrate.ort_static import (
     HistogramCaps,
     calibrate_ranges,
@@ -43,7 +44,6 @@ from onnxship.calibrate.ort_static import (
     ranges_path,
     resolve_exclusions,
 )
-from onnxship.calibrate.quantize import drop_unused_opset_imports
 from onnxship.calibrate.recipes import (
     PRESETS,
     CalibMethod,

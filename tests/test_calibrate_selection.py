@@ -1,4 +1,4 @@
-"""The INT8 selection rule (`calibrate.quantize.choose_recipe`): one rule, written once, the
+"""The INT8 selection rule (`calibrate.selection.choose_recipe`): one rule, written once, the
 same accuracy-budget test in the search and in the fallback."""
 
 from __future__ import annotations
@@ -7,23 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from onnxship.calibrate import fallback, quantize
+from onnxship.calibrate import fallback, quantize, selection
 from onnxship.calibrate.errors import CalibrateError
-from onnxship.calibrate.quantize import (
-    FP32_ROW,
-    LatencyConfig,
-    QuantizeConfig,
-    _Candidate,
-    choose_recipe,
-    speed_score,
-)
+from onnxship.calibrate.latency_race import FP32_ROW, Candidate, speed_score
+from onnxship.calibrate.quantize import LatencyConfig, QuantizeConfig
 from onnxship.calibrate.recipes import recipes_for
+from onnxship.calibrate.selection import choose_recipe
 
 RECIPE = recipes_for("auto")[0]
 
 
-def _row(name: str, val_top1: float, ratios: tuple[float, float]) -> _Candidate:
-    row = _Candidate(RECIPE, name, Path(f"{name}.onnx"), [])
+def _row(name: str, val_top1: float, ratios: tuple[float, float]) -> Candidate:
+    row = Candidate(RECIPE, name, Path(f"{name}.onnx"), [])
     row.val_top1 = val_top1
     row.latency = {
         str(b): {"min_ratio": r, "p50_ratio": r} for b, r in zip((1, 64), ratios, strict=True)
@@ -31,8 +26,8 @@ def _row(name: str, val_top1: float, ratios: tuple[float, float]) -> _Candidate:
     return row
 
 
-def _fp32(val_top1: float) -> _Candidate:
-    row = _Candidate(None, FP32_ROW, Path("fp32.onnx"), [])
+def _fp32(val_top1: float) -> Candidate:
+    row = Candidate(None, FP32_ROW, Path("fp32.onnx"), [])
     row.val_top1 = val_top1
     return row
 
@@ -66,7 +61,7 @@ def test_choose_recipe_counts_a_drop_of_exactly_the_budget_as_within() -> None:
     # The fallback's stopping test is the same function, so both agree at the boundary.
     assert fallback.within_budget(0.99, 0.987, 0.003)
     assert not fallback.within_budget(0.99, 0.9868, 0.003)
-    assert quantize.within_budget is fallback.within_budget
+    assert selection.within_budget is fallback.within_budget
 
 
 def test_choose_recipe_exits_1_naming_the_best_when_none_is_within_budget() -> None:
@@ -78,9 +73,11 @@ def test_choose_recipe_exits_1_naming_the_best_when_none_is_within_budget() -> N
 
 def test_quantize_module_has_one_selection_rule() -> None:
     assert not hasattr(quantize, "_choice_key")
-    source = Path(quantize.__file__).read_text() + Path(fallback.__file__).read_text()
+    modules = (quantize, selection, fallback)
+    source = "".join(Path(m.__file__ or "").read_text() for m in modules)
     assert source.count("<= max_drop +") == 1  # the comparison lives in within_budget only
     assert "1e-9" not in Path(quantize.__file__).read_text()
+    assert "1e-9" not in Path(selection.__file__).read_text()
 
 
 @pytest.mark.parametrize(

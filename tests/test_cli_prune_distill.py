@@ -37,19 +37,18 @@ def test_cli_help_exits_zero(command: str, capsys: pytest.CaptureFixture[str]) -
     assert expected in capsys.readouterr().out
 
 
-def test_cli_defaults_mirror_library_defaults() -> None:
-    from onnxship.commands import distill as distill_cmd
-    from onnxship.commands import prune as prune_cmd
+def test_cli_defaults_are_the_library_defaults() -> None:
+    """The flags are read off PruneConfig / DistillConfig: no flag given means their defaults
+    (prune's target is resolved by the command, as the help says)."""
+    from onnxship.cli import build_parser
+    from onnxship.commands.common import config_from_args
     from onnxship.models import distill, prune
 
-    assert prune_cmd.DEFAULT_MACS_BUDGET == prune.DEFAULT_MACS_BUDGET
-    assert prune_cmd.DEFAULT_SPARSITY == prune.DEFAULT_SPARSITY
-    cfg = distill.DistillConfig()
-    assert cfg.temperature == distill_cmd.DEFAULT_TEMPERATURE
-    assert cfg.alpha == distill_cmd.DEFAULT_ALPHA
-    assert cfg.sgd.epochs == distill_cmd.DEFAULT_EPOCHS
-    assert cfg.sgd.lr == distill_cmd.DEFAULT_LR
-    assert cfg.sgd.batch_size == distill_cmd.DEFAULT_BATCH_SIZE
+    parser = build_parser()
+    args = parser.parse_args(["prune", "c.pt", "--out", "x"])
+    assert config_from_args(args, prune.PruneConfig()) == prune.PruneConfig()
+    args = parser.parse_args(["distill", "s.pt", "--out", "x"])
+    assert config_from_args(args, distill.DistillConfig()) == distill.DistillConfig()
 
 
 def test_cli_prune_then_distill_write_contract_records(

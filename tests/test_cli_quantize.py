@@ -11,10 +11,8 @@ from test_calibrate_stage import build_simplecnn_onnx
 
 from onnxship.api import default_artifact_name
 from onnxship.calibrate.dataset import CalibrationConfig
-from onnxship.calibrate.quantize import LatencyConfig
 from onnxship.calibrate.recipes import PRESET_NAMES
 from onnxship.cli import main
-from onnxship.commands import quantize as cmd
 
 RECIPE = "qop-u8s8-pertensor-minmax-linear"
 FAST = ["--bench-seconds", "0.05", "--batch-sizes", "1,8"]
@@ -40,10 +38,23 @@ def test_cli_quantize_help_lists_the_recipes(capsys: pytest.CaptureFixture[str])
     assert "--calib-npz" in text and "--max-drop" in text and "never the test split" in text
 
 
-def test_cli_quantize_defaults_mirror_the_library() -> None:
-    assert CalibrationConfig().size == cmd.DEFAULT_CALIB_SIZE
-    assert CalibrationConfig().batch_size == cmd.DEFAULT_CALIB_BATCH
-    assert LatencyConfig().seconds_per_batch_size == cmd.DEFAULT_BENCH_SECONDS
+def test_cli_quantize_defaults_are_the_library_defaults() -> None:
+    """The flags are read off QuantizeConfig: no flag given means QuantizeConfig()."""
+    from onnxship.calibrate.quantize import QuantizeConfig
+    from onnxship.cli import build_parser
+    from onnxship.commands.common import config_from_args
+
+    args = build_parser().parse_args(["quantize", "m.onnx", "--out", "x"])
+    assert config_from_args(args, QuantizeConfig()) == QuantizeConfig()
+    args = build_parser().parse_args(
+        ["quantize", "m.onnx", "--out", "x", "--no-fallback", "--exclude-node", "n1",
+         "--calib-size", "64", "--batch-sizes", "8", "--recipe", RECIPE]
+    )  # fmt: skip
+    cfg = config_from_args(args, QuantizeConfig())
+    assert (cfg.fallback, cfg.exclude_nodes, cfg.calibration.size, cfg.latency.batch_sizes) == (
+        False, ("n1",), 64, (8,),
+    )  # fmt: skip
+    assert cfg.recipe == RECIPE and cfg.calibration.batch_size == CalibrationConfig().batch_size
     assert default_artifact_name(Path("a/student-fp32.onnx"), "int8") == "student-int8"
     assert default_artifact_name(Path("teacher.onnx"), "int8") == "teacher-int8"
 

@@ -112,15 +112,16 @@ def test_train_cli_refuses_out_when_it_is_a_file(
     assert rc == 2 and "is not a folder" in err
 
 
-def test_train_cli_defaults_match_the_library_defaults() -> None:
-    from onnxship.commands import train as cmd
-    from onnxship.models.train import DEFAULT_AUGMENT, DEFAULT_SGD
+def test_train_cli_defaults_are_the_library_defaults() -> None:
+    """The flags are read off TrainConfig, so no flag given means TrainConfig()."""
+    from onnxship.cli import build_parser
+    from onnxship.commands.common import config_from_args
+    from onnxship.models.loop import AmpMode
+    from onnxship.models.train import DEFAULT_SGD, TrainConfig
 
-    assert DEFAULT_SGD.epochs == cmd.DEFAULT_EPOCHS
-    assert DEFAULT_SGD.batch_size == cmd.DEFAULT_BATCH_SIZE
-    assert DEFAULT_SGD.lr == cmd.DEFAULT_LR
-    assert DEFAULT_SGD.schedule.value == cmd.DEFAULT_SCHEDULE
-    assert DEFAULT_AUGMENT.value == cmd.DEFAULT_AUGMENT
+    args = build_parser().parse_args(["train", "--out", "x"])
+    assert config_from_args(args, TrainConfig(), amp=AmpMode.OFF) == TrainConfig()
+    assert TrainConfig().sgd == DEFAULT_SGD
 
 
 def test_train_command_module_imports_without_torch() -> None:

@@ -192,10 +192,10 @@ def test_train_under_torchrun_matches_one_process_accuracy(
     """The global batch is split, not multiplied: 2 ranks take the single-process steps over
     the same batches, so only float summation order differs. Tolerance 0.5 pp on 10,000 test
     images after 43 steps of tiny_cnn (measured: 0.00 pp)."""
-    from onnxship.models.train import DEFAULT_SGD, Augment, TrainConfig, train_from_mnist
+    from onnxship.models.train import DEFAULT_SGD, Augment, TrainConfig, trained_from_data
 
     cfg = TrainConfig(arch="tiny_cnn", sgd=replace(DEFAULT_SGD, epochs=0.1), augment=Augment.SHIFT)
-    one = train_from_mnist(cfg, tmp_path / "one.pt", data_dir=mnist_root, progress=False)
+    one = trained_from_data(cfg, tmp_path / "one.pt", data_dir=mnist_root, progress=False)
     two = json.loads((two_rank_train / "out" / "stages" / "train.json").read_text())["metrics"]
     assert two["steps"] == one.metrics["steps"]
     assert abs(two["test_top1"] - one.metrics["test_top1"]) <= 0.005

@@ -18,7 +18,7 @@ from onnxship.models.errors import ModelsError
 from onnxship.models.flops import count_macs
 from onnxship.models.prune import PruneConfig, prune_model_depgraph
 from onnxship.models.registry import ModelFactory, prune_groups
-from onnxship.models.train import TrainConfig, train_from_mnist
+from onnxship.models.train import TrainConfig, trained_from_data
 
 NETS = '''
 import torch
@@ -198,7 +198,7 @@ def test_train_from_a_state_dict_skips_training_and_records_the_dataset(
     torch.save(start.state_dict(), weights)
     data = DataConfig(kind=DatasetKind.NPZ, train=str(train), test=str(test))
     out = tmp_path / "teacher.pt"
-    artifact = train_from_mnist(
+    artifact = trained_from_data(
         TrainConfig(), out, data=data, factory=factory, initial_state=weights, progress=False
     )
     assert artifact.metrics["steps"] == 0

@@ -19,7 +19,7 @@ from onnxship.models.train import (
     TrainConfig,
     check_amp,
     shift_batch,
-    train_from_mnist,
+    trained_from_data,
 )
 
 NO_BF16_FLAGS = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})  # a Zen 2 / Haswell box
@@ -120,7 +120,7 @@ def test_train_from_mnist_refuses_amp_before_reading_data_when_cpu_lacks_bf16(
     cfg = replace(TINY, amp=AmpMode.BF16)
     with pytest.raises(ModelsError, match="37x slower"):
         # A data folder that does not exist: the refusal must come first.
-        train_from_mnist(
+        trained_from_data(
             cfg, tmp_path / "ck" / "m.pt", data_dir=tmp_path / "no-data", cpu_flags=NO_BF16_FLAGS
         )
     assert list(tmp_path.iterdir()) == []
@@ -157,9 +157,9 @@ def test_shift_batch_is_reproducible_for_a_seeded_generator() -> None:
 def test_train_from_mnist_same_seed_gives_same_sha256_and_other_seed_differs(
     tmp_path: Path, mnist_root: Path
 ) -> None:
-    first = train_from_mnist(TINY, tmp_path / "a.pt", data_dir=mnist_root, progress=False)
-    second = train_from_mnist(TINY, tmp_path / "b.pt", data_dir=mnist_root, progress=False)
-    other = train_from_mnist(
+    first = trained_from_data(TINY, tmp_path / "a.pt", data_dir=mnist_root, progress=False)
+    second = trained_from_data(TINY, tmp_path / "b.pt", data_dir=mnist_root, progress=False)
+    other = trained_from_data(
         replace(TINY, seed=4), tmp_path / "c.pt", data_dir=mnist_root, progress=False
     )
     assert first.sha256 == second.sha256
@@ -184,14 +184,14 @@ def test_train_from_mnist_refuses_checkpoint_path_without_pt_suffix(
     tmp_path: Path, mnist_root: Path
 ) -> None:
     with pytest.raises(ModelsError, match=r"must end in \.pt"):
-        train_from_mnist(TINY, tmp_path / "model.json", data_dir=mnist_root)
+        trained_from_data(TINY, tmp_path / "model.json", data_dir=mnist_root)
 
 
 @pytest.mark.skipif(not has_native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
 def test_train_from_mnist_runs_bf16_autocast_when_cpu_has_native_bf16(
     tmp_path: Path, mnist_root: Path
 ) -> None:
-    art = train_from_mnist(
+    art = trained_from_data(
         replace(TINY, amp=AmpMode.BF16), tmp_path / "bf16.pt", data_dir=mnist_root, progress=False
     )
     assert art.metrics["amp"] == "bf16" and art.metrics["steps"] == 9
@@ -206,7 +206,7 @@ def test_train_from_mnist_trains_on_cuda_with_amp(
 ) -> None:
     if amp is AmpMode.BF16 and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
-    art = train_from_mnist(
+    art = trained_from_data(
         replace(TINY, amp=amp, device="cuda"),
         tmp_path / "g.pt",
         data_dir=mnist_root,
@@ -251,7 +251,7 @@ def test_side_by_side_training_gives_the_weights_of_training_in_turn() -> None:
 def test_train_from_mnist_saves_contiguous_weights_after_channels_last_training(
     tmp_path: Path, mnist_root: Path
 ) -> None:
-    art = train_from_mnist(TINY, tmp_path / "t.pt", data_dir=mnist_root, progress=False)
+    art = trained_from_data(TINY, tmp_path / "t.pt", data_dir=mnist_root, progress=False)
     assert art.metrics["channels_last"] is True
     assert art.metrics["train_cpu_s"] > 0
     state = torch.load(tmp_path / "t.pt", weights_only=True)

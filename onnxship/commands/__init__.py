@@ -1,7 +1,11 @@
 """One module per CLI command. Each defines `register(subparsers)`, which adds its parser and
 sets `func`. Module tops import only the standard library: heavy imports (torch, onnx,
-onnxruntime) happen inside the command's function, so `bench`, `eval`, `verify` and `gate` run
-on a box with only onnxruntime + numpy, and `--help` is fast everywhere."""
+onnxruntime) happen inside the command's functions. Flags that fill a config field are declared
+on the library's config dataclass (`onnxship.core.flags`); a command with such flags registers
+through `common.add_command`, whose parser adds its arguments only when that command is parsed
+or its help shown. So `onnxship --help` imports no library, `bench`, `eval`, `verify`, `gate`
+and `tune` run (and show help) on a box with only onnxruntime + numpy, and `train`, `prune`,
+`distill --help` import torch, which their configs' modules need."""
 
 COMMAND_MODULES = (
     "run",

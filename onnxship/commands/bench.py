@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onnxship.commands.common import (
+    add_command,
+    add_config_flags,
+    config_from_args,
     fraction,
-    int_csv,
-    non_negative_int,
-    number,
     positive_float,
-    positive_int,
 )
 
 if TYPE_CHECKING:
@@ -34,6 +33,15 @@ related:  onnxship bench compare A.json B.json     B/A ratios, noise flagged
           onnxship bench merge A.json B.json ...   one table across machines
 """
 
+# Deployment scenarios (MLPerf LoadGen) and per-target session options.
+SCENARIO_HELP = """\
+--scenario single-stream: batch-1 queries one after another, p50/p90/p99 with CIs;
+  offline: samples/s at the best of --batch-sizes; server: Poisson arrivals at a QPS,
+  --concurrency workers, the highest QPS whose p99 (from scheduled arrival, queueing
+  included) stays <= --slo-ms.
+--tune-session OUT.json: threads, spinning, graph level and execution mode searched for
+  one model at one batch size; --session-config FILE runs exactly those options."""
+
 EXAMPLES = """\
 examples:
   onnxship bench artifacts/student-int8.onnx artifacts/student-fp32.onnx --json cpu.json
@@ -48,105 +56,17 @@ config naming options this onnxruntime lacks); a server SLO missed at every QPS 
 """
 
 
-def key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), value.strip()
-
-
-def dim_value(text: str) -> tuple[str, int]:
-    key, value = key_value(text)
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=INTEGER, got {text!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"dimension {key} must be >= 1, got {number}")
-    return key, number
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    add_command(
+        sub,
         "bench",
+        _add_arguments,
+        run,
         help="latency of .onnx files on an ONNX Runtime EP (also: bench compare, bench merge)",
         description=BENCH_DESCRIPTION,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("models", nargs="+", type=Path, metavar="MODEL.onnx")
-    parser.add_argument(
-        "--provider",
-        default="cpu",
-        help="cpu (CPUExecutionProvider), cuda (CUDAExecutionProvider) or any ORT EP name; "
-        "never falls back silently (default: cpu)",
-    )
-    parser.add_argument(
-        "--batch-sizes", type=int_csv, default=(1, 64), metavar="1,64",
-        help="comma-separated batch sizes, each >= 1 (default: 1,64)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--threads", type=non_negative_int, default=1,
-        help="intra-op threads (0 = ORT default: one per physical core; default: 1); more than "
-        "the usable cores is allowed, warned about and recorded",
-    )  # fmt: skip
-    parser.add_argument(
-        "--warmup",
-        type=non_negative_int,
-        default=10,
-        help="untimed runs per batch size (default: 10)",
-    )
-    parser.add_argument(
-        "--iterations", type=positive_int, default=None,
-        help="timed runs per batch size (default: 100; with --time-budget, a cap)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--time-budget", type=positive_float, default=None, metavar="S",
-        help="stop timing a batch size after S seconds (at least one timed run)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--no-spinning", action="store_true", help="worker threads sleep instead of busy-waiting"
-    )
-    parser.add_argument(
-        "--graph-opt", choices=("disable", "basic", "extended", "all"), default="all",
-        help="ORT graph optimisation level (default: all)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--provider-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-        help="an EP option, e.g. device_id=0 (repeatable); recorded in the results",
-    )  # fmt: skip
-    parser.add_argument(
-        "--dim", type=dim_value, action="append", default=[], metavar="NAME=N",
-        help="size of a symbolic input dimension other than the batch (repeatable)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--npz", type=Path, default=None, help="real inputs: an .npz with one array per input name"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the random inputs (default: 0)"
-    )
-    parser.add_argument(
-        "--no-io-binding",
-        action="store_true",
-        help="CUDA: skip the device-resident (IO binding) measurement",
-    )
-    parser.add_argument(
-        "--cuda-graph", action="store_true", help="CUDA: also measure with CUDA graph capture"
-    )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        metavar="OUT",
-        help="write the results (schema_version 1)",
-    )
-    parser.add_argument(
-        "--csv", type=Path, default=None, metavar="OUT", help="write the result rows as CSV"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    add_scenario_flags(parser)
-    parser.set_defaults(func=run)
-
     cmp = sub.add_parser(
         "bench-compare",
         help="B/A latency ratios of two bench results (also spelled: bench compare)",
@@ -188,49 +108,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     mrg.set_defaults(func=run_merge)
 
 
-def _add_once(parser: argparse.ArgumentParser, flag: str, **kwargs: object) -> None:
-    """Add `flag` unless another part of bench already defines it (same dest, same meaning)."""
-    if flag not in parser._option_string_actions:
-        parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    from onnxship.runtime_bench.bench import BenchConfig
+    from onnxship.runtime_bench.scenarios import ScenarioConfig
+    from onnxship.runtime_bench.session_options import TuneConfig
 
-
-def add_scenario_flags(parser: argparse.ArgumentParser) -> None:
-    """Deployment scenarios (MLPerf LoadGen) and per-target session options."""
-    group = parser.add_argument_group(
-        "scenarios and session options",
-        "--scenario single-stream: batch-1 queries one after another, p50/p90/p99 with CIs;\n"
-        "  offline: samples/s at the best of --batch-sizes; server: Poisson arrivals at a QPS,\n"
-        "  --concurrency workers, the highest QPS whose p99 (from scheduled arrival, queueing\n"
-        "  included) stays <= --slo-ms.\n"
-        "--tune-session OUT.json: threads, spinning, graph level and execution mode searched for\n"
-        "  one model at one batch size; --session-config FILE runs exactly those options.",
+    bench = BenchConfig()
+    parser.add_argument("models", nargs="+", type=Path, metavar="MODEL.onnx")
+    add_config_flags(
+        parser, bench, "provider", "batch_sizes", "threads", "warmup", "iterations",
+        "time_budget_s", "spinning", "graph_optimization", "provider_options", "dim_values",
+        "npz", "seed", "io_binding", "cuda_graph",
+    )  # fmt: skip
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="write the results (schema_version 1)",
     )
-    group.add_argument(
-        "--scenario", default=None, metavar="S",
-        help="single-stream | offline | server (default: none, the latency table above)",
-    )  # fmt: skip
-    group.add_argument(
-        "--slo-ms", type=number, default=5.0, metavar="MS",
-        help="server: p99 latency bound in ms, > 0 (default: 5)",
-    )  # fmt: skip
-    group.add_argument(
-        "--concurrency", type=positive_int, default=1, metavar="N",
-        help="server: worker threads sharing one session (default: 1)",
-    )  # fmt: skip
-    group.add_argument(
-        "--qps", type=float_csv, default=(), metavar="Q[,Q...]",
-        help="server: run these target QPS instead of searching (each checked: the generator "
-        "must be able to issue it, and a p99's 662 queries must fit the budget)",
-    )  # fmt: skip
-    _add_once(
-        parser, "--budget-s", type=positive_float, default=None, metavar="S",
-        help="wall-clock budget per model for --scenario (default 30) and for --tune-session "
-        "(default 20)",
-    )  # fmt: skip
-    _add_once(
-        parser, "--ci-level", type=number, default=0.95, metavar="L",
-        help="confidence level of every CI, in (0, 1) (default: 0.95)",
-    )  # fmt: skip
+    parser.add_argument(
+        "--csv", type=Path, default=None, metavar="OUT", help="write the result rows as CSV"
+    )
+    add_config_flags(parser, bench, "progress")
+    group = parser.add_argument_group("scenarios and session options", SCENARIO_HELP)
+    add_config_flags(group, ScenarioConfig(), "scenario", "slo_ms", "concurrency", "qps")
+    add_config_flags(parser, ScenarioConfig(), "budget_s")
+    add_config_flags(parser, bench, "ci_level")
     group.add_argument(
         "--plot", type=Path, default=None, metavar="OUT.png",
         help="--scenario server: draw p99 vs QPS per model with the SLO (needs matplotlib)",
@@ -244,20 +148,7 @@ def add_scenario_flags(parser: argparse.ArgumentParser) -> None:
         "--tune-session", type=Path, default=None, metavar="OUT.json",
         help="search session options for one model at one batch size; write the choice",
     )  # fmt: skip
-    group.add_argument(
-        "--tune-margin", type=number, default=1.05, metavar="X",
-        help="--tune-session: an alternative wins only when its speed-up CI's lower bound "
-        "is >= X (default: 1.05); otherwise the defaults stay",
-    )  # fmt: skip
-
-
-def float_csv(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
+    add_config_flags(group, TuneConfig(), "margin")
 
 
 def _session_from_args(
@@ -297,11 +188,9 @@ def run_scenario_command(args: argparse.Namespace) -> int:
     from onnxship.runtime_bench.scenarios import ScenarioConfig, run_scenario, scenario_markdown
 
     provider, session, _ = _session_from_args(args)
-    cfg = ScenarioConfig(
-        scenario=args.scenario, provider=provider, session=session,
-        batch_sizes=args.batch_sizes, slo_ms=args.slo_ms, concurrency=args.concurrency,
-        qps=args.qps, budget_s=args.budget_s or 30.0, ci_level=args.ci_level, seed=args.seed,
-        npz=args.npz, dim_values=tuple(args.dim),
+    cfg = config_from_args(
+        args, ScenarioConfig(), provider=provider, session=session, batch_sizes=args.batch_sizes,
+        ci_level=args.ci_level, seed=args.seed, npz=args.npz, dim_values=tuple(args.dim),
     )  # fmt: skip
     if args.plot is not None and cfg.scenario.value != "server":
         raise BenchError(f"--plot draws the server scenario; got --scenario {args.scenario}")
@@ -334,8 +223,8 @@ def run_tune_command(args: argparse.Namespace) -> int:
             "; run it once per model and batch size, e.g. --batch-sizes 64"
         )
     provider, session, _ = _session_from_args(args)
-    cfg = TuneConfig(
-        batch_size=args.batch_sizes[0], margin=args.tune_margin, budget_s=args.budget_s or 20.0,
+    cfg = config_from_args(
+        args, TuneConfig(), batch_size=args.batch_sizes[0], budget_s=args.budget_s or 20.0,
         ci_level=args.ci_level, baseline=session, seed=args.seed, npz=args.npz,
         dim_values=tuple(args.dim),
     )  # fmt: skip
@@ -380,25 +269,14 @@ def run(args: argparse.Namespace) -> int:
     if iterations is None:
         iterations = BUDGET_ONLY_ITERATIONS if args.time_budget is not None else 100
     provider, session, loaded = _session_from_args(args)
-    cfg = BenchConfig(
-        provider=provider,
-        batch_sizes=args.batch_sizes,
-        threads=session.intra_op_threads,
-        warmup=args.warmup,
-        iterations=iterations,
-        time_budget_s=args.time_budget,
-        spinning=session.allow_spinning,
-        graph_optimization=session.graph_optimization,
-        provider_options=session.provider_options,
-        io_binding=not args.no_io_binding if loaded is None else loaded.io_binding,
-        cuda_graph=args.cuda_graph if loaded is None else loaded.cuda_graph,
-        session=session if loaded is not None else None,
-        ci_level=args.ci_level,
-        npz=args.npz,
-        dim_values=tuple(args.dim),
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    # The session's options come from --session-config when given, else from their flags.
+    cfg = config_from_args(
+        args, BenchConfig(), provider=provider, iterations=iterations,
+        threads=session.intra_op_threads, spinning=session.allow_spinning,
+        graph_optimization=session.graph_optimization, provider_options=session.provider_options,
+        **({} if loaded is None else
+           {"io_binding": loaded.io_binding, "cuda_graph": loaded.cuda_graph, "session": session}),
+    )  # fmt: skip
     doc = benchmark_models(args.models, cfg)
     if args.json is not None:
         write_json(doc, args.json)

@@ -1,10 +1,41 @@
-"""Argument helpers shared by the command modules (stdlib only)."""
+"""Argument helpers shared by the command modules (stdlib only).
+
+Flags that fill a config field are declared on the config dataclass (`onnxship.core.flags`);
+`add_config_flags` adds them to a parser and `config_from_args` builds the config back. A
+command whose config lives in a heavy library (torch, onnx) registers through `add_command`,
+which adds its arguments only when that command is parsed or its help shown, so `onnxship
+--help` and the torch-free commands never import torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import enum
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
+
+from onnxship.core.flags import (  # noqa: F401  (the value parsers, re-exported for the commands)
+    FLAG,
+    FROM_CONFIG,
+    NESTED,
+    Flag,
+    dim_value,
+    float_csv,
+    float_list,
+    fraction,
+    int_csv,
+    int_list,
+    key_value,
+    non_negative_int,
+    number,
+    parse_ratios,
+    positive_float,
+    positive_int,
+    width_value,
+)
 
 DATA_DIR_ENV = "ONNXSHIP_DATA_DIR"
 
@@ -23,88 +54,6 @@ def resolve_user_paths(args: argparse.Namespace) -> None:
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         os.environ[DATA_DIR_ENV] = os.path.abspath(env)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def number(text: str) -> float:
-    """Any float; the library checks the range, so its message can explain the meaning."""
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number (> 0), got {value}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A number in [0, 1) (budgets like --max-drop 0.003)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value}")
-    return value
-
-
-def int_csv(text: str) -> tuple[int, ...]:
-    """'1,64' -> (1, 64), no range check (for configs that check ranges with a clearer error)."""
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers like 1,64, got {text!r}"
-        ) from None
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """'1,64' -> (1, 64); every value >= 1."""
-    values = int_csv(text)
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers like 1,64, got {text!r}"
-        )
-    return values
-
-
-def float_list(text: str) -> tuple[float, ...]:
-    """'0.1307' or '0.485,0.456,0.406' -> floats, one per input channel."""
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers (one per input channel) like 0.1307, got {text!r}"
-        ) from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
-    return values
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -145,3 +94,143 @@ def add_dist_timeout(parser: argparse.ArgumentParser) -> None:
         "with a one-line error instead of hanging (a rank that dies is noticed at once; "
         f"default: {DEFAULT_DIST_TIMEOUT_S:g})",
     )
+
+
+Config = TypeVar("Config")
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser whose arguments are added on first use: when it parses, or prints
+    its help or usage. Registering every command then costs nothing, and only the command that
+    runs imports its library (to read the flags off its config)."""
+
+    _add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+    def defer(self, add_arguments: Callable[[argparse.ArgumentParser], None]) -> None:
+        self._add_arguments = add_arguments
+
+    def populate(self) -> None:
+        add, self._add_arguments = self._add_arguments, None
+        if add is not None:
+            add(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self.populate()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self.populate()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self.populate()
+        return super().format_help()
+
+
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    func: Callable[[argparse.Namespace], int],
+    **kwargs: Any,
+) -> None:
+    """Register command `name`; `add_arguments(parser)` runs when the command is used."""
+    parser = sub.add_parser(name, **kwargs)
+    parser.set_defaults(func=func)
+    if isinstance(parser, CommandParser):
+        parser.defer(add_arguments)
+    else:
+        add_arguments(parser)
+
+
+class _Shown:
+    """A default as the help shows it: enums by value, tuples comma-joined (like the input)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __format__(self, spec: str) -> str:
+        value = self.value
+        if isinstance(value, enum.Enum):
+            return format(value.value, spec)
+        if isinstance(value, tuple):
+            return ",".join(format(v, spec) for v in value)
+        return format(value, spec)
+
+
+def _flags(config: Any, names: tuple[str, ...]) -> Iterator[tuple[str, Flag, Any]]:
+    """(field path, flag, config default) of `names` (all flagged fields if none), in order."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    flagged = tuple(n for n, f in fields.items() if FLAG in f.metadata or NESTED in f.metadata)
+    for name in names or flagged:
+        meta = fields[name].metadata
+        value = getattr(config, name)
+        if FLAG in meta:
+            yield name, meta[FLAG], value
+        elif NESTED in meta:
+            for sub, flag in meta[NESTED].items():
+                yield f"{name}.{sub}", flag, getattr(value, sub)
+        else:
+            raise TypeError(f"{type(config).__name__}.{name} declares no flag")
+
+
+def add_config_flags(target: argparse._ActionsContainer, config: Any, *names: str) -> None:
+    """Add the flags of `config`'s fields `names` (a parser or an argument group), defaults
+    and `{default}` in the help taken from `config` (an instance: the defaults a command uses).
+    """
+    for _, flag, value in _flags(config, names):
+        default = flag.default
+        if default is FROM_CONFIG:
+            default = value.value if isinstance(value, enum.Enum) else value
+        choices = flag.choices
+        if choices is None and flag.default is FROM_CONFIG and isinstance(value, enum.Enum):
+            choices = tuple(m.value for m in type(value))
+        if flag.action == "store_true":
+            default = False
+        elif flag.action == "append":
+            default = []
+        kwargs = {
+            "type": flag.type, "metavar": flag.metavar, "choices": choices, "nargs": flag.nargs,
+            "const": flag.const, "dest": flag.dest, "action": flag.action,
+        }  # fmt: skip
+        help_text = (
+            flag.help.format(default=_Shown(value)) if "{default" in flag.help else flag.help
+        )
+        target.add_argument(
+            flag.option,
+            default=default,
+            help=help_text,
+            **{k: v for k, v in kwargs.items() if v is not None},
+        )
+
+
+def _value(args: argparse.Namespace, flag: Flag, current: Any) -> Any:
+    value = getattr(args, flag.key)
+    if flag.invert:
+        return not value
+    if value is None:
+        return current  # a flag whose default the command resolves: the config's stands
+    if isinstance(current, enum.Enum):
+        try:
+            return type(current)(value)
+        except ValueError:
+            return value  # not a member: the config's own check reports it (with the choices)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def config_from_args(args: argparse.Namespace, config: Config, *names: str, **fixed: Any) -> Config:
+    """`config` with the fields `names` (all flagged fields if none) set from the parsed flags;
+    `fixed` fields are set as given (values the command resolved itself)."""
+    changes: dict[str, Any] = dict(fixed)
+    nested: dict[str, dict[str, Any]] = {}
+    for path, flag, current in _flags(config, names):
+        name, _, sub = path.partition(".")
+        if name in fixed:
+            continue
+        if sub:
+            nested.setdefault(name, {})[sub] = _value(args, flag, current)
+        else:
+            changes[name] = _value(args, flag, current)
+    for name, values in nested.items():
+        changes[name] = dataclasses.replace(getattr(config, name), **values)
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]

@@ -10,25 +10,19 @@ import argparse
 from pathlib import Path
 
 from onnxship.commands.common import (
+    add_command,
+    add_config_flags,
     add_data_dir,
     add_dist_timeout,
     add_out_dir,
-    non_negative_int,
-    number,
-    positive_float,
+    config_from_args,
     positive_int,
 )
 
-# Mirror models.distill.DistillConfig() defaults (literal here: --help is torch-free;
-# tests/test_cli_prune_distill.py checks they agree).
-DEFAULT_TEMPERATURE = 2.0
-DEFAULT_ALPHA = 0.5
-DEFAULT_EPOCHS = 4.0
-DEFAULT_LR = 0.05
-DEFAULT_BATCH_SIZE = 128
 DEFAULT_NAME = "student"
 
-DESCRIPTION = f"""\
+# The defaults named here are the library's (DistillConfig()), filled in when the help is shown.
+DESCRIPTION = """\
 Distill a (pruned) student from its trained teacher (Hinton et al. 2015):
 
     loss = alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(z_s, y)
@@ -39,11 +33,11 @@ run also trains the same student for the same steps with the same seed WITHOUT t
 (plain cross-entropy) and records both test accuracies (test_top1_kd, test_top1_no_kd): the
 ablation that shows what distillation bought. The KD student is written.
 
-Defaults (T={DEFAULT_TEMPERATURE:g}, alpha={DEFAULT_ALPHA:g}, {DEFAULT_EPOCHS:g} epochs, peak LR {DEFAULT_LR:g}, batch {DEFAULT_BATCH_SIZE})
-were chosen on the validation split over 2 teachers x 3 seeds: a 9.9 %-MACs SimpleCNN
-student reached 99.04-99.13 % test top-1 (teachers 99.20 / 99.23 %); prune + distill with
-its ablation took 74 s on 2 cores. The teacher must be of the student's architecture
-(prune the teacher to get the student). Prints one summary line.
+Defaults: T={temperature:g}, alpha={alpha:g}, {sgd.epochs:g} epochs, peak LR {sgd.lr:g}, batch {sgd.batch_size}
+(T and alpha chosen on the validation split, never on test). What they reach with your
+teacher is measured in every run: the record holds the KD and no-KD accuracies. The teacher
+must be of the student's architecture (prune the teacher to get the student). Prints one
+summary line.
 
 Data-parallel: torchrun --nproc_per_node=N -m onnxship distill ... (gloo on CPU; each rank
 runs the teacher on its own shard; --batch-size is the global batch; only rank 0 reads the
@@ -52,12 +46,21 @@ checkpoints and writes). See README "Scaling up".
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    add_command(
+        sub,
         "distill",
+        _add_arguments,
+        run,
         help="distill a pruned student from its teacher (+ the no-teacher ablation)",
-        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    from onnxship.models.distill import DistillConfig
+
+    defaults = DistillConfig()
+    parser.description = DESCRIPTION.format(**vars(defaults))
     parser.add_argument(
         "student", type=Path, metavar="STUDENT.pt", help="pruned student checkpoint (.pt)"
     )
@@ -69,40 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="trained teacher checkpoint of the same architecture (required)",
     )
     add_out_dir(parser)
-    parser.add_argument(
-        "--temperature",
-        type=number,
-        default=DEFAULT_TEMPERATURE,
-        metavar="T",
-        help=f"softmax temperature, > 0 (default: {DEFAULT_TEMPERATURE:g})",
-    )
-    parser.add_argument(
-        "--alpha",
-        type=number,
-        default=DEFAULT_ALPHA,
-        help=f"weight of the teacher term in [0, 1] (default: {DEFAULT_ALPHA:g})",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=positive_float,
-        default=DEFAULT_EPOCHS,
-        help=f"epochs of each run (KD and ablation), fractions allowed (default: {DEFAULT_EPOCHS:g})",
-    )
-    parser.add_argument(
-        "--lr",
-        type=positive_float,
-        default=DEFAULT_LR,
-        help=f"peak learning rate, OneCycle (default: {DEFAULT_LR:g})",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=DEFAULT_BATCH_SIZE,
-        help=f"mini-batch size (default: {DEFAULT_BATCH_SIZE})",
-    )
-    parser.add_argument(
-        "--seed", type=non_negative_int, default=0, help="batch-order seed (default: 0)"
-    )
+    add_config_flags(parser, defaults)
     parser.add_argument(
         "--threads",
         type=positive_int,
@@ -118,12 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"checkpoint name: writes OUT/checkpoints/NAME.pt (default: {DEFAULT_NAME})",
     )
     add_dist_timeout(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     import torch
 
     from onnxship import api
@@ -137,13 +104,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ModelsError(f"--out {out} exists and is not a folder; pass a folder path")
-    base = DistillConfig()
-    cfg = DistillConfig(
-        temperature=args.temperature,
-        alpha=args.alpha,
-        sgd=replace(base.sgd, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
-        seed=args.seed,
-    )
+    cfg = config_from_args(args, DistillConfig())
     cfg.validate()
     # A missing / mismatched teacher fails before any work; under torchrun rank 0 checks,
     # inside the stage, since ranks on other nodes may not see the files.

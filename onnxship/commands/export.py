@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import add_data_dir, add_out_dir
+from onnxship.commands.common import (
+    add_command,
+    add_config_flags,
+    add_data_dir,
+    add_out_dir,
+    config_from_args,
+)
 
 DESCRIPTION = """\
 Export a checkpoint (.pt with its .json sidecar) to ONNX: input 'input' [batch,1,28,28]
@@ -33,13 +39,21 @@ def _name(text: str) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    add_command(
+        sub,
         "export",
+        _add_arguments,
+        run,
         help="checkpoint -> one checked FP32 .onnx (dynamo exporter, parity vs PyTorch)",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    from onnxship.export.onnx_export import ExportConfig
+
     parser.add_argument(
         "checkpoint", type=Path, help="checkpoint .pt (its .json sidecar beside it)"
     )
@@ -56,46 +70,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="export",
         help="stage record name: OUT/stages/RECORD.json (default: export)",
     )
-    parser.add_argument(
-        "--opset",
-        type=int,
-        default=None,
-        help="ai.onnx opset (default: 18, which onnxruntime >= 1.14 loads, so the artifact runs on "
-        "older deployment targets; the installed onnxruntime must load it)",
-    )
-    parser.add_argument(
-        "--exporter",
-        choices=("auto", "dynamo", "torchscript"),
-        default="auto",
-        help="auto = dynamo, falling back to TorchScript only if dynamo fails (default: auto)",
-    )
-    parser.add_argument(
-        "--optimize",
-        choices=("none", "basic", "extended"),
-        default="none",
-        help="save ONNX Runtime's offline-optimized graph: basic stays portable ONNX, extended "
-        "adds ORT-only fused ops (default: none)",
-    )
-    parser.add_argument(
-        "--parity-samples",
-        type=int,
-        default=1000,
-        help="MNIST test images compared with PyTorch, 1000..10000 (default: 1000)",
-    )
+    defaults = ExportConfig()
+    add_config_flags(parser, defaults, "opset", "exporter", "optimize", "parity_samples")
     add_data_dir(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from onnxship import api
-    from onnxship.export.onnx_export import ExportConfig, ExporterKind, OptimizeLevel
+    from onnxship.export.onnx_export import ExportConfig
 
-    cfg = ExportConfig(
-        opset=args.opset,
-        exporter=ExporterKind(args.exporter),
-        optimize=OptimizeLevel(args.optimize),
-        parity_samples=args.parity_samples,
-    )
+    cfg = config_from_args(args, ExportConfig())
     out_dir: Path = args.out
     artifact = api.export(
         args.checkpoint,

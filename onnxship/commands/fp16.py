@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import add_data_dir, add_out_dir
+from onnxship.commands.common import (
+    add_command,
+    add_config_flags,
+    add_data_dir,
+    add_out_dir,
+    config_from_args,
+)
 
 DESCRIPTION = """\
 Convert an FP32 .onnx (from `onnxship export`) to FP16 with onnxruntime's float16
@@ -36,33 +42,22 @@ def _name(text: str) -> str:
     return text.removesuffix(".onnx")
 
 
-def _op_list(text: str) -> tuple[str, ...]:
-    ops = tuple(op.strip() for op in text.split(",") if op.strip())
-    if not ops or any(not op.replace("_", "").isalnum() for op in ops):
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated ONNX op types like Gemm,Softmax, got {text!r}"
-        )
-    return ops
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    add_command(
+        sub,
         "fp16",
+        _add_arguments,
+        run,
         help="FP32 .onnx -> FP16 .onnx (float32 I/O kept, parity vs FP32 on test data)",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    from onnxship.export.fp16 import Fp16Config
+
     parser.add_argument("model", type=Path, help="FP32 .onnx (onnxship's export or your own)")
     add_out_dir(parser)
     parser.add_argument(
@@ -77,30 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="fp16",
         help="stage record name: OUT/stages/RECORD.json (default: fp16)",
     )
-    parser.add_argument(
-        "--op-block-list",
-        type=_op_list,
-        default=(),
-        metavar="A,B",
-        help="op types to keep in float32, e.g. Gemm,Softmax (added to the converter's defaults)",
-    )
-    parser.add_argument(
-        "--no-keep-io-types",
-        action="store_true",
-        help="make the graph's inputs/outputs float16 too (callers must then feed float16)",
-    )
-    parser.add_argument(
-        "--min-agreement",
-        type=_fraction,
-        default=0.999,
-        help="argmax agreement with the FP32 model required on the parity data (default: 0.999)",
-    )
-    parser.add_argument(
-        "--min-sqnr",
-        type=float,
-        default=40.0,
-        metavar="DB",
-        help="output SQNR vs FP32 required when the output is not class scores (default: 40)",
+    defaults = Fp16Config()
+    add_config_flags(
+        parser, defaults, "op_block_list", "keep_io_types", "min_agreement", "min_sqnr_db"
     )
     parser.add_argument(
         "--data",
@@ -110,19 +84,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="parity data: your own preprocessed inputs ('x' or one array per input)",
     )
     add_data_dir(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from onnxship import api
     from onnxship.export.fp16 import Fp16Config
 
-    cfg = Fp16Config(
-        keep_io_types=not args.no_keep_io_types,
-        op_block_list=tuple(args.op_block_list),
-        min_agreement=args.min_agreement,
-        min_sqnr_db=args.min_sqnr,
-    )
+    cfg = config_from_args(args, Fp16Config())
     out_dir: Path = args.out
     artifact = api.fp16(
         args.model,

@@ -1,8 +1,8 @@
 """`onnxship quantize`: static INT8 with calibration data, accuracy-aware, tuned per target EP.
 
 Writes OUT/artifacts/NAME.onnx, OUT/calibration/NAME-calib.npz and OUT/stages/quantize.json.
-The module top is stdlib-only (plus `calibrate.recipes`, itself stdlib-only) so `--help` stays
-fast and torch-free.
+The module top is stdlib-only: `onnxship --help` never loads the quantizer; `onnxship quantize
+--help` reads the flags off `QuantizeConfig` (onnxruntime and onnx, no torch).
 """
 
 from __future__ import annotations
@@ -12,20 +12,12 @@ import textwrap
 from pathlib import Path
 
 from onnxship.commands.common import (
+    add_command,
+    add_config_flags,
     add_data_dir,
     add_out_dir,
-    float_list,
-    fraction,
-    int_list,
-    positive_float,
-    positive_int,
+    config_from_args,
 )
-
-DEFAULT_CALIB_SIZE = 256  # mirrors calibrate.dataset.CalibrationConfig (tests check they agree)
-DEFAULT_CALIB_BATCH = 32
-DEFAULT_MAX_DROP = 0.003
-DEFAULT_MIN_SQNR = 30.0  # mirrors calibrate.quantize.QuantizeConfig.min_sqnr_db
-DEFAULT_BENCH_SECONDS = 5.0  # mirrors calibrate.quantize.LatencyConfig.seconds_per_batch_size
 
 
 def _description() -> str:
@@ -75,12 +67,20 @@ metadata, unknown provider, ...).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    add_command(
+        sub,
         "quantize",
+        _add_arguments,
+        run,
         help="static INT8 with calibration (ORT), accuracy budget, recipe search per target",
-        description=_description(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    from onnxship.calibrate.quantize import QuantizeConfig
+
+    parser.description = _description()
     parser.add_argument("model", type=Path, metavar="MODEL.onnx", help="the FP32 model")
     add_out_dir(parser)
     parser.add_argument(
@@ -88,26 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="artifact name (default: the model's file name with -fp32 replaced by -int8)",
     )
-    parser.add_argument(
-        "--recipe", default="auto", help="'auto' (search, the default) or a recipe name"
-    )
-    parser.add_argument(
-        "--provider",
-        default="cpu",
-        help="target EP for accuracy and latency: cpu, cuda or an EP name (default: cpu)",
-    )
-    parser.add_argument(
-        "--calib-size",
-        type=positive_int,
-        default=DEFAULT_CALIB_SIZE,
-        help=f"calibration images from the validation split (default: {DEFAULT_CALIB_SIZE})",
-    )
-    parser.add_argument(
-        "--calib-batch",
-        type=positive_int,
-        default=DEFAULT_CALIB_BATCH,
-        help=f"images per calibration batch (default: {DEFAULT_CALIB_BATCH})",
-    )
+    defaults = QuantizeConfig()
+    add_config_flags(parser, defaults, "recipe", "provider", "calibration")
     parser.add_argument(
         "--calib-npz", type=Path, default=None, metavar="CALIB.npz",
         help="calibrate on your own .npz of preprocessed inputs (used whole)",
@@ -117,99 +99,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="measure the accuracy budget on your own .npz ('y' labels: top-1; none: fidelity "
         "to FP32)",
     )  # fmt: skip
-    parser.add_argument(
-        "--min-sqnr", type=positive_float, default=DEFAULT_MIN_SQNR, metavar="DB",
-        help="budget without labels for outputs that are not class scores: INT8 output SQNR "
-        f"vs FP32, in dB (default: {DEFAULT_MIN_SQNR:g})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--max-drop",
-        type=fraction,
-        default=DEFAULT_MAX_DROP,
-        help="accuracy budget: FP32 minus INT8 validation top-1, as a fraction "
-        f"(default: {DEFAULT_MAX_DROP} = 0.3 pp)",
-    )
+    add_config_flags(parser, defaults, "min_sqnr_db", "max_drop")
     add_data_dir(parser)
-    parser.add_argument("--mean", type=float_list, default=None, help="input mean per channel")
-    parser.add_argument("--std", type=float_list, default=None, help="input std per channel")
-    parser.add_argument(
-        "--exclude-node",
-        action="append",
-        default=[],
-        metavar="NODE",
-        help="keep this node in float (repeatable)",
-    )
-    parser.add_argument(
-        "--exclude-op-type",
-        action="append",
-        default=[],
-        metavar="OP",
-        help="keep every node of this op type in float (repeatable), e.g. Conv",
-    )
-    parser.add_argument(
-        "--no-fallback",
-        action="store_true",
-        help="do not keep sensitive nodes in float when no recipe meets the budget",
-    )
-    parser.add_argument(
-        "--portable",
-        action="store_true",
-        help="search only recipes exact on every x86 integer class (reduce_range or U8U8), for "
-        "an unknown target CPU; by default the grid is the one exact on this CPU's class",
-    )
-    parser.add_argument(
-        "--require-faster",
-        action="store_true",
-        help="exit 1 (writing nothing) if no INT8 recipe beats FP32 at every batch size",
-    )
-    parser.add_argument(
-        "--batch-sizes",
-        type=int_list,
-        default=(1, 64),
-        help="batch sizes of the latency comparison (default: 1,64)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        default=1,
-        help="intra-op threads of the latency comparison (default: 1)",
-    )
-    parser.add_argument(
-        "--bench-seconds",
-        type=positive_float,
-        default=DEFAULT_BENCH_SECONDS,
-        help="latency budget per batch size, in seconds: the race of the candidates within "
-        "the accuracy budget against FP32, plus as much again for the winner's re-run; a batch "
-        "size that does not fit is skipped and said in the record "
-        f"(default: {DEFAULT_BENCH_SECONDS})",
-    )
-    parser.set_defaults(func=run)
+    add_config_flags(
+        parser, defaults, "mean", "std", "exclude_nodes", "exclude_op_types", "fallback",
+        "portable", "require_faster", "latency",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     from onnxship import api
-    from onnxship.calibrate.dataset import CalibrationConfig
-    from onnxship.calibrate.quantize import LatencyConfig, QuantizeConfig
+    from onnxship.calibrate.quantize import QuantizeConfig
 
-    cfg = QuantizeConfig(
-        recipe=args.recipe,
-        provider=args.provider,
-        max_drop=args.max_drop,
-        calibration=CalibrationConfig(size=args.calib_size, batch_size=args.calib_batch),
-        latency=LatencyConfig(
-            batch_sizes=tuple(args.batch_sizes),
-            threads=args.threads,
-            seconds_per_batch_size=args.bench_seconds,
-        ),
-        exclude_nodes=tuple(args.exclude_node),
-        exclude_op_types=tuple(args.exclude_op_type),
-        mean=args.mean,
-        std=args.std,
-        fallback=not args.no_fallback,
-        require_faster=args.require_faster,
-        min_sqnr_db=args.min_sqnr,
-        portable=args.portable,
-    )
+    cfg = config_from_args(args, QuantizeConfig())
     artifact = api.quantize(
         args.model,
         args.out,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import add_data_dir, fraction, int_csv, positive_float
+from onnxship.commands.common import add_command, add_config_flags, add_data_dir, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    add_command(
+        sub,
         "tune",
+        _add_arguments,
+        run,
         help="decide on the target: re-search INT8, re-measure accuracy, pick the artifact "
         "and session options for a scenario, record it in the bundle",
         description="Run on the target machine (needs onnxruntime, numpy and onnx; no torch). "
@@ -25,21 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(no manifest, a missing or altered calibration set, a newer manifest schema, a "
         "provider this onnxruntime lacks, an unknown scenario).",
     )
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    from onnxship.tune import TuneConfig
+
     parser.add_argument("bundle", type=Path, help="bundle folder holding manifest.json")
-    parser.add_argument("--provider", default="cpu",
-                        help="EP to tune for: cpu, cuda or an ONNX Runtime EP name (default cpu)")  # fmt: skip
-    parser.add_argument("--scenario", default="single-stream",
-                        help="single-stream (batch 1 p50 latency, default) or offline "
-                        "(throughput at the best of --batch-sizes)")  # fmt: skip
-    parser.add_argument("--batch-sizes", type=int_csv, default=(1, 64),
-                        help="batch sizes the offline scenario chooses from (default 1,64)")  # fmt: skip
-    parser.add_argument("--budget-s", type=positive_float, default=40.0,
-                        help="seconds for timing (artifacts, then session options; default 40)")  # fmt: skip
-    parser.add_argument("--max-drop", type=fraction, default=None,
-                        help="accuracy budget vs teacher-fp32 measured here (default: the "
-                        "bundle's)")  # fmt: skip
-    parser.add_argument("--no-requantize", action="store_true",
-                        help="choose among the bundle's files only (no INT8 search here)")  # fmt: skip
+    add_config_flags(
+        parser, TuneConfig(), "provider", "scenario", "batch_sizes", "budget_s", "max_drop",
+        "requantize",
+    )  # fmt: skip
     parser.add_argument("--val-npz", type=Path, default=None,
                         help="validation .npz for the INT8 search (default: the bundle's "
                         "data/val.npz, or MNIST's validation split under --data-dir)")  # fmt: skip
@@ -48,7 +46,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "bundle)")  # fmt: skip
     add_data_dir(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,10 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from onnxship.tune import TuneConfig, target_from_bundle
 
-    cfg = TuneConfig(
-        provider=args.provider, scenario=args.scenario, batch_sizes=tuple(args.batch_sizes),
-        budget_s=args.budget_s, max_drop=args.max_drop, requantize=not args.no_requantize,
-    )  # fmt: skip
+    cfg = config_from_args(args, TuneConfig())
     path = target_from_bundle(
         args.bundle, cfg, args.out, data_dir=args.data_dir, val_npz=args.val_npz,
         progress=not args.no_progress,

@@ -178,6 +178,21 @@ def load_npz(
     contract says); a model with integer inputs (token ids) takes arrays of that dtype.
     """
     p = Path(path)
+    arrays = _read_arrays(p)
+    inputs = _input_arrays(p, arrays, input_names)
+    count = _check_inputs(p, inputs, input_dtypes)
+    labels = _checked_labels(p, arrays.get(Y_KEY), count, num_classes, require_labels)
+    return ArrayData(
+        inputs=inputs,
+        labels=labels,
+        path=p,
+        sha256=sha256_file(p),
+        names_from_file=tuple(arrays),
+    )
+
+
+def _read_arrays(p: Path) -> dict[str, np.ndarray]:
+    """Every array of the .npz at `p` (no pickles)."""
     if not p.is_file():
         raise CoreError(
             f"data file {p} does not exist; pass an .npz with 'x' (float32 inputs) and 'y' "
@@ -191,6 +206,13 @@ def load_npz(
             f"{p} is not a readable .npz ({type(exc).__name__}: {exc}); write it with "
             "numpy.savez(path, x=inputs.astype('float32'), y=labels.astype('int64'))"
         ) from exc
+    return arrays
+
+
+def _input_arrays(
+    p: Path, arrays: Mapping[str, np.ndarray], input_names: Sequence[str] | None
+) -> dict[str, np.ndarray]:
+    """The array for each model input: by its name, or `x` for a single input."""
     names = list(input_names) if input_names else [X_KEY]
     inputs: dict[str, np.ndarray] = {}
     for name in names:
@@ -206,6 +228,13 @@ def load_npz(
                 f"{', '.join(repr(k) for k in arrays) or 'none'}; save the inputs as "
                 f"numpy.savez(path, {X_KEY}=..., {Y_KEY}=...)"
             )
+    return inputs
+
+
+def _check_inputs(
+    p: Path, inputs: Mapping[str, np.ndarray], input_dtypes: Mapping[str, Any] | None
+) -> int | None:
+    """Dtype, shape, finiteness and a common N of the input arrays; returns N."""
     count = None
     for name, x in inputs.items():
         want = np.dtype((input_dtypes or {}).get(name, np.float32))
@@ -230,7 +259,17 @@ def load_npz(
                 "input array must have one row per sample"
             )
         count = int(x.shape[0])
-    labels = arrays.get(Y_KEY)
+    return count
+
+
+def _checked_labels(
+    p: Path,
+    labels: np.ndarray | None,
+    count: int | None,
+    num_classes: int | None,
+    require_labels: bool,
+) -> np.ndarray | None:
+    """The labels as int64 [N] within [0, num_classes), or None when the file has none."""
     if labels is None and require_labels:
         raise CoreError(
             f"{p} has no '{Y_KEY}' array: labels (int64, [N]) are needed here; add them, or "
@@ -258,10 +297,4 @@ def load_npz(
                 f"{num_classes} classes (expected labels in [0, {num_classes - 1}]); check the "
                 "label encoding or the model"
             )
-    return ArrayData(
-        inputs=inputs,
-        labels=labels,
-        path=p,
-        sha256=sha256_file(p),
-        names_from_file=tuple(arrays),
-    )
+    return labels

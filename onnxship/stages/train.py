@@ -71,11 +71,11 @@ def trained_checkpoint(
     initial_state: str | None = None,
     ranks: Any = None,
 ) -> Artifact:
-    """`models.train.train_from_mnist`, and the model's MACs and parameters in its metrics
+    """`models.train.trained_from_data`, and the model's MACs and parameters in its metrics
     (counted by the writing rank only)."""
-    from onnxship.models.train import train_from_mnist
+    from onnxship.models.train import trained_from_data
 
-    artifact = train_from_mnist(
+    artifact = trained_from_data(
         train_cfg, out, data_dir=data_dir, data=data, factory=factory, initial_state=initial_state
     )
     if ranks is not None and not ranks.is_main:

@@ -1,0 +1,122 @@
+"""The CLI's flags and help, pinned: every command's and sub-verb's parser compared with a
+snapshot (tests/cli_flags.json) - each action's option strings, dest, default, type, choices,
+nargs, const, required, metavar and help, and the rendered `--help` text.
+
+Flags are declared once, beside the config they fill; this test is what keeps a refactor of
+that machinery from changing what a user types or reads. A deliberate change of a flag or its
+help is made by regenerating the snapshot and reviewing the diff:
+
+    ONNXSHIP_WRITE_CLI_SNAPSHOT=1 .venv/bin/python -m pytest tests/test_cli_flags.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from onnxship.cli import build_parser
+
+SNAPSHOT = Path(__file__).with_name("cli_flags.json")
+WIDTH = "100"  # argparse wraps help at $COLUMNS - 2; pinned so the text does not depend on the tty
+
+
+def _name(value: Any) -> Any:
+    if value is None:
+        return None
+    return getattr(value, "__name__", None) or type(value).__name__
+
+
+def _action(action: argparse.Action) -> dict[str, Any]:
+    return {
+        "kind": type(action).__name__,
+        "option_strings": list(action.option_strings),
+        "dest": action.dest,
+        "default": repr(action.default),
+        "type": _name(action.type),
+        "choices": None if action.choices is None else repr(list(action.choices)),
+        "nargs": action.nargs,
+        "const": repr(action.const),
+        "required": action.required,
+        "metavar": action.metavar,
+        "help": action.help,
+    }
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    root = build_parser()
+    found = {"onnxship": root}
+    for action in root._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.update(action.choices)
+    return found
+
+
+def _describe(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    text = parser.format_help()  # first: a command's parser may add its arguments on first use
+    actions = [_action(a) for a in parser._actions if not isinstance(a, argparse._SubParsersAction)]
+    groups = [
+        [g.title, sorted(a.dest for a in g._group_actions)]
+        for g in parser._mutually_exclusive_groups
+    ]
+    return {"help": text, "actions": actions, "exclusive": groups}
+
+
+def _snapshot(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setenv("COLUMNS", WIDTH)
+    return {name: _describe(p) for name, p in sorted(_parsers().items())}
+
+
+def test_cli_flags_and_help_match_the_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
+    live = _snapshot(monkeypatch)
+    if os.environ.get("ONNXSHIP_WRITE_CLI_SNAPSHOT"):
+        SNAPSHOT.write_text(json.dumps(live, indent=1, sort_keys=True) + "\n")
+    pinned = json.loads(SNAPSHOT.read_text())
+    assert sorted(live) == sorted(pinned), "commands added or removed"
+    for name in sorted(pinned):
+        want, got = pinned[name], live[name]
+        assert [a["dest"] for a in got["actions"]] == [a["dest"] for a in want["actions"]], name
+        for a, b in zip(got["actions"], want["actions"], strict=True):
+            assert a == b, f"onnxship {name} {a['option_strings'] or a['dest']}"
+        assert got["exclusive"] == want["exclusive"], name
+        assert got["help"] == want["help"], f"onnxship {name} --help"
+
+
+def test_cli_snapshot_covers_every_command_and_sub_verb() -> None:
+    from onnxship.cli import BENCH_SUBVERBS
+    from onnxship.commands import COMMAND_MODULES
+
+    names = set(json.loads(SNAPSHOT.read_text()))
+    assert {"onnxship", *COMMAND_MODULES, *BENCH_SUBVERBS.values()} <= names
+
+
+HELP_WITHOUT_TORCH = """
+import contextlib, io, sys
+from onnxship.cli import build_parser
+parser = build_parser()
+for argv in ([], *([c] for c in sys.argv[1:])):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        parser.parse_args([*argv, "--help"])
+leaked = sorted(m for m in ("torch", "onnx", "onnxruntime.quantization") if m in sys.modules)
+sys.exit(f"--help imported {leaked}" if leaked else 0)
+"""
+
+
+def test_cli_help_reads_only_the_library_of_the_command_asked() -> None:
+    """A command's flags come off its config, so its parser is built when used: `onnxship
+    --help` and the ONNX-side commands' help load neither torch nor the quantizer (their
+    configs live in torch-free modules; train/prune/distill --help do import torch)."""
+    import subprocess
+    import sys
+
+    commands = ["bench", "bench-compare", "bench-merge", "eval", "export", "fp16", "gate", "run",
+                "tune", "verify"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_WITHOUT_TORCH, *commands], capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
