@@ -202,6 +202,15 @@ def test_a_failing_toy_stage_leaves_no_record_and_no_output(tmp_path: Path) -> N
     assert not (tmp_path / "bundle" / "stages" / "toy.json").exists()
 
 
+def test_an_input_outside_the_bundle_is_taken_as_given_even_when_relative(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("name.txt").write_text("relative")
+    run_toys(tmp_path / "bundle", [toy_stage(source=Path("name.txt"))])
+    assert (tmp_path / "bundle" / "results" / "toy.txt").read_text() == "hello, relative\n"
+
+
 def test_a_plan_names_each_stage_once(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="repeated: toy"):
         run_toys(tmp_path / "bundle", [toy_stage(), toy_stage("hi")])

@@ -118,8 +118,9 @@ class Run:
         return self.own.splits.config if self.own is not None else None
 
     def file(self, where: str | os.PathLike[str]) -> Path:
-        """A declared input or output as a path: inside the bundle unless already absolute."""
-        return self.out_dir / where
+        """A declared input or output as a path: a str is inside the bundle folder, a Path a
+        file outside it, taken as it is (relative to the working folder if relative)."""
+        return self.out_dir / where if isinstance(where, str) else Path(where)
 
 
 def checkpoint_stage_outputs(name: str) -> tuple[str, str]:
