@@ -246,3 +246,26 @@ def test_manifest_takes_macs_and_params_from_the_checkpoint_stages_artifact(
 def test_bundle_onnx_names_its_file_in_the_bundle() -> None:
     onnx = BundleOnnx("student-int8", "student", "int8", "student-fp32", "distill")
     assert onnx.path == "artifacts/student-int8.onnx"
+
+
+def test_manifest_counts_the_checkpoint_when_its_record_predates_the_macs_metrics(
+    tmp_path: Path,
+) -> None:
+    """A bundle made before the checkpoint stages recorded `macs` and `params`: the manifest
+    counts them on the checkpoint (what every manifest did before), once per checkpoint."""
+    from onnxship.manifest import ArtifactSpec, _complexity
+    from onnxship.models.checkpoint import save_checkpoint
+    from onnxship.models.flops import count_macs, count_params
+    from onnxship.models.registry import create_model
+    from onnxship.stages.base import with_complexity
+
+    model = create_model("simple_cnn")
+    old = save_checkpoint(model, tmp_path / "teacher.pt", stage="train", metrics={"epochs": 1})
+    spec = ArtifactSpec("teacher-fp32", "teacher", "fp32", None, "export-teacher",
+                        old.path, source=old)  # fmt: skip
+    expected = (count_macs(model, (1, 1, 28, 28)), count_params(model))
+    counted: dict[Path, tuple[int, int]] = {}
+    assert _complexity(spec, counted) == expected and counted == {old.path: expected}
+    # what the train stage returns now: the same numbers, carried in its metrics
+    new = with_complexity(old)
+    assert (new.metrics["macs"], new.metrics["params"]) == expected
