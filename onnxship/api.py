@@ -1,10 +1,13 @@
 """The Python API: one path-in/path-out function per stage, with typed configs.
 
 These are the functions the CLI calls (the CLI only parses flags into the same configs), so a
-script and a shell user get the same files, records and errors; a stage's record holds the
-same config and inputs as the one `onnxship run` writes for it (`onnxship.stage_run`). Every function writes its
-outputs atomically and returns what it made; failures raise `OnnxshipError` subclasses whose
-one-line message names the file, what was expected and the fix (`exc.exit_code` is the CLI's).
+script and a shell user get the same files, records and errors. A stage's record holds the same
+config, inputs and metrics as the one `onnxship run` writes for it: the pipeline's stage
+modules (`onnxship.stages`) call the same library functions, train and distill through the
+same wrappers (which add the model's `macs` and `params`), and `run` executes `plan(cfg)` with
+the one runner (`onnxship.stages.runner`). Every function writes its outputs atomically and
+returns what it made; failures raise `OnnxshipError` subclasses whose one-line message names
+the file, what was expected and the fix (`exc.exit_code` is the CLI's).
 
     from pathlib import Path
     from onnxship import api
@@ -79,7 +82,8 @@ def train(
     `ranks` (a `models.distributed.Ranks`, under torchrun): every rank trains its shard of
     each batch, rank 0 alone writes."""
     from onnxship.models.data import ensure_mnist
-    from onnxship.models.train import TrainConfig, trained_from_data
+    from onnxship.models.train import TrainConfig
+    from onnxship.stages.train import trained_checkpoint
 
     cfg = cfg or TrainConfig()
     cfg.validate()
@@ -93,7 +97,7 @@ def train(
         stage="train",
         config=cfg,
         inputs=mnist_inputs(root),
-        produce=lambda: trained_from_data(cfg, checkpoint, data_dir=root),
+        produce=lambda: trained_checkpoint(cfg, checkpoint, data_dir=root, ranks=ranks),
         extra_outputs=[checkpoint.with_suffix(".json")],
         ranks=ranks,
     )
@@ -142,6 +146,7 @@ def distill(
     and the same steps without it (the ablation) -> `out_dir/checkpoints/<name>.pt` (+ .json).
     `ranks` as in `train`."""
     from onnxship.models.distill import DistillConfig, distilled_from_checkpoints
+    from onnxship.stages.distill import student_complexity
 
     cfg = cfg or DistillConfig()
     cfg.validate()
@@ -157,7 +162,9 @@ def distill(
         stage="distill",
         config=cfg,
         inputs=[*checkpoint_inputs(s), *checkpoint_inputs(t)],
-        produce=lambda: distilled_from_checkpoints(s, t, cfg, target, data_dir=data_dir),
+        produce=lambda: student_complexity(
+            distilled_from_checkpoints(s, t, cfg, target, data_dir=data_dir)
+        ),
         extra_outputs=[target.with_suffix(".json")],
         ranks=ranks,
     )
@@ -364,7 +371,8 @@ def run(
     force: bool = False,
     progress: Any = None,
 ) -> PipelineResult:
-    """The whole pipeline into one bundle folder (resumable)."""
+    """The whole pipeline into one bundle folder (resumable): the stages of
+    `onnxship.stages.plan.plan(cfg)`, run by the runner `onnxship run` uses."""
     from onnxship.pipeline import run_pipeline
 
     return run_pipeline(cfg, out_dir, force=force, progress=progress or (lambda msg: None))

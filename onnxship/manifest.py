@@ -1,8 +1,9 @@
 """manifest.json (schema_version 1, see CONTRACT.md): what a deployer trusts months later.
 
-Built by `onnxship run` from the stage records, the artifacts themselves and the measuring
-stages; read by `verify` and `gate` (which stay torch-free: this module's torch-using part,
-`build_manifest`, is only called by the pipeline).
+Built by `onnxship run` (its manifest stage, onnxship.stages.manifest) from the artifacts the
+stages returned, with the metrics their records hold, and the measuring stages; read by
+`verify` and `gate` (which stay torch-free: only a bundle whose records predate the `macs`
+metrics makes `build_manifest` count a checkpoint in PyTorch).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxship import __version__
-from onnxship.core.artifact import atomic_write_json, utc_now
+from onnxship.core.artifact import Artifact, atomic_write_json, utc_now
 from onnxship.errors import PipelineError
 from onnxship.measure import SCENARIOS, BenchSettings, RecommendPolicy
 from onnxship.stage_run import RunContext
@@ -134,14 +135,21 @@ def integer_class_fields(
 
 @dataclass(frozen=True)
 class ArtifactSpec:
-    """What the manifest says about one .onnx artifact besides measurements."""
+    """What the manifest says about one .onnx artifact besides measurements.
+
+    `onnx`: the artifact its stage returned (sha256, bytes, and the stage, config and metrics
+    its record holds); `source`: the artifact of the stage that wrote `checkpoint`, whose
+    metrics carry the model's `macs` and `params`. Without them the record is read and the
+    checkpoint counted in PyTorch (bundles whose records predate those metrics)."""
 
     name: str
-    model: str  # "teacher" | "student"
+    model: str  # "teacher" | "student" | "searched"
     precision: str  # "fp32" | "fp16" | "int8"
     parent: str | None
     record: str  # stage record name
     checkpoint: Path  # the PyTorch checkpoint the graph came from (MACs, params)
+    onnx: Artifact | None = None
+    source: Artifact | None = None
 
 
 def build_manifest(
@@ -154,78 +162,22 @@ def build_manifest(
     *,
     dataset: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ctx.out_dir/manifest.json from the artifacts, their stage records and measurements.
-    `dataset`: the contract's top-level block (DatasetInfo.to_json(); for non-MNIST data
-    `test_path`, the bundle's copy of the test data that `verify` re-measures on)."""
-    from onnxship.core.artifact import sha256_file
-    from onnxship.export.checks import describe_onnx
-    from onnxship.models.checkpoint import load_checkpoint
-    from onnxship.models.flops import count_macs, count_params
-
+    """Write ctx.out_dir/manifest.json from the artifacts the stages returned and their
+    measurements. `dataset`: the contract's top-level block (DatasetInfo.to_json(); for
+    non-MNIST data `test_path`, the bundle's copy of the test data that `verify` re-measures
+    on)."""
     out_dir: Path = ctx.out_dir
+    made = {spec.name: stage_artifact(spec, out_dir) for spec in specs}
     complexity: dict[Path, tuple[int, int]] = {}
-    artifacts: dict[str, Any] = {}
-    for spec in specs:
-        path = out_dir / "artifacts" / f"{spec.name}.onnx"
-        record = json.loads((out_dir / "stages" / f"{spec.record}.json").read_text())
-        if spec.checkpoint not in complexity:
-            model, meta = load_checkpoint(spec.checkpoint)
-            complexity[spec.checkpoint] = (
-                count_macs(model, (1, *meta.input_shape)),
-                count_params(model),
-            )
-        macs, params = complexity[spec.checkpoint]
-        description = describe_onnx(path)
-        accuracy = eval_json["artifacts"][spec.name]
-        artifacts[spec.name] = {
-            "path": f"artifacts/{path.name}",
-            "sha256": sha256_file(path),
-            "bytes": path.stat().st_size,
-            "model": spec.model,
-            "precision": spec.precision,
-            "parent": spec.parent,
-            "stage": record["stage"],
-            "stage_config": record.get("config", {}),
-            "source_checkpoint": {
-                "path": os.path.relpath(spec.checkpoint, out_dir),
-                "sha256": sha256_file(spec.checkpoint),
-            },
-            "opset": description["opset"],
-            "macs": macs,
-            "params": params,
-            "inputs": description["inputs"],
-            "outputs": description["outputs"],
-            "accuracy": {
-                "test_top1": accuracy["top1"],
-                "correct": accuracy.get("correct"),
-                "n": accuracy.get("n"),
-                "split": "test",
-                "provider": eval_json.get("provider"),
-                "batch_size": eval_json.get("batch_size"),
-                "predictions": accuracy.get("predictions"),
-            },
-            "latency": _latency_for(path, bench_json),
-        }
-        artifacts[spec.name].update(integer_class_fields(spec.precision, record, accuracy))
-        if spec.precision == "int8":
-            from onnxship.calibrate.coverage import integer_mac_share
-
-            artifacts[spec.name]["integer_macs"] = integer_mac_share(path)
-    budget = float(dict(config.get("search") or {}).get("max_drop", DEFAULT_RECOMMEND_DROP))
-    policy = bench_settings.recommend
-    int8_gate = {
-        spec.name: int8_shipping_verdict(
-            json.loads((out_dir / "stages" / f"{spec.record}.json").read_text()).get("metrics", {}),
-            min_speedup=policy.int8_min_speedup,
-            batch=policy.int8_batch,
+    artifacts = {
+        spec.name: artifact_entry(
+            spec, made[spec.name], _complexity(spec, complexity), out_dir, eval_json, bench_json
         )
         for spec in specs
-        if spec.precision == "int8"
     }
-    recommended, recommended_detail, by_scenario = recommend(
-        artifacts, bench_json, max_drop=budget, policy=policy, int8_verdicts=int8_gate,
-        ci_level=bench_settings.ci_level,
-    )  # fmt: skip
+    recommended, recommended_detail, by_scenario = _recommendation(
+        artifacts, specs, made, config, bench_settings, bench_json
+    )
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "onnxship_version": __version__,
@@ -233,17 +185,7 @@ def build_manifest(
         "git_commit": git_commit(),
         "config": dict(config),
         "environment": environment(),
-        "bench": {
-            "threads": bench_settings.threads,
-            "iterations": bench_settings.iterations,
-            "warmup": bench_settings.warmup,
-            "budget_s": bench_settings.budget_s,
-            "ci_level": bench_settings.ci_level,
-            "target_rel_ci": bench_settings.target_rel_ci,
-            "timing": "block-interleaved rounds of "
-            f"{bench_settings.interleave_block} calls per artifact, the first untimed",
-            "results": "results/bench.json",
-        },
+        "bench": _bench_block(bench_settings),
         "artifacts": artifacts,
         "recommended": recommended,
         "recommended_detail": recommended_detail,
@@ -257,6 +199,129 @@ def build_manifest(
     if targets:
         manifest["targets"] = targets
     return atomic_write_json(out_dir / "manifest.json", manifest)
+
+
+def stage_artifact(spec: ArtifactSpec, out_dir: Path) -> Artifact:
+    """The .onnx artifact as its stage returned it, else as its record describes it."""
+    if spec.onnx is not None:
+        return spec.onnx
+    from onnxship.core.artifact import sha256_file
+
+    path = out_dir / "artifacts" / f"{spec.name}.onnx"
+    record = json.loads((out_dir / "stages" / f"{spec.record}.json").read_text())
+    return Artifact(
+        path=path,
+        sha256=sha256_file(path),
+        bytes=path.stat().st_size,
+        stage=record["stage"],
+        config=record.get("config", {}),
+        metrics=record.get("metrics", {}),
+    )
+
+
+def _complexity(spec: ArtifactSpec, counted: dict[Path, tuple[int, int]]) -> tuple[int, int]:
+    """(MACs, params) from the checkpoint stage's metrics, else counted once per checkpoint."""
+    metrics = spec.source.metrics if spec.source is not None else {}
+    if metrics.get("macs") is not None and metrics.get("params") is not None:
+        return int(metrics["macs"]), int(metrics["params"])
+    if spec.checkpoint not in counted:
+        from onnxship.stages.base import count_complexity
+
+        n = count_complexity(spec.checkpoint)
+        counted[spec.checkpoint] = (n["macs"], n["params"])
+    return counted[spec.checkpoint]
+
+
+def artifact_entry(
+    spec: ArtifactSpec,
+    made: Artifact,
+    complexity: tuple[int, int],
+    out_dir: Path,
+    eval_json: Mapping[str, Any],
+    bench_json: dict[str, Any],
+) -> dict[str, Any]:
+    """One artifact's manifest entry: its file, lineage, graph, cost and measurements."""
+    from onnxship.core.artifact import sha256_file
+    from onnxship.export.checks import describe_onnx
+
+    path = out_dir / "artifacts" / f"{spec.name}.onnx"
+    description = describe_onnx(path)
+    accuracy = eval_json["artifacts"][spec.name]
+    source_sha = spec.source.sha256 if spec.source is not None else sha256_file(spec.checkpoint)
+    entry: dict[str, Any] = {
+        "path": f"artifacts/{path.name}",
+        "sha256": made.sha256,
+        "bytes": made.bytes,
+        "model": spec.model,
+        "precision": spec.precision,
+        "parent": spec.parent,
+        "stage": made.stage,
+        "stage_config": made.config,
+        "source_checkpoint": {
+            "path": os.path.relpath(spec.checkpoint, out_dir),
+            "sha256": source_sha,
+        },
+        "opset": description["opset"],
+        "macs": complexity[0],
+        "params": complexity[1],
+        "inputs": description["inputs"],
+        "outputs": description["outputs"],
+        "accuracy": {
+            "test_top1": accuracy["top1"],
+            "correct": accuracy.get("correct"),
+            "n": accuracy.get("n"),
+            "split": "test",
+            "provider": eval_json.get("provider"),
+            "batch_size": eval_json.get("batch_size"),
+            "predictions": accuracy.get("predictions"),
+        },
+        "latency": _latency_for(path, bench_json),
+    }
+    entry.update(integer_class_fields(spec.precision, {"metrics": made.metrics}, accuracy))
+    if spec.precision == "int8":
+        from onnxship.calibrate.coverage import integer_mac_share
+
+        entry["integer_macs"] = integer_mac_share(path)
+    return entry
+
+
+def _recommendation(
+    artifacts: Mapping[str, Mapping[str, Any]],
+    specs: Sequence[ArtifactSpec],
+    made: Mapping[str, Artifact],
+    config: Mapping[str, Any],
+    bench_settings: BenchSettings,
+    bench_json: Mapping[str, Any],
+) -> tuple[dict[str, str], dict[str, Any], dict[str, dict[str, str]]]:
+    """`recommended`, `recommended_detail` and `recommended_by_scenario` (see `recommend`);
+    an INT8 artifact's verdict comes from its quantize stage's metrics."""
+    budget = float(dict(config.get("search") or {}).get("max_drop", DEFAULT_RECOMMEND_DROP))
+    policy = bench_settings.recommend
+    int8_gate = {
+        spec.name: int8_shipping_verdict(
+            made[spec.name].metrics, min_speedup=policy.int8_min_speedup, batch=policy.int8_batch
+        )
+        for spec in specs
+        if spec.precision == "int8"
+    }
+    return recommend(
+        artifacts, bench_json, max_drop=budget, policy=policy, int8_verdicts=int8_gate,
+        ci_level=bench_settings.ci_level,
+    )  # fmt: skip
+
+
+def _bench_block(bench_settings: BenchSettings) -> dict[str, Any]:
+    return {
+        "threads": bench_settings.threads,
+        "iterations": bench_settings.iterations,
+        "warmup": bench_settings.warmup,
+        "budget_s": bench_settings.budget_s,
+        "ci_level": bench_settings.ci_level,
+        "target_rel_ci": bench_settings.target_rel_ci,
+        "timing": "block-interleaved rounds of "
+        f"{bench_settings.interleave_block} calls per artifact, the first untimed",
+        "results": "results/bench.json",
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -150,6 +150,53 @@ def machine_key() -> dict[str, Any]:
     return {k: fp[k] for k in FINGERPRINT_MACHINE_KEYS}
 
 
+def eval_data_files(data_dir: str | None, data_npz: Path | None) -> list[Path]:
+    """The files the eval stage measures on (its inputs after the artifacts): the labelled
+    `data_npz`, else MNIST's test images and labels under `data_dir`."""
+    if data_npz is not None:
+        return [data_npz]
+    raw = mnist.require_files(mnist.resolve_data_root(data_dir))
+    return [raw / mnist.TEST_IMAGES, raw / mnist.TEST_LABELS]
+
+
+def eval_key(settings: EvalSettings) -> dict[str, Any]:
+    """The eval stage's recorded config. The machine is part of it, as for bench: the manifest
+    records the environment of the run that writes it, and verify demands exact predictions on
+    that environment, so a bundle re-run elsewhere (seen: re-benched on the GPU machine)
+    re-measures accuracy there instead of keeping predictions from another CPU under the new
+    machine's name."""
+    return {"settings": settings, **machine_key()}
+
+
+def eval_results(
+    onnx_paths: Mapping[str, Path],
+    settings: EvalSettings,
+    out: Path,
+    preds_path: Path,
+    *,
+    data_dir: str | None,
+    data_npz: Path | None = None,
+) -> Artifact:
+    """Measure every artifact's test top-1 and write `out` (results/eval.json) and every
+    argmax to `preds_path`, so `onnxship verify` on another CPU can count differing
+    predictions."""
+    results, predictions = _evaluated(onnx_paths, settings, data_dir, data_npz)
+    _write_predictions(preds_path, predictions, results)
+    atomic_write_json(
+        out,
+        {
+            "schema_version": EVAL_SCHEMA,
+            "created": utc_now(),
+            "split": "test",
+            "batch_size": settings.batch_size,
+            "provider": settings.provider,
+            "artifacts": results,
+        },
+    )
+    metrics = {name: {"test_top1": r["top1"]} for name, r in results.items()}
+    return Artifact.from_file(out, stage="eval", config=settings, metrics=metrics)
+
+
 def eval_stage(
     ctx: RunContext,
     settings: EvalSettings,
@@ -157,45 +204,20 @@ def eval_stage(
     *,
     data_npz: Path | None = None,
 ) -> dict[str, Any]:
-    """Test top-1 of every artifact (MNIST test, or the labelled `data_npz`); returns the
-    parsed results/eval.json."""
-    if data_npz is not None:
-        data_files = [data_npz]
-    else:
-        raw = mnist.require_files(mnist.resolve_data_root(ctx.data_dir))
-        data_files = [raw / mnist.TEST_IMAGES, raw / mnist.TEST_LABELS]
+    """Test top-1 of every artifact (MNIST test, or the labelled `data_npz`), as a cached
+    stage of `ctx`; returns the parsed results/eval.json."""
     out = ctx.path("results", "eval.json")
     preds_path = ctx.path("results", PREDICTIONS_FILE)
-
-    def produce() -> Artifact:
-        results, predictions = _evaluated(onnx_paths, settings, ctx.data_dir, data_npz)
-        _write_predictions(preds_path, predictions, results)
-        atomic_write_json(
-            out,
-            {
-                "schema_version": EVAL_SCHEMA,
-                "created": utc_now(),
-                "split": "test",
-                "batch_size": settings.batch_size,
-                "provider": settings.provider,
-                "artifacts": results,
-            },
-        )
-        metrics = {name: {"test_top1": r["top1"]} for name, r in results.items()}
-        return Artifact.from_file(out, stage="eval", config=settings, metrics=metrics)
-
-    # The machine is part of the key, as for bench: the manifest records the environment of
-    # the run that writes it, and verify demands exact predictions on that environment, so a
-    # bundle re-run elsewhere (seen: re-benched on the GPU machine) re-measures accuracy there
-    # instead of keeping predictions from another CPU under the new machine's name.
     cached_stage(
         ctx,
         "eval",
         stage="eval",
-        config={"settings": settings, **machine_key()},
-        inputs=[*onnx_paths.values(), *data_files],
+        config=eval_key(settings),
+        inputs=[*onnx_paths.values(), *eval_data_files(ctx.data_dir, data_npz)],
         outputs=[out, preds_path],
-        produce=produce,
+        produce=lambda: eval_results(
+            onnx_paths, settings, out, preds_path, data_dir=ctx.data_dir, data_npz=data_npz
+        ),
     )
     return _load_json(out)
 
@@ -267,81 +289,87 @@ def bench_providers(requested: tuple[str, ...]) -> tuple[list[str], list[Provide
     return [*(p.provider for p in probes if p.usable), CPU_EP], [p for p in probes if not p.usable]
 
 
-def bench_stage(
-    ctx: RunContext, settings: BenchSettings, onnx_paths: Mapping[str, Path]
-) -> dict[str, Any]:
-    """Latency of every artifact on every selected EP; returns the parsed results/bench.json.
+def bench_key(settings: BenchSettings, providers: list[str]) -> dict[str, Any]:
+    """The bench stage's recorded config. The machine is part of it: a bundle re-run elsewhere
+    is re-measured there."""
+    return {"settings": settings, "providers": providers, "timing": "interleaved", **machine_key()}
+
+
+def bench_results(
+    onnx_paths: Mapping[str, Path],
+    settings: BenchSettings,
+    providers: list[str],
+    skipped: list[dict[str, str]],
+    out: Path,
+) -> Artifact:
+    """Time every artifact on every EP of `providers` and write `out` (results/bench.json).
 
     On each EP the artifacts are timed block-interleaved in one run at each batch size
     (`benchmark_models_interleaved`, the timing engine), so the ratios between them (the
     report's headline, `recommended`, the gate's latency_ratios) compare numbers taken at the
-    same moments, each with a paired bootstrap CI."""
+    same moments, each with a paired bootstrap CI. The stage's timing budget is split evenly
+    over every (EP, batch size) measurement."""
     from onnxship.runtime_bench.bench import BenchConfig, benchmark_models_interleaved
 
+    share_s = settings.budget_s / (len(providers) * len(settings.batch_sizes))
+    merged: dict[str, Any] | None = None
+    for provider in providers:
+        cfg = BenchConfig(
+            provider=provider,
+            batch_sizes=tuple(settings.batch_sizes),
+            threads=settings.threads,
+            warmup=settings.warmup,
+            iterations=settings.iterations,
+            time_budget_s=share_s,
+            progress=False,
+            interleave_block=settings.interleave_block,
+            ci_level=settings.ci_level,
+            target_rel_ci=settings.target_rel_ci,
+            statistic=settings.statistic,
+            reference=settings.reference if settings.reference in onnx_paths else None,
+            race=settings.race,
+        )
+        result = benchmark_models_interleaved(list(onnx_paths.values()), cfg)
+        if merged is None:
+            merged = result
+            merged["config"] = {"providers": providers, **dict(result.get("config", {}))}
+        else:
+            merged["results"].extend(result["results"])
+            merged["ratios"].extend(result["ratios"])
+            merged["timing_runs"].extend(result["timing_runs"])
+    assert merged is not None
+    merged["skipped_providers"] = skipped
+    atomic_write_json(out, merged)
+    return Artifact.from_file(
+        out,
+        stage="bench",
+        config=bench_key(settings, providers),
+        metrics={
+            "providers": providers,
+            "skipped_providers": skipped,
+            "budget_s": settings.budget_s,
+            "timing_runs": merged["timing_runs"],
+        },  # fmt: skip
+    )
+
+
+def bench_stage(
+    ctx: RunContext, settings: BenchSettings, onnx_paths: Mapping[str, Path]
+) -> dict[str, Any]:
+    """Latency of every artifact on every selected EP (`bench_results`), as a cached stage of
+    `ctx`; returns the parsed results/bench.json."""
     providers, skipped = bench_providers(settings.providers)
     for probe in skipped:
         ctx.progress(f"[note] bench: skipping {probe.provider}: {probe.reason}")
     out = ctx.path("results", "bench.json")
-    # The machine is part of the key: a bundle re-run elsewhere is re-measured there.
-    key_config = {
-        "settings": settings,
-        "providers": providers,
-        "timing": "interleaved",
-        **machine_key(),
-    }
     skipped_json = [{"provider": p.provider, "reason": p.reason} for p in skipped]
-
-    # the stage's timing budget, split evenly over every (EP, batch size) measurement
-    share_s = settings.budget_s / (len(providers) * len(settings.batch_sizes))
-
-    def produce() -> Artifact:
-        merged: dict[str, Any] | None = None
-        for provider in providers:
-            cfg = BenchConfig(
-                provider=provider,
-                batch_sizes=tuple(settings.batch_sizes),
-                threads=settings.threads,
-                warmup=settings.warmup,
-                iterations=settings.iterations,
-                time_budget_s=share_s,
-                progress=False,
-                interleave_block=settings.interleave_block,
-                ci_level=settings.ci_level,
-                target_rel_ci=settings.target_rel_ci,
-                statistic=settings.statistic,
-                reference=settings.reference if settings.reference in onnx_paths else None,
-                race=settings.race,
-            )
-            result = benchmark_models_interleaved(list(onnx_paths.values()), cfg)
-            if merged is None:
-                merged = result
-                merged["config"] = {"providers": providers, **dict(result.get("config", {}))}
-            else:
-                merged["results"].extend(result["results"])
-                merged["ratios"].extend(result["ratios"])
-                merged["timing_runs"].extend(result["timing_runs"])
-        assert merged is not None
-        merged["skipped_providers"] = skipped_json
-        atomic_write_json(out, merged)
-        return Artifact.from_file(
-            out,
-            stage="bench",
-            config=key_config,
-            metrics={
-                "providers": providers,
-                "skipped_providers": skipped_json,
-                "budget_s": settings.budget_s,
-                "timing_runs": merged["timing_runs"],
-            },  # fmt: skip
-        )
-
     cached_stage(
         ctx,
         "bench",
         stage="bench",
-        config=key_config,
+        config=bench_key(settings, providers),
         inputs=list(onnx_paths.values()),
         outputs=[out],
-        produce=produce,
+        produce=lambda: bench_results(onnx_paths, settings, providers, skipped_json, out),
     )
     return _load_json(out)

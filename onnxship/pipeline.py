@@ -1,8 +1,9 @@
 """`onnxship run`: the whole pipeline, resumable, into one bundle folder.
 
-    train -> export(teacher) -> prune -> distill -> export(student) -> quantize (INT8, recipe
-    search on the CPU EP) -> fp16 -> eval (every artifact, MNIST test, ORT) -> bench (every
-    artifact, every available EP) -> manifest.json, report.md, plots/
+The stages, in order, are listed in one place: `onnxship.stages.plan.plan(cfg)` (train ->
+export(teacher) -> prune -> distill -> export(student) -> quantize -> fp16 -> ... -> eval ->
+bench -> manifest). This module holds the bundle folder (its marker, the lock) and hands the
+plan to the one runner, `onnxship.stages.runner.run_plan`; `api.run` calls `run_pipeline`.
 
 With `[model] factory = "pkg.module:function"` and `[data] kind = "npz" | "imagefolder"` the
 same stages run on a user's own network and data (ONNX-side stages read the data as npz: the
@@ -17,7 +18,7 @@ what the record says; `--force` redoes everything. Every file is written atomica
 record only after its outputs, so a run killed mid-stage (even kill -9) leaves no partial
 artifact and the next run redoes just that stage.
 
-Under torchrun every rank runs this function: train and distill are data-parallel, every other
+Under torchrun every rank runs the plan: train and distill are data-parallel, every other
 stage runs on rank 0 while the others wait (`stage_run.cached_stage`, `Ranks.on_main`), and
 only rank 0 writes.
 """
@@ -30,138 +31,38 @@ import json
 import logging
 import os
 import shutil
-import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from onnxship import __version__
-from onnxship.calibrate.quantize import QuantizeConfig, int8_from_onnx
-from onnxship.configio import dataclass_from_mapping, to_toml
-from onnxship.core.artifact import (
-    atomic_write_bytes,
-    atomic_write_json,
-    config_hash,
-    jsonable,
-    utc_now,
-)
-from onnxship.core.dataset import DatasetKind
+from onnxship.core.artifact import atomic_write_json, config_hash, jsonable, utc_now
 from onnxship.errors import PipelineError
-from onnxship.export.fp16 import Fp16Config, fp16_from_onnx
-from onnxship.export.onnx_export import ExportConfig, onnx_from_checkpoint
-from onnxship.manifest import ArtifactSpec, build_manifest, write_bundle_docs
-from onnxship.measure import BenchSettings, EvalSettings, bench_stage, eval_stage
 from onnxship.models import distributed
-from onnxship.models.data import DataConfig, DataSplits, ensure_mnist, open_data
-from onnxship.models.distill import DistillConfig, distilled_from_checkpoints
-from onnxship.models.errors import ModelsError
-from onnxship.models.prune import PruneConfig, pruned_from_checkpoint
-from onnxship.models.registry import ModelFactory
-from onnxship.models.train import TrainConfig, trained_from_data
-from onnxship.search import SearchConfig, searched_from_checkpoints
-from onnxship.stage_run import RunContext, cached_stage, checkpoint_inputs, mnist_inputs
+from onnxship.stage_run import RunContext
+from onnxship.stages.base import Run
+from onnxship.stages.config import (  # re-exported: the config's long-standing import path
+    CONFIG_PATH_KEYS,
+    ExtraArtifacts,
+    ModelConfig,
+    PipelineConfig,
+    config_to_toml,
+    load_config,
+)
+from onnxship.stages.data import own_model_and_data
+from onnxship.stages.plan import plan
+from onnxship.stages.runner import run_plan
+
+__all__ = [
+    "CONFIG_PATH_KEYS", "ExtraArtifacts", "ModelConfig", "PipelineConfig", "PipelineResult",
+    "bundle_lock", "config_to_toml", "load_config", "run_pipeline",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 RUN_MARKER = ".onnxship-run.json"
 RUN_LOCK = ".onnxship-run.lock"
 BUNDLE_DIRS = ("artifacts", "checkpoints", "calibration", "stages", "results", "plots", "data")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """`[model]`: a user's own network. factory: "pkg.module:function" returning an
-    nn.Module (imported with the config file's folder first on sys.path), kwargs: its keyword
-    arguments, state_dict: a plain state_dict to start from instead of training. Unset
-    factory: the built-in registry model of `[train] arch`."""
-
-    factory: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    state_dict: str | None = None
-    search_path: str | None = None  # set by load_config: the config file's folder
-
-    def to_factory(self) -> ModelFactory | None:
-        if self.factory is None:
-            return None
-        return ModelFactory(self.factory, dict(self.kwargs), self.search_path)
-
-
-@dataclass(frozen=True)
-class ExtraArtifacts:
-    """Artifacts beyond the four the contract requires: the teacher in INT8 and FP16 too, so
-    the report separates what compression bought from what precision bought."""
-
-    teacher_int8: bool = True
-    teacher_fp16: bool = True
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    data_dir: str | None = None
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    # The default student: <= 10 % of the teacher's MACs, stated explicitly.
-    prune: PruneConfig = field(default_factory=lambda: PruneConfig(macs_budget=0.1))
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    fp16: Fp16Config = field(default_factory=Fp16Config)
-    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
-    eval: EvalSettings = field(default_factory=EvalSettings)
-    bench: BenchSettings = field(default_factory=BenchSettings)
-    extra: ExtraArtifacts = field(default_factory=ExtraArtifacts)
-    # The latency-searched student (searched-fp32/int8/fp16) and `recommended`.
-    search: SearchConfig = field(default_factory=SearchConfig)
-
-
-def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> PipelineConfig:
-    """Defaults, then the TOML file, then CLI overrides (top-level keys such as data_dir)."""
-    table: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise PipelineError(f"config file {p} does not exist; pass an existing TOML file")
-        try:
-            table = tomllib.loads(p.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise PipelineError(f"config file {p} is not valid TOML: {exc}") from exc
-        _resolve_config_paths(table, p.parent)
-    for key, value in overrides.items():
-        if value is not None:
-            table[key] = value
-    where = str(path) if path is not None else "config"
-    cfg = dataclass_from_mapping(PipelineConfig, table, where)
-    if path is None or cfg.model.factory is None or cfg.model.search_path:
-        return cfg
-    # The factory's module is imported with the config file's folder first on sys.path.
-    folder = os.fspath(Path(path).resolve().parent)
-    return replace(cfg, model=replace(cfg.model, search_path=folder))
-
-
-# Path values of a config file (as key paths into its table); relative ones are relative to the
-# config file's folder (CONTRACT.md), resolved here, once, at load time.
-CONFIG_PATH_KEYS: tuple[tuple[str, ...], ...] = (
-    ("data_dir",),
-    ("data", "train"),
-    ("data", "test"),
-    ("model", "state_dict"),
-)
-
-
-def _resolve_config_paths(table: dict[str, Any], base: Path) -> None:
-    for keys in CONFIG_PATH_KEYS:
-        holder: Any = table
-        for key in keys[:-1]:
-            holder = holder.get(key) if isinstance(holder, dict) else None
-        value = holder.get(keys[-1]) if isinstance(holder, dict) else None
-        if isinstance(value, str) and value:
-            holder[keys[-1]] = os.path.abspath(base / os.path.expanduser(value))
-
-
-def config_to_toml(cfg: PipelineConfig) -> str:
-    header = f"# onnxship {__version__} effective pipeline config (onnxship run --config FILE)\n"
-    return header + to_toml(jsonable(cfg))
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,266 +154,21 @@ def run_pipeline(
     force: bool = False,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> PipelineResult:
+    """Run `plan(cfg)` into the bundle folder `out_dir` (resumable; `force` redoes every
+    stage). The user's own model and data are checked before the folder is touched."""
     out = Path(out_dir)
-    own = _own_model_and_data(cfg)  # checked before anything is written
+    own = own_model_and_data(cfg)
+    stages = plan(cfg)
     ranks = distributed.current()
     # Only rank 0 writes, so only rank 0 holds the bundle lock; the other ranks follow it.
     lock = bundle_lock(out) if ranks.is_main else contextlib.nullcontext()
     with lock:
-        return _run_locked(cfg, out, force, progress, ranks, own)
-
-
-def _run_locked(
-    cfg: PipelineConfig,
-    out: Path,
-    force: bool,
-    progress: Callable[[str], None],
-    ranks: distributed.Ranks,
-    own: _OwnRun | None,
-) -> PipelineResult:
-    ranks.on_main(lambda: _prepare_out_dir(out, cfg, force), what="preparing the bundle folder")
-    ctx = RunContext(
-        out_dir=out, force=force, data_dir=cfg.data_dir, progress=progress, ranks=ranks
-    )
-    data_dir = cfg.data_dir
-    specs: list[ArtifactSpec] = []
-    data = own.splits.config if own is not None else None
-    factory = cfg.model.to_factory()
-    val_npz = test_npz = None
-    if own is not None:
-        splits = own.splits
-        val_npz, test_npz = ranks.on_main(
-            lambda: _write_data_npz(ctx, splits), what="writing the data files"
+        ranks.on_main(lambda: _prepare_out_dir(out, cfg, force), what="preparing the bundle folder")
+        ctx = RunContext(
+            out_dir=out, force=force, data_dir=cfg.data_dir, progress=progress, ranks=ranks
         )
-
-    teacher_ckpt = ctx.path("checkpoints", "teacher.pt")
-    train_config: Any = cfg.train
-    if own is None:  # the files MNIST's train reads, as `onnxship train` records them
-        root = ranks.on_main(lambda: ensure_mnist(data_dir), what="checking the MNIST files")
-        train_inputs = mnist_inputs(root)
-    else:
-        train_config = {"train": cfg.train, "model": cfg.model, "data": cfg.data}
-        train_inputs = cfg.data.files() or [p for p in (val_npz, test_npz) if p is not None]
-        if cfg.model.state_dict:
-            train_inputs.append(Path(cfg.model.state_dict))
-        if own.source is not None and own.source.is_file():
-            train_inputs.append(own.source)
-    cached_stage(
-        ctx, "train", stage="train", config=train_config, inputs=train_inputs,
-        outputs=[teacher_ckpt, teacher_ckpt.with_suffix(".json")],
-        produce=lambda: trained_from_data(
-            cfg.train, teacher_ckpt, data_dir=data_dir, data=data, factory=factory,
-            initial_state=cfg.model.state_dict,
-        ),
-        distributed=True,
-    )  # fmt: skip
-
-    def export(ckpt: Path, name: str, record: str) -> Path:
-        target = ctx.path("artifacts", f"{name}.onnx")
-        cached_stage(
-            ctx, record, stage="export", config=cfg.export, inputs=checkpoint_inputs(ckpt),
-            outputs=[target],
-            produce=lambda: onnx_from_checkpoint(ckpt, cfg.export, target, data_dir=data_dir, data=data),
-        )  # fmt: skip
-        return target
-
-    teacher_fp32 = export(teacher_ckpt, "teacher-fp32", "export-teacher")
-    specs.append(
-        ArtifactSpec("teacher-fp32", "teacher", "fp32", None, "export-teacher", teacher_ckpt)
-    )
-
-    pruned_ckpt = ctx.path("checkpoints", "student-pruned.pt")
-    cached_stage(
-        ctx, "prune", stage="prune", config=cfg.prune, inputs=checkpoint_inputs(teacher_ckpt),
-        outputs=[pruned_ckpt, pruned_ckpt.with_suffix(".json")],
-        produce=lambda: pruned_from_checkpoint(teacher_ckpt, cfg.prune, pruned_ckpt, data_dir=data_dir, data=data),
-    )  # fmt: skip
-
-    student_ckpt = ctx.path("checkpoints", "student.pt")
-    cached_stage(
-        ctx, "distill", stage="distill", config=cfg.distill,
-        inputs=[*checkpoint_inputs(pruned_ckpt), *checkpoint_inputs(teacher_ckpt)],
-        outputs=[student_ckpt, student_ckpt.with_suffix(".json")],
-        produce=lambda: distilled_from_checkpoints(
-            pruned_ckpt, teacher_ckpt, cfg.distill, student_ckpt, data_dir=data_dir, data=data
-        ),
-        distributed=True,
-    )  # fmt: skip
-
-    student_fp32 = export(student_ckpt, "student-fp32", "export-student")
-    specs.append(
-        ArtifactSpec("student-fp32", "student", "fp32", None, "export-student", student_ckpt)
-    )
-
-    def quantize(src: Path, name: str, record: str) -> None:
-        target = ctx.path("artifacts", f"{name}.onnx")
-        calib = ctx.path("calibration", f"{name}-calib.npz")
-        cached_stage(
-            ctx, record, stage="quantize", config=cfg.quantize,
-            inputs=[src, *([val_npz] if val_npz else [])], outputs=[target, calib],
-            produce=lambda: int8_from_onnx(
-                src, cfg.quantize, target, data_dir=data_dir, calib_out=calib,
-                calib_npz=val_npz, val_npz=val_npz,
-            ),
-        )  # fmt: skip
-
-    def fp16(src: Path, name: str, record: str) -> None:
-        target = ctx.path("artifacts", f"{name}.onnx")
-        cached_stage(
-            ctx, record, stage="fp16", config=cfg.fp16,
-            inputs=[src, *([test_npz] if test_npz else [])], outputs=[target],
-            produce=lambda: fp16_from_onnx(src, cfg.fp16, target, data_dir=data_dir, data=test_npz),
-        )  # fmt: skip
-
-    quantize(student_fp32, "student-int8", "quantize")
-    specs.append(
-        ArtifactSpec("student-int8", "student", "int8", "student-fp32", "quantize", student_ckpt)
-    )
-    fp16(student_fp32, "student-fp16", "fp16")
-    specs.append(
-        ArtifactSpec("student-fp16", "student", "fp16", "student-fp32", "fp16", student_ckpt)
-    )
-    if cfg.extra.teacher_int8:
-        quantize(teacher_fp32, "teacher-int8", "quantize-teacher")
-        specs.append(
-            ArtifactSpec(
-                "teacher-int8", "teacher", "int8", "teacher-fp32", "quantize-teacher", teacher_ckpt
-            )
-        )
-    if cfg.extra.teacher_fp16:
-        fp16(teacher_fp32, "teacher-fp16", "fp16-teacher")
-        specs.append(
-            ArtifactSpec(
-                "teacher-fp16", "teacher", "fp16", "teacher-fp32", "fp16-teacher", teacher_ckpt
-            )
-        )
-
-    # ---- the hardware-aware student search (onnxship.search) -------------------------------
-    # The built-in MNIST task searches its own space; a user's factory model searches width
-    # multipliers of its keyword arguments, on the user's data (models.search).
-    if cfg.search.enabled:
-        searched_ckpt = ctx.path("checkpoints", "searched.pt")
-        cached_stage(
-            ctx, "search", stage="search", config=cfg.search,
-            inputs=[teacher_ckpt, student_ckpt, teacher_fp32],
-            outputs=[searched_ckpt, searched_ckpt.with_suffix(".json")],
-            produce=lambda: searched_from_checkpoints(
-                teacher_ckpt, student_ckpt, teacher_fp32, cfg.search, searched_ckpt,
-                data_dir=data_dir, data=data,
-            ),
-        )  # fmt: skip
-        searched_fp32 = export(searched_ckpt, "searched-fp32", "export-searched")
-        quantize(searched_fp32, "searched-int8", "quantize-searched")
-        fp16(searched_fp32, "searched-fp16", "fp16-searched")
-        specs += [
-            ArtifactSpec("searched-fp32", "searched", "fp32", None, "export-searched", searched_ckpt),
-            ArtifactSpec("searched-int8", "searched", "int8", "searched-fp32", "quantize-searched",
-                         searched_ckpt),
-            ArtifactSpec("searched-fp16", "searched", "fp16", "searched-fp32", "fp16-searched",
-                         searched_ckpt),
-        ]  # fmt: skip
-    # ---- end of the student search -----------------------------------------------------------
-
-    onnx_paths = {s.name: ctx.path("artifacts", f"{s.name}.onnx") for s in specs}
-
-    def finish() -> Path:
-        eval_json = eval_stage(ctx, cfg.eval, onnx_paths, data_npz=test_npz)
-        bench_json = bench_stage(ctx, cfg.bench, onnx_paths)
-        dataset = _dataset_block(teacher_ckpt, test_npz, out)
-        manifest = build_manifest(
-            ctx, jsonable(cfg), cfg.bench, specs, eval_json, bench_json, dataset=dataset
-        )
-        write_bundle_docs(out, manifest)
-        return manifest
-
-    manifest_path = ranks.on_main(finish, what="eval, bench and the manifest on rank 0")
+        artifacts = run_plan(stages, Run(cfg=cfg, ctx=ctx, own=own))
     progress(f"[done] bundle at {out} ({len(ctx.ran)} stages ran, {len(ctx.skipped)} reused)")
     return PipelineResult(
-        out_dir=out, manifest_path=manifest_path, ran=ctx.ran, skipped=ctx.skipped
+        out_dir=out, manifest_path=artifacts["manifest"].path, ran=ctx.ran, skipped=ctx.skipped
     )
-
-
-# --------------------------------------------------------------------------------------------
-# A user's own model and data
-
-
-@dataclass(frozen=True)
-class _OwnRun:
-    splits: DataSplits
-    factory: ModelFactory | None
-    source: Path | None  # the factory's module file: editing it invalidates the train stage
-
-
-def _own_model_and_data(cfg: PipelineConfig) -> _OwnRun | None:
-    """Check a user's factory and data before the bundle folder is touched (None: the
-    default MNIST run with a registry model, checked by its stages as before)."""
-    factory = cfg.model.to_factory()
-    if factory is None and cfg.data.kind is DatasetKind.MNIST:
-        if cfg.model.state_dict is not None:
-            raise PipelineError(
-                "[model] state_dict needs [model] factory: it is loaded into the factory's model"
-            )
-        return None
-    try:
-        splits = open_data(cfg.data, cfg.data_dir)
-        if factory is not None:
-            model = factory.build()
-            for name in ("fit", "val", "test"):
-                splits.split(name)
-            splits.check_model(model)
-    except ModelsError as exc:
-        raise PipelineError(str(exc)) from exc
-    if factory is None:
-        raise PipelineError(
-            f"[data] kind = {cfg.data.kind.value!r} needs [model] factory: the built-in "
-            f"{cfg.train.arch} takes MNIST's [1, 28, 28] images; name your network with "
-            'factory = "pkg.module:function"'
-        )
-    import inspect
-
-    try:
-        source: Path | None = Path(inspect.getfile(factory.resolve()))
-    except (TypeError, OSError):  # a builtin or C function has no file
-        source = None
-    return _OwnRun(splits=splits, factory=factory, source=source)
-
-
-def _write_data_npz(ctx: RunContext, splits: DataSplits) -> tuple[Path, Path]:
-    """The carved validation split (INT8 calibration + budget) and the test data (FP16
-    parity, eval, verify) as contract npz files inside the bundle: `data/val.npz`, and
-    `data/test.npz` (a byte copy of an npz test file; decoded images for an image folder).
-    Rewritten only when their content changes, so stages keyed on their sha256 stay cached."""
-    import tempfile
-
-    from onnxship.core.artifact import sha256_file
-
-    paths = []
-    for name in ("val", "test"):
-        target = ctx.path("data", f"{name}.npz")
-        with tempfile.TemporaryDirectory(prefix="onnxship-data-") as scratch:
-            if name == "test" and splits.config.kind is DatasetKind.NPZ:
-                fresh = Path(splits.config.test or "")
-            else:
-                fresh = splits.write_npz(name, Path(scratch) / f"{name}.npz")
-            if not target.is_file() or sha256_file(target) != sha256_file(fresh):
-                atomic_write_bytes(target, fresh.read_bytes())
-        paths.append(target)
-    return paths[0], paths[1]
-
-
-def _dataset_block(teacher_ckpt: Path, test_npz: Path | None, out: Path) -> dict[str, Any]:
-    """The manifest's `dataset` block: the teacher checkpoint's DatasetInfo; when the data is
-    not MNIST, `test_path` (relative to the bundle) names the npz every accuracy was measured
-    on and `test_sha256` is that file's hash (what `verify` re-measures on and checks)."""
-    from onnxship.core.dataset import mnist_info
-    from onnxship.models.checkpoint import read_checkpoint_meta
-
-    meta = read_checkpoint_meta(teacher_ckpt)
-    info = meta.dataset or mnist_info()
-    block = info.to_json()
-    if test_npz is not None:
-        from onnxship.core.artifact import sha256_file
-
-        block["test_path"] = os.path.relpath(test_npz, out)
-        block["test_sha256"] = sha256_file(test_npz)
-    return block

@@ -1,11 +1,13 @@
 """Run one stage function and write its record: the seam shared by the single-stage commands
-(through `onnxship.api`) and the pipeline; and the pipeline's stage cache (`cached_stage`),
-which reuses a finished stage whose config, inputs' sha256 and onnxship version are unchanged.
+(through `onnxship.api`) and the pipeline's runner (`onnxship.stages.runner`); and the stage
+cache (`cached_stage`), which reuses a finished stage whose config, inputs' sha256 and onnxship
+version are unchanged.
 
-For the same stage on the same files both write the same record: the stage's config dataclass
-as `config` and the same `inputs` (`checkpoint_inputs`, `mnist_inputs`); the pipeline's record
-adds its `cache_key` and `onnxship_version`. Timestamps, wall time and the paths' folders
-differ; tests/test_fault_matrix.py compares the records of one bundle's stages."""
+For the same stage on the same files both write the same record: the stage's config as
+`config`, the same `inputs` (`checkpoint_inputs`, `mnist_inputs`) and the metrics of the same
+library function; the pipeline's record adds its `cache_key` and `onnxship_version`.
+Timestamps, wall time and the paths' folders differ; tests/test_fault_matrix.py compares the
+records of one bundle's stages."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +250,22 @@ def _run_recorded(
             _remove_unvouched(ctx.path("stages", f"{record_name}.json"), outputs)
         raise
     ctx.ran.append(record_name)
+    if ranks is None or ranks.is_main:
+        artifact = _as_recorded(ctx.path("stages", f"{record_name}.json"), artifact)
     return artifact
+
+
+def _as_recorded(record_path: Path, artifact: Artifact) -> Artifact:
+    """The artifact with the stage, config and metrics its record holds (the record's config
+    is the one the cache key was made of; its metrics add the CPU's integer class), so a stage
+    that ran returns what a reused one does."""
+    record = json.loads(record_path.read_text())
+    return replace(
+        artifact,
+        stage=record["stage"],
+        config=record.get("config", {}),
+        metrics=record.get("metrics", {}),
+    )
 
 
 def _remove_unvouched(record_path: Path, outputs: Sequence[Path]) -> None:

@@ -1,0 +1,123 @@
+"""A user's own model and data (`[model] factory`, `[data] kind = "npz" | "imagefolder"`):
+checked before the bundle folder is touched, then written into the bundle as npz files for the
+ONNX-side stages (an unrecorded step: it runs every time and rewrites a file only when its
+content changes, so stages keyed on their sha256 stay cached).
+
+    data/val.npz   the carved validation split: INT8 calibration and its accuracy budget
+    data/test.npz  the test data: FP16 parity, eval and `verify`
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from onnxship.core.artifact import Artifact, atomic_write_bytes, sha256_file
+from onnxship.core.dataset import DatasetKind
+from onnxship.errors import PipelineError
+from onnxship.models.data import open_data
+from onnxship.models.errors import ModelsError
+from onnxship.stages.base import OwnRun, Run, Stage, Work
+from onnxship.stages.config import PipelineConfig
+
+VAL_NPZ = "data/val.npz"
+TEST_NPZ = "data/test.npz"
+
+
+def uses_own_data(cfg: PipelineConfig) -> bool:
+    """True when the run trains a user's factory model or reads a user's data: its ONNX-side
+    stages then read `data/val.npz` and `data/test.npz`."""
+    return cfg.model.factory is not None or cfg.data.kind is not DatasetKind.MNIST
+
+
+def val_inputs(cfg: PipelineConfig) -> tuple[str, ...]:
+    return (VAL_NPZ,) if uses_own_data(cfg) else ()
+
+
+def test_inputs(cfg: PipelineConfig) -> tuple[str, ...]:
+    return (TEST_NPZ,) if uses_own_data(cfg) else ()
+
+
+def own_model_and_data(cfg: PipelineConfig) -> OwnRun | None:
+    """Check a user's factory and data before the bundle folder is touched (None: the
+    default MNIST run with a registry model, checked by its stages)."""
+    factory = cfg.model.to_factory()
+    if not uses_own_data(cfg):
+        if cfg.model.state_dict is not None:
+            raise PipelineError(
+                "[model] state_dict needs [model] factory: it is loaded into the factory's model"
+            )
+        return None
+    try:
+        splits = open_data(cfg.data, cfg.data_dir)
+        if factory is not None:
+            model = factory.build()
+            for name in ("fit", "val", "test"):
+                splits.split(name)
+            splits.check_model(model)
+    except ModelsError as exc:
+        raise PipelineError(str(exc)) from exc
+    if factory is None:
+        raise PipelineError(
+            f"[data] kind = {cfg.data.kind.value!r} needs [model] factory: the built-in "
+            f"{cfg.train.arch} takes MNIST's [1, 28, 28] images; name your network with "
+            'factory = "pkg.module:function"'
+        )
+    try:
+        source: Path | None = Path(inspect.getfile(factory.resolve()))
+    except (TypeError, OSError):  # a builtin or C function has no file
+        source = None
+    return OwnRun(splits=splits, factory=factory, source=source)
+
+
+def stages(cfg: PipelineConfig) -> list[Stage]:
+    """The data step when the run has its own data; none for MNIST."""
+    if not uses_own_data(cfg):
+        return []
+    return [
+        Stage(
+            name="data",
+            kind="data",
+            config=cfg.data,
+            outputs=(VAL_NPZ, TEST_NPZ),
+            produce=write_data_npz,
+            recorded=False,
+        )
+    ]
+
+
+def write_data_npz(run: Run, work: Work) -> Artifact:
+    """The carved validation split and the test data as contract npz files inside the bundle
+    (the test file is a byte copy of an npz test file, decoded images for an image folder).
+    Rewritten only when their content changes."""
+    if run.own is None:
+        raise PipelineError("the data step needs the checked model and data (own_model_and_data)")
+    splits = run.own.splits
+    for name, target in zip(("val", "test"), work.outputs, strict=True):
+        with tempfile.TemporaryDirectory(prefix="onnxship-data-") as scratch:
+            if name == "test" and splits.config.kind is DatasetKind.NPZ:
+                fresh = Path(splits.config.test or "")
+            else:
+                fresh = splits.write_npz(name, Path(scratch) / f"{name}.npz")
+            if not target.is_file() or sha256_file(target) != sha256_file(fresh):
+                atomic_write_bytes(target, fresh.read_bytes())
+    return Artifact.from_file(work.outputs[0], stage="data", config=splits.config.to_json())
+
+
+def dataset_block(teacher_ckpt: Path, test_npz: Path | None, out: Path) -> dict[str, Any]:
+    """The manifest's `dataset` block: the teacher checkpoint's DatasetInfo; when the data is
+    not MNIST, `test_path` (relative to the bundle) names the npz every accuracy was measured
+    on and `test_sha256` is that file's hash (what `verify` re-measures on and checks)."""
+    from onnxship.core.dataset import mnist_info
+    from onnxship.models.checkpoint import read_checkpoint_meta
+
+    meta = read_checkpoint_meta(teacher_ckpt)
+    info = meta.dataset or mnist_info()
+    block = info.to_json()
+    if test_npz is not None:
+        block["test_path"] = os.path.relpath(test_npz, out)
+        block["test_sha256"] = sha256_file(test_npz)
+    return block

@@ -1,0 +1,35 @@
+"""fp16: an FP32 `.onnx` converted to FP16, parity-checked against it on the test data
+-> artifacts/<model>-fp16.onnx."""
+
+from __future__ import annotations
+
+from onnxship.core.artifact import Artifact
+from onnxship.stages.base import BundleOnnx, Run, Stage, Work
+from onnxship.stages.config import PipelineConfig
+from onnxship.stages.data import test_inputs
+
+
+def stage(cfg: PipelineConfig, fp32: Stage, name: str) -> Stage:
+    """FP16 of the `.onnx` that `fp32` writes; `name` is the record ("fp16-teacher")."""
+    assert fp32.onnx is not None, f"{name} converts an .onnx artifact"
+    src = fp32.onnx
+    onnx = BundleOnnx(f"{src.model}-fp16", src.model, "fp16", src.name, src.checkpoint_stage)
+    return Stage(
+        name=name,
+        kind="fp16",
+        config=cfg.fp16,
+        inputs=(src.path, *test_inputs(cfg)),
+        outputs=(onnx.path,),
+        produce=produce,
+        onnx=onnx,
+    )
+
+
+def produce(run: Run, work: Work) -> Artifact:
+    from onnxship.export.fp16 import fp16_from_onnx
+
+    src, *own_test = work.inputs
+    return fp16_from_onnx(
+        src, run.cfg.fp16, work.outputs[0], data_dir=run.data_dir,
+        data=own_test[0] if own_test else None,
+    )  # fmt: skip

@@ -1,0 +1,38 @@
+"""quantize: an FP32 `.onnx` to static INT8 (recipe search on the CPU EP, calibrated on the
+training data's validation split) -> artifacts/<model>-int8.onnx and its calibration set
+calibration/<model>-int8-calib.npz."""
+
+from __future__ import annotations
+
+from onnxship.core.artifact import Artifact
+from onnxship.stages.base import BundleOnnx, Run, Stage, Work
+from onnxship.stages.config import PipelineConfig
+from onnxship.stages.data import val_inputs
+
+
+def stage(cfg: PipelineConfig, fp32: Stage, name: str) -> Stage:
+    """INT8 of the `.onnx` that `fp32` writes; `name` is the record ("quantize-teacher")."""
+    assert fp32.onnx is not None, f"{name} quantizes an .onnx artifact"
+    src = fp32.onnx
+    onnx = BundleOnnx(f"{src.model}-int8", src.model, "int8", src.name, src.checkpoint_stage)
+    return Stage(
+        name=name,
+        kind="quantize",
+        config=cfg.quantize,
+        inputs=(src.path, *val_inputs(cfg)),
+        outputs=(onnx.path, f"calibration/{onnx.name}-calib.npz"),
+        produce=produce,
+        onnx=onnx,
+    )
+
+
+def produce(run: Run, work: Work) -> Artifact:
+    from onnxship.calibrate.quantize import int8_from_onnx
+
+    src, *own_val = work.inputs
+    val_npz = own_val[0] if own_val else None
+    target, calib = work.outputs
+    return int8_from_onnx(
+        src, run.cfg.quantize, target, data_dir=run.data_dir, calib_out=calib,
+        calib_npz=val_npz, val_npz=val_npz,
+    )  # fmt: skip
