@@ -26,7 +26,8 @@ from onnxship.commands.common import CommandParser, resolve_user_paths
 
 EPILOG = """\
 pipeline:  train -> export(teacher) -> prune -> distill -> export(student) -> quantize (INT8)
-           -> fp16 -> eval -> bench -> manifest.json, report.md, plots/
+           -> fp16 -> search (+ its export, INT8, FP16) -> eval -> bench -> manifest.json,
+           report.md, plots/
 exit codes: 0 success/pass, 1 regression or check failed, 2 bad input or usage,
            3 environment fault mid-run (disk full, permission denied, read-only filesystem,
            file vanished: nothing half-written, rerun to resume),

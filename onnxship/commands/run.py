@@ -10,11 +10,12 @@ from pathlib import Path
 from onnxship.commands.common import add_data_dir, add_dist_timeout
 
 DESCRIPTION = """\
-Run the whole pipeline into one bundle folder:
+Run the whole pipeline into one bundle folder. The stages, in order (onnxship/stages/plan.py):
   train teacher -> export teacher FP32 -> prune -> distill (+ no-teacher ablation) -> export
-  student FP32 -> INT8 (recipe search on the CPU EP) -> FP16 -> eval every artifact on the MNIST
-  test set through ONNX Runtime -> bench every artifact on every available EP -> manifest.json,
-  report.md, plots/.
+  student FP32 -> INT8 (recipe search on the CPU EP) -> FP16 -> teacher INT8 and FP16 ->
+  student search (screen, race, KD) -> export, INT8 and FP16 of the searched student -> eval
+  every artifact on the test set (MNIST or your data) through ONNX Runtime -> bench every
+  artifact on every available EP -> manifest.json, report.md, plots/.
 The run is resumable: finished stages whose inputs and config are unchanged are reused; --force
 redoes everything. Defaults: configs/mnist_simplecnn.toml (CLI flags override the file).
 Data-parallel training: torchrun --nproc_per_node=N -m onnxship run ... runs train and distill
