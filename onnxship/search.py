@@ -1,7 +1,7 @@
 """The `search` stage: the fastest student that keeps the accuracy, chosen by latency measured
 on the target EP and by accuracy measured on this run's validation split.
 
-1. **Screen.** Every candidate of the search space (`models.search`) is built with untrained
+1. **Screen.** Every candidate of the search space (`models.search_space`) is built with untrained
    weights, exported to ONNX (TorchScript exporter: ~0.1 s a model, the graph the dynamo
    exporter gives for these layers), quantized to INT8 with the screen recipes, and timed on
    the target EP in FP32 and INT8, block-interleaved with the teacher's FP32 artifact in one run
@@ -94,7 +94,7 @@ class SearchTrainConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """space: a registered search space (`models.search.list_spaces()`) or "auto".
+    """space: a registered search space (`models.search_space.list_spaces()`) or "auto".
     provider: the target EP of the screen. max_drop: accuracy budget on validation top-1 vs the
     teacher (0.003 = 0.3 pp). rank_batch: the batch size candidates are ranked at.
     race_size / race_fraction / race_keep: the race (successive halving): the `race_size`
@@ -330,7 +330,7 @@ def race(
     the best ceil(keep x raced) by validation top-1 (ties: the faster first) go on. Returns an
     entry per raced candidate; candidates not raced (slower, or already trained) have none.
     `run_all` runs the short KDs (default: in turn; the stage runs them side by side)."""
-    from onnxship.models.search import PRUNED
+    from onnxship.models.search_space import PRUNED
 
     if size <= 0:
         return {}
@@ -383,7 +383,7 @@ def select(
     scratch is trained in full only when it went on from the race. A candidate already
     `measured` (trained ahead, beside another) is scored even when a budget is spent since.
     """
-    from onnxship.models.search import PRUNED
+    from onnxship.models.search_space import PRUNED
 
     ranked = sorted(order, key=lambda c: -speedups[c.name])
     outcomes = {c.name: Outcome(c.name, speedups[c.name]) for c in ranked}
@@ -557,7 +557,7 @@ def searched_from_checkpoints(
     `teacher_onnx` the teacher's FP32 artifact (the latency reference). The data is `data` (a
     `models.data.DataConfig`), else the one the teacher's checkpoint records, else MNIST under
     `data_dir`. A teacher built by a user's factory searches the width multipliers of that
-    factory's keyword arguments (`models.search.width_multipliers`) unless `cfg.space` names
+    factory's keyword arguments (`models.search_space.width_multipliers`) unless `cfg.space` names
     another space. `candidates` overrides the space (tests)."""
     import torch
 
@@ -567,7 +567,7 @@ def searched_from_checkpoints(
     from onnxship.models.distill import teacher_logits
     from onnxship.models.evaluate import top1
     from onnxship.models.loop import process_cpu_s
-    from onnxship.models.search import PRUNED, space_candidates
+    from onnxship.models.search_space import PRUNED, space_candidates
     from onnxship.runtime_bench.session import check_provider_available
 
     cfg.validate()
@@ -741,7 +741,7 @@ def race_and_select(
     """The race (a short KD for the fastest, ranked on validation), then the full KD of its
     survivors fastest first, two at a time, until one holds the budget (`select`)."""
     from onnxship.models.loop import side_by_side
-    from onnxship.models.search import PRUNED
+    from onnxship.models.search_space import PRUNED
 
     race_cfg = replace(train_cfg, epochs=train_cfg.epochs * cfg.race_fraction)
     race_log: dict[str, Any] = {}
@@ -784,7 +784,7 @@ def screen_candidates(
     Returns the rows (the teacher's first) and the untrained model per candidate name."""
     import torch
 
-    from onnxship.models.search import PRUNED
+    from onnxship.models.search_space import PRUNED
 
     rows: list[ScreenRow] = [ScreenRow(TEACHER_ROW, {"fp32": teacher_onnx})]
     models: dict[str, Any] = {}
@@ -826,7 +826,7 @@ def candidate_table(
     """The record's row per candidate: what the search did with it and why (with the
     validation numbers behind each decision), its MACs, and its screen latencies."""
     from onnxship.models.flops import count_macs, count_params
-    from onnxship.models.search import PRUNED
+    from onnxship.models.search_space import PRUNED
 
     raced, race_log, train_log, paired = (
         decided.raced,
@@ -875,7 +875,7 @@ def teacher_info(meta: Any) -> Any:
     user factory ("module:function", kwargs, and a builder that imports it from the config
     folder), with the task: "mnist" for the built-in data, else "custom"."""
     from onnxship.models.registry import ModelFactory
-    from onnxship.models.search import TeacherInfo
+    from onnxship.models.search_space import TeacherInfo
 
     task = "mnist" if meta.data is None or meta.data.get("kind", "mnist") == "mnist" else "custom"
     factory = meta.factory
@@ -890,7 +890,7 @@ def teacher_info(meta: Any) -> Any:
 
 def _winner_factory(winner: Any, teacher_meta: Any, pruned_meta: Any) -> Any:
     from onnxship.models.registry import ModelFactory
-    from onnxship.models.search import PRUNED
+    from onnxship.models.search_space import PRUNED
 
     if winner.origin == PRUNED:
         return pruned_meta.factory

@@ -15,7 +15,7 @@ from onnxship.errors import PipelineError
 from onnxship.manifest import int8_shipping_verdict, recommend
 from onnxship.measure import RecommendPolicy
 from onnxship.models.registry import create_model
-from onnxship.models.search import (
+from onnxship.models.search_space import (
     PRUNED,
     StudentCandidate,
     TeacherInfo,
@@ -375,7 +375,7 @@ def test_search_report_shows_no_project_internal_words() -> None:
     text = "\n".join(search_section(metrics, {}))
     assert "prototype" not in text.lower()
     assert not re.search(r"issue \d", text, re.I)
-    for module in ("onnxship/search.py", "models/search.py"):
+    for module in ("onnxship/search.py", "models/search_space.py"):
         source = (ROOT / module).read_text()
         assert "prototype" not in source.lower(), module
         assert not re.search(r"issue \d", source, re.I), module
