@@ -91,6 +91,16 @@ class SearchTrainConfig:
     teacher_online: bool = False
     seed: int = 0
 
+    def distill_config(self) -> Any:
+        """This recipe as the KD trainer's config (`models.distill.DistillConfig`, OneCycle
+        SGD); `shift` and `teacher_online` are the trainer's `augment` and `teacher_online`."""
+        from onnxship.models.distill import DistillConfig
+        from onnxship.models.loop import LrSchedule, SgdConfig
+
+        sgd = SgdConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                        schedule=LrSchedule.ONECYCLE)  # fmt: skip
+        return DistillConfig(self.temperature, self.alpha, sgd, self.seed)
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -482,60 +492,6 @@ class PairedTraining:
 
 
 # --------------------------------------------------------------------------------------------
-# KD training of a candidate (torch)
-
-
-def kd_train(
-    model: Any,
-    teacher: Any,
-    x: Any,
-    y: Any,
-    cfg: SearchTrainConfig,
-    *,
-    cached_logits: Any = None,
-    progress: bool = False,
-) -> dict[str, float]:
-    """KD from `teacher`. With `cfg.teacher_online` the teacher runs on every (shifted) batch;
-    otherwise its logits on the unshifted images are computed once (`cached_logits` or here)
-    and serve as the soft target of every shifted copy: the teacher was itself trained with
-    the same +-2 px shifts, and its forward pass was ~3/4 of a KD step's time (measured)."""
-    import torch
-
-    from onnxship.models.distill import kd_loss, teacher_logits
-    from onnxship.models.loop import LrSchedule, SgdConfig, train_sgd
-    from onnxship.models.train import shift_batch
-
-    teacher.eval()
-    teacher.requires_grad_(False)
-    # channels_last: ~20 % faster CPU conv kernels (see models.distill); weights save as NCHW.
-    teacher.to(memory_format=torch.channels_last)
-    model.to(memory_format=torch.channels_last)
-    T, alpha = float(cfg.temperature), float(cfg.alpha)
-    sgd = SgdConfig(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule=LrSchedule.ONECYCLE
-    )
-    augment = shift_batch if cfg.shift else None
-    torch.manual_seed(cfg.seed)
-    if cfg.teacher_online:
-
-        def online(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                zt = teacher(xb)
-            return kd_loss(logits, zt, yb, T, alpha)
-
-        return train_sgd(model, x, y, sgd, seed=cfg.seed, loss_fn=online, augment=augment,
-                         desc="search KD", progress=progress)  # fmt: skip
-    zt_all = cached_logits if cached_logits is not None else teacher_logits(teacher, x)
-
-    def cached(logits: torch.Tensor, _xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return kd_loss(logits, zt_all[idx], y[idx], T, alpha)
-
-    indices = torch.arange(x.shape[0])
-    return train_sgd(model, x, indices, sgd, seed=cfg.seed, loss_fn=cached, augment=augment,
-                     desc="search KD", progress=progress)  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------
 # The stage
 
 
@@ -584,7 +540,7 @@ def searched_from_checkpoints(
     input_shape = tuple(teacher_meta.input_shape)
     if fit.x.ndim == 4:
         # channels_last: the teacher's logits on the fit split took 7 s contiguous vs ~2 s
-        # (2 cores, measured); kd_train converts it anyway. Checkpoints are not touched.
+        # (2 cores, measured); the KD trainer converts it anyway. Checkpoints are not touched.
         teacher.to(memory_format=torch.channels_last)
     teacher_val = top1(teacher, val.x, val.y)
 
@@ -679,7 +635,7 @@ def searched_from_checkpoints(
 
 class CandidateTrainer:
     """KD of search candidates from one teacher on one data split: builds a candidate with
-    seeded weights, trains it (`kd_train`) and scores it on validation. Safe to call from two
+    seeded weights, trains it (`models.distill.distill_student`, the distill stage's KD trainer) and scores it on validation. Safe to call from two
     threads at once (`models.loop.side_by_side`): the seeded build is locked, the rest is the
     candidate's own."""
 
@@ -694,14 +650,19 @@ class CandidateTrainer:
     def val_after(self, cand: Any, recipe: SearchTrainConfig, log_to: dict[str, Any]) -> float:
         import torch
 
+        from onnxship.models.distill import distill_student
         from onnxship.models.evaluate import top1
+        from onnxship.models.train import shift_batch
 
         t = time.perf_counter()
         with self._init_lock:  # seeded initial weights, also when candidates train side by side
             torch.manual_seed(recipe.seed)
             model = cand.build()
-        stats = kd_train(model, self.teacher, self.fit.x, self.fit.y, recipe,
-                         cached_logits=self.logits, progress=self.progress)  # fmt: skip
+        stats = distill_student(
+            model, self.teacher, self.fit.x, self.fit.y, recipe.distill_config(),
+            cached_logits=self.logits, augment=shift_batch if recipe.shift else None,
+            teacher_online=recipe.teacher_online, desc="search KD", progress=self.progress,
+        )  # fmt: skip
         model.eval()
         acc = top1(model, self.val.x, self.val.y)
         log_to[cand.name] = {"final_loss": stats["final_loss"], "steps": stats["steps"],

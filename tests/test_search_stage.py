@@ -4,6 +4,7 @@ manifest's `recommended` map and the Pareto plot. Tiny models; no timed assertio
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -445,3 +446,55 @@ def test_paired_training_trains_the_next_survivor_beside_and_never_past_the_budg
     assert paired(queue[0]) == 0.9 and paired(queue[1]) == 0.9 and paired(queue[2]) == 0.9
     assert calls == [[queue[0].name, queue[1].name], [queue[2].name]]
     assert paired.beside == {queue[1].name: queue[0].name}
+
+
+def test_searched_from_checkpoints_races_trains_and_records_each_decision_on_validation(
+    trained_checkpoint: Path, mnist_root: Path, tmp_path: Path
+) -> None:
+    """The whole stage on an MNIST subset with tiny budgets: screen, race, full KD of the
+    survivors (the distill stage's trainer), selection on validation; every candidate's row
+    says what happened with the number behind it, and the winner's checkpoint loads."""
+    from onnxship.models.checkpoint import load_checkpoint
+    from onnxship.models.data import DataConfig, DatasetKind, load_split
+    from onnxship.search import SearchTrainConfig, searched_from_checkpoints
+
+    # 3,000 training (2,700 fit: 11 batches of 256) and 500 test images of MNIST as npz: the
+    # teacher's logits on all 55,000 would take most of the test's time
+    for split, n in (("fit", 3000), ("test", 500)):
+        part = load_split(mnist_root, split)
+        np.savez(tmp_path / f"{split}.npz", x=part.x[:n].numpy(), y=part.y[:n].numpy())
+    data = DataConfig(
+        DatasetKind.NPZ, os.fspath(tmp_path / "fit.npz"), os.fspath(tmp_path / "test.npz")
+    )
+    teacher, _ = load_checkpoint(trained_checkpoint)
+    teacher_onnx = export_for_screen(teacher, tmp_path / "teacher.onnx", MNIST_SHAPE)
+    cands = [
+        StudentCandidate("pruned-teacher", "simple_cnn", (), origin=PRUNED),
+        patch_candidate(7, 7, 4, 16),
+        patch_candidate(7, 7, 8, 16),
+        patch_candidate(4, 4, 8, 32),
+    ]
+    cfg = SearchConfig(
+        screen=FAST_SCREEN, rank_batch=4, race_size=3, race_fraction=0.5, race_keep=0.5,
+        max_trained=2, budget_s=0, train=SearchTrainConfig(epochs=0.4),
+    )  # fmt: skip
+    out = tmp_path / "searched.pt"
+    # the pipeline's pruned + distilled teacher is stood in for by the teacher itself
+    m = searched_from_checkpoints(trained_checkpoint, trained_checkpoint, teacher_onnx, cfg, out,
+                                  data=data, candidates=cands).metrics  # fmt: skip
+    assert m["decided_on"] == "val" and m["race"]["raced"] == 3 and m["race"]["went_on"] == 2
+    rows = {r["name"]: r for r in m["candidates"]}
+    assert set(rows) == {c.name for c in cands}
+    for name, row in rows.items():
+        assert row["status"] in ("screened", "dropped", "rejected", "kept"), (name, row)
+        assert row["reason"] and row["latency"] and row["macs"] > 0, name
+        if name != "pruned-teacher":
+            assert 0 <= row["race"]["val_top1"] <= 1 and row["race"]["steps"] > 0, name
+        if row["status"] in ("dropped", "rejected"):
+            assert re.search(r"\d+\.\d\d (%|pp)", row["reason"]), row["reason"]
+    trained = [r for r in rows.values() if "train" in r]
+    assert trained and all(r["train"]["steps"] == 4 for r in trained)  # 11 batches x 0.4 epoch
+    assert m["winner"] in rows and rows[m["winner"]]["status"] == "kept"
+    model, meta = load_checkpoint(out)
+    assert meta.metrics["winner"] == m["winner"]
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
