@@ -51,7 +51,14 @@ from onnxship.models.checkpoint import (
 from onnxship.models.data import DataConfig
 from onnxship.models.errors import ModelsError
 from onnxship.models.flops import count_macs, count_params
-from onnxship.models.loop import AugmentFn, LrSchedule, SgdConfig, process_cpu_s, side_by_side
+from onnxship.models.loop import (
+    AugmentFn,
+    LossFn,
+    LrSchedule,
+    SgdConfig,
+    process_cpu_s,
+    side_by_side,
+)
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +229,7 @@ def distill_student(
         teacher.to(memory_format=torch.channels_last)
         student.to(memory_format=torch.channels_last)
     T, alpha = float(cfg.temperature), float(cfg.alpha)
+    loss_fn: LossFn
     if teacher_online:
 
         def online(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:

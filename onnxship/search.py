@@ -1,12 +1,14 @@
 """The `search` stage: the fastest student that keeps the accuracy, chosen by latency measured
 on the target EP and by accuracy measured on this run's validation split.
 
-1. **Screen.** Every candidate of the search space (`models.search_space`) is built with untrained
-   weights, exported to ONNX (TorchScript exporter: ~0.1 s a model, the graph the dynamo
-   exporter gives for these layers), quantized to INT8 with the screen recipes, and timed on
-   the target EP in FP32 and INT8, block-interleaved with the teacher's FP32 artifact in one run
-   (the timing engine, `runtime_bench.timing.time_blocks`), at every screen batch size. A candidate's
-   speed is its best precision's teacher-fp32 / candidate latency ratio at `rank_batch`.
+1. **Screen.** Every candidate of the search space (`models.search_space`) is built with
+   untrained weights, exported to ONNX (`export.onnx_export.onnx_from_module`: the TorchScript
+   exporter, ~0.1 s a model, the graph the dynamo exporter gives for these layers, at the
+   export stage's default opset), quantized to INT8 with the screen recipes, and timed on the
+   target EP in FP32 and INT8, block-interleaved with the teacher's FP32 artifact in one run
+   (the timing engine, `runtime_bench.timing.time_blocks`), at every screen batch size. A
+   candidate's speed is its best precision's teacher-fp32 / candidate latency ratio at
+   `rank_batch`.
 2. **Race** (successive halving). The `race_size` fastest candidates trained from scratch get
    a short KD (`race_fraction` of the full recipe's epochs) and are ranked by validation top-1;
    the best `race_keep` share goes on, the rest are dropped with the number that dropped them.
@@ -30,16 +32,13 @@ validation numbers behind each decision, for the report and the Pareto plot.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import logging
 import math
 import os
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,7 +53,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "search"
 TEACHER_ROW = "teacher-fp32"
-SCREEN_OPSET = 17
 SCREEN_RECIPES = ("qdq-u8s8-perchannel-minmax", "qdq-u8s8-perchannel-minmax-linear")
 
 
@@ -172,31 +170,6 @@ class ScreenRow:
     files: dict[str, Path] = field(default_factory=dict)  # precision label -> .onnx
     latency: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     error: str | None = None
-
-
-def export_for_screen(
-    model: Any, path: Path, input_shape: Sequence[int], opset: int = SCREEN_OPSET
-) -> Path:
-    """A fast TorchScript export (batch dimension symbolic) of an eval-mode model taking one
-    sample of `input_shape` (without the batch dimension)."""
-    import torch
-
-    model.eval()
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.zeros(2, *input_shape),),
-            os.fspath(path),
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            opset_version=opset,
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            do_constant_folding=True,
-            training=torch.onnx.TrainingMode.EVAL,
-        )
-    return path
 
 
 def quantize_for_screen(
@@ -745,6 +718,7 @@ def screen_candidates(
     Returns the rows (the teacher's first) and the untrained model per candidate name."""
     import torch
 
+    from onnxship.export.onnx_export import onnx_from_module
     from onnxship.models.search_space import PRUNED
 
     rows: list[ScreenRow] = [ScreenRow(TEACHER_ROW, {"fp32": teacher_onnx})]
@@ -757,7 +731,7 @@ def screen_candidates(
             model = pruned if cand.origin == PRUNED else cand.build()
             models[cand.name] = model
             try:
-                fp32 = export_for_screen(model, scratch / f"c{i}.onnx", input_shape)
+                fp32 = onnx_from_module(model, scratch / f"c{i}.onnx", input_shape)
                 row.files["fp32"] = fp32
                 for recipe in cfg.screen.int8_recipes:
                     row.files[f"int8:{recipe}"] = quantize_for_screen(

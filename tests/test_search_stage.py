@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from onnxship.errors import PipelineError
+from onnxship.export.onnx_export import onnx_from_module
 from onnxship.manifest import int8_shipping_verdict, recommend
 from onnxship.measure import RecommendPolicy
 from onnxship.models.registry import create_model
@@ -29,7 +30,6 @@ from onnxship.search import (
     ScreenRow,
     SearchConfig,
     best_precision,
-    export_for_screen,
     quantize_for_screen,
     race,
     select,
@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_screen_times_fp32_and_int8_of_each_candidate_interleaved(tmp_path: Path) -> None:
     torch.manual_seed(0)
     x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
-    teacher = export_for_screen(create_model("tiny_cnn"), tmp_path / "t.onnx", MNIST_SHAPE)
-    student = export_for_screen(
+    teacher = onnx_from_module(create_model("tiny_cnn"), tmp_path / "t.onnx", MNIST_SHAPE)
+    student = onnx_from_module(
         create_model("patch_cnn", kernel=7, stride=7, conv_channels=2, hidden=4),
         tmp_path / "s.onnx",
         MNIST_SHAPE,
@@ -71,15 +71,24 @@ def test_screen_times_fp32_and_int8_of_each_candidate_interleaved(tmp_path: Path
     assert label in ("fp32", "int8")
 
 
-def test_screened_fp32_graph_matches_torch(tmp_path: Path) -> None:
+def test_screened_fp32_graph_matches_torch_at_the_export_default_opset(tmp_path: Path) -> None:
+    import onnx
     import onnxruntime as ort
+
+    from onnxship.export.onnx_export import ExporterKind, resolve_opset
 
     torch.manual_seed(0)
     model = create_model("patch_cnn", kernel=6, stride=4, conv_channels=3, hidden=5).eval()
-    path = export_for_screen(model, tmp_path / "m.onnx", MNIST_SHAPE)
+    path = onnx_from_module(model, tmp_path / "m.onnx", MNIST_SHAPE)
     x = torch.randn(3, 1, 28, 28)
     got = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
+    proto = onnx.load(path)
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [
+        resolve_opset(None, ExporterKind.TORCHSCRIPT)
+    ]
+    assert [i.type.tensor_type.shape.dim[0].dim_param for i in proto.graph.input] == ["batch"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
 
 
 def _cands() -> list[StudentCandidate]:
@@ -391,8 +400,8 @@ def test_screen_records_the_speedup_over_the_teacher_with_its_ci_within_the_budg
 
     torch.manual_seed(0)
     x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
-    teacher = export_for_screen(create_model("tiny_cnn"), tmp_path / "t.onnx", MNIST_SHAPE)
-    student = export_for_screen(
+    teacher = onnx_from_module(create_model("tiny_cnn"), tmp_path / "t.onnx", MNIST_SHAPE)
+    student = onnx_from_module(
         create_model("patch_cnn", kernel=7, stride=7, conv_channels=2, hidden=4),
         tmp_path / "s.onnx",
         MNIST_SHAPE,
@@ -467,7 +476,7 @@ def test_searched_from_checkpoints_races_trains_and_records_each_decision_on_val
         DatasetKind.NPZ, os.fspath(tmp_path / "fit.npz"), os.fspath(tmp_path / "test.npz")
     )
     teacher, _ = load_checkpoint(trained_checkpoint)
-    teacher_onnx = export_for_screen(teacher, tmp_path / "teacher.onnx", MNIST_SHAPE)
+    teacher_onnx = onnx_from_module(teacher, tmp_path / "teacher.onnx", MNIST_SHAPE)
     cands = [
         StudentCandidate("pruned-teacher", "simple_cnn", (), origin=PRUNED),
         patch_candidate(7, 7, 4, 16),
