@@ -257,48 +257,31 @@ def distill_student(
     return stats
 
 
-def distilled_from_checkpoints(
-    student_ckpt: str | os.PathLike[str],
-    teacher_ckpt: str | os.PathLike[str] | None,
-    cfg: DistillConfig,
-    out_path: str | os.PathLike[str],
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-    data: DataConfig | None = None,
-) -> Artifact:
-    """Distill the (pruned) student checkpoint from the teacher; write the KD student.
-    The data is `data`, else the one the teacher's checkpoint records, else MNIST.
+@dataclass
+class _DistillArms:
+    """The KD run and its ablation: the two students, their train_sgd stats and wall times."""
 
-    Trains on the 'fit' split; decisions use 'val', reported accuracy 'test'. Also runs the
-    ablation (same student, same steps and seed, no teacher). Metrics: `test_top1_kd`,
-    `test_top1_no_kd`, `val_top1_kd`, `val_top1_no_kd`, `teacher_test_top1`,
-    `teacher_val_top1`, `val_top1_start`, `steps`, MACs/params of both, wall times.
-    """
-    from onnxship.models.data import open_data
+    kd: nn.Module
+    no_kd: nn.Module
+    kd_stats: dict[str, float]
+    no_kd_stats: dict[str, float]
+    timings: dict[str, float]
+
+
+def _train_kd_and_ablation(
+    student: nn.Module,
+    teacher: nn.Module,
+    fit: Any,
+    cfg: DistillConfig,
+    ranks: distributed.Ranks,
+    progress: bool,
+) -> _DistillArms:
+    """Train a KD copy and a plain cross-entropy copy of `student` with the same SGD config,
+    steps and seed. The two runs are independent: side by side, one core each (one process;
+    under torchrun in turn, as the collectives of two runs must not interleave)."""
     from onnxship.models.loop import train_sgd
 
-    ranks = distributed.current()
-    top1 = distributed.top1
-    cfg.validate()
-    ranks.on_main(lambda: check_pair(student_ckpt, teacher_ckpt), what="checking checkpoints")
-    assert teacher_ckpt is not None
-    teacher, teacher_meta, teacher_sha = _load_on_all_ranks(teacher_ckpt, ranks)
-    student_kd, student_meta, student_sha = _load_on_all_ranks(student_ckpt, ranks)
-    student_ce = copy.deepcopy(student_kd)
-    start_model = copy.deepcopy(student_kd)
-    if student_meta.parent_sha256 not in (None, teacher_sha):
-        log.warning(
-            "student %s was not pruned from teacher %s (parent sha256 differs); distilling anyway",
-            student_ckpt,
-            teacher_ckpt,
-        )
-
-    recorded = teacher_meta.data
-    splits = open_data(data or (DataConfig.from_json(recorded) if recorded else None), data_dir)
-    fit, val, test = (splits.split(s) for s in ("fit", "val", "test"))
-    shape = (1, *teacher_meta.input_shape)
-    teacher.requires_grad_(False)
+    student_kd, student_ce = student, copy.deepcopy(student)
     # channels_last makes the CPU conv + max-pool kernels of these small CNNs ~20 % faster
     # (measured); only float rounding differs, and checkpoints are saved contiguous (NCHW).
     for model in (teacher, student_kd, student_ce):
@@ -325,8 +308,6 @@ def distilled_from_checkpoints(
         return train_sgd(student_ce, fit.x, fit.y, cfg.sgd, seed=cfg.seed,
                          desc="ablation (no KD)", progress=progress)  # fmt: skip
 
-    # The KD run and its ablation are independent: side by side, one core each (one process;
-    # under torchrun in turn, as the collectives of two runs must not interleave).
     t0, cpu0 = time.perf_counter(), process_cpu_s()
     (kd_stats, kd_s), (ce_stats, no_kd_s) = side_by_side(
         [timed(kd_run), timed(ce_run)], workers=1 if ranks.enabled else None
@@ -334,7 +315,35 @@ def distilled_from_checkpoints(
     arms_s, arms_cpu_s = time.perf_counter() - t0, process_cpu_s() - cpu0
     if kd_stats["steps"] != ce_stats["steps"]:  # train_sgd derives steps from the config alone
         raise ModelsError("KD run and ablation took different step counts; this is a bug")
+    timings = {
+        "teacher_logits_s": round(logits_s, 3),
+        "kd_wall_s": round(kd_s, 3),
+        "no_kd_wall_s": round(no_kd_s, 3),
+        "side_by_side": not ranks.enabled and torch.get_num_threads() > 1,
+        "kd_and_ablation_wall_s": round(arms_s, 3),
+        "kd_and_ablation_cpu_s": round(arms_cpu_s, 3),
+    }
+    return _DistillArms(student_kd, student_ce, kd_stats, ce_stats, timings)
 
+
+def _distill_metrics(
+    arms: _DistillArms,
+    start_model: nn.Module,
+    teacher: nn.Module,
+    splits: tuple[Any, Any],
+    cfg: DistillConfig,
+    student_meta: CheckpointMeta,
+    teacher_meta: CheckpointMeta,
+    teacher_sha: str,
+    ranks: distributed.Ranks,
+) -> dict[str, Any]:
+    """The distill record: test and val top-1 of both runs, of the start and of the teacher,
+    the recipe, MACs/params of both models, wall times, the KD gain; warns of a run that ended
+    below its pruned start."""
+    top1 = distributed.top1
+    val, test = splits
+    student_kd, student_ce = arms.kd, arms.no_kd
+    shape = (1, *teacher_meta.input_shape)
     metrics: dict[str, Any] = {
         "test_top1_kd": round(top1(student_kd, test.x, test.y), 6),
         "test_top1_no_kd": round(top1(student_ce, test.x, test.y), 6),
@@ -343,7 +352,7 @@ def distilled_from_checkpoints(
         "val_top1_start": round(top1(start_model, val.x, val.y), 6),
         "teacher_test_top1": round(top1(teacher, test.x, test.y), 6),
         "teacher_val_top1": round(top1(teacher, val.x, val.y), 6),
-        "steps": int(kd_stats["steps"]),
+        "steps": int(arms.kd_stats["steps"]),
         "epochs": cfg.sgd.epochs,
         "temperature": cfg.temperature,
         "alpha": cfg.alpha,
@@ -354,17 +363,12 @@ def distilled_from_checkpoints(
         "teacher_macs": count_macs(teacher, shape),
         "student_params": count_params(student_kd),
         "teacher_params": count_params(teacher),
-        "teacher_logits_s": round(logits_s, 3),
-        "kd_wall_s": round(kd_s, 3),
-        "no_kd_wall_s": round(no_kd_s, 3),
-        "side_by_side": not ranks.enabled and torch.get_num_threads() > 1,
-        "kd_and_ablation_wall_s": round(arms_s, 3),
-        "kd_and_ablation_cpu_s": round(arms_cpu_s, 3),
+        **arms.timings,
         "teacher_sha256": teacher_sha,
         **ranks.record(cfg.sgd.batch_size),
     }
-    metrics["final_loss_kd"] = kd_stats["final_loss"]
-    metrics["final_loss_no_kd"] = ce_stats["final_loss"]
+    metrics["final_loss_kd"] = arms.kd_stats["final_loss"]
+    metrics["final_loss_no_kd"] = arms.no_kd_stats["final_loss"]
     for run, key in (("KD", "val_top1_kd"), ("no-KD ablation", "val_top1_no_kd")):
         if metrics[key] < metrics["val_top1_start"] - 0.05:
             log.warning(
@@ -379,6 +383,52 @@ def distilled_from_checkpoints(
         100 * (metrics["test_top1_kd"] - metrics["test_top1_no_kd"]), 3
     )
     metrics["kd_gain_val_pp"] = round(100 * (metrics["val_top1_kd"] - metrics["val_top1_no_kd"]), 3)
+    return metrics
+
+
+def distilled_from_checkpoints(
+    student_ckpt: str | os.PathLike[str],
+    teacher_ckpt: str | os.PathLike[str] | None,
+    cfg: DistillConfig,
+    out_path: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    data: DataConfig | None = None,
+) -> Artifact:
+    """Distill the (pruned) student checkpoint from the teacher; write the KD student.
+    The data is `data`, else the one the teacher's checkpoint records, else MNIST.
+
+    Trains on the 'fit' split; decisions use 'val', reported accuracy 'test'. Also runs the
+    ablation (same student, same steps and seed, no teacher). Metrics: `test_top1_kd`,
+    `test_top1_no_kd`, `val_top1_kd`, `val_top1_no_kd`, `teacher_test_top1`,
+    `teacher_val_top1`, `val_top1_start`, `steps`, MACs/params of both, wall times.
+    """
+    from onnxship.models.data import open_data
+
+    ranks = distributed.current()
+    cfg.validate()
+    ranks.on_main(lambda: check_pair(student_ckpt, teacher_ckpt), what="checking checkpoints")
+    assert teacher_ckpt is not None
+    teacher, teacher_meta, teacher_sha = _load_on_all_ranks(teacher_ckpt, ranks)
+    student, student_meta, student_sha = _load_on_all_ranks(student_ckpt, ranks)
+    start_model = copy.deepcopy(student)
+    if student_meta.parent_sha256 not in (None, teacher_sha):
+        log.warning(
+            "student %s was not pruned from teacher %s (parent sha256 differs); distilling anyway",
+            student_ckpt,
+            teacher_ckpt,
+        )
+
+    recorded = teacher_meta.data
+    splits = open_data(data or (DataConfig.from_json(recorded) if recorded else None), data_dir)
+    fit, val, test = (splits.split(s) for s in ("fit", "val", "test"))
+    teacher.requires_grad_(False)
+    arms = _train_kd_and_ablation(student, teacher, fit, cfg, ranks, progress)
+    metrics = _distill_metrics(
+        arms, start_model, teacher, (val, test), cfg, student_meta, teacher_meta, teacher_sha,
+        ranks,
+    )  # fmt: skip
     log.info(
         "distilled %s from %s: test top-1 KD %.4f vs no-KD %.4f (teacher %.4f)",
         student_ckpt,
@@ -389,7 +439,7 @@ def distilled_from_checkpoints(
     )
     return ranks.on_main(
         lambda: save_checkpoint(
-            student_kd,
+            arms.kd,
             out_path,
             stage="distill",
             seed=cfg.seed,
