@@ -468,144 +468,6 @@ class PairedTraining:
 # The stage
 
 
-def searched_from_checkpoints(
-    teacher_ckpt: str | os.PathLike[str],
-    pruned_ckpt: str | os.PathLike[str],
-    teacher_onnx: str | os.PathLike[str],
-    cfg: SearchConfig,
-    out_path: str | os.PathLike[str],
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    data: Any = None,
-    progress: bool = False,
-    candidates: Sequence[Any] | None = None,
-) -> Artifact:
-    """Screen, train, select (see the module docstring); write the winner's checkpoint.
-
-    `pruned_ckpt` is the pipeline's pruned + distilled student (the PRUNED candidate);
-    `teacher_onnx` the teacher's FP32 artifact (the latency reference). The data is `data` (a
-    `models.data.DataConfig`), else the one the teacher's checkpoint records, else MNIST under
-    `data_dir`. A teacher built by a user's factory searches the width multipliers of that
-    factory's keyword arguments (`models.search_space.width_multipliers`) unless `cfg.space` names
-    another space. `candidates` overrides the space (tests)."""
-    import torch
-
-    from onnxship.core.env import cpu_model_name, isa_summary
-    from onnxship.models.checkpoint import load_checkpoint, save_checkpoint
-    from onnxship.models.data import DataConfig, open_data
-    from onnxship.models.distill import teacher_logits
-    from onnxship.models.evaluate import top1
-    from onnxship.models.loop import process_cpu_s
-    from onnxship.models.search_space import PRUNED, space_candidates
-    from onnxship.runtime_bench.session import check_provider_available
-
-    cfg.validate()
-    started, cpu_started = time.perf_counter(), process_cpu_s()
-    provider = check_provider_available(cfg.provider)
-    teacher, teacher_meta = load_checkpoint(teacher_ckpt)
-    pruned, pruned_meta = load_checkpoint(pruned_ckpt)
-    info = teacher_info(teacher_meta)
-    cands = list(candidates) if candidates is not None else space_candidates(cfg.space, info)
-
-    recorded = teacher_meta.data
-    splits = open_data(data or (DataConfig.from_json(recorded) if recorded else None), data_dir)
-    fit, val = splits.split("fit"), splits.split("val")
-    input_shape = tuple(teacher_meta.input_shape)
-    if fit.x.ndim == 4:
-        # channels_last: the teacher's logits on the fit split took 7 s contiguous vs ~2 s
-        # (2 cores, measured); the KD trainer converts it anyway. Checkpoints are not touched.
-        teacher.to(memory_format=torch.channels_last)
-    teacher_val = top1(teacher, val.x, val.y)
-
-    # 1. Screen: untrained weights (the pruned teacher with its own), interleaved with the teacher.
-    t0 = time.perf_counter()
-    rows, models = screen_candidates(
-        cands, pruned, Path(teacher_onnx), cfg, input_shape, val.x[:64].numpy(),
-        val.x[:256].numpy(), provider,
-    )  # fmt: skip
-    screen_s = time.perf_counter() - t0
-
-    teacher_row = rows[0]
-    rank = cfg.rank_batch
-    teacher_ms = {b: teacher_row.latency["fp32"][str(b)]["min_ms"] for b in cfg.screen.batch_sizes}
-    screened = [c for c, r in zip(cands, rows[1:], strict=True) if r.files]
-    speedups = {c.name: teacher_ms[rank] / best_precision(r, rank)[1]
-                for c, r in zip(cands, rows[1:], strict=True) if r.files}  # fmt: skip
-
-    # 2. Race (short KD, ranked on validation), 3. train the survivors fastest first.
-    # The +-2 px shifts are the MNIST recipe; a user's data gets none (as in distill), since
-    # what a shift means depends on the data (8x8 digits, spectrograms, tabular rows...).
-    train_cfg = cfg.train if info.task == "mnist" else replace(cfg.train, shift=False)
-    logits = None if train_cfg.teacher_online else teacher_logits(teacher, fit.x)
-    trainer = CandidateTrainer(teacher, fit, val, logits, pruned, progress)
-    decided = race_and_select(screened, speedups, cfg, train_cfg, trainer, teacher_val)
-    winner, outcomes, raced = decided.winner, decided.outcomes, decided.raced
-    trained_models = trainer.models
-    for c, r in zip(cands, rows[1:], strict=True):
-        if not r.files:
-            outcomes[c.name] = Outcome(c.name, float("nan"), "failed", None, r.error or "")
-
-    if winner is None:
-        # Nothing new within budget: the pruned teacher (already in the bundle) ships again.
-        winner = next(c for c in cands if c.origin == PRUNED)
-        outcomes[winner.name].reason += "; no candidate within budget: the pruned teacher ships"
-        trained_models.setdefault(winner.name, pruned)
-    best = trained_models[winner.name]
-
-    table = candidate_table(
-        cands, rows, models, outcomes, teacher_ms, rank, input_shape,
-        lambda: top1(pruned, val.x, val.y), decided,
-    )  # fmt: skip
-
-    metrics: dict[str, Any] = {
-        "winner": winner.name,
-        "winner_arch": winner.arch if winner.origin != PRUNED else pruned_meta.arch,
-        "winner_widths": winner.widths if winner.origin != PRUNED else _widths_of(best),
-        "winner_origin": winner.origin,
-        "winner_val_top1": outcomes[winner.name].val_top1,
-        "teacher_val_top1": round(teacher_val, 6),
-        "max_drop": cfg.max_drop,
-        "decided_on": "val",
-        "race": None
-        if raced is None
-        else {
-            "size": cfg.race_size,
-            "epochs": round(train_cfg.epochs * cfg.race_fraction, 4),
-            "keep": cfg.race_keep,
-            "raced": len(raced),
-            "went_on": sum(e.kept for e in raced.values()),
-            "wall_s": round(decided.race_s, 2),
-        },
-        "train_recipe": jsonable(train_cfg),
-        "rank_batch": rank,
-        "statistic": "min",
-        "provider": provider,
-        "threads": cfg.screen.threads,
-        "teacher_latency_ms": teacher_row.latency["fp32"],
-        "candidates": table,
-        "screen_wall_s": round(screen_s, 2),
-        "search_wall_s": round(time.perf_counter() - started, 2),
-        "search_cpu_s": round(process_cpu_s() - cpu_started, 2),
-        "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "target": {"provider": provider, "cpu": cpu_model_name(), "isa": isa_summary()},
-    }
-    log.info("search: winner %s (val %.4f)", winner.name, outcomes[winner.name].val_top1 or 0)
-    return save_checkpoint(
-        best,
-        out_path,
-        stage=STAGE,
-        seed=cfg.train.seed,
-        metrics=metrics,
-        parent_sha256=sha256_file(teacher_ckpt),
-        config=jsonable(cfg),
-        extra={"teacher": os.fspath(teacher_ckpt)},
-        # dataset, data source and normalisation of the teacher; a user's factory with the
-        # winner's keyword arguments (the pruned teacher keeps its own, with its shapes)
-        like=teacher_meta,
-        factory=_winner_factory(winner, teacher_meta, pruned_meta),
-    )
-
-
 class CandidateTrainer:
     """KD of search candidates from one teacher on one data split: builds a candidate with
     seeded weights, trains it (`models.distill.distill_student`, the distill stage's KD trainer) and scores it on validation. Safe to call from two
@@ -837,3 +699,212 @@ def _winner_factory(winner: Any, teacher_meta: Any, pruned_meta: Any) -> Any:
 def _widths_of(model: Any) -> dict[str, Any]:
     widths = getattr(model, "widths", None)
     return dict(widths()) if callable(widths) else {}
+
+
+@dataclass
+class _SearchInputs:
+    """What the search starts from: both checkpoints, the candidates, the data splits and
+    the teacher's validation top-1 (the budget's reference)."""
+
+    teacher: Any
+    teacher_meta: Any
+    pruned: Any
+    pruned_meta: Any
+    info: Any  # models.search_space.TeacherInfo
+    cands: list[Any]
+    fit: Any
+    val: Any
+    input_shape: tuple[int, ...]
+    teacher_val: float
+
+
+def _load_search_inputs(
+    teacher_ckpt: str | os.PathLike[str],
+    pruned_ckpt: str | os.PathLike[str],
+    cfg: SearchConfig,
+    data: Any,
+    data_dir: str | os.PathLike[str] | None,
+    candidates: Sequence[Any] | None,
+) -> _SearchInputs:
+    import torch
+
+    from onnxship.models.checkpoint import load_checkpoint
+    from onnxship.models.data import DataConfig, open_data
+    from onnxship.models.evaluate import top1
+    from onnxship.models.search_space import space_candidates
+
+    teacher, teacher_meta = load_checkpoint(teacher_ckpt)
+    pruned, pruned_meta = load_checkpoint(pruned_ckpt)
+    info = teacher_info(teacher_meta)
+    cands = list(candidates) if candidates is not None else space_candidates(cfg.space, info)
+    recorded = teacher_meta.data
+    splits = open_data(data or (DataConfig.from_json(recorded) if recorded else None), data_dir)
+    fit, val = splits.split("fit"), splits.split("val")
+    if fit.x.ndim == 4:
+        # channels_last: the teacher's logits on the fit split took 7 s contiguous vs ~2 s
+        # (2 cores, measured); the KD trainer converts it anyway. Checkpoints are not touched.
+        teacher.to(memory_format=torch.channels_last)
+    return _SearchInputs(
+        teacher, teacher_meta, pruned, pruned_meta, info, cands, fit, val,
+        tuple(teacher_meta.input_shape), top1(teacher, val.x, val.y),
+    )  # fmt: skip
+
+
+def _speedups(
+    cands: Sequence[Any], rows: Sequence[ScreenRow], cfg: SearchConfig
+) -> tuple[dict[int, float], list[Any], dict[str, float]]:
+    """(the teacher's FP32 latency per batch size, the candidates screened, each one's
+    speed-up over the teacher at `rank_batch` in its best precision)."""
+    rank = cfg.rank_batch
+    teacher_ms = {b: rows[0].latency["fp32"][str(b)]["min_ms"] for b in cfg.screen.batch_sizes}
+    screened = [c for c, r in zip(cands, rows[1:], strict=True) if r.files]
+    speedups = {c.name: teacher_ms[rank] / best_precision(r, rank)[1]
+                for c, r in zip(cands, rows[1:], strict=True) if r.files}  # fmt: skip
+    return teacher_ms, screened, speedups
+
+
+def _winner(
+    decided: Decided, cands: Sequence[Any], rows: Sequence[ScreenRow], trainer: CandidateTrainer
+) -> tuple[Any, Any]:
+    """(the winning candidate, its trained model): the selection's, else the pruned teacher
+    (already in the bundle), which then ships again. Candidates that failed the screen get
+    their outcome here."""
+    from onnxship.models.search_space import PRUNED
+
+    winner, outcomes = decided.winner, decided.outcomes
+    for c, r in zip(cands, rows[1:], strict=True):
+        if not r.files:
+            outcomes[c.name] = Outcome(c.name, float("nan"), "failed", None, r.error or "")
+    if winner is None:
+        winner = next(c for c in cands if c.origin == PRUNED)
+        outcomes[winner.name].reason += "; no candidate within budget: the pruned teacher ships"
+        trainer.models.setdefault(winner.name, trainer.pruned)
+    return winner, trainer.models[winner.name]
+
+
+def _search_metrics(
+    inputs: _SearchInputs,
+    cfg: SearchConfig,
+    train_cfg: SearchTrainConfig,
+    decided: Decided,
+    winner: Any,
+    best: Any,
+    measured: dict[str, Any],
+) -> dict[str, Any]:
+    """The search record: the winner, the budget and its reference, the race, the recipe,
+    the screen's conditions, every candidate's row (`measured["table"]`) and wall times
+    (since `measured["started"]`, the screen's `measured["screen_s"]`)."""
+    from onnxship.core.env import cpu_model_name, isa_summary
+    from onnxship.models.loop import process_cpu_s
+    from onnxship.models.search_space import PRUNED
+
+    raced, provider = decided.raced, measured["provider"]
+    return {
+        "winner": winner.name,
+        "winner_arch": winner.arch if winner.origin != PRUNED else inputs.pruned_meta.arch,
+        "winner_widths": winner.widths if winner.origin != PRUNED else _widths_of(best),
+        "winner_origin": winner.origin,
+        "winner_val_top1": decided.outcomes[winner.name].val_top1,
+        "teacher_val_top1": round(inputs.teacher_val, 6),
+        "max_drop": cfg.max_drop,
+        "decided_on": "val",
+        "race": None
+        if raced is None
+        else {
+            "size": cfg.race_size,
+            "epochs": round(train_cfg.epochs * cfg.race_fraction, 4),
+            "keep": cfg.race_keep,
+            "raced": len(raced),
+            "went_on": sum(e.kept for e in raced.values()),
+            "wall_s": round(decided.race_s, 2),
+        },
+        "train_recipe": jsonable(train_cfg),
+        "rank_batch": cfg.rank_batch,
+        "statistic": "min",
+        "provider": provider,
+        "threads": cfg.screen.threads,
+        "teacher_latency_ms": measured["teacher_latency_ms"],
+        "candidates": measured["table"],
+        "screen_wall_s": round(measured["screen_s"], 2),
+        "search_wall_s": round(time.perf_counter() - measured["started"], 2),
+        "search_cpu_s": round(process_cpu_s() - measured["cpu_started"], 2),
+        "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "target": {"provider": provider, "cpu": cpu_model_name(), "isa": isa_summary()},
+    }
+
+
+def searched_from_checkpoints(
+    teacher_ckpt: str | os.PathLike[str],
+    pruned_ckpt: str | os.PathLike[str],
+    teacher_onnx: str | os.PathLike[str],
+    cfg: SearchConfig,
+    out_path: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    data: Any = None,
+    progress: bool = False,
+    candidates: Sequence[Any] | None = None,
+) -> Artifact:
+    """Screen, train, select (see the module docstring); write the winner's checkpoint.
+
+    `pruned_ckpt` is the pipeline's pruned + distilled student (the PRUNED candidate);
+    `teacher_onnx` the teacher's FP32 artifact (the latency reference). The data is `data` (a
+    `models.data.DataConfig`), else the one the teacher's checkpoint records, else MNIST under
+    `data_dir`. A teacher built by a user's factory searches the width multipliers of that
+    factory's keyword arguments (`models.search_space.width_multipliers`) unless `cfg.space`
+    names another space. `candidates` overrides the space (tests)."""
+    from onnxship.models.checkpoint import save_checkpoint
+    from onnxship.models.distill import teacher_logits
+    from onnxship.models.evaluate import top1
+    from onnxship.models.loop import process_cpu_s
+    from onnxship.runtime_bench.session import check_provider_available
+
+    cfg.validate()
+    started, cpu_started = time.perf_counter(), process_cpu_s()
+    provider = check_provider_available(cfg.provider)
+    inputs = _load_search_inputs(teacher_ckpt, pruned_ckpt, cfg, data, data_dir, candidates)
+    cands, pruned, val = inputs.cands, inputs.pruned, inputs.val
+
+    # 1. Screen: untrained weights (the pruned teacher with its own), interleaved with the teacher.
+    t0 = time.perf_counter()
+    rows, models = screen_candidates(
+        cands, pruned, Path(teacher_onnx), cfg, inputs.input_shape, val.x[:64].numpy(),
+        val.x[:256].numpy(), provider,
+    )  # fmt: skip
+    screen_s = time.perf_counter() - t0
+    teacher_ms, screened, speedups = _speedups(cands, rows, cfg)
+
+    # 2. Race (short KD, ranked on validation), 3. train the survivors fastest first.
+    # The +-2 px shifts are the MNIST recipe; a user's data gets none (as in distill), since
+    # what a shift means depends on the data (8x8 digits, spectrograms, tabular rows...).
+    train_cfg = cfg.train if inputs.info.task == "mnist" else replace(cfg.train, shift=False)
+    fit_x = inputs.fit.x
+    logits = None if train_cfg.teacher_online else teacher_logits(inputs.teacher, fit_x)
+    trainer = CandidateTrainer(inputs.teacher, inputs.fit, val, logits, pruned, progress)
+    decided = race_and_select(screened, speedups, cfg, train_cfg, trainer, inputs.teacher_val)
+    winner, best = _winner(decided, cands, rows, trainer)
+
+    table = candidate_table(
+        cands, rows, models, decided.outcomes, teacher_ms, cfg.rank_batch, inputs.input_shape,
+        lambda: top1(pruned, val.x, val.y), decided,
+    )  # fmt: skip
+    measured = {"provider": provider, "teacher_latency_ms": rows[0].latency["fp32"],
+                "table": table, "screen_s": screen_s, "started": started,
+                "cpu_started": cpu_started}  # fmt: skip
+    metrics = _search_metrics(inputs, cfg, train_cfg, decided, winner, best, measured)
+    log.info("search: winner %s (val %.4f)", winner.name, metrics["winner_val_top1"] or 0)
+    teacher_meta = inputs.teacher_meta
+    return save_checkpoint(
+        best,
+        out_path,
+        stage=STAGE,
+        seed=cfg.train.seed,
+        metrics=metrics,
+        parent_sha256=sha256_file(teacher_ckpt),
+        config=jsonable(cfg),
+        extra={"teacher": os.fspath(teacher_ckpt)},
+        # dataset, data source and normalisation of the teacher; a user's factory with the
+        # winner's keyword arguments (the pruned teacher keeps its own, with its shapes)
+        like=teacher_meta,
+        factory=_winner_factory(winner, teacher_meta, inputs.pruned_meta),
+    )
