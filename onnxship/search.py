@@ -110,7 +110,9 @@ class SearchConfig:
     the best `race_keep` share of them by validation top-1 (at least one) go on to the full
     recipe; 0 = no race (every candidate may be trained in full, fastest first).
     max_trained / budget_s: the search's budget, in candidates trained in full and in seconds of
-    that training (no candidate is started once `budget_s` is spent; 0 = no limit)."""
+    that training (no candidate is started once `budget_s` is spent; 0 = no limit).
+    cache_dir: a folder of measured candidate results reused across runs (`MeasuredCache`:
+    keyed on the data, the teacher, the recipe with its seed and the candidate); "" = none."""
 
     enabled: bool = True
     space: str = "auto"
@@ -122,6 +124,7 @@ class SearchConfig:
     race_keep: float = 0.25
     max_trained: int = 4
     budget_s: float = 45.0
+    cache_dir: str = ""
     screen: ScreenConfig = field(default_factory=ScreenConfig)
     train: SearchTrainConfig = field(default_factory=SearchTrainConfig)
 
@@ -468,17 +471,95 @@ class PairedTraining:
 # The stage
 
 
+@dataclass(frozen=True)
+class MeasuredCache:
+    """Measured results of candidates trained from scratch (validation top-1, train stats,
+    weights), reused across runs. The key is the sha256 of the data (`data_sha256`: the fit
+    and val tensors), the teacher's checkpoint (`teacher_sha256`), the training recipe with
+    its seed, and the candidate (architecture, widths): when any of them changes the candidate
+    is measured again. One `KEY.json` + `KEY.pt` pair per measurement under `folder`."""
+
+    folder: Path
+    data_sha256: str
+    teacher_sha256: str
+
+    def key(self, cand: Any, recipe: SearchTrainConfig) -> str:
+        import hashlib
+        import json
+
+        what = {"data_sha256": self.data_sha256, "teacher_sha256": self.teacher_sha256,
+                "recipe": jsonable(recipe), "candidate": cand.to_json()}  # fmt: skip
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+    def load(self, key: str, model: Any) -> dict[str, Any] | None:
+        """The record under `key` with its weights loaded into `model` (eval mode), or None
+        (not measured yet, or unreadable: then it is measured again)."""
+        import json
+
+        import torch
+
+        record, weights = self.folder / f"{key}.json", self.folder / f"{key}.pt"
+        if not (record.is_file() and weights.is_file()):
+            return None
+        try:
+            entry = json.loads(record.read_text())
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except Exception as exc:  # a broken entry costs a measurement, never the search
+            log.warning("search cache: entry %s unreadable (%s); measuring again", key, exc)
+            return None
+        model.eval()
+        return dict(entry)
+
+    def store(self, key: str, model: Any, entry: dict[str, Any]) -> None:
+        import json
+
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        record = {**entry, "key": key, "data_sha256": self.data_sha256,
+                  "teacher_sha256": self.teacher_sha256}  # fmt: skip
+        # weights first, the record last: a record on disk means its weights are complete
+        tmp = self.folder / f".{key}.pt.{os.getpid()}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.folder / f"{key}.pt")
+        tmp = self.folder / f".{key}.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        os.replace(tmp, self.folder / f"{key}.json")
+
+
+def data_sha256(*splits: Any) -> str:
+    """One sha256 over the tensors (x and y) of the given splits."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for split in splits:
+        for tensor in (split.x, split.y):
+            array = tensor.contiguous().numpy()
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 class CandidateTrainer:
     """KD of search candidates from one teacher on one data split: builds a candidate with
-    seeded weights, trains it (`models.distill.distill_student`, the distill stage's KD trainer) and scores it on validation. Safe to call from two
-    threads at once (`models.loop.side_by_side`): the seeded build is locked, the rest is the
-    candidate's own."""
+    seeded weights, trains it (`models.distill.distill_student`, the distill stage's KD
+    trainer) and scores it on validation, or takes both from `cache` when this data, teacher,
+    recipe and candidate were measured before. Safe to call from two threads at once
+    (`models.loop.side_by_side`): the seeded build is locked, the rest is the candidate's own."""
 
     def __init__(
-        self, teacher: Any, fit: Any, val: Any, logits: Any, pruned: Any, progress: bool
+        self,
+        teacher: Any,
+        fit: Any,
+        val: Any,
+        logits: Any,
+        pruned: Any,
+        progress: bool,
+        cache: MeasuredCache | None = None,
     ) -> None:
         self.teacher, self.fit, self.val, self.logits = teacher, fit, val, logits
-        self.pruned, self.progress = pruned, progress
+        self.pruned, self.progress, self.cache = pruned, progress, cache
         self.models: dict[str, Any] = {}
         self._init_lock = threading.Lock()
 
@@ -493,15 +574,26 @@ class CandidateTrainer:
         with self._init_lock:  # seeded initial weights, also when candidates train side by side
             torch.manual_seed(recipe.seed)
             model = cand.build()
-        stats = distill_student(
-            model, self.teacher, self.fit.x, self.fit.y, recipe.distill_config(),
-            cached_logits=self.logits, augment=shift_batch if recipe.shift else None,
-            teacher_online=recipe.teacher_online, desc="search KD", progress=self.progress,
-        )  # fmt: skip
-        model.eval()
-        acc = top1(model, self.val.x, self.val.y)
+        key = self.cache.key(cand, recipe) if self.cache is not None else None
+        hit = self.cache.load(key, model) if self.cache is not None and key else None
+        if hit is not None:
+            acc, stats = hit["val_top1"], hit
+        else:
+            stats = distill_student(
+                model, self.teacher, self.fit.x, self.fit.y, recipe.distill_config(),
+                cached_logits=self.logits, augment=shift_batch if recipe.shift else None,
+                teacher_online=recipe.teacher_online, desc="search KD", progress=self.progress,
+            )  # fmt: skip
+            model.eval()
+            acc = top1(model, self.val.x, self.val.y)
+            if self.cache is not None and key:
+                self.cache.store(key, model, {"val_top1": acc, "final_loss": stats["final_loss"],
+                                              "steps": stats["steps"], "candidate": cand.to_json(),
+                                              "recipe": jsonable(recipe)})  # fmt: skip
         log_to[cand.name] = {"final_loss": stats["final_loss"], "steps": stats["steps"],
                              "wall_s": round(time.perf_counter() - t, 2)}  # fmt: skip
+        if key:
+            log_to[cand.name]["cache"] = {"hit": hit is not None, "key": key}
         self.models[cand.name] = model
         return acc
 
@@ -880,7 +972,11 @@ def searched_from_checkpoints(
     train_cfg = cfg.train if inputs.info.task == "mnist" else replace(cfg.train, shift=False)
     fit_x = inputs.fit.x
     logits = None if train_cfg.teacher_online else teacher_logits(inputs.teacher, fit_x)
-    trainer = CandidateTrainer(inputs.teacher, inputs.fit, val, logits, pruned, progress)
+    cache = None
+    if cfg.cache_dir:
+        cache = MeasuredCache(Path(cfg.cache_dir), data_sha256(inputs.fit, val),
+                              sha256_file(teacher_ckpt))  # fmt: skip
+    trainer = CandidateTrainer(inputs.teacher, inputs.fit, val, logits, pruned, progress, cache)
     decided = race_and_select(screened, speedups, cfg, train_cfg, trainer, inputs.teacher_val)
     winner, best = _winner(decided, cands, rows, trainer)
 

@@ -486,6 +486,7 @@ def test_searched_from_checkpoints_races_trains_and_records_each_decision_on_val
     cfg = SearchConfig(
         screen=FAST_SCREEN, rank_batch=4, race_size=3, race_fraction=0.5, race_keep=0.5,
         max_trained=2, budget_s=0, train=SearchTrainConfig(epochs=0.4),
+        cache_dir=os.fspath(tmp_path / "cache"),
     )  # fmt: skip
     out = tmp_path / "searched.pt"
     # the pipeline's pruned + distilled teacher is stood in for by the teacher itself
@@ -507,3 +508,60 @@ def test_searched_from_checkpoints_races_trains_and_records_each_decision_on_val
     model, meta = load_checkpoint(out)
     assert meta.metrics["winner"] == m["winner"]
     assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    # Run again: every KD comes from the cache of measured results, with its key, and the
+    # numbers are those measured the first time (which candidates train in full can change
+    # with the screen's latencies; all three are raced in both runs).
+    again = searched_from_checkpoints(trained_checkpoint, trained_checkpoint, teacher_onnx, cfg,
+                                      tmp_path / "again.pt", data=data,
+                                      candidates=cands).metrics  # fmt: skip
+    for row in again["candidates"]:
+        first = rows[row["name"]]
+        for phase, number in (("race", "val_top1"), ("train", "steps")):
+            if phase in first and phase in row:
+                assert first[phase]["cache"]["hit"] is False
+                assert row[phase]["cache"] == {"hit": True, "key": first[phase]["cache"]["key"]}
+                assert row[phase][number] == first[phase][number]
+        assert ("race" in row) == ("race" in first)
+
+
+def test_measured_cache_reuses_a_candidate_and_measures_again_when_anything_changes(
+    tmp_path: Path,
+) -> None:
+    """A candidate measured once is taken from the cache (same validation number, same
+    weights, the hit and its key in the log); another seed, recipe, data, teacher or
+    candidate is another key."""
+    from types import SimpleNamespace
+
+    from onnxship.search import CandidateTrainer, MeasuredCache, SearchTrainConfig, data_sha256
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    fit = SimpleNamespace(x=torch.randn(64, 1, 28, 28, generator=gen),
+                          y=torch.randint(0, 10, (64,), generator=gen))  # fmt: skip
+    val = SimpleNamespace(x=fit.x[:16].clone(), y=fit.y[:16].clone())
+    teacher = create_model("tiny_cnn")
+    cand = patch_candidate(7, 7, 2, 4)
+    recipe = SearchTrainConfig(epochs=1, batch_size=32, shift=False)
+    cache = MeasuredCache(tmp_path / "cache", data_sha256(fit, val), "t" * 64)
+    logs: list[dict] = []
+    models = []
+    for _ in range(2):
+        trainer = CandidateTrainer(teacher, fit, val, None, None, False, cache)
+        log: dict = {}
+        logs.append({"val": trainer.val_after(cand, recipe, log), **log[cand.name]})
+        models.append(trainer.models[cand.name])
+    key = cache.key(cand, recipe)
+    assert logs[0]["cache"] == {"hit": False, "key": key}
+    assert logs[1]["cache"] == {"hit": True, "key": key}
+    assert logs[1]["val"] == logs[0]["val"] and logs[1]["steps"] == logs[0]["steps"] == 2
+    for name, value in models[0].state_dict().items():
+        assert torch.equal(value, models[1].state_dict()[name]), name
+    other_val = SimpleNamespace(x=val.x, y=(val.y + 1) % 10)
+    others = {
+        cache.key(cand, SearchTrainConfig(epochs=1, batch_size=32, shift=False, seed=1)),
+        cache.key(cand, SearchTrainConfig(epochs=2, batch_size=32, shift=False)),
+        MeasuredCache(cache.folder, data_sha256(fit, other_val), "t" * 64).key(cand, recipe),
+        MeasuredCache(cache.folder, cache.data_sha256, "u" * 64).key(cand, recipe),
+        cache.key(patch_candidate(7, 7, 2, 5), recipe),
+    }
+    assert len(others) == 5 and key not in others
