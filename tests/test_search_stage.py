@@ -44,15 +44,17 @@ MNIST_SHAPE = (1, 28, 28)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_screen_times_fp32_and_int8_of_each_candidate_interleaved(tmp_path: Path) -> None:
+def _teacher_and_student_onnx(tmp_path: Path) -> tuple[np.ndarray, Path, Path]:
+    """Eight random MNIST-shaped inputs, a tiny teacher's and a tiny student's FP32 files."""
     torch.manual_seed(0)
     x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
     teacher = onnx_from_module(create_model("tiny_cnn"), tmp_path / "t.onnx", MNIST_SHAPE)
-    student = onnx_from_module(
-        create_model("patch_cnn", kernel=7, stride=7, conv_channels=2, hidden=4),
-        tmp_path / "s.onnx",
-        MNIST_SHAPE,
-    )
+    student = create_model("patch_cnn", kernel=7, stride=7, conv_channels=2, hidden=4)
+    return x, teacher, onnx_from_module(student, tmp_path / "s.onnx", MNIST_SHAPE)
+
+
+def test_screen_times_fp32_and_int8_of_each_candidate_interleaved(tmp_path: Path) -> None:
+    x, teacher, student = _teacher_and_student_onnx(tmp_path)
     int8 = quantize_for_screen(student, "qdq-u8s8-perchannel-minmax-linear", x, tmp_path, "s")
     rows = [
         ScreenRow("teacher", {"fp32": teacher}),
@@ -398,14 +400,7 @@ def test_screen_records_the_speedup_over_the_teacher_with_its_ci_within_the_budg
 
     from onnxship.search import TEACHER_ROW
 
-    torch.manual_seed(0)
-    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
-    teacher = onnx_from_module(create_model("tiny_cnn"), tmp_path / "t.onnx", MNIST_SHAPE)
-    student = onnx_from_module(
-        create_model("patch_cnn", kernel=7, stride=7, conv_channels=2, hidden=4),
-        tmp_path / "s.onnx",
-        MNIST_SHAPE,
-    )
+    x, teacher, student = _teacher_and_student_onnx(tmp_path)
     rows = [ScreenRow(TEACHER_ROW, {"fp32": teacher}), ScreenRow("s", {"fp32": student})]
     cfg = ScreenConfig(batch_sizes=(4,), warmup=1, seconds_per_batch_size=0.5,
                        min_iterations=30, max_iterations=1_000_000)  # fmt: skip
