@@ -310,7 +310,7 @@ def calibration_set_from_mnist(
 ) -> CalibrationSet:
     """Draw `cfg.size` class-balanced images from the validation part of the training split.
 
-    Only `runtime_bench.mnist.load_split(root, "val")` is read; the test split is never opened.
+    Only `onnxship.core.mnist.load_split(root, "val")` is read; the test split is never opened.
     """
     from onnxship.core import mnist
 

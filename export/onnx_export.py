@@ -644,3 +644,29 @@ def _export_metrics(
             "onnxruntime": ort.__version__,
         },
     }
+
+
+def onnx_from_module(
+    model: Any,
+    path: str | os.PathLike[str],
+    input_shape: tuple[int, ...],
+    *,
+    opset: int | None = None,
+    exporter: ExporterKind = ExporterKind.TORCHSCRIPT,
+) -> Path:
+    """A quick, unchecked ONNX file of an in-memory model, through the exporters above (eval
+    mode; input `input` [batch, *input_shape], output `logits`, the batch symbolic; the
+    TorchScript exporter by default, ~0.1 s a small model): for latency screens of untrained
+    candidates (the search stage). No metadata and no parity check: the artifacts that ship
+    come from `onnx_from_checkpoint`."""
+    import onnx
+    import torch
+
+    cfg = ExportConfig(opset=opset, exporter=exporter)
+    cfg.validate()
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings, the same for every candidate
+        proto = _run_exporters(model, torch.zeros(2, *input_shape), cfg)[0]
+    onnx.save(proto, os.fspath(path))
+    return Path(path)

@@ -15,7 +15,7 @@ MNIST details:
 The data root follows CONTRACT.md (`--data-dir`, `$ONNXSHIP_DATA_DIR`, `./data`). A download is
 attempted only when files are missing; offline, the error names the folder and the four files.
 Splits: 'fit' (training minus validation) for training, 'val' (a fixed, seeded 5,000 of the
-training images, defined once in `runtime_bench.mnist`) for decisions, 'test' for reporting.
+training images, defined once in `onnxship.core.mnist`) for decisions, 'test' for reporting.
 Set `ONNXSHIP_NO_DOWNLOAD=1` (or pass `download=False`) to never touch the network: missing
 files are then an immediate error (tests and air-gapped CI use it). A download that is tried
 gets a socket timeout, so an offline machine that drops packets fails in seconds, not minutes.

@@ -1,12 +1,14 @@
 """The `search` stage: the fastest student that keeps the accuracy, chosen by latency measured
 on the target EP and by accuracy measured on this run's validation split.
 
-1. **Screen.** Every candidate of the search space (`models.search`) is built with untrained
-   weights, exported to ONNX (TorchScript exporter: ~0.1 s a model, the graph the dynamo
-   exporter gives for these layers), quantized to INT8 with the screen recipes, and timed on
-   the target EP in FP32 and INT8, block-interleaved with the teacher's FP32 artifact in one run
-   (the timing engine, `runtime_bench.timing.time_blocks`), at every screen batch size. A candidate's
-   speed is its best precision's teacher-fp32 / candidate latency ratio at `rank_batch`.
+1. **Screen.** Every candidate of the search space (`models.search_space`) is built with
+   untrained weights, exported to ONNX (`export.onnx_export.onnx_from_module`: the TorchScript
+   exporter, ~0.1 s a model, the graph the dynamo exporter gives for these layers, at the
+   export stage's default opset), quantized to INT8 with the screen recipes, and timed on the
+   target EP in FP32 and INT8, block-interleaved with the teacher's FP32 artifact in one run
+   (the timing engine, `runtime_bench.timing.time_blocks`), at every screen batch size. A
+   candidate's speed is its best precision's teacher-fp32 / candidate latency ratio at
+   `rank_batch`.
 2. **Race** (successive halving). The `race_size` fastest candidates trained from scratch get
    a short KD (`race_fraction` of the full recipe's epochs) and are ranked by validation top-1;
    the best `race_keep` share goes on, the rest are dropped with the number that dropped them.
@@ -30,16 +32,13 @@ validation numbers behind each decision, for the report and the Pareto plot.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import logging
 import math
 import os
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,7 +53,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "search"
 TEACHER_ROW = "teacher-fp32"
-SCREEN_OPSET = 17
 SCREEN_RECIPES = ("qdq-u8s8-perchannel-minmax", "qdq-u8s8-perchannel-minmax-linear")
 
 
@@ -91,10 +89,20 @@ class SearchTrainConfig:
     teacher_online: bool = False
     seed: int = 0
 
+    def distill_config(self) -> Any:
+        """This recipe as the KD trainer's config (`models.distill.DistillConfig`, OneCycle
+        SGD); `shift` and `teacher_online` are the trainer's `augment` and `teacher_online`."""
+        from onnxship.models.distill import DistillConfig
+        from onnxship.models.loop import LrSchedule, SgdConfig
+
+        sgd = SgdConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                        schedule=LrSchedule.ONECYCLE)  # fmt: skip
+        return DistillConfig(self.temperature, self.alpha, sgd, self.seed)
+
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """space: a registered search space (`models.search.list_spaces()`) or "auto".
+    """space: a registered search space (`models.search_space.list_spaces()`) or "auto".
     provider: the target EP of the screen. max_drop: accuracy budget on validation top-1 vs the
     teacher (0.003 = 0.3 pp). rank_batch: the batch size candidates are ranked at.
     race_size / race_fraction / race_keep: the race (successive halving): the `race_size`
@@ -102,7 +110,9 @@ class SearchConfig:
     the best `race_keep` share of them by validation top-1 (at least one) go on to the full
     recipe; 0 = no race (every candidate may be trained in full, fastest first).
     max_trained / budget_s: the search's budget, in candidates trained in full and in seconds of
-    that training (no candidate is started once `budget_s` is spent; 0 = no limit)."""
+    that training (no candidate is started once `budget_s` is spent; 0 = no limit).
+    cache_dir: a folder of measured candidate results reused across runs (`MeasuredCache`:
+    keyed on the data, the teacher, the recipe with its seed and the candidate); "" = none."""
 
     enabled: bool = True
     space: str = "auto"
@@ -114,6 +124,7 @@ class SearchConfig:
     race_keep: float = 0.25
     max_trained: int = 4
     budget_s: float = 45.0
+    cache_dir: str = ""
     screen: ScreenConfig = field(default_factory=ScreenConfig)
     train: SearchTrainConfig = field(default_factory=SearchTrainConfig)
 
@@ -162,31 +173,6 @@ class ScreenRow:
     files: dict[str, Path] = field(default_factory=dict)  # precision label -> .onnx
     latency: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     error: str | None = None
-
-
-def export_for_screen(
-    model: Any, path: Path, input_shape: Sequence[int], opset: int = SCREEN_OPSET
-) -> Path:
-    """A fast TorchScript export (batch dimension symbolic) of an eval-mode model taking one
-    sample of `input_shape` (without the batch dimension)."""
-    import torch
-
-    model.eval()
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.zeros(2, *input_shape),),
-            os.fspath(path),
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            opset_version=opset,
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            do_constant_folding=True,
-            training=torch.onnx.TrainingMode.EVAL,
-        )
-    return path
 
 
 def quantize_for_screen(
@@ -330,7 +316,7 @@ def race(
     the best ceil(keep x raced) by validation top-1 (ties: the faster first) go on. Returns an
     entry per raced candidate; candidates not raced (slower, or already trained) have none.
     `run_all` runs the short KDs (default: in turn; the stage runs them side by side)."""
-    from onnxship.models.search import PRUNED
+    from onnxship.models.search_space import PRUNED
 
     if size <= 0:
         return {}
@@ -383,7 +369,7 @@ def select(
     scratch is trained in full only when it went on from the race. A candidate already
     `measured` (trained ahead, beside another) is scored even when a budget is spent since.
     """
-    from onnxship.models.search import PRUNED
+    from onnxship.models.search_space import PRUNED
 
     ranked = sorted(order, key=lambda c: -speedups[c.name])
     outcomes = {c.name: Outcome(c.name, speedups[c.name]) for c in ranked}
@@ -482,230 +468,132 @@ class PairedTraining:
 
 
 # --------------------------------------------------------------------------------------------
-# KD training of a candidate (torch)
-
-
-def kd_train(
-    model: Any,
-    teacher: Any,
-    x: Any,
-    y: Any,
-    cfg: SearchTrainConfig,
-    *,
-    cached_logits: Any = None,
-    progress: bool = False,
-) -> dict[str, float]:
-    """KD from `teacher`. With `cfg.teacher_online` the teacher runs on every (shifted) batch;
-    otherwise its logits on the unshifted images are computed once (`cached_logits` or here)
-    and serve as the soft target of every shifted copy: the teacher was itself trained with
-    the same +-2 px shifts, and its forward pass was ~3/4 of a KD step's time (measured)."""
-    import torch
-
-    from onnxship.models.distill import kd_loss, teacher_logits
-    from onnxship.models.loop import LrSchedule, SgdConfig, train_sgd
-    from onnxship.models.train import shift_batch
-
-    teacher.eval()
-    teacher.requires_grad_(False)
-    # channels_last: ~20 % faster CPU conv kernels (see models.distill); weights save as NCHW.
-    teacher.to(memory_format=torch.channels_last)
-    model.to(memory_format=torch.channels_last)
-    T, alpha = float(cfg.temperature), float(cfg.alpha)
-    sgd = SgdConfig(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule=LrSchedule.ONECYCLE
-    )
-    augment = shift_batch if cfg.shift else None
-    torch.manual_seed(cfg.seed)
-    if cfg.teacher_online:
-
-        def online(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                zt = teacher(xb)
-            return kd_loss(logits, zt, yb, T, alpha)
-
-        return train_sgd(model, x, y, sgd, seed=cfg.seed, loss_fn=online, augment=augment,
-                         desc="search KD", progress=progress)  # fmt: skip
-    zt_all = cached_logits if cached_logits is not None else teacher_logits(teacher, x)
-
-    def cached(logits: torch.Tensor, _xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return kd_loss(logits, zt_all[idx], y[idx], T, alpha)
-
-    indices = torch.arange(x.shape[0])
-    return train_sgd(model, x, indices, sgd, seed=cfg.seed, loss_fn=cached, augment=augment,
-                     desc="search KD", progress=progress)  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------
 # The stage
 
 
-def searched_from_checkpoints(
-    teacher_ckpt: str | os.PathLike[str],
-    pruned_ckpt: str | os.PathLike[str],
-    teacher_onnx: str | os.PathLike[str],
-    cfg: SearchConfig,
-    out_path: str | os.PathLike[str],
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    data: Any = None,
-    progress: bool = False,
-    candidates: Sequence[Any] | None = None,
-) -> Artifact:
-    """Screen, train, select (see the module docstring); write the winner's checkpoint.
+@dataclass(frozen=True)
+class MeasuredCache:
+    """Measured results of candidates trained from scratch (validation top-1, train stats,
+    weights), reused across runs. The key is the sha256 of the data (`data_sha256`: the fit
+    and val tensors), the teacher's checkpoint (`teacher_sha256`), the training recipe with
+    its seed, and the candidate (architecture, widths): when any of them changes the candidate
+    is measured again. One `KEY.json` + `KEY.pt` pair per measurement under `folder`."""
 
-    `pruned_ckpt` is the pipeline's pruned + distilled student (the PRUNED candidate);
-    `teacher_onnx` the teacher's FP32 artifact (the latency reference). The data is `data` (a
-    `models.data.DataConfig`), else the one the teacher's checkpoint records, else MNIST under
-    `data_dir`. A teacher built by a user's factory searches the width multipliers of that
-    factory's keyword arguments (`models.search.width_multipliers`) unless `cfg.space` names
-    another space. `candidates` overrides the space (tests)."""
-    import torch
+    folder: Path
+    data_sha256: str
+    teacher_sha256: str
 
-    from onnxship.core.env import cpu_model_name, isa_summary
-    from onnxship.models.checkpoint import load_checkpoint, save_checkpoint
-    from onnxship.models.data import DataConfig, open_data
-    from onnxship.models.distill import teacher_logits
-    from onnxship.models.evaluate import top1
-    from onnxship.models.loop import process_cpu_s
-    from onnxship.models.search import PRUNED, space_candidates
-    from onnxship.runtime_bench.session import check_provider_available
+    def key(self, cand: Any, recipe: SearchTrainConfig) -> str:
+        import hashlib
+        import json
 
-    cfg.validate()
-    started, cpu_started = time.perf_counter(), process_cpu_s()
-    provider = check_provider_available(cfg.provider)
-    teacher, teacher_meta = load_checkpoint(teacher_ckpt)
-    pruned, pruned_meta = load_checkpoint(pruned_ckpt)
-    info = teacher_info(teacher_meta)
-    cands = list(candidates) if candidates is not None else space_candidates(cfg.space, info)
+        what = {"data_sha256": self.data_sha256, "teacher_sha256": self.teacher_sha256,
+                "recipe": jsonable(recipe), "candidate": cand.to_json()}  # fmt: skip
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
-    recorded = teacher_meta.data
-    splits = open_data(data or (DataConfig.from_json(recorded) if recorded else None), data_dir)
-    fit, val = splits.split("fit"), splits.split("val")
-    input_shape = tuple(teacher_meta.input_shape)
-    if fit.x.ndim == 4:
-        # channels_last: the teacher's logits on the fit split took 7 s contiguous vs ~2 s
-        # (2 cores, measured); kd_train converts it anyway. Checkpoints are not touched.
-        teacher.to(memory_format=torch.channels_last)
-    teacher_val = top1(teacher, val.x, val.y)
+    def load(self, key: str, model: Any) -> dict[str, Any] | None:
+        """The record under `key` with its weights loaded into `model` (eval mode), or None
+        (not measured yet, or unreadable: then it is measured again)."""
+        import json
 
-    # 1. Screen: untrained weights (the pruned teacher with its own), interleaved with the teacher.
-    t0 = time.perf_counter()
-    rows, models = screen_candidates(
-        cands, pruned, Path(teacher_onnx), cfg, input_shape, val.x[:64].numpy(),
-        val.x[:256].numpy(), provider,
-    )  # fmt: skip
-    screen_s = time.perf_counter() - t0
+        import torch
 
-    teacher_row = rows[0]
-    rank = cfg.rank_batch
-    teacher_ms = {b: teacher_row.latency["fp32"][str(b)]["min_ms"] for b in cfg.screen.batch_sizes}
-    screened = [c for c, r in zip(cands, rows[1:], strict=True) if r.files]
-    speedups = {c.name: teacher_ms[rank] / best_precision(r, rank)[1]
-                for c, r in zip(cands, rows[1:], strict=True) if r.files}  # fmt: skip
+        record, weights = self.folder / f"{key}.json", self.folder / f"{key}.pt"
+        if not (record.is_file() and weights.is_file()):
+            return None
+        try:
+            entry = json.loads(record.read_text())
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except Exception as exc:  # a broken entry costs a measurement, never the search
+            log.warning("search cache: entry %s unreadable (%s); measuring again", key, exc)
+            return None
+        model.eval()
+        return dict(entry)
 
-    # 2. Race (short KD, ranked on validation), 3. train the survivors fastest first.
-    # The +-2 px shifts are the MNIST recipe; a user's data gets none (as in distill), since
-    # what a shift means depends on the data (8x8 digits, spectrograms, tabular rows...).
-    train_cfg = cfg.train if info.task == "mnist" else replace(cfg.train, shift=False)
-    logits = None if train_cfg.teacher_online else teacher_logits(teacher, fit.x)
-    trainer = CandidateTrainer(teacher, fit, val, logits, pruned, progress)
-    decided = race_and_select(screened, speedups, cfg, train_cfg, trainer, teacher_val)
-    winner, outcomes, raced = decided.winner, decided.outcomes, decided.raced
-    trained_models = trainer.models
-    for c, r in zip(cands, rows[1:], strict=True):
-        if not r.files:
-            outcomes[c.name] = Outcome(c.name, float("nan"), "failed", None, r.error or "")
+    def store(self, key: str, model: Any, entry: dict[str, Any]) -> None:
+        import json
 
-    if winner is None:
-        # Nothing new within budget: the pruned teacher (already in the bundle) ships again.
-        winner = next(c for c in cands if c.origin == PRUNED)
-        outcomes[winner.name].reason += "; no candidate within budget: the pruned teacher ships"
-        trained_models.setdefault(winner.name, pruned)
-    best = trained_models[winner.name]
+        import torch
 
-    table = candidate_table(
-        cands, rows, models, outcomes, teacher_ms, rank, input_shape,
-        lambda: top1(pruned, val.x, val.y), decided,
-    )  # fmt: skip
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        record = {**entry, "key": key, "data_sha256": self.data_sha256,
+                  "teacher_sha256": self.teacher_sha256}  # fmt: skip
+        # weights first, the record last: a record on disk means its weights are complete
+        tmp = self.folder / f".{key}.pt.{os.getpid()}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.folder / f"{key}.pt")
+        tmp = self.folder / f".{key}.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        os.replace(tmp, self.folder / f"{key}.json")
 
-    metrics: dict[str, Any] = {
-        "winner": winner.name,
-        "winner_arch": winner.arch if winner.origin != PRUNED else pruned_meta.arch,
-        "winner_widths": winner.widths if winner.origin != PRUNED else _widths_of(best),
-        "winner_origin": winner.origin,
-        "winner_val_top1": outcomes[winner.name].val_top1,
-        "teacher_val_top1": round(teacher_val, 6),
-        "max_drop": cfg.max_drop,
-        "decided_on": "val",
-        "race": None
-        if raced is None
-        else {
-            "size": cfg.race_size,
-            "epochs": round(train_cfg.epochs * cfg.race_fraction, 4),
-            "keep": cfg.race_keep,
-            "raced": len(raced),
-            "went_on": sum(e.kept for e in raced.values()),
-            "wall_s": round(decided.race_s, 2),
-        },
-        "train_recipe": jsonable(train_cfg),
-        "rank_batch": rank,
-        "statistic": "min",
-        "provider": provider,
-        "threads": cfg.screen.threads,
-        "teacher_latency_ms": teacher_row.latency["fp32"],
-        "candidates": table,
-        "screen_wall_s": round(screen_s, 2),
-        "search_wall_s": round(time.perf_counter() - started, 2),
-        "search_cpu_s": round(process_cpu_s() - cpu_started, 2),
-        "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "target": {"provider": provider, "cpu": cpu_model_name(), "isa": isa_summary()},
-    }
-    log.info("search: winner %s (val %.4f)", winner.name, outcomes[winner.name].val_top1 or 0)
-    return save_checkpoint(
-        best,
-        out_path,
-        stage=STAGE,
-        seed=cfg.train.seed,
-        metrics=metrics,
-        parent_sha256=sha256_file(teacher_ckpt),
-        config=jsonable(cfg),
-        extra={"teacher": os.fspath(teacher_ckpt)},
-        # dataset, data source and normalisation of the teacher; a user's factory with the
-        # winner's keyword arguments (the pruned teacher keeps its own, with its shapes)
-        like=teacher_meta,
-        factory=_winner_factory(winner, teacher_meta, pruned_meta),
-    )
+
+def data_sha256(*splits: Any) -> str:
+    """One sha256 over the tensors (x and y) of the given splits."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for split in splits:
+        for tensor in (split.x, split.y):
+            array = tensor.contiguous().numpy()
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 class CandidateTrainer:
     """KD of search candidates from one teacher on one data split: builds a candidate with
-    seeded weights, trains it (`kd_train`) and scores it on validation. Safe to call from two
-    threads at once (`models.loop.side_by_side`): the seeded build is locked, the rest is the
-    candidate's own."""
+    seeded weights, trains it (`models.distill.distill_student`, the distill stage's KD
+    trainer) and scores it on validation, or takes both from `cache` when this data, teacher,
+    recipe and candidate were measured before. Safe to call from two threads at once
+    (`models.loop.side_by_side`): the seeded build is locked, the rest is the candidate's own."""
 
     def __init__(
-        self, teacher: Any, fit: Any, val: Any, logits: Any, pruned: Any, progress: bool
+        self,
+        teacher: Any,
+        fit: Any,
+        val: Any,
+        logits: Any,
+        pruned: Any,
+        progress: bool,
+        cache: MeasuredCache | None = None,
     ) -> None:
         self.teacher, self.fit, self.val, self.logits = teacher, fit, val, logits
-        self.pruned, self.progress = pruned, progress
+        self.pruned, self.progress, self.cache = pruned, progress, cache
         self.models: dict[str, Any] = {}
         self._init_lock = threading.Lock()
 
     def val_after(self, cand: Any, recipe: SearchTrainConfig, log_to: dict[str, Any]) -> float:
         import torch
 
+        from onnxship.models.distill import distill_student
         from onnxship.models.evaluate import top1
+        from onnxship.models.train import shift_batch
 
         t = time.perf_counter()
         with self._init_lock:  # seeded initial weights, also when candidates train side by side
             torch.manual_seed(recipe.seed)
             model = cand.build()
-        stats = kd_train(model, self.teacher, self.fit.x, self.fit.y, recipe,
-                         cached_logits=self.logits, progress=self.progress)  # fmt: skip
-        model.eval()
-        acc = top1(model, self.val.x, self.val.y)
+        key = self.cache.key(cand, recipe) if self.cache is not None else None
+        hit = self.cache.load(key, model) if self.cache is not None and key else None
+        if hit is not None:
+            acc, stats = hit["val_top1"], hit
+        else:
+            stats = distill_student(
+                model, self.teacher, self.fit.x, self.fit.y, recipe.distill_config(),
+                cached_logits=self.logits, augment=shift_batch if recipe.shift else None,
+                teacher_online=recipe.teacher_online, desc="search KD", progress=self.progress,
+            )  # fmt: skip
+            model.eval()
+            acc = top1(model, self.val.x, self.val.y)
+            if self.cache is not None and key:
+                self.cache.store(key, model, {"val_top1": acc, "final_loss": stats["final_loss"],
+                                              "steps": stats["steps"], "candidate": cand.to_json(),
+                                              "recipe": jsonable(recipe)})  # fmt: skip
         log_to[cand.name] = {"final_loss": stats["final_loss"], "steps": stats["steps"],
                              "wall_s": round(time.perf_counter() - t, 2)}  # fmt: skip
+        if key:
+            log_to[cand.name]["cache"] = {"hit": hit is not None, "key": key}
         self.models[cand.name] = model
         return acc
 
@@ -741,7 +629,7 @@ def race_and_select(
     """The race (a short KD for the fastest, ranked on validation), then the full KD of its
     survivors fastest first, two at a time, until one holds the budget (`select`)."""
     from onnxship.models.loop import side_by_side
-    from onnxship.models.search import PRUNED
+    from onnxship.models.search_space import PRUNED
 
     race_cfg = replace(train_cfg, epochs=train_cfg.epochs * cfg.race_fraction)
     race_log: dict[str, Any] = {}
@@ -784,7 +672,8 @@ def screen_candidates(
     Returns the rows (the teacher's first) and the untrained model per candidate name."""
     import torch
 
-    from onnxship.models.search import PRUNED
+    from onnxship.export.onnx_export import onnx_from_module
+    from onnxship.models.search_space import PRUNED
 
     rows: list[ScreenRow] = [ScreenRow(TEACHER_ROW, {"fp32": teacher_onnx})]
     models: dict[str, Any] = {}
@@ -796,7 +685,7 @@ def screen_candidates(
             model = pruned if cand.origin == PRUNED else cand.build()
             models[cand.name] = model
             try:
-                fp32 = export_for_screen(model, scratch / f"c{i}.onnx", input_shape)
+                fp32 = onnx_from_module(model, scratch / f"c{i}.onnx", input_shape)
                 row.files["fp32"] = fp32
                 for recipe in cfg.screen.int8_recipes:
                     row.files[f"int8:{recipe}"] = quantize_for_screen(
@@ -826,7 +715,7 @@ def candidate_table(
     """The record's row per candidate: what the search did with it and why (with the
     validation numbers behind each decision), its MACs, and its screen latencies."""
     from onnxship.models.flops import count_macs, count_params
-    from onnxship.models.search import PRUNED
+    from onnxship.models.search_space import PRUNED
 
     raced, race_log, train_log, paired = (
         decided.raced,
@@ -875,7 +764,7 @@ def teacher_info(meta: Any) -> Any:
     user factory ("module:function", kwargs, and a builder that imports it from the config
     folder), with the task: "mnist" for the built-in data, else "custom"."""
     from onnxship.models.registry import ModelFactory
-    from onnxship.models.search import TeacherInfo
+    from onnxship.models.search_space import TeacherInfo
 
     task = "mnist" if meta.data is None or meta.data.get("kind", "mnist") == "mnist" else "custom"
     factory = meta.factory
@@ -890,7 +779,7 @@ def teacher_info(meta: Any) -> Any:
 
 def _winner_factory(winner: Any, teacher_meta: Any, pruned_meta: Any) -> Any:
     from onnxship.models.registry import ModelFactory
-    from onnxship.models.search import PRUNED
+    from onnxship.models.search_space import PRUNED
 
     if winner.origin == PRUNED:
         return pruned_meta.factory
@@ -902,3 +791,216 @@ def _winner_factory(winner: Any, teacher_meta: Any, pruned_meta: Any) -> Any:
 def _widths_of(model: Any) -> dict[str, Any]:
     widths = getattr(model, "widths", None)
     return dict(widths()) if callable(widths) else {}
+
+
+@dataclass
+class _SearchInputs:
+    """What the search starts from: both checkpoints, the candidates, the data splits and
+    the teacher's validation top-1 (the budget's reference)."""
+
+    teacher: Any
+    teacher_meta: Any
+    pruned: Any
+    pruned_meta: Any
+    info: Any  # models.search_space.TeacherInfo
+    cands: list[Any]
+    fit: Any
+    val: Any
+    input_shape: tuple[int, ...]
+    teacher_val: float
+
+
+def _load_search_inputs(
+    teacher_ckpt: str | os.PathLike[str],
+    pruned_ckpt: str | os.PathLike[str],
+    cfg: SearchConfig,
+    data: Any,
+    data_dir: str | os.PathLike[str] | None,
+    candidates: Sequence[Any] | None,
+) -> _SearchInputs:
+    import torch
+
+    from onnxship.models.checkpoint import load_checkpoint
+    from onnxship.models.data import DataConfig, open_data
+    from onnxship.models.evaluate import top1
+    from onnxship.models.search_space import space_candidates
+
+    teacher, teacher_meta = load_checkpoint(teacher_ckpt)
+    pruned, pruned_meta = load_checkpoint(pruned_ckpt)
+    info = teacher_info(teacher_meta)
+    cands = list(candidates) if candidates is not None else space_candidates(cfg.space, info)
+    recorded = teacher_meta.data
+    splits = open_data(data or (DataConfig.from_json(recorded) if recorded else None), data_dir)
+    fit, val = splits.split("fit"), splits.split("val")
+    if fit.x.ndim == 4:
+        # channels_last: the teacher's logits on the fit split took 7 s contiguous vs ~2 s
+        # (2 cores, measured); the KD trainer converts it anyway. Checkpoints are not touched.
+        teacher.to(memory_format=torch.channels_last)
+    return _SearchInputs(
+        teacher, teacher_meta, pruned, pruned_meta, info, cands, fit, val,
+        tuple(teacher_meta.input_shape), top1(teacher, val.x, val.y),
+    )  # fmt: skip
+
+
+def _speedups(
+    cands: Sequence[Any], rows: Sequence[ScreenRow], cfg: SearchConfig
+) -> tuple[dict[int, float], list[Any], dict[str, float]]:
+    """(the teacher's FP32 latency per batch size, the candidates screened, each one's
+    speed-up over the teacher at `rank_batch` in its best precision)."""
+    rank = cfg.rank_batch
+    teacher_ms = {b: rows[0].latency["fp32"][str(b)]["min_ms"] for b in cfg.screen.batch_sizes}
+    screened = [c for c, r in zip(cands, rows[1:], strict=True) if r.files]
+    speedups = {c.name: teacher_ms[rank] / best_precision(r, rank)[1]
+                for c, r in zip(cands, rows[1:], strict=True) if r.files}  # fmt: skip
+    return teacher_ms, screened, speedups
+
+
+def _winner(
+    decided: Decided, cands: Sequence[Any], rows: Sequence[ScreenRow], trainer: CandidateTrainer
+) -> tuple[Any, Any]:
+    """(the winning candidate, its trained model): the selection's, else the pruned teacher
+    (already in the bundle), which then ships again. Candidates that failed the screen get
+    their outcome here."""
+    from onnxship.models.search_space import PRUNED
+
+    winner, outcomes = decided.winner, decided.outcomes
+    for c, r in zip(cands, rows[1:], strict=True):
+        if not r.files:
+            outcomes[c.name] = Outcome(c.name, float("nan"), "failed", None, r.error or "")
+    if winner is None:
+        winner = next(c for c in cands if c.origin == PRUNED)
+        outcomes[winner.name].reason += "; no candidate within budget: the pruned teacher ships"
+        trainer.models.setdefault(winner.name, trainer.pruned)
+    return winner, trainer.models[winner.name]
+
+
+def _search_metrics(
+    inputs: _SearchInputs,
+    cfg: SearchConfig,
+    train_cfg: SearchTrainConfig,
+    decided: Decided,
+    winner: Any,
+    best: Any,
+    measured: dict[str, Any],
+) -> dict[str, Any]:
+    """The search record: the winner, the budget and its reference, the race, the recipe,
+    the screen's conditions, every candidate's row (`measured["table"]`) and wall times
+    (since `measured["started"]`, the screen's `measured["screen_s"]`)."""
+    from onnxship.core.env import cpu_model_name, isa_summary
+    from onnxship.models.loop import process_cpu_s
+    from onnxship.models.search_space import PRUNED
+
+    raced, provider = decided.raced, measured["provider"]
+    return {
+        "winner": winner.name,
+        "winner_arch": winner.arch if winner.origin != PRUNED else inputs.pruned_meta.arch,
+        "winner_widths": winner.widths if winner.origin != PRUNED else _widths_of(best),
+        "winner_origin": winner.origin,
+        "winner_val_top1": decided.outcomes[winner.name].val_top1,
+        "teacher_val_top1": round(inputs.teacher_val, 6),
+        "max_drop": cfg.max_drop,
+        "decided_on": "val",
+        "race": None
+        if raced is None
+        else {
+            "size": cfg.race_size,
+            "epochs": round(train_cfg.epochs * cfg.race_fraction, 4),
+            "keep": cfg.race_keep,
+            "raced": len(raced),
+            "went_on": sum(e.kept for e in raced.values()),
+            "wall_s": round(decided.race_s, 2),
+        },
+        "train_recipe": jsonable(train_cfg),
+        "rank_batch": cfg.rank_batch,
+        "statistic": "min",
+        "provider": provider,
+        "threads": cfg.screen.threads,
+        "teacher_latency_ms": measured["teacher_latency_ms"],
+        "candidates": measured["table"],
+        "screen_wall_s": round(measured["screen_s"], 2),
+        "search_wall_s": round(time.perf_counter() - measured["started"], 2),
+        "search_cpu_s": round(process_cpu_s() - measured["cpu_started"], 2),
+        "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "target": {"provider": provider, "cpu": cpu_model_name(), "isa": isa_summary()},
+    }
+
+
+def searched_from_checkpoints(
+    teacher_ckpt: str | os.PathLike[str],
+    pruned_ckpt: str | os.PathLike[str],
+    teacher_onnx: str | os.PathLike[str],
+    cfg: SearchConfig,
+    out_path: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    data: Any = None,
+    progress: bool = False,
+    candidates: Sequence[Any] | None = None,
+) -> Artifact:
+    """Screen, train, select (see the module docstring); write the winner's checkpoint.
+
+    `pruned_ckpt` is the pipeline's pruned + distilled student (the PRUNED candidate);
+    `teacher_onnx` the teacher's FP32 artifact (the latency reference). The data is `data` (a
+    `models.data.DataConfig`), else the one the teacher's checkpoint records, else MNIST under
+    `data_dir`. A teacher built by a user's factory searches the width multipliers of that
+    factory's keyword arguments (`models.search_space.width_multipliers`) unless `cfg.space`
+    names another space. `candidates` overrides the space (tests)."""
+    from onnxship.models.checkpoint import save_checkpoint
+    from onnxship.models.distill import teacher_logits
+    from onnxship.models.evaluate import top1
+    from onnxship.models.loop import process_cpu_s
+    from onnxship.runtime_bench.session import check_provider_available
+
+    cfg.validate()
+    started, cpu_started = time.perf_counter(), process_cpu_s()
+    provider = check_provider_available(cfg.provider)
+    inputs = _load_search_inputs(teacher_ckpt, pruned_ckpt, cfg, data, data_dir, candidates)
+    cands, pruned, val = inputs.cands, inputs.pruned, inputs.val
+
+    # 1. Screen: untrained weights (the pruned teacher with its own), interleaved with the teacher.
+    t0 = time.perf_counter()
+    rows, models = screen_candidates(
+        cands, pruned, Path(teacher_onnx), cfg, inputs.input_shape, val.x[:64].numpy(),
+        val.x[:256].numpy(), provider,
+    )  # fmt: skip
+    screen_s = time.perf_counter() - t0
+    teacher_ms, screened, speedups = _speedups(cands, rows, cfg)
+
+    # 2. Race (short KD, ranked on validation), 3. train the survivors fastest first.
+    # The +-2 px shifts are the MNIST recipe; a user's data gets none (as in distill), since
+    # what a shift means depends on the data (8x8 digits, spectrograms, tabular rows...).
+    train_cfg = cfg.train if inputs.info.task == "mnist" else replace(cfg.train, shift=False)
+    fit_x = inputs.fit.x
+    logits = None if train_cfg.teacher_online else teacher_logits(inputs.teacher, fit_x)
+    cache = None
+    if cfg.cache_dir:
+        cache = MeasuredCache(Path(cfg.cache_dir), data_sha256(inputs.fit, val),
+                              sha256_file(teacher_ckpt))  # fmt: skip
+    trainer = CandidateTrainer(inputs.teacher, inputs.fit, val, logits, pruned, progress, cache)
+    decided = race_and_select(screened, speedups, cfg, train_cfg, trainer, inputs.teacher_val)
+    winner, best = _winner(decided, cands, rows, trainer)
+
+    table = candidate_table(
+        cands, rows, models, decided.outcomes, teacher_ms, cfg.rank_batch, inputs.input_shape,
+        lambda: top1(pruned, val.x, val.y), decided,
+    )  # fmt: skip
+    measured = {"provider": provider, "teacher_latency_ms": rows[0].latency["fp32"],
+                "table": table, "screen_s": screen_s, "started": started,
+                "cpu_started": cpu_started}  # fmt: skip
+    metrics = _search_metrics(inputs, cfg, train_cfg, decided, winner, best, measured)
+    log.info("search: winner %s (val %.4f)", winner.name, metrics["winner_val_top1"] or 0)
+    teacher_meta = inputs.teacher_meta
+    return save_checkpoint(
+        best,
+        out_path,
+        stage=STAGE,
+        seed=cfg.train.seed,
+        metrics=metrics,
+        parent_sha256=sha256_file(teacher_ckpt),
+        config=jsonable(cfg),
+        extra={"teacher": os.fspath(teacher_ckpt)},
+        # dataset, data source and normalisation of the teacher; a user's factory with the
+        # winner's keyword arguments (the pruned teacher keeps its own, with its shapes)
+        like=teacher_meta,
+        factory=_winner_factory(winner, teacher_meta, inputs.pruned_meta),
+    )

@@ -1,6 +1,6 @@
 """Faults a real machine throws, injected at the OS boundary of every writer, plus signals at
 every stage boundary of a reduced `onnxship run`, a data root that disappears and a corrupted
-checkpoint (issue 15); and the single commands that write a pair of files (checkpoint weights
+checkpoint; and the single commands that write a pair of files (checkpoint weights
 and sidecar, INT8 model and calibration set) failing on the second one.
 
 Every case asserts the same five things, tallied per assertion and printed at the end of the

@@ -82,6 +82,57 @@ def test_distill_student_keeps_teacher_frozen_and_in_eval() -> None:
     assert any(not torch.equal(v, student_before[k]) for k, v in student.state_dict().items())
 
 
+def test_distill_student_with_the_teacher_online_equals_cached_logits_without_augmentation() -> (
+    None
+):
+    """The one KD trainer's two teacher modes give the same soft targets when the images are
+    not augmented: cached logits (computed once) vs the teacher run on every batch."""
+    torch.manual_seed(0)
+    teacher = create_model("tiny_cnn", conv_channels=4, hidden=8)
+    x, y = torch.randn(96, 1, 28, 28), torch.randint(0, 10, (96,))
+    cfg = DistillConfig(sgd=SgdConfig(epochs=2, batch_size=32, lr=0.05))
+    students = []
+    for online in (False, True):
+        torch.manual_seed(1)
+        student = create_model("tiny_cnn", conv_channels=2, hidden=4)
+        distill_student(student, teacher, x, y, cfg, teacher_online=online, progress=False)
+        students.append(student.state_dict())
+    for key, value in students[0].items():
+        torch.testing.assert_close(value, students[1][key], rtol=1e-4, atol=1e-5)
+
+
+def test_distill_student_augments_every_batch_with_the_loop_s_generator() -> None:
+    """`augment` (the search's +-2 px shifts) runs on every batch with train_sgd's seeded
+    generator, so a run stays deterministic; cached logits of the wrong shape are refused."""
+    from onnxship.models.train import shift_batch
+
+    torch.manual_seed(0)
+    teacher = create_model("tiny_cnn", conv_channels=4, hidden=8)
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    cached = teacher_logits(teacher, x)
+    cfg = DistillConfig(sgd=SgdConfig(epochs=1, batch_size=32, lr=0.05))
+    runs = []
+    for _ in range(2):
+        calls: list[torch.Generator] = []
+
+        def augment(
+            xb: torch.Tensor, generator: torch.Generator, calls: list = calls
+        ) -> torch.Tensor:
+            calls.append(generator)
+            return shift_batch(xb, generator)
+
+        torch.manual_seed(1)
+        student = create_model("tiny_cnn", conv_channels=2, hidden=4)
+        stats = distill_student(student, teacher, x, y, cfg, cached_logits=cached,
+                                augment=augment, progress=False)  # fmt: skip
+        assert stats["steps"] == 2 and len(calls) == 2
+        runs.append(student.state_dict())
+    for key, value in runs[0].items():
+        assert torch.equal(value, runs[1][key]), key
+    with pytest.raises(ModelsError, match="cached teacher logits"):
+        distill_student(student, teacher, x, y, cfg, cached_logits=cached[:10], progress=False)
+
+
 def test_teacher_logits_builds_no_graph() -> None:
     teacher = create_model("tiny_cnn")
     logits = teacher_logits(teacher, torch.randn(5, 1, 28, 28), batch_size=2)

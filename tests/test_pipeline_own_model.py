@@ -1,4 +1,4 @@
-"""`onnxship run` with a user's own PyTorch model and data (issue 12, part b).
+"""`onnxship run` with a user's own PyTorch model and data.
 
 The data is scikit-learn's real `digits` set (1,797 8x8 handwritten digits, shipped offline),
 written as the contract's npz files; the model is a small residual CNN (residual adds, a

@@ -4,6 +4,7 @@ manifest's `recommended` map and the Pareto plot. Tiny models; no timed assertio
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -12,10 +13,11 @@ import pytest
 import torch
 
 from onnxship.errors import PipelineError
+from onnxship.export.onnx_export import onnx_from_module
 from onnxship.manifest import int8_shipping_verdict, recommend
 from onnxship.measure import RecommendPolicy
 from onnxship.models.registry import create_model
-from onnxship.models.search import (
+from onnxship.models.search_space import (
     PRUNED,
     StudentCandidate,
     TeacherInfo,
@@ -28,7 +30,6 @@ from onnxship.search import (
     ScreenRow,
     SearchConfig,
     best_precision,
-    export_for_screen,
     quantize_for_screen,
     race,
     select,
@@ -43,15 +44,17 @@ MNIST_SHAPE = (1, 28, 28)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_screen_times_fp32_and_int8_of_each_candidate_interleaved(tmp_path: Path) -> None:
+def _teacher_and_student_onnx(tmp_path: Path) -> tuple[np.ndarray, Path, Path]:
+    """Eight random MNIST-shaped inputs, a tiny teacher's and a tiny student's FP32 files."""
     torch.manual_seed(0)
     x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
-    teacher = export_for_screen(create_model("tiny_cnn"), tmp_path / "t.onnx", MNIST_SHAPE)
-    student = export_for_screen(
-        create_model("patch_cnn", kernel=7, stride=7, conv_channels=2, hidden=4),
-        tmp_path / "s.onnx",
-        MNIST_SHAPE,
-    )
+    teacher = onnx_from_module(create_model("tiny_cnn"), tmp_path / "t.onnx", MNIST_SHAPE)
+    student = create_model("patch_cnn", kernel=7, stride=7, conv_channels=2, hidden=4)
+    return x, teacher, onnx_from_module(student, tmp_path / "s.onnx", MNIST_SHAPE)
+
+
+def test_screen_times_fp32_and_int8_of_each_candidate_interleaved(tmp_path: Path) -> None:
+    x, teacher, student = _teacher_and_student_onnx(tmp_path)
     int8 = quantize_for_screen(student, "qdq-u8s8-perchannel-minmax-linear", x, tmp_path, "s")
     rows = [
         ScreenRow("teacher", {"fp32": teacher}),
@@ -70,15 +73,24 @@ def test_screen_times_fp32_and_int8_of_each_candidate_interleaved(tmp_path: Path
     assert label in ("fp32", "int8")
 
 
-def test_screened_fp32_graph_matches_torch(tmp_path: Path) -> None:
+def test_screened_fp32_graph_matches_torch_at_the_export_default_opset(tmp_path: Path) -> None:
+    import onnx
     import onnxruntime as ort
+
+    from onnxship.export.onnx_export import ExporterKind, resolve_opset
 
     torch.manual_seed(0)
     model = create_model("patch_cnn", kernel=6, stride=4, conv_channels=3, hidden=5).eval()
-    path = export_for_screen(model, tmp_path / "m.onnx", MNIST_SHAPE)
+    path = onnx_from_module(model, tmp_path / "m.onnx", MNIST_SHAPE)
     x = torch.randn(3, 1, 28, 28)
     got = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
+    proto = onnx.load(path)
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [
+        resolve_opset(None, ExporterKind.TORCHSCRIPT)
+    ]
+    assert [i.type.tensor_type.shape.dim[0].dim_param for i in proto.graph.input] == ["batch"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
 
 
 def _cands() -> list[StudentCandidate]:
@@ -375,7 +387,7 @@ def test_search_report_shows_no_project_internal_words() -> None:
     text = "\n".join(search_section(metrics, {}))
     assert "prototype" not in text.lower()
     assert not re.search(r"issue \d", text, re.I)
-    for module in ("onnxship/search.py", "models/search.py"):
+    for module in ("onnxship/search.py", "models/search_space.py"):
         source = (ROOT / module).read_text()
         assert "prototype" not in source.lower(), module
         assert not re.search(r"issue \d", source, re.I), module
@@ -388,14 +400,7 @@ def test_screen_records_the_speedup_over_the_teacher_with_its_ci_within_the_budg
 
     from onnxship.search import TEACHER_ROW
 
-    torch.manual_seed(0)
-    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
-    teacher = export_for_screen(create_model("tiny_cnn"), tmp_path / "t.onnx", MNIST_SHAPE)
-    student = export_for_screen(
-        create_model("patch_cnn", kernel=7, stride=7, conv_channels=2, hidden=4),
-        tmp_path / "s.onnx",
-        MNIST_SHAPE,
-    )
+    x, teacher, student = _teacher_and_student_onnx(tmp_path)
     rows = [ScreenRow(TEACHER_ROW, {"fp32": teacher}), ScreenRow("s", {"fp32": student})]
     cfg = ScreenConfig(batch_sizes=(4,), warmup=1, seconds_per_batch_size=0.5,
                        min_iterations=30, max_iterations=1_000_000)  # fmt: skip
@@ -445,3 +450,113 @@ def test_paired_training_trains_the_next_survivor_beside_and_never_past_the_budg
     assert paired(queue[0]) == 0.9 and paired(queue[1]) == 0.9 and paired(queue[2]) == 0.9
     assert calls == [[queue[0].name, queue[1].name], [queue[2].name]]
     assert paired.beside == {queue[1].name: queue[0].name}
+
+
+def test_searched_from_checkpoints_races_trains_and_records_each_decision_on_validation(
+    trained_checkpoint: Path, mnist_root: Path, tmp_path: Path
+) -> None:
+    """The whole stage on an MNIST subset with tiny budgets: screen, race, full KD of the
+    survivors (the distill stage's trainer), selection on validation; every candidate's row
+    says what happened with the number behind it, and the winner's checkpoint loads."""
+    from onnxship.models.checkpoint import load_checkpoint
+    from onnxship.models.data import DataConfig, DatasetKind, load_split
+    from onnxship.search import SearchTrainConfig, searched_from_checkpoints
+
+    # 3,000 training (2,700 fit: 11 batches of 256) and 500 test images of MNIST as npz: the
+    # teacher's logits on all 55,000 would take most of the test's time
+    for split, n in (("fit", 3000), ("test", 500)):
+        part = load_split(mnist_root, split)
+        np.savez(tmp_path / f"{split}.npz", x=part.x[:n].numpy(), y=part.y[:n].numpy())
+    data = DataConfig(
+        DatasetKind.NPZ, os.fspath(tmp_path / "fit.npz"), os.fspath(tmp_path / "test.npz")
+    )
+    teacher, _ = load_checkpoint(trained_checkpoint)
+    teacher_onnx = onnx_from_module(teacher, tmp_path / "teacher.onnx", MNIST_SHAPE)
+    cands = [
+        StudentCandidate("pruned-teacher", "simple_cnn", (), origin=PRUNED),
+        patch_candidate(7, 7, 4, 16),
+        patch_candidate(7, 7, 8, 16),
+        patch_candidate(4, 4, 8, 32),
+    ]
+    cfg = SearchConfig(
+        screen=FAST_SCREEN, rank_batch=4, race_size=3, race_fraction=0.5, race_keep=0.5,
+        max_trained=2, budget_s=0, train=SearchTrainConfig(epochs=0.4),
+        cache_dir=os.fspath(tmp_path / "cache"),
+    )  # fmt: skip
+    out = tmp_path / "searched.pt"
+    # the pipeline's pruned + distilled teacher is stood in for by the teacher itself
+    m = searched_from_checkpoints(trained_checkpoint, trained_checkpoint, teacher_onnx, cfg, out,
+                                  data=data, candidates=cands).metrics  # fmt: skip
+    assert m["decided_on"] == "val" and m["race"]["raced"] == 3 and m["race"]["went_on"] == 2
+    rows = {r["name"]: r for r in m["candidates"]}
+    assert set(rows) == {c.name for c in cands}
+    for name, row in rows.items():
+        assert row["status"] in ("screened", "dropped", "rejected", "kept"), (name, row)
+        assert row["reason"] and row["latency"] and row["macs"] > 0, name
+        if name != "pruned-teacher":
+            assert 0 <= row["race"]["val_top1"] <= 1 and row["race"]["steps"] > 0, name
+        if row["status"] in ("dropped", "rejected"):
+            assert re.search(r"\d+\.\d\d (%|pp)", row["reason"]), row["reason"]
+    trained = [r for r in rows.values() if "train" in r]
+    assert trained and all(r["train"]["steps"] == 4 for r in trained)  # 11 batches x 0.4 epoch
+    assert m["winner"] in rows and rows[m["winner"]]["status"] == "kept"
+    model, meta = load_checkpoint(out)
+    assert meta.metrics["winner"] == m["winner"]
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    # Run again: every KD comes from the cache of measured results, with its key, and the
+    # numbers are those measured the first time (which candidates train in full can change
+    # with the screen's latencies; all three are raced in both runs).
+    again = searched_from_checkpoints(trained_checkpoint, trained_checkpoint, teacher_onnx, cfg,
+                                      tmp_path / "again.pt", data=data,
+                                      candidates=cands).metrics  # fmt: skip
+    for row in again["candidates"]:
+        first = rows[row["name"]]
+        for phase, number in (("race", "val_top1"), ("train", "steps")):
+            if phase in first and phase in row:
+                assert first[phase]["cache"]["hit"] is False
+                assert row[phase]["cache"] == {"hit": True, "key": first[phase]["cache"]["key"]}
+                assert row[phase][number] == first[phase][number]
+        assert ("race" in row) == ("race" in first)
+
+
+def test_measured_cache_reuses_a_candidate_and_measures_again_when_anything_changes(
+    tmp_path: Path,
+) -> None:
+    """A candidate measured once is taken from the cache (same validation number, same
+    weights, the hit and its key in the log); another seed, recipe, data, teacher or
+    candidate is another key."""
+    from types import SimpleNamespace
+
+    from onnxship.search import CandidateTrainer, MeasuredCache, SearchTrainConfig, data_sha256
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    fit = SimpleNamespace(x=torch.randn(64, 1, 28, 28, generator=gen),
+                          y=torch.randint(0, 10, (64,), generator=gen))  # fmt: skip
+    val = SimpleNamespace(x=fit.x[:16].clone(), y=fit.y[:16].clone())
+    teacher = create_model("tiny_cnn")
+    cand = patch_candidate(7, 7, 2, 4)
+    recipe = SearchTrainConfig(epochs=1, batch_size=32, shift=False)
+    cache = MeasuredCache(tmp_path / "cache", data_sha256(fit, val), "t" * 64)
+    logs: list[dict] = []
+    models = []
+    for _ in range(2):
+        trainer = CandidateTrainer(teacher, fit, val, None, None, False, cache)
+        log: dict = {}
+        logs.append({"val": trainer.val_after(cand, recipe, log), **log[cand.name]})
+        models.append(trainer.models[cand.name])
+    key = cache.key(cand, recipe)
+    assert logs[0]["cache"] == {"hit": False, "key": key}
+    assert logs[1]["cache"] == {"hit": True, "key": key}
+    assert logs[1]["val"] == logs[0]["val"] and logs[1]["steps"] == logs[0]["steps"] == 2
+    for name, value in models[0].state_dict().items():
+        assert torch.equal(value, models[1].state_dict()[name]), name
+    other_val = SimpleNamespace(x=val.x, y=(val.y + 1) % 10)
+    others = {
+        cache.key(cand, SearchTrainConfig(epochs=1, batch_size=32, shift=False, seed=1)),
+        cache.key(cand, SearchTrainConfig(epochs=2, batch_size=32, shift=False)),
+        MeasuredCache(cache.folder, data_sha256(fit, other_val), "t" * 64).key(cand, recipe),
+        MeasuredCache(cache.folder, cache.data_sha256, "u" * 64).key(cand, recipe),
+        cache.key(patch_candidate(7, 7, 2, 5), recipe),
+    }
+    assert len(others) == 5 and key not in others

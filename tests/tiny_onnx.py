@@ -193,7 +193,7 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 
 def write_fake_mnist(root: Path, test_images: np.ndarray, test_labels: np.ndarray) -> Path:
     """An MNIST folder (torchvision layout) whose test split is the given uint8 arrays; the
-    training split is a small copy of it (runtime_bench.mnist needs all four files)."""
+    training split is a small copy of it (onnxship.core.mnist needs all four files)."""
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     _write_idx(raw / "t10k-images-idx3-ubyte", test_images)

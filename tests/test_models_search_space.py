@@ -1,5 +1,5 @@
-"""Student search spaces (issue 13): the registry, the built-in spaces, width multipliers, and
-the patch_cnn architecture the MNIST space draws from."""
+"""Student search spaces (`models.search_space`): the registry, the built-in spaces, width
+multipliers, and the patch_cnn architecture the MNIST space draws from."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from onnxship.models.checkpoint import load_checkpoint, save_checkpoint
 from onnxship.models.errors import ModelsError
 from onnxship.models.flops import count_macs
 from onnxship.models.registry import create_model
-from onnxship.models.search import (
+from onnxship.models.search_space import (
     PRUNED,
     StudentCandidate,
     TeacherInfo,
