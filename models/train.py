@@ -399,10 +399,6 @@ def _write_checkpoint(
     return ranks.on_main(write, what="writing the checkpoint")
 
 
-# The former name, from when only MNIST was read; kept while callers move to the new one.
-train_from_mnist = trained_from_data
-
-
 @dataclass(frozen=True)
 class _Fitted:
     """What the SGD loop did: its steps and last loss, its wall and CPU time, and the fit

@@ -114,7 +114,7 @@ def test_check_amp_refuses_fp16_on_cpu() -> None:
         check_amp(AmpMode.FP16, "cpu", cpu_flags=WITH_BF16_FLAGS)
 
 
-def test_train_from_mnist_refuses_amp_before_reading_data_when_cpu_lacks_bf16(
+def test_trained_from_data_refuses_amp_before_reading_data_when_cpu_lacks_bf16(
     tmp_path: Path,
 ) -> None:
     cfg = replace(TINY, amp=AmpMode.BF16)
@@ -154,7 +154,7 @@ def test_shift_batch_is_reproducible_for_a_seeded_generator() -> None:
 
 
 @pytest.mark.slow
-def test_train_from_mnist_same_seed_gives_same_sha256_and_other_seed_differs(
+def test_trained_from_data_same_seed_gives_same_sha256_and_other_seed_differs(
     tmp_path: Path, mnist_root: Path
 ) -> None:
     first = trained_from_data(TINY, tmp_path / "a.pt", data_dir=mnist_root, progress=False)
@@ -180,7 +180,7 @@ def test_train_from_mnist_same_seed_gives_same_sha256_and_other_seed_differs(
     assert model.widths() == {"conv_channels": 4, "hidden": 8}
 
 
-def test_train_from_mnist_refuses_checkpoint_path_without_pt_suffix(
+def test_trained_from_data_refuses_checkpoint_path_without_pt_suffix(
     tmp_path: Path, mnist_root: Path
 ) -> None:
     with pytest.raises(ModelsError, match=r"must end in \.pt"):
@@ -188,7 +188,7 @@ def test_train_from_mnist_refuses_checkpoint_path_without_pt_suffix(
 
 
 @pytest.mark.skipif(not has_native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
-def test_train_from_mnist_runs_bf16_autocast_when_cpu_has_native_bf16(
+def test_trained_from_data_runs_bf16_autocast_when_cpu_has_native_bf16(
     tmp_path: Path, mnist_root: Path
 ) -> None:
     art = trained_from_data(
@@ -201,7 +201,7 @@ def test_train_from_mnist_runs_bf16_autocast_when_cpu_has_native_bf16(
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for torch")
 @pytest.mark.parametrize("amp", [AmpMode.OFF, AmpMode.FP16, AmpMode.BF16])
-def test_train_from_mnist_trains_on_cuda_with_amp(
+def test_trained_from_data_trains_on_cuda_with_amp(
     tmp_path: Path, mnist_root: Path, amp: AmpMode
 ) -> None:
     if amp is AmpMode.BF16 and not torch.cuda.is_bf16_supported():
@@ -248,7 +248,7 @@ def test_side_by_side_training_gives_the_weights_of_training_in_turn() -> None:
     assert not torch.equal(in_turn[0][0]["fc2.weight"], in_turn[1][0]["fc2.weight"])
 
 
-def test_train_from_mnist_saves_contiguous_weights_after_channels_last_training(
+def test_trained_from_data_saves_contiguous_weights_after_channels_last_training(
     tmp_path: Path, mnist_root: Path
 ) -> None:
     art = trained_from_data(TINY, tmp_path / "t.pt", data_dir=mnist_root, progress=False)
