@@ -157,6 +157,19 @@ def _stage(out: Path, name: str) -> dict:
     return json.loads((out / "stages" / f"{name}.json").read_text())["metrics"]
 
 
+def _quantize_within_budget(
+    capsys: pytest.CaptureFixture[str], byo: dict[str, Path], out: Path, val: Path
+) -> tuple[str, dict]:
+    """`quantize` of byo's model to `out` on calib.npz, with the MAX_DROP budget measured on
+    `val`; asserts it succeeded and returns its stdout and its stage record's metrics."""
+    code, stdout, err = _cli(
+        capsys, "quantize", byo["model"], "--out", out, "--calib-npz", byo["calib"],
+        "--val-npz", val, "--max-drop", MAX_DROP, *BENCH,
+    )  # fmt: skip
+    assert code == 0, err
+    return stdout, _stage(out, "quantize")
+
+
 # ------------------------------------------------------------------------------ the happy path
 
 
@@ -198,12 +211,7 @@ def test_byo_fp16_parity_on_npz_without_metadata(byo, tmp_path, capsys) -> None:
 
 def test_byo_quantize_budget_measured_on_val_npz(byo, tmp_path, capsys) -> None:
     out = tmp_path / "run"
-    code, _, err = _cli(
-        capsys, "quantize", byo["model"], "--out", out, "--calib-npz", byo["calib"],
-        "--val-npz", byo["val"], "--max-drop", MAX_DROP, *BENCH,
-    )  # fmt: skip
-    assert code == 0, err
-    m = _stage(out, "quantize")
+    _, m = _quantize_within_budget(capsys, byo, out, byo["val"])
     assert m["budget"]["metric"] == "top1" and m["budget"]["data"] == "npz:val.npz"
     assert m["val_samples"] == 244 and m["calibration"]["samples"] == 256
     assert m["calibration"]["normalisation"]["mean"] is None  # npz: no normalisation
@@ -218,13 +226,7 @@ def test_byo_quantize_budget_measured_on_val_npz(byo, tmp_path, capsys) -> None:
 
 
 def test_byo_quantize_fidelity_budget_without_labels(byo, tmp_path, capsys) -> None:
-    out = tmp_path / "run"
-    code, stdout, err = _cli(
-        capsys, "quantize", byo["model"], "--out", out, "--calib-npz", byo["calib"],
-        "--val-npz", byo["val_nolabels"], "--max-drop", MAX_DROP, *BENCH,
-    )  # fmt: skip
-    assert code == 0, err
-    m = _stage(out, "quantize")
+    stdout, m = _quantize_within_budget(capsys, byo, tmp_path / "run", byo["val_nolabels"])
     assert m["budget"]["metric"] == "top1_agreement" and m["budget"]["labels"] is False
     assert m["fp32_val_top1"] == 1.0 and m["int8_val_top1"] >= 1 - MAX_DROP
     assert "top-1 agreement with FP32" in stdout
