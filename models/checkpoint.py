@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,12 +298,19 @@ def model_from_state(
             apply_shapes(model, meta.shapes, state)
     else:
         model = create_model(meta.arch, **meta.widths)
+    load_state_strictly(
+        model,
+        state,
+        f"checkpoint {source} does not match architecture {meta.arch} with widths {meta.widths}",
+    )
+    return model.eval()
+
+
+def load_state_strictly(model: nn.Module, state: Mapping[str, Any], mismatch: str) -> None:
+    """`model.load_state_dict(state, strict=True)`; a state that does not fit raises
+    ModelsError "`mismatch`: <the first line of torch's error>"."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ModelsError(
-            f"checkpoint {source} does not match architecture {meta.arch} with widths "
-            f"{meta.widths}: {first}"
-        ) from exc
-    return model.eval()
+        raise ModelsError(f"{mismatch}: {first}") from exc

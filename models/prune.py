@@ -234,6 +234,21 @@ def _finetune(model: nn.Module, cfg: PruneConfig, data: DataSplits, step: int) -
     return time.perf_counter() - t0
 
 
+def _measure_step(
+    model: nn.Module, cfg: PruneConfig, data: DataSplits | None, entry: dict[str, Any]
+) -> float:
+    """After schedule step `entry["step"]`: its val top-1, then with a fine-tune configured
+    the fine-tune and the val top-1 after it, into `entry`; returns the fine-tune's seconds."""
+    if data is None:
+        return 0.0
+    entry["val_top1_pruned"] = _val_top1(model, data)
+    if cfg.finetune is None:
+        return 0.0
+    finetune_s = _finetune(model, cfg, data, entry["step"])
+    entry["val_top1_finetuned"] = _val_top1(model, data)
+    return finetune_s
+
+
 def prune_model_structured(
     model: nn.Module, cfg: PruneConfig, data: DataSplits | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -253,11 +268,7 @@ def prune_model_structured(
         keep = select_channels(current, widths_k, cfg.importance)
         current = prune_structured(current, keep)
         entry: dict[str, Any] = {"step": k, "widths": widths_k}
-        if data is not None:
-            entry["val_top1_pruned"] = _val_top1(current, data)
-        if cfg.finetune is not None and data is not None:
-            finetune_s += _finetune(current, cfg, data, k)
-            entry["val_top1_finetuned"] = _val_top1(current, data)
+        finetune_s += _measure_step(current, cfg, data, entry)
         history.append(entry)
         log.info("prune step %d/%d: %s", k, cfg.steps, entry)
     current.eval()
@@ -311,11 +322,7 @@ def prune_model_unstructured(
         # Masks stay attached while fine-tuning (a forward pre-hook re-applies them), so
         # pruned weights stay zero; `prune.remove` bakes them in at the end.
         entry: dict[str, Any] = {"step": k, "sparsity": sparsity_report(pruned)["total"]}
-        if data is not None:
-            entry["val_top1_pruned"] = _val_top1(pruned, data)
-        if cfg.finetune is not None and data is not None:
-            finetune_s += _finetune(pruned, cfg, data, k)
-            entry["val_top1_finetuned"] = _val_top1(pruned, data)
+        finetune_s += _measure_step(pruned, cfg, data, entry)
         history.append(entry)
     bake(layers)
     pruned.eval()
@@ -382,11 +389,7 @@ def prune_model_depgraph(
             "depgraph_steps": taken,
             "macs": count_macs(current, example.shape),
         }
-        if data is not None:
-            entry["val_top1_pruned"] = _val_top1(current, data)
-        if cfg.finetune is not None and data is not None:
-            finetune_s += _finetune(current, cfg, data, k)
-            entry["val_top1_finetuned"] = _val_top1(current, data)
+        finetune_s += _measure_step(current, cfg, data, entry)
         history.append(entry)
         log.info("DepGraph prune step %d/%d: %s", k, cfg.steps, entry)
     current.eval()

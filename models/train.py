@@ -505,6 +505,8 @@ def _train_metrics(
 
 def load_initial_state(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
     """Load a plain state_dict (`torch.load(weights_only=True)`) into `model`, strictly."""
+    from onnxship.models.checkpoint import load_state_strictly
+
     p = Path(path)
     if not p.is_file():
         raise ModelsError(f"[model] state_dict {p} does not exist; pass an existing .pt file")
@@ -517,10 +519,4 @@ def load_initial_state(model: torch.nn.Module, path: str | os.PathLike[str]) -> 
         ) from exc
     if not isinstance(state, dict):
         raise ModelsError(f"[model] state_dict {p} holds a {type(state).__name__}, not a dict")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ModelsError(
-            f"[model] state_dict {p} does not fit the factory's model: {first}"
-        ) from exc
+    load_state_strictly(model, state, f"[model] state_dict {p} does not fit the factory's model")

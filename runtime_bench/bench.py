@@ -536,6 +536,20 @@ def benchmark_models(
             providers_used.extend(handle.providers)
     config = cfg.to_json()
     config["threads_exceed_cores"] = threads_exceed_cores(cfg.threads)
+    # skipped_measurements: io modes not measured for a model, and why (e.g. cuda_graph with
+    # nodes on the CPU)
+    return _result_doc(created, providers_used, config, results, skipped_measurements=skipped)
+
+
+def _result_doc(
+    created: str,
+    providers_used: Sequence[str],
+    config: dict[str, Any],
+    results: list[dict[str, Any]],
+    **more: Any,
+) -> dict[str, Any]:
+    """The result document (schema_version 1): its header, the environment of the providers
+    used, the config and the rows, then `more` keys."""
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": TOOL,
@@ -543,8 +557,7 @@ def benchmark_models(
         "environment": capture_environment(tuple(providers_used)),
         "config": config,
         "results": results,
-        # io modes not measured for a model, and why (e.g. cuda_graph with nodes on the CPU)
-        "skipped_measurements": skipped,
+        **more,
     }
 
 
@@ -655,16 +668,7 @@ def benchmark_models_interleaved(
     config["threads_exceed_cores"] = exceed
     config["timing"] = "interleaved"
     providers_used = [p for h in handles for p in h.providers]
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "tool": TOOL,
-        "created": created,
-        "environment": capture_environment(tuple(providers_used)),
-        "config": config,
-        "results": results,
-        "ratios": ratios,
-        "timing_runs": runs,
-    }
+    return _result_doc(created, providers_used, config, results, ratios=ratios, timing_runs=runs)
 
 
 def config_from_json(data: Mapping[str, Any]) -> BenchConfig:

@@ -151,10 +151,14 @@ def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
+# The first columns of every table of result rows: what names a row.
+ROW_COLUMNS = ("model", "EP", "io", "batch")
+
+
 def markdown_table(doc: Mapping[str, Any]) -> str:
     """The result rows as a Markdown table (the stdout of `onnxship bench`)."""
     header = [
-        "model", "EP", "io", "batch", "threads", "create ms", "first ms", "p50 ms", "p50 CI ms",
+        *ROW_COLUMNS, "threads", "create ms", "first ms", "p50 ms", "p50 CI ms",
         "p90 ms", "p99 ms", "mean ms", "std ms", "min ms", "samples/s", "runs",
     ]  # fmt: skip
     lines = []
@@ -436,17 +440,7 @@ def _compared_row(
 
 
 def compare_markdown(cmp: Mapping[str, Any]) -> str:
-    header = [
-        "model",
-        "EP",
-        "io",
-        "batch",
-        "A p50 ms",
-        "B p50 ms",
-        "B/A p50",
-        "±noise ms",
-        "verdict",
-    ]
+    header = [*ROW_COLUMNS, "A p50 ms", "B p50 ms", "B/A p50", "±noise ms", "verdict"]
     lines = [
         [
             r["model_name"] + ("" if r["same_model"] else " (*)")
@@ -554,18 +548,8 @@ def merge(
 
 def merge_markdown(merged: Mapping[str, Any]) -> str:
     header = [
-        "model",
-        "EP",
-        "io",
-        "batch",
-        "machine",
-        "threads",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "samples/s",
-        "ORT",
-    ]
+        *ROW_COLUMNS, "machine", "threads", "p50 ms", "p90 ms", "p99 ms", "samples/s", "ORT",
+    ]  # fmt: skip
     lines = [
         [
             str(r["model_name"]), short_name(str(r["provider"])), str(r.get("io", "host")),

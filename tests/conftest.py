@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,60 @@ def _mnist_root() -> Path:
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     return _mnist_root()
+
+
+# Torch and the exporters' packages: what a bench-only install does not have.
+TORCH_AND_ONNX = ("torch", "torchvision", "onnx", "onnxscript", "onnx_ir")
+
+
+def import_blocker(blocked: tuple[str, ...]) -> str:
+    """Python source (for `python -c`) after which importing any of the top-level packages in
+    `blocked` raises ImportError."""
+    return f"""
+import importlib.abc, sys
+BLOCKED = {set(blocked)!r}
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{{name}} is blocked in this test")
+        return None
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def installed_cli(blocked: tuple[str, ...]) -> str:
+    """Python source: `python -I -c SOURCE SITE ARGS...` runs `onnxship ARGS` from the install in
+    the folder SITE (asserted: not the checkout), with `blocked` unimportable."""
+    return (
+        "import sys\nsys.path.insert(0, sys.argv[1])\n"
+        + import_blocker(blocked)
+        + "import onnxship\nassert onnxship.__file__.startswith(sys.argv[1]), onnxship.__file__\n"
+        "from onnxship.cli import main\nsys.exit(main(sys.argv[2:]))\n"
+    )
+
+
+def _pip(*args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", *args, "-q"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The onnxship wheel built from this checkout."""
+    out = tmp_path_factory.mktemp("wheel")
+    # --no-build-isolation: the venv's setuptools builds it, no index needed.
+    _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(REPO_ROOT))
+    (found,) = out.glob("onnxship-*.whl")
+    return found
+
+
+def install_wheel(wheel: Path, target: Path) -> Path:
+    """`pip install --no-deps --target TARGET WHEEL`: onnxship alone, none of its dependencies."""
+    _pip("install", "--no-deps", "--no-index", "--target", str(target), str(wheel))
+    return target
 
 
 def _quick_checkpoint(tmp_dir: Path, root: Path, arch: str, widths: dict, epochs: float) -> Path:

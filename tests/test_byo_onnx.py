@@ -157,6 +157,26 @@ def _stage(out: Path, name: str) -> dict:
     return json.loads((out / "stages" / f"{name}.json").read_text())["metrics"]
 
 
+def _quantize_npz(
+    capsys: pytest.CaptureFixture[str], model: Path, out: Path, calib: Path, val: Path, *flags: str
+) -> tuple[int, str, str]:
+    """`onnxship quantize MODEL --out OUT --calib-npz CALIB --val-npz VAL FLAGS...`."""
+    return _cli(capsys, "quantize", model, "--out", out, "--calib-npz", calib, "--val-npz", val,
+                *flags)  # fmt: skip
+
+
+def _quantize_within_budget(
+    capsys: pytest.CaptureFixture[str], byo: dict[str, Path], out: Path, val: Path
+) -> tuple[str, dict]:
+    """`quantize` of byo's model to `out` on calib.npz, with the MAX_DROP budget measured on
+    `val`; asserts it succeeded and returns its stdout and its stage record's metrics."""
+    code, stdout, err = _quantize_npz(
+        capsys, byo["model"], out, byo["calib"], val, "--max-drop", str(MAX_DROP), *BENCH
+    )
+    assert code == 0, err
+    return stdout, _stage(out, "quantize")
+
+
 # ------------------------------------------------------------------------------ the happy path
 
 
@@ -198,12 +218,7 @@ def test_byo_fp16_parity_on_npz_without_metadata(byo, tmp_path, capsys) -> None:
 
 def test_byo_quantize_budget_measured_on_val_npz(byo, tmp_path, capsys) -> None:
     out = tmp_path / "run"
-    code, _, err = _cli(
-        capsys, "quantize", byo["model"], "--out", out, "--calib-npz", byo["calib"],
-        "--val-npz", byo["val"], "--max-drop", MAX_DROP, *BENCH,
-    )  # fmt: skip
-    assert code == 0, err
-    m = _stage(out, "quantize")
+    _, m = _quantize_within_budget(capsys, byo, out, byo["val"])
     assert m["budget"]["metric"] == "top1" and m["budget"]["data"] == "npz:val.npz"
     assert m["val_samples"] == 244 and m["calibration"]["samples"] == 256
     assert m["calibration"]["normalisation"]["mean"] is None  # npz: no normalisation
@@ -218,13 +233,7 @@ def test_byo_quantize_budget_measured_on_val_npz(byo, tmp_path, capsys) -> None:
 
 
 def test_byo_quantize_fidelity_budget_without_labels(byo, tmp_path, capsys) -> None:
-    out = tmp_path / "run"
-    code, stdout, err = _cli(
-        capsys, "quantize", byo["model"], "--out", out, "--calib-npz", byo["calib"],
-        "--val-npz", byo["val_nolabels"], "--max-drop", MAX_DROP, *BENCH,
-    )  # fmt: skip
-    assert code == 0, err
-    m = _stage(out, "quantize")
+    stdout, m = _quantize_within_budget(capsys, byo, tmp_path / "run", byo["val_nolabels"])
     assert m["budget"]["metric"] == "top1_agreement" and m["budget"]["labels"] is False
     assert m["fp32_val_top1"] == 1.0 and m["int8_val_top1"] >= 1 - MAX_DROP
     assert "top-1 agreement with FP32" in stdout
@@ -315,18 +324,18 @@ def test_byo_non_classifier_fidelity_is_sqnr(byo, tmp_path, capsys) -> None:
     )  # fmt: skip
     assert result["metric"] == "sqnr_db" and result["fidelity"]["sqnr_db"] == 140.0
     out = tmp_path / "run"
-    code, stdout, err = _cli(
-        capsys, "quantize", byo["denoiser"], "--out", out, "--calib-npz", byo["calib"],
-        "--val-npz", byo["val_nolabels"], "--min-sqnr", "25", *QUANT_CONVS,
+    code, stdout, err = _quantize_npz(
+        capsys, byo["denoiser"], out, byo["calib"], byo["val_nolabels"], "--min-sqnr", "25",
+        *QUANT_CONVS,
     )  # fmt: skip
     assert code == 0, err
     m = _stage(out, "quantize")
     assert m["budget"]["metric"] == "sqnr_db" and m["budget"]["min_sqnr_db"] == 25
     assert 25 <= m["int8_val_top1"] < 100  # the INT8 output's SQNR vs FP32, in dB (not exact)
     # An SQNR budget out of reach: exit 1, the metric named, nothing written.
-    code, _, err = _cli(
-        capsys, "quantize", byo["denoiser"], "--out", tmp_path / "strict", "--calib-npz",
-        byo["calib"], "--val-npz", byo["val_nolabels"], "--min-sqnr", "80", *QUANT_CONVS,
+    code, _, err = _quantize_npz(
+        capsys, byo["denoiser"], tmp_path / "strict", byo["calib"], byo["val_nolabels"],
+        "--min-sqnr", "80", *QUANT_CONVS,
     )  # fmt: skip
     assert code == 1 and "80.0 dB output SQNR vs FP32" in err, err
     assert not any(p.is_file() for p in (tmp_path / "strict").rglob("*"))
@@ -346,10 +355,9 @@ def test_byo_two_input_model_eval_and_quantize(byo, tmp_path, capsys) -> None:
     result = _eval(capsys, tmp_path, byo["two"], "--data", byo["two_val"])
     assert result["n"] == 244 and 0 <= result["top1"] <= 1
     out = tmp_path / "run"
-    code, _, err = _cli(
-        capsys, "quantize", byo["two"], "--out", out, "--calib-npz", byo["two_calib"],
-        "--val-npz", byo["two_val"], "--max-drop", "0.5", *BENCH,
-    )  # fmt: skip
+    code, _, err = _quantize_npz(
+        capsys, byo["two"], out, byo["two_calib"], byo["two_val"], "--max-drop", "0.5", *BENCH
+    )
     assert code == 0, err
     with np.load(out / "calibration" / "two-int8-calib.npz") as saved:
         assert {"image", "extra"} <= set(saved.files)
@@ -421,10 +429,7 @@ def test_byo_bad_data_is_one_line_exit_2_nothing_written(
     out = tmp_path / "run"
     code, _, err = _cli(capsys, "fp16", byo["model"], "--out", out, "--data", bad)
     assert code == 2 and (re.search(message, err) or "labels" in message), err
-    code, _, err = _cli(
-        capsys, "quantize", byo["model"], "--out", out, "--calib-npz", byo["calib"],
-        "--val-npz", bad, *BENCH,
-    )  # fmt: skip
+    code, _, err = _quantize_npz(capsys, byo["model"], out, byo["calib"], bad, *BENCH)
     assert code == 2 and re.search(message, err), err
     assert not any(p.is_file() for p in out.rglob("*")), list(out.rglob("*"))
 
@@ -432,10 +437,9 @@ def test_byo_bad_data_is_one_line_exit_2_nothing_written(
 def test_byo_top1_of_a_non_classifier_says_use_fidelity(byo, tmp_path, capsys) -> None:
     code, _, err = _cli(capsys, "eval", byo["denoiser"], "--data", byo["test"])
     assert code == 2 and "not [batch, classes]" in err and "fidelity" in err
-    code, _, err = _cli(
-        capsys, "quantize", byo["denoiser"], "--out", tmp_path / "run", "--calib-npz",
-        byo["calib"], "--val-npz", byo["val"], *BENCH,
-    )  # fmt: skip
+    code, _, err = _quantize_npz(
+        capsys, byo["denoiser"], tmp_path / "run", byo["calib"], byo["val"], *BENCH
+    )
     assert code == 2 and "fidelity" in err
 
 

@@ -149,6 +149,13 @@ def _assert_close(float_path: Path, quant_path: Path) -> None:
     assert np.abs(ref - got).max() <= REL_TOL * span
 
 
+def _assert_only_fc_quantized(path: Path) -> None:
+    """conv stays float (no input from a DequantizeLinear); every input of fc is dequantized."""
+    producers = _producers(path)
+    assert all(producers.get(i) != "DequantizeLinear" for i in _node(path, "conv").input)
+    assert [producers.get(i) for i in _node(path, "fc").input] == ["DequantizeLinear"] * 3
+
+
 def test_quantize_with_recipe_qdq_wraps_every_quantizable_op(
     prepared: Path, tmp_path: Path
 ) -> None:
@@ -179,11 +186,8 @@ def test_quantize_with_recipe_qoperator_uses_integer_operators(
 
 def test_quantize_with_recipe_keeps_excluded_node_in_float(prepared: Path, tmp_path: Path) -> None:
     out = _quantize(prepared, tmp_path, "qdq-u8s8-perchannel-minmax", nodes_to_exclude=["conv"])
-    conv = _node(out, "conv")
-    producers = _producers(out)
-    assert conv.input[0] == "input"  # the graph input, not a DequantizeLinear output
-    assert all(producers.get(i) != "DequantizeLinear" for i in conv.input)
-    assert [producers.get(i) for i in _node(out, "fc").input] == ["DequantizeLinear"] * 3
+    assert _node(out, "conv").input[0] == "input"  # the graph input, not a DQ output
+    _assert_only_fc_quantized(out)
     _assert_close(prepared, out)
 
 
@@ -193,9 +197,7 @@ def test_quantize_with_recipe_linear_scope_quantizes_only_gemm(
     out = _quantize(prepared, tmp_path, "qdq-u8s8-perchannel-minmax-linear")
     ops = _ops(out)
     assert ops["Conv"] == 1 and ops["Relu"] == 1  # float, untouched
-    producers = _producers(out)
-    assert all(producers.get(i) != "DequantizeLinear" for i in _node(out, "conv").input)
-    assert [producers.get(i) for i in _node(out, "fc").input] == ["DequantizeLinear"] * 3
+    _assert_only_fc_quantized(out)
     _assert_close(prepared, out)
 
 

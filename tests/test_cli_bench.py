@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
+from conftest import TORCH_AND_ONNX, import_blocker  # noqa: E402  (tests/ is on sys.path)
 
 from onnxship.cli import main
 from onnxship.core.env import usable_cores
@@ -17,15 +18,9 @@ from onnxship.core.env import usable_cores
 FAST = ["--warmup", "1", "--iterations", "10", "--no-progress"]
 
 # Run the CLI with torch (and the onnx export stack) made unimportable, as on a deployment box.
-TORCH_FREE = """
-import importlib.abc, sys
-BLOCKED = {"torch", "torchvision", "onnx", "onnxscript", "onnx_ir"}
-class Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is blocked in this test")
-        return None
-sys.meta_path.insert(0, Blocker())
+TORCH_FREE = (
+    import_blocker(TORCH_AND_ONNX)
+    + """
 import onnxship.runtime_bench.accuracy, onnxship.runtime_bench.bench, onnxship.core.env
 import onnxship.runtime_bench.inputs, onnxship.runtime_bench.results, onnxship.runtime_bench.session
 import onnxship.core.model_meta, onnxship.core.mnist, onnxship.core.onnx_file
@@ -35,6 +30,7 @@ leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 assert not leaked, leaked
 sys.exit(rc)
 """
+)
 
 
 def _torch_free(*args: str, cwd: Path) -> subprocess.CompletedProcess:

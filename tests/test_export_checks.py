@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
+from onnx import numpy_helper
 
 from onnxship.export.checks import (
     check_onnx_file,
@@ -25,29 +26,10 @@ from onnxship.export.checks import (
 from onnxship.export.errors import ExportError
 
 
-def linear_model(
-    w: np.ndarray | None = None, b: np.ndarray | None = None, opset: int = 18
-) -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    w = rng.normal(0, 0.05, (784, 10)).astype(np.float32) if w is None else w
-    b = np.zeros(10, np.float32) if b is None else b
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 28, 28])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])
-    nodes = [
-        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "W"], ["mm"]),
-        helper.make_node("Add", ["mm", "b"], ["logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "linear",
-        [x],
-        [y],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
+def linear_model() -> onnx.ModelProto:
+    """The graph above, with small random weights and a zero bias (logits = flatten(x) @ W)."""
+    w = np.random.default_rng(0).normal(0, 0.05, (784, 10)).astype(np.float32)
+    return tiny.linear_model(w, np.zeros(10, np.float32))
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
+from onnx import TensorProto
 
 from onnxship.core import model_meta
 from onnxship.core.artifact import sha256_file
@@ -120,19 +121,7 @@ def test_fp16_without_keep_io_types_takes_float16_input(
 
 def _linear_classifier(tmp_path: Path, w: np.ndarray, b: np.ndarray) -> Path:
     """input [batch,1,28,28] -> Flatten -> MatMul(W) -> Add(b) -> logits, with onnxship metadata."""
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 28, 28])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])
-    nodes = [
-        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "W"], ["mm"]),
-        helper.make_node("Add", ["mm", "b"], ["logits"]),
-    ]
-    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")]
-    model = helper.make_model(
-        helper.make_graph(nodes, "linear", [x], [y], inits),
-        opset_imports=[helper.make_opsetid("", 18)],
-    )
-    model.ir_version = 8
+    model = tiny.linear_model(w, b)
     model_meta.set_metadata(
         model,
         {

@@ -33,13 +33,24 @@ def _baseline(tmp_path: Path, obj: object, name: str = "baseline.json") -> Path:
     return path
 
 
+def _floors(tmp_path: Path, floors: dict[str, tuple[float, float]]) -> Path:
+    """A baseline giving each artifact its (test_top1, max_drop)."""
+    artifacts = {n: {"test_top1": top1, "max_drop": drop} for n, (top1, drop) in floors.items()}
+    return _baseline(tmp_path, {"artifacts": artifacts})
+
+
+def _gate_junit(manifest: Path, baseline: Path) -> tuple[int, ET.Element]:
+    """`onnxship gate --junit FILE`: its exit code and the root of the JUnit XML it wrote."""
+    junit = manifest.parent / "gate.xml"
+    code = main(
+        ["gate", "--manifest", str(manifest), "--baseline", str(baseline), "--junit", str(junit)]
+    )
+    return code, ET.parse(junit).getroot()
+
+
 def test_gate_passes_when_every_artifact_is_within_its_allowed_drop(tmp_path: Path) -> None:
     manifest = _manifest(tmp_path, {"student-int8": 0.982, "teacher-fp32": 0.991})
-    baseline = _baseline(
-        tmp_path,
-        {"artifacts": {"student-int8": {"test_top1": 0.985, "max_drop": 0.003},
-                       "teacher-fp32": {"test_top1": 0.99, "max_drop": 0.0}}},
-    )  # fmt: skip
+    baseline = _floors(tmp_path, {"student-int8": (0.985, 0.003), "teacher-fp32": (0.99, 0.0)})
     cases = gate(manifest, baseline)
     assert [c.ok for c in cases] == [True, True]
     # 0.982 == 0.985 - 0.003 exactly: the boundary passes despite float rounding.
@@ -48,17 +59,10 @@ def test_gate_passes_when_every_artifact_is_within_its_allowed_drop(tmp_path: Pa
 
 def test_gate_fails_naming_the_artifact_when_accuracy_regressed(tmp_path: Path) -> None:
     manifest = _manifest(tmp_path, {"student-int8": 0.9810, "student-fp32": 0.99})
-    baseline = _baseline(
-        tmp_path,
-        {"artifacts": {"student-int8": {"test_top1": 0.985, "max_drop": 0.003},
-                       "student-fp32": {"test_top1": 0.985, "max_drop": 0.003}}},
-    )  # fmt: skip
-    junit = tmp_path / "gate.xml"
-    code = main(
-        ["gate", "--manifest", str(manifest), "--baseline", str(baseline), "--junit", str(junit)]
-    )
+    baseline = _floors(tmp_path, {"student-int8": (0.985, 0.003), "student-fp32": (0.985, 0.003)})
+    code, junit = _gate_junit(manifest, baseline)
     assert code == 1
-    suite = ET.parse(junit).getroot().find("testsuite")
+    suite = junit.find("testsuite")
     assert suite is not None and suite.get("tests") == "2" and suite.get("failures") == "1"
     failed = [tc.get("name") for tc in suite.iter("testcase") if tc.find("failure") is not None]
     assert failed == ["student-int8"]
@@ -66,15 +70,10 @@ def test_gate_fails_naming_the_artifact_when_accuracy_regressed(tmp_path: Path) 
 
 def test_gate_fails_when_a_baseline_artifact_is_missing_from_the_manifest(tmp_path: Path) -> None:
     manifest = _manifest(tmp_path, {"student-fp32": 0.99})
-    baseline = _baseline(
-        tmp_path, {"artifacts": {"teacher-int8": {"test_top1": 0.9, "max_drop": 0.1}}}
-    )
-    junit = tmp_path / "gate.xml"
-    code = main(
-        ["gate", "--manifest", str(manifest), "--baseline", str(baseline), "--junit", str(junit)]
-    )
+    baseline = _floors(tmp_path, {"teacher-int8": (0.9, 0.1)})
+    code, junit = _gate_junit(manifest, baseline)
     assert code == 1
-    failure = ET.parse(junit).getroot().find("testsuite/testcase/failure")
+    failure = junit.find("testsuite/testcase/failure")
     assert failure is not None and "missing" in failure.get("message", "")
 
 

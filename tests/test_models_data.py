@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -88,34 +89,39 @@ def test_ensure_mnist_accepts_valid_files_without_download(
     assert split.x.dtype.is_floating_point and split.y.dtype.is_signed
 
 
-def test_ensure_mnist_refuses_idx_file_when_magic_is_wrong(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _wrong_magic(blob: bytes) -> bytes:
+    return (1234).to_bytes(4, "big") + blob[4:]
+
+
+def _truncated(blob: bytes) -> bytes:
+    return blob[:-100]
+
+
+@pytest.mark.parametrize(
+    ("file", "corrupt", "split", "expected"),
+    [
+        (mnist.TEST_LABELS, _wrong_magic, "test", ["magic number 1234", str(mnist.LABEL_MAGIC)]),
+        (mnist.TRAIN_IMAGES, _truncated, "fit", ["truncated", "(6000, 28, 28)"]),
+    ],
+    ids=["magic-is-wrong", "truncated"],
+)
+def test_ensure_mnist_refuses_idx_file(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    file: str,
+    corrupt: Callable[[bytes], bytes],
+    split: str,
+    expected: list[str],
 ) -> None:
     monkeypatch.setenv(data.NO_DOWNLOAD_ENV, "1")
-    raw = _fake_mnist(tmp_path)
-    bad = raw / mnist.TEST_LABELS
-    blob = bytearray(bad.read_bytes())
-    blob[0:4] = (1234).to_bytes(4, "big")
-    bad.write_bytes(bytes(blob))
+    bad = _fake_mnist(tmp_path) / file
+    bad.write_bytes(corrupt(bad.read_bytes()))
     with pytest.raises(ModelsError) as info:
-        data.load_split(tmp_path, "test")
+        data.load_split(tmp_path, split)
     message = str(info.value)
     assert str(bad) in message
-    assert "magic number 1234" in message and str(mnist.LABEL_MAGIC) in message
-
-
-def test_ensure_mnist_refuses_idx_file_when_truncated(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(data.NO_DOWNLOAD_ENV, "1")
-    raw = _fake_mnist(tmp_path)
-    bad = raw / mnist.TRAIN_IMAGES
-    bad.write_bytes(bad.read_bytes()[:-100])
-    with pytest.raises(ModelsError) as info:
-        data.load_split(tmp_path, "fit")
-    message = str(info.value)
-    assert str(bad) in message and "truncated" in message
-    assert "(6000, 28, 28)" in message
+    for part in expected:
+        assert part in message
 
 
 def test_load_split_rejects_unknown_split_name(mnist_root: Path) -> None:

@@ -12,24 +12,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import TORCH_AND_ONNX, install_wheel, installed_cli  # noqa: E402  (tests/ is on sys.path)
 
 pytestmark = pytest.mark.slow  # builds a wheel, installs it, runs subprocesses
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    # --no-build-isolation: the venv's setuptools builds it, no index needed.
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(out), str(REPO_ROOT)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    (found,) = out.glob("onnxship-*.whl")
-    return found
 
 
 def test_wheel_top_level_is_onnxship_alone(wheel: Path) -> None:
@@ -96,32 +81,12 @@ def test_python_api_from_a_project_with_its_own_models_and_export(
     assert (tmp_path / "out" / "stages" / "quantize.json").is_file()
 
 
-BENCH_ONLY = """
-import importlib.abc, sys
-sys.path.insert(0, sys.argv[1])
-BLOCKED = {"torch", "torchvision", "onnx", "onnxscript", "onnx_ir"}
-class Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is blocked: the bench-only install has no {name}")
-        return None
-sys.meta_path.insert(0, Blocker())
-import onnxship
-assert onnxship.__file__.startswith(sys.argv[1]), onnxship.__file__
-from onnxship.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
+BENCH_ONLY = installed_cli(TORCH_AND_ONNX)  # the bench-only install has none of them
 
 
 def test_wheel_installed_without_deps_benches_without_torch(wheel: Path, tmp_path: Path) -> None:
     """`pip install --no-deps onnxship` beside onnxruntime + numpy: bench runs."""
-    target = tmp_path / "site"
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-         "--target", str(target), str(wheel)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    target = install_wheel(wheel, tmp_path / "site")
     from tiny_onnx import linear_classifier
 
     model = linear_classifier(tmp_path / "tiny.onnx")

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import install_wheel, installed_cli  # noqa: E402  (tests/ is on sys.path)
 from test_fault_matrix import SUBSET_TEST, SUBSET_TRAIN, TINY_CONFIG, run_cli, subset_data
 
 from onnxship.core.env import integer_class
@@ -219,42 +220,14 @@ def test_out_tunes_a_copy_and_leaves_the_bundle_alone(bundle: Path, tmp_path: Pa
     assert len(_targets(out)) == 1
 
 
-TORCH_FREE = """
-import importlib.abc, sys
-sys.path.insert(0, sys.argv[1])
-class Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"torch", "torchvision"}:
-            raise ImportError(f"{name} is blocked: the target has no torch")
-        return None
-sys.meta_path.insert(0, Blocker())
-import onnxship
-assert onnxship.__file__.startswith(sys.argv[1]), onnxship.__file__
-from onnxship.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
+TORCH_FREE = installed_cli(("torch", "torchvision"))  # the target has no torch
 
 
 @pytest.mark.slow
-def test_tune_verify_gate_without_torch(bundle: Path, tmp_path: Path) -> None:
+def test_tune_verify_gate_without_torch(bundle: Path, wheel: Path, tmp_path: Path) -> None:
     """The target's path: a wheel installed with --no-deps beside onnxruntime, numpy and onnx
     (torch blocked): tune, then verify, then gate --require-targets."""
-    wheel_dir = tmp_path / "wheel"
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(wheel_dir), str(root)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    site = tmp_path / "site"
-    (whl,) = wheel_dir.glob("onnxship-*.whl")
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
-         str(site), str(whl)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    site = install_wheel(wheel, tmp_path / "site")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -49,21 +49,15 @@ def linear_weights(seed: int = 0, classes: int = 10) -> tuple[np.ndarray, np.nda
     return w, b
 
 
-def linear_classifier(
-    path: Path,
-    *,
-    batch: str | int = "batch",
-    seed: int = 0,
-    metadata: bool = True,
-    flat_input: bool = False,
-) -> Path:
-    """Logits = flatten(x) @ W + b.
+def linear_model(
+    w: np.ndarray, b: np.ndarray, *, batch: str | int = "batch", flat_input: bool = False
+) -> onnx.ModelProto:
+    """Logits = flatten(x) @ w + b, checked, without metadata.
 
         x [batch,1,28,28] -> Flatten -> MatMul(W [784,10]) -> Add(b [10]) -> logits [batch,10]
 
     Three nodes before optimisation. `flat_input` makes the input [batch, 784] (no Flatten).
     """
-    w, b = linear_weights(seed)
     nodes = []
     if flat_input:
         x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 784])
@@ -84,7 +78,20 @@ def linear_classifier(
         [y],
         [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
     )
-    model = _model(graph)
+    return _model(graph)
+
+
+def linear_classifier(
+    path: Path,
+    *,
+    batch: str | int = "batch",
+    seed: int = 0,
+    metadata: bool = True,
+    flat_input: bool = False,
+) -> Path:
+    """`linear_model` with `linear_weights(seed)`, saved to `path` (with onnxship metadata
+    unless `metadata` is False)."""
+    model = linear_model(*linear_weights(seed), batch=batch, flat_input=flat_input)
     if metadata:
         _meta(model)
     onnx.save(model, path)

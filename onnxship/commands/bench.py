@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onnxship.commands.common import (
     add_command,
@@ -257,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
         return run_tune_command(args)
     if args.scenario is not None:
         return run_scenario_command(args)
-    from onnxship.runtime_bench.results import markdown_table, write_csv, write_json
+    from onnxship.runtime_bench.results import markdown_table
 
     iterations = args.iterations
     if iterations is None:
@@ -272,12 +273,19 @@ def run(args: argparse.Namespace) -> int:
            {"io_binding": loaded.io_binding, "cuda_graph": loaded.cuda_graph, "session": session}),
     )  # fmt: skip
     doc = benchmark_models(args.models, cfg)
+    _write_result(doc, args)
+    print(markdown_table(doc))
+    return 0
+
+
+def _write_result(doc: Mapping[str, Any], args: argparse.Namespace) -> None:
+    """A result document to --json and --csv, each where given."""
+    from onnxship.runtime_bench.results import write_csv, write_json
+
     if args.json is not None:
         write_json(doc, args.json)
     if args.csv is not None:
         write_csv(doc, args.csv)
-    print(markdown_table(doc))
-    return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -306,13 +314,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from onnxship.runtime_bench.results import (
-        load_result,
-        merge,
-        merge_markdown,
-        write_csv,
-        write_json,
-    )
+    from onnxship.runtime_bench.results import load_result, merge, merge_markdown
     from onnxship.runtime_bench.target_table import records_from, targets_markdown
 
     tuned = [p for p in args.files if p.is_dir() or _is_target_record(p)]
@@ -325,10 +327,7 @@ def run_merge(args: argparse.Namespace) -> int:
     files = [p for p in args.files if p not in tuned]
     docs = [load_result(p) for p in files]
     merged = merge(docs, [str(p) for p in files])
-    if args.json is not None:
-        write_json(merged, args.json)
-    if args.csv is not None:
-        write_csv(merged, args.csv)
+    _write_result(merged, args)
     print(merge_markdown(merged))
     return 0
 

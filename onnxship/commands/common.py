@@ -105,6 +105,41 @@ def add_artifact_names(parser: argparse.ArgumentParser, name_help: str, record: 
     )
 
 
+def artifact_names(args: argparse.Namespace) -> dict[str, Any]:
+    """The names `add_artifact_names` parsed, as the api stage's `name=` and `record_name=`."""
+    return {"name": args.name, "record_name": args.record_name}
+
+
+def record_path(args: argparse.Namespace) -> Path:
+    """The stage record an artifact command wrote: OUT/stages/RECORD.json."""
+    return Path(args.out) / "stages" / f"{args.record_name}.json"
+
+
+def add_checkpoint_name(parser: argparse.ArgumentParser, default: str) -> None:
+    """--name of a command that writes a checkpoint (train, prune, distill)."""
+    parser.add_argument(
+        "--name",
+        default=default,
+        help=f"checkpoint name: writes OUT/checkpoints/NAME.pt (default: {default})",
+    )
+
+
+def checkpoint_destination(args: argparse.Namespace, example: str) -> tuple[str, Path]:
+    """A checkpoint command's --name (a plain file name, e.g. `example`) and --out (a folder,
+    or not there yet), checked before any work."""
+    from onnxship.models.errors import ModelsError
+
+    name = str(args.name)
+    if not name or Path(name).name != name or name in (".", "..") or name.startswith("."):
+        raise ModelsError(
+            f"--name {name!r} must be a plain file name (no folders, not hidden), e.g. {example}"
+        )
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ModelsError(f"--out {out} exists and is not a folder; pass a folder path")
+    return name, out
+
+
 def add_dist_timeout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dist-timeout",

@@ -10,11 +10,13 @@ import argparse
 from pathlib import Path
 
 from onnxship.commands.common import (
+    add_checkpoint_name,
     add_command,
     add_config_flags,
     add_data_dir,
     add_dist_timeout,
     add_out_dir,
+    checkpoint_destination,
     config_from_args,
     positive_int,
 )
@@ -78,11 +80,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "processes share the cores (OpenMP spin-waits made 2 threads >10x slower then)",
     )
     add_data_dir(parser)
-    parser.add_argument(
-        "--name",
-        default=DEFAULT_NAME,
-        help=f"checkpoint name: writes OUT/checkpoints/NAME.pt (default: {DEFAULT_NAME})",
-    )
+    add_checkpoint_name(parser, DEFAULT_NAME)
     add_dist_timeout(parser)
 
 
@@ -90,16 +88,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from onnxship import api
-    from onnxship.commands.prune import check_name
     from onnxship.core import mnist
     from onnxship.models import distributed
     from onnxship.models.distill import DistillConfig, check_pair
-    from onnxship.models.errors import ModelsError
 
-    name = check_name(str(args.name), DEFAULT_NAME)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ModelsError(f"--out {out} exists and is not a folder; pass a folder path")
+    name, out = checkpoint_destination(args, DEFAULT_NAME)
     cfg = config_from_args(args, DistillConfig())
     cfg.validate()
     # A missing / mismatched teacher fails before any work; under torchrun rank 0 checks,

@@ -11,7 +11,9 @@ from onnxship.commands.common import (
     add_config_flags,
     add_data_dir,
     add_out_dir,
+    artifact_names,
     config_from_args,
+    record_path,
 )
 
 DESCRIPTION = """\
@@ -60,14 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from onnxship.export.onnx_export import ExportConfig
 
     cfg = config_from_args(args, ExportConfig())
-    out_dir: Path = args.out
     artifact = api.export(
-        args.checkpoint,
-        out_dir,
-        cfg,
-        name=args.name,
-        record_name=args.record_name,
-        data_dir=args.data_dir,
+        args.checkpoint, args.out, cfg, data_dir=args.data_dir, **artifact_names(args)
     )
     m = artifact.metrics
     parity = m["parity"]
@@ -83,5 +79,5 @@ def run(args: argparse.Namespace) -> int:
         f"{','.join(map(str, parity['batch_sizes']))}: max |dlogit| "
         f"{parity['max_abs_logit_diff']:.2e}, argmax agreement {parity['argmax_agreement']:.2%}"
     )
-    print(f"record: {out_dir / 'stages' / (args.record_name + '.json')}")
+    print(f"record: {record_path(args)}")
     return 0

@@ -11,7 +11,9 @@ from onnxship.commands.common import (
     add_config_flags,
     add_data_dir,
     add_out_dir,
+    artifact_names,
     config_from_args,
+    record_path,
 )
 
 DESCRIPTION = """\
@@ -71,15 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from onnxship.export.fp16 import Fp16Config
 
     cfg = config_from_args(args, Fp16Config())
-    out_dir: Path = args.out
     artifact = api.fp16(
-        args.model,
-        out_dir,
-        cfg,
-        name=args.name,
-        record_name=args.record_name,
-        data_dir=args.data_dir,
-        data=args.data,
+        args.model, args.out, cfg, data_dir=args.data_dir, data=args.data, **artifact_names(args)
     )
     m = artifact.metrics
     parity = m["parity"]
@@ -104,5 +99,5 @@ def run(args: argparse.Namespace) -> int:
             f"note: {m['fp16_range']['underflow_values']} weight value(s) below 2^-24 were "
             "raised to ±2^-24 (see the record's fp16_range)"
         )
-    print(f"record: {out_dir / 'stages' / (args.record_name + '.json')}")
+    print(f"record: {record_path(args)}")
     return 0

@@ -10,10 +10,12 @@ import argparse
 from pathlib import Path
 
 from onnxship.commands.common import (
+    add_checkpoint_name,
     add_command,
     add_config_flags,
     add_data_dir,
     add_out_dir,
+    checkpoint_destination,
     config_from_args,
     positive_float,
 )
@@ -75,21 +77,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_config_flags(parser, defaults, "seed")
     add_data_dir(parser)
-    parser.add_argument(
-        "--name",
-        default=DEFAULT_NAME,
-        help=f"checkpoint name: writes OUT/checkpoints/NAME.pt (default: {DEFAULT_NAME})",
-    )
-
-
-def check_name(name: str, example: str) -> str:
-    from onnxship.models.errors import ModelsError
-
-    if not name or Path(name).name != name or name in (".", "..") or name.startswith("."):
-        raise ModelsError(
-            f"--name {name!r} must be a plain file name (no folders, not hidden), e.g. {example}"
-        )
-    return name
+    add_checkpoint_name(parser, DEFAULT_NAME)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,10 +92,7 @@ def run(args: argparse.Namespace) -> int:
         PruneMethod,
     )
 
-    name = check_name(str(args.name), DEFAULT_NAME)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ModelsError(f"--out {out} exists and is not a folder; pass a folder path")
+    name, out = checkpoint_destination(args, DEFAULT_NAME)
     method = PruneMethod(args.method)
     structured = method is PruneMethod.STRUCTURED
     if structured and (args.sparsity is not None or args.threshold is not None):

@@ -9,15 +9,16 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from onnxship.commands.common import (
+    add_checkpoint_name,
     add_command,
     add_config_flags,
     add_data_dir,
     add_dist_timeout,
     add_out_dir,
+    checkpoint_destination,
     config_from_args,
     positive_int,
 )
@@ -68,11 +69,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch intra-op threads (default: torch's choice, usually the core count)",
     )
-    parser.add_argument(
-        "--name",
-        default=DEFAULT_NAME,
-        help=f"checkpoint name: writes OUT/checkpoints/NAME.pt (default: {DEFAULT_NAME})",
-    )
+    add_checkpoint_name(parser, DEFAULT_NAME)
     add_dist_timeout(parser)
 
 
@@ -102,18 +99,10 @@ def run(args: argparse.Namespace) -> int:
     from onnxship import api
     from onnxship.core import mnist
     from onnxship.models import distributed
-    from onnxship.models.errors import ModelsError
     from onnxship.models.loop import AmpMode
     from onnxship.models.train import TrainConfig, default_amp
 
-    name = str(args.name)
-    if not name or Path(name).name != name or name in (".", "..") or name.startswith("."):
-        raise ModelsError(
-            f"--name {name!r} must be a plain file name (no folders, not hidden), e.g. teacher"
-        )
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ModelsError(f"--out {out} exists and is not a folder; pass a folder path")
+    name, out = checkpoint_destination(args, DEFAULT_NAME)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
