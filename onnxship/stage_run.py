@@ -146,6 +146,19 @@ def _reuse(record_path: Path, key: str, outputs: Sequence[Path]) -> Artifact | N
     )
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One stage to reuse or run: its record name, stage kind, config, input and output files
+    (the first output is the artifact) and the function that produces it."""
+
+    record_name: str
+    stage: str
+    config: Any
+    inputs: Sequence[Path]
+    outputs: Sequence[Path]
+    produce: Callable[[], Artifact]
+
+
 def cached_stage(
     ctx: RunContext,
     record_name: str,
@@ -162,82 +175,57 @@ def cached_stage(
     Under torchrun (`ctx.ranks` with world size > 1) rank 0 alone decides whether to reuse,
     and the others follow; a `distributed` stage's `produce()` then runs on every rank (rank 0
     writes), any other stage runs on rank 0 alone while the others wait for its artifact."""
+    call = _Call(record_name, stage, config, inputs, outputs, produce)
     ranks = ctx.ranks
     if ranks is None or not ranks.enabled:
-        return _cached_stage_here(ctx, record_name, stage, config, inputs, outputs, produce)
+        return _cached_stage_here(ctx, call)
     if not distributed:
         return ranks.on_main(
-            lambda: _cached_stage_here(ctx, record_name, stage, config, inputs, outputs, produce),
-            what=f"stage {record_name} on rank 0",
+            lambda: _cached_stage_here(ctx, call), what=f"stage {record_name} on rank 0"
         )
     key, reused = ranks.on_main(
-        lambda: _decide(ctx, record_name, stage, config, inputs, outputs),
-        what=f"the cache decision for {record_name}",
+        lambda: _decide(ctx, call), what=f"the cache decision for {record_name}"
     )
     if reused is not None:
         ctx.skipped.append(record_name)
         return reused
     if ranks.is_main:
         ctx.progress(f"[run ] {record_name} ({ranks.world_size} ranks) ...")
-    return _run_recorded(ctx, record_name, stage, config, inputs, outputs, produce, key, ranks)
+    return _run_recorded(ctx, call, key, ranks)
 
 
-def _decide(
-    ctx: RunContext,
-    record_name: str,
-    stage: str,
-    config: Any,
-    inputs: Sequence[Path],
-    outputs: Sequence[Path],
-) -> tuple[str, Artifact | None]:
+def _decide(ctx: RunContext, call: _Call) -> tuple[str, Artifact | None]:
     """(cache key, the finished stage's artifact or None when it has to run)."""
-    key = _cache_key(stage, config, inputs)
+    key = _cache_key(call.stage, call.config, call.inputs)
     if ctx.force:
         return key, None
-    reused = _reuse(ctx.path("stages", f"{record_name}.json"), key, outputs)
+    reused = _reuse(ctx.path("stages", f"{call.record_name}.json"), key, call.outputs)
     if reused is not None:
-        ctx.progress(f"[skip] {record_name}: finished earlier, inputs and config unchanged")
+        ctx.progress(f"[skip] {call.record_name}: finished earlier, inputs and config unchanged")
     return key, reused
 
 
-def _cached_stage_here(
-    ctx: RunContext,
-    record_name: str,
-    stage: str,
-    config: Any,
-    inputs: Sequence[Path],
-    outputs: Sequence[Path],
-    produce: Callable[[], Artifact],
-) -> Artifact:
-    key, reused = _decide(ctx, record_name, stage, config, inputs, outputs)
+def _cached_stage_here(ctx: RunContext, call: _Call) -> Artifact:
+    key, reused = _decide(ctx, call)
     if reused is not None:
-        ctx.skipped.append(record_name)
+        ctx.skipped.append(call.record_name)
         return reused
-    ctx.progress(f"[run ] {record_name} ...")
-    return _run_recorded(ctx, record_name, stage, config, inputs, outputs, produce, key, None)
+    ctx.progress(f"[run ] {call.record_name} ...")
+    return _run_recorded(ctx, call, key, None)
 
 
-def _run_recorded(
-    ctx: RunContext,
-    record_name: str,
-    stage: str,
-    config: Any,
-    inputs: Sequence[Path],
-    outputs: Sequence[Path],
-    produce: Callable[[], Artifact],
-    key: str,
-    ranks: Any,
-) -> Artifact:
+def _run_recorded(ctx: RunContext, call: _Call, key: str, ranks: Any) -> Artifact:
     """Run the stage and write its record with the cache key (one rank or many)."""
+    record_path = ctx.path("stages", f"{call.record_name}.json")
     try:
         artifact = run_stage(
             ctx.out_dir,
-            record_name,
-            stage=stage,
-            config=config,
-            inputs=inputs,
-            produce=produce,
-            extra_outputs=list(outputs[1:]),
+            call.record_name,
+            stage=call.stage,
+            config=call.config,
+            inputs=call.inputs,
+            produce=call.produce,
+            extra_outputs=list(call.outputs[1:]),
             extra_record={"cache_key": key, "onnxship_version": __version__},
             ranks=ranks,
         )
@@ -247,11 +235,11 @@ def _run_recorded(
         # record vouches for; remove them so the bundle holds only what a record describes.
         # Only the writer (rank 0) cleans up.
         if ranks is None or ranks.is_main:
-            _remove_unvouched(ctx.path("stages", f"{record_name}.json"), outputs)
+            _remove_unvouched(record_path, call.outputs)
         raise
-    ctx.ran.append(record_name)
+    ctx.ran.append(call.record_name)
     if ranks is None or ranks.is_main:
-        artifact = _as_recorded(ctx.path("stages", f"{record_name}.json"), artifact)
+        artifact = _as_recorded(record_path, artifact)
     return artifact
 
 

@@ -39,6 +39,11 @@ class BundleOnnx:
     def path(self) -> str:
         return f"artifacts/{self.name}.onnx"
 
+    def converted(self, precision: str) -> BundleOnnx:
+        """The `.onnx` converted from this one to `precision` (same model, this as parent)."""
+        name = f"{self.model}-{precision}"
+        return BundleOnnx(name, self.model, precision, self.name, self.checkpoint_stage)
+
 
 @dataclass(frozen=True)
 class Work:

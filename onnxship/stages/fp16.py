@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from onnxship.core.artifact import Artifact
-from onnxship.stages.base import BundleOnnx, Run, Stage, Work
+from onnxship.stages.base import Run, Stage, Work
 from onnxship.stages.config import PipelineConfig
 from onnxship.stages.data import test_inputs
 
@@ -12,13 +12,12 @@ from onnxship.stages.data import test_inputs
 def stage(cfg: PipelineConfig, fp32: Stage, name: str) -> Stage:
     """FP16 of the `.onnx` that `fp32` writes; `name` is the record ("fp16-teacher")."""
     assert fp32.onnx is not None, f"{name} converts an .onnx artifact"
-    src = fp32.onnx
-    onnx = BundleOnnx(f"{src.model}-fp16", src.model, "fp16", src.name, src.checkpoint_stage)
+    onnx = fp32.onnx.converted("fp16")
     return Stage(
         name=name,
         kind="fp16",
         config=cfg.fp16,
-        inputs=(src.path, *test_inputs(cfg)),
+        inputs=(fp32.onnx.path, *test_inputs(cfg)),
         outputs=(onnx.path,),
         produce=produce,
         onnx=onnx,

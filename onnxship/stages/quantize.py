@@ -5,7 +5,7 @@ calibration/<model>-int8-calib.npz."""
 from __future__ import annotations
 
 from onnxship.core.artifact import Artifact
-from onnxship.stages.base import BundleOnnx, Run, Stage, Work
+from onnxship.stages.base import Run, Stage, Work
 from onnxship.stages.config import PipelineConfig
 from onnxship.stages.data import val_inputs
 
@@ -13,13 +13,12 @@ from onnxship.stages.data import val_inputs
 def stage(cfg: PipelineConfig, fp32: Stage, name: str) -> Stage:
     """INT8 of the `.onnx` that `fp32` writes; `name` is the record ("quantize-teacher")."""
     assert fp32.onnx is not None, f"{name} quantizes an .onnx artifact"
-    src = fp32.onnx
-    onnx = BundleOnnx(f"{src.model}-int8", src.model, "int8", src.name, src.checkpoint_stage)
+    onnx = fp32.onnx.converted("int8")
     return Stage(
         name=name,
         kind="quantize",
         config=cfg.quantize,
-        inputs=(src.path, *val_inputs(cfg)),
+        inputs=(fp32.onnx.path, *val_inputs(cfg)),
         outputs=(onnx.path, f"calibration/{onnx.name}-calib.npz"),
         produce=produce,
         onnx=onnx,
