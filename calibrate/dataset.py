@@ -24,6 +24,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.core.artifact import atomic_write_bytes, sha256_bytes, sha256_file
+from onnxship.core.dataset import read_npz_arrays
 from onnxship.runtime_bench.inputs import InputSpec  # the one InputSpec (one fact, one place)
 
 # Where MNIST calibration images come from (recorded in the stage record).
@@ -340,19 +341,6 @@ def calibration_set_from_mnist(
     )
 
 
-def _npz_arrays(p: Path, what: str) -> dict[str, np.ndarray]:
-    if not p.is_file():
-        raise CalibrateError(f"{what} file {p} does not exist; pass an existing .npz")
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            return {key: np.asarray(data[key]) for key in data.files}
-    except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled objects), OSError
-        raise CalibrateError(
-            f"{what} file {p} is not a readable .npz ({type(exc).__name__}: {exc}); "
-            "write it with numpy.savez"
-        ) from exc
-
-
 def _pick_inputs(
     arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], p: Path, what: str
 ) -> dict[str, np.ndarray]:
@@ -393,7 +381,13 @@ def calibration_set_from_npz(
     array names). A model with several inputs takes one array per input, named after it."""
     p = Path(path)
     specs = [spec] if isinstance(spec, InputSpec) else list(spec)
-    arrays = _npz_arrays(p, "calibration")
+    arrays = read_npz_arrays(
+        p,
+        what="calibration file",
+        fix="pass an existing .npz",
+        writer="numpy.savez",
+        error=CalibrateError,
+    )
     picked = _pick_inputs(arrays, specs, p, "calibration")
     if cfg.batch_size < 1:
         raise CalibrateError(f"calibration batch size must be >= 1, got {cfg.batch_size}")

@@ -210,18 +210,18 @@ def _recorded_predictions(root: Path, recorded: Mapping[str, Any]) -> tuple[Any,
     info = recorded.get("predictions")
     if not isinstance(info, Mapping):
         return None, None
-    import numpy as np
+    from onnxship.core.dataset import read_npz_arrays
 
     path = root / str(info.get("path"))
     if not path.is_file():
         return None, f"recorded predictions {info.get('path')} are missing"
     if info.get("sha256") and sha256_file(path) != info["sha256"]:
         return None, f"recorded predictions {info.get('path')} were changed after the run"
-    with np.load(path) as data:
-        key = str(info.get("key"))
-        if key not in data:
-            return None, f"recorded predictions {info.get('path')} have no array {key!r}"
-        return data[key], None
+    data = read_npz_arrays(path, what="recorded predictions", fix="re-run the bundle")
+    key = str(info.get("key"))
+    if key not in data:
+        return None, f"recorded predictions {info.get('path')} have no array {key!r}"
+    return data[key], None
 
 
 def accuracy_check(

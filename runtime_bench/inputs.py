@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from onnxship.core.dataset import read_npz_arrays
 from onnxship.runtime_bench.errors import BenchError
 
 # ORT type strings -> numpy dtypes (tensor types only).
@@ -184,17 +184,14 @@ def random_feeds(
 
 
 def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    p = Path(path)
-    if not p.is_file():
-        raise BenchError(f"input data file {p} does not exist; pass an .npz of named arrays")
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            return {name: np.asarray(data[name]) for name in data.files}
-    except (OSError, ValueError) as exc:
-        raise BenchError(
-            f"{p} is not a readable .npz of named arrays ({exc}); write it with "
-            "numpy.savez(path, input_name=array)"
-        ) from exc
+    """The named arrays of an input .npz (`bench --npz`), through the one .npz reader."""
+    return read_npz_arrays(
+        path,
+        what="input data file",
+        fix="pass an .npz of named arrays",
+        writer="numpy.savez(path, input_name=array)",
+        error=BenchError,
+    )
 
 
 def npz_feeds(

@@ -178,7 +178,7 @@ def load_npz(
     contract says); a model with integer inputs (token ids) takes arrays of that dtype.
     """
     p = Path(path)
-    arrays = _read_arrays(p)
+    arrays = read_npz_arrays(p)
     inputs = _input_arrays(p, arrays, input_names)
     count = _check_inputs(p, inputs, input_dtypes)
     labels = _checked_labels(p, arrays.get(Y_KEY), count, num_classes, require_labels)
@@ -191,22 +191,28 @@ def load_npz(
     )
 
 
-def _read_arrays(p: Path) -> dict[str, np.ndarray]:
-    """Every array of the .npz at `p` (no pickles)."""
+def read_npz_arrays(
+    path: str | os.PathLike[str],
+    *,
+    what: str = "data file",
+    fix: str = "pass an .npz with 'x' (float32 inputs) and 'y' (int64 labels)",
+    writer: str = "numpy.savez(path, x=inputs.astype('float32'), y=labels.astype('int64'))",
+    error: type[Exception] = CoreError,
+) -> dict[str, np.ndarray]:
+    """Every array of the .npz at `path` (no pickles): the one reader of .npz files. A missing
+    or unreadable file raises `error` naming `what` it was for, with `fix` (missing) or how to
+    write one (`writer`)."""
+    p = Path(path)
     if not p.is_file():
-        raise CoreError(
-            f"data file {p} does not exist; pass an .npz with 'x' (float32 inputs) and 'y' "
-            "(int64 labels)"
-        )
+        raise error(f"{what} {p} does not exist; {fix}")
     try:
         with np.load(p, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
+            return {key: np.asarray(npz[key]) for key in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise CoreError(
-            f"{p} is not a readable .npz ({type(exc).__name__}: {exc}); write it with "
-            "numpy.savez(path, x=inputs.astype('float32'), y=labels.astype('int64'))"
+        raise error(
+            f"{what} {p} is not a readable .npz ({type(exc).__name__}: {exc}); write it with "
+            f"{writer}"
         ) from exc
-    return arrays
 
 
 def _input_arrays(
