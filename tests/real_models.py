@@ -94,11 +94,19 @@ def build(arch: str, size: int, seed: int = 0):  # -> torch.nn.Module
 
 
 def export(
-    arch: str, size: int, out_dir: Path, *, n_calib: int, n_val: int, classes: int = 0
+    arch: str,
+    size: int,
+    out_dir: Path,
+    *,
+    n_calib: int,
+    n_val: int,
+    classes: int = 0,
+    labelled: bool = True,
 ) -> dict[str, Path]:
     """Write OUT/ARCH.onnx, OUT/ARCH-calib.npz ('x') and OUT/ARCH-val.npz ('x', no labels).
     With `classes`, the head is fitted to `synthetic_task` and the validation set is labelled
-    ('x', 'y'), so the budget is top-1 against labels."""
+    ('x', 'y'), so the budget is top-1 against labels; `labelled=False` keeps the fitted head
+    but leaves 'y' out, so the budget is top-1 agreement with FP32."""
     import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,11 +130,58 @@ def export(
     if classes:
         np.savez(calib, x=synthetic_task(n_calib, size, classes, seed=11)[0])
         xv, yv = synthetic_task(n_val, size, classes, seed=12)
-        np.savez(val, x=xv, y=yv)
+        np.savez(val, **({"x": xv, "y": yv} if labelled else {"x": xv}))
     else:
         np.savez(calib, x=image_like(n_calib, size, seed=11))
         np.savez(val, x=image_like(n_val, size, seed=12))
     return {"onnx": onnx_path, "calib": calib, "val": val}
+
+
+# `onnxship run` with the real architecture: the bundle `verify` and `gate` read. The teacher is
+# the network as torchvision builds it (`factory`), its weights the re-estimated BatchNorm and
+# fitted head (`state_dict`: the train stage loads them instead of training); prune, distill,
+# export, INT8, FP16, eval and bench run with their budgets cut to seconds. A bundle test,
+# not an accuracy test: the quantize budget is wide and FP16 agreement 90 % (64 test images).
+BUNDLE_CONFIG: dict = {
+    "data": {"kind": "npz", "train": "data/train.npz", "test": "data/test.npz",
+             "val_fraction": 0.2},
+    "prune": {"macs_budget": 0.5},
+    "distill": {"sgd": {"epochs": 1.0, "batch_size": 64}},
+    "export": {"exporter": "torchscript", "parity_samples": 1000},
+    "fp16": {"min_agreement": 0.9},
+    "quantize": {
+        "recipe": "qdq-u8s8-perchannel-minmax", "max_drop": 0.5,
+        "calibration": {"size": 32, "batch_size": 8},
+        "latency": {"batch_sizes": [1], "seconds_per_batch_size": 0.2, "min_iterations": 2,
+                    "max_iterations": 5},
+    },
+    "bench": {"batch_sizes": [1], "warmup": 1, "iterations": 3, "budget_s": 1.0},
+    "extra": {"teacher_int8": False, "teacher_fp16": False},
+    "search": {"enabled": False},
+}  # fmt: skip
+
+
+def write_project(
+    folder: Path, arch: str, size: int, *, n_train: int = 160, n_test: int = 64, classes: int = 10
+) -> Path:
+    """A user's project for `onnxship run --config FOLDER/run.toml`: the `classes`-way network
+    (`torchvision.models.ARCH` as the factory, weights = `build` + `fit_head` saved as a
+    state_dict), `synthetic_task` train/test npz files; returns the config's path."""
+    import torch
+
+    from onnxship.configio import to_toml
+
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    model = fit_head(build(arch, size), arch, size, classes)
+    torch.save(model.state_dict(), folder / "weights.pt")
+    for split, n, seed in (("train", n_train, 21), ("test", n_test, 22)):
+        x, y = synthetic_task(n, size, classes, seed=seed)
+        np.savez(folder / "data" / f"{split}.npz", x=x, y=y)
+    model_table = {"factory": f"torchvision.models:{arch}", "kwargs": {"num_classes": classes},
+                   "state_dict": "weights.pt"}  # fmt: skip
+    config = folder / "run.toml"
+    config.write_text(to_toml({"model": model_table, **BUNDLE_CONFIG}))
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,10 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val", type=int, default=64)
     parser.add_argument("--arch", choices=ARCHS, action="append")
     parser.add_argument("--classes", type=int, default=0, help="fit a N-way head (labelled val)")
+    parser.add_argument("--unlabelled", choices=ARCHS, action="append", default=[],
+                        help="with --classes: write this architecture's val without labels "
+                        "(its budget is top-1 agreement with FP32)")  # fmt: skip
     args = parser.parse_args(argv)
     for arch in args.arch or ARCHS:
         paths = export(
-            arch, args.size, args.out, n_calib=args.calib, n_val=args.val, classes=args.classes
+            arch,
+            args.size,
+            args.out,
+            n_calib=args.calib,
+            n_val=args.val,
+            classes=args.classes,
+            labelled=arch not in args.unlabelled,
         )
         print(arch, {k: str(v) for k, v in paths.items()})
     return 0
@@ -150,10 +214,27 @@ def main(argv: list[str] | None = None) -> int:
 # Benchmark: onnxship's INT8 vs ORT's quantize_static recipes (a command, not a test)
 
 
+def run_measured(cmd: list[str], log: Path) -> dict:
+    """Run `cmd` as a child process (output to `log`): wall seconds, the child's CPU seconds
+    (user + system) and its peak RSS (MiB), from wait4's rusage."""
+    import os
+    import subprocess
+    import time
+
+    t0 = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"rc": proc.returncode, "wall_s": round(wall, 1),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024)}  # fmt: skip
+
+
 def ort_quantize(src: Path, calib_npz: Path, out: Path, *, per_channel: bool) -> dict:
-    """ORT's documented path: quant_pre_process, then quantize_static QDQ U8S8 MinMax
-    (per-tensor = its defaults' granularity); wall seconds and this process's peak RSS."""
-    import resource
+    """ORT's documented path: quant_pre_process, then quantize_static with its defaults (QDQ,
+    U8 activations, S8 weights, MinMax, per-tensor) or per-channel; seconds of each step."""
     import tempfile
     import time
 
@@ -183,64 +264,109 @@ def ort_quantize(src: Path, calib_npz: Path, out: Path, *, per_channel: bool) ->
                         per_channel=per_channel, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8)  # fmt: skip
     t2 = time.perf_counter()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"pre_process_s": round(t1 - t0, 1), "quantize_s": round(t2 - t1, 1),
-            "peak_rss_mb": round(peak)}  # fmt: skip
+    return {"pre_process_s": round(t1 - t0, 1), "quantize_s": round(t2 - t1, 1)}
 
 
-def compare(models: dict[str, Path], val_npz: Path, budget_s: float) -> dict:
-    """Top-1 on the labelled val set and speed-ups over 'fp32' at batch 1 and 8, all models
-    timed in one block-interleaved run per batch size (the timing engine), one thread."""
+def fidelity(models: dict[str, Path], val_npz: Path) -> dict:
+    """Per model: top-1 agreement with 'fp32' on the val set, and top-1 when it has labels."""
     import onnxruntime as ort
 
-    from onnxship.runtime_bench.timing import TimingConfig, time_blocks
-
     data = np.load(val_npz)
-    x, y = data["x"], data["y"]
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-            for k, p in models.items()}  # fmt: skip
-    out: dict = {"top1": {}, "speedup": {}}
-    for k, s in sess.items():
-        pred = np.concatenate([s.run(None, {"input": x[i : i + 8]})[0].argmax(1)
+    x = data["x"]
+    out: dict = {}
+    ref = None
+    for name, path in models.items():  # fp32 first
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        pred = np.concatenate([sess.run(None, {"input": x[i : i + 8]})[0].argmax(1)
                                for i in range(0, len(x), 8)])  # fmt: skip
-        out["top1"][k] = float((pred == y).mean())
-    for batch in (1, 8):
-        feed = {"input": x[:batch]}
-        fns = {k: (lambda s=s, f=feed: s.run(None, f)) for k, s in sess.items()}
-        res = time_blocks(fns, TimingConfig(budget_s=budget_s, statistic="min"), reference="fp32")
-        out["speedup"][batch] = {k: [round(r.ratio, 3), [round(c, 3) for c in r.ci]]
-                                 for k, r in res.ratios.items()}  # fmt: skip
-        out["speedup"][batch]["rounds"] = res.models["fp32"].n_rounds
+        ref = pred if ref is None else ref
+        out[name] = {"agreement": float((pred == ref).mean())}
+        if "y" in data:
+            out[name]["top1"] = float((pred == data["y"]).mean())
     return out
 
 
-def bench_main(argv: list[str]) -> int:
-    """`python tests/real_models.py bench DIR ARCH INT8.onnx`: ORT recipes vs onnxship's INT8."""
+def bench_arch(folder: Path, arch: str, budget_s: float) -> dict:
+    """`onnxship quantize` with its defaults and ORT's two recipes on FOLDER/ARCH.onnx (each
+    in its own measured process), then all INT8 files and FP32 timed in one block-interleaved
+    run per batch size (`benchmark_models_interleaved`, the engine of `onnxship run`'s bench
+    stage) on one thread, with paired bootstrap CIs of the speed-ups over FP32."""
     import json
-    import subprocess
 
-    folder, arch, ours = Path(argv[0]), argv[1], Path(argv[2])
-    src, calib, val = (
-        folder / f"{arch}.onnx",
-        folder / f"{arch}-calib.npz",
-        folder / f"{arch}-val.npz",
-    )
-    models = {"fp32": src, "onnxship": ours}
+    from onnxship.runtime_bench.bench import BenchConfig, benchmark_models_interleaved
+
+    src, calib, val = (folder / f"{arch}.onnx", folder / f"{arch}-calib.npz",
+                       folder / f"{arch}-val.npz")  # fmt: skip
+    exe = str(Path(sys.executable).with_name("onnxship"))
+    runs = folder / f"{arch}-runs"
+    runs.mkdir(exist_ok=True)
+    report: dict = {"arch": arch}
+    ours = runs / "artifacts" / f"{arch}-onnxship.onnx"
+    report["onnxship"] = run_measured(
+        [exe, "quantize", str(src), "--out", str(runs), "--name", ours.stem,
+         "--calib-npz", str(calib), "--val-npz", str(val)], runs / "onnxship-quantize.log")  # fmt: skip
+    print(arch, "onnxship quantize", report["onnxship"], flush=True)
+    if report["onnxship"]["rc"] == 0:
+        m = json.loads((runs / "stages" / "quantize.json").read_text())["metrics"]
+        report["onnxship"].update(
+            recipe=m["recipe"]["name"], budget=m["budget"]["metric"],
+            fp32_val=m["fp32_val_top1"], int8_val=m["int8_val_top1"],
+            passes=m["search"]["calibration_passes"], calibrate_s=m["search"]["calibrate_s"],
+            score_s=m["search"]["score_s"],
+            latency_s=(m["search"].get("latency") or {}).get("wall_s"),
+            confirm=m["latency"]["by_batch"],
+            timed=m["search"]["timed"], skipped=(m["search"].get("latency") or {}).get("skipped"),
+        )  # fmt: skip
+    models = {"fp32": src}
+    if ours.is_file():
+        models["onnxship"] = ours
     for pc in (False, True):
         name = "ort-perchannel" if pc else "ort-default"
-        dst = folder / f"{arch}-{name}.onnx"
+        dst = runs / f"{arch}-{name}.onnx"
         code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
                 "import real_models as r; from pathlib import Path as P; "
                 f"print(json.dumps(r.ort_quantize(P({str(src)!r}), P({str(calib)!r}), "
                 f"P({str(dst)!r}), per_channel={pc})))")  # fmt: skip
-        res = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        )
-        print(name, res.stdout.strip().splitlines()[-1], flush=True)
+        log = runs / f"{name}.log"
+        report[name] = run_measured([sys.executable, "-c", code], log)
+        report[name].update(json.loads(log.read_text().strip().splitlines()[-1]))
+        print(arch, name, report[name], flush=True)
         models[name] = dst
-    print(json.dumps(compare(models, val, budget_s=float(argv[3]) if len(argv) > 3 else 30.0)))
+    report["fidelity"] = fidelity(models, val)
+    print(arch, "fidelity", report["fidelity"], flush=True)
+    # one interleaved run; file stems name the rows, FP32 (the source's stem) is the reference
+    cfg = BenchConfig(batch_sizes=(1, 8), threads=1, warmup=1, iterations=100_000,
+                      time_budget_s=budget_s, interleave_block=4, reference=src.stem,
+                      statistic="min", npz=val, progress=False)  # fmt: skip
+    doc = benchmark_models_interleaved(list(models.values()), cfg)
+    (runs / "bench.json").write_text(json.dumps(doc, indent=1))
+    stem_to_name = {p.stem: k for k, p in models.items()}
+    report["speedup"] = {}
+    for r in doc["ratios"]:
+        cell = report["speedup"].setdefault(stem_to_name[r["name"]], {})
+        cell[str(r["batch_size"])] = [round(r["ratio"], 3), [round(c, 3) for c in r["ci"]]]
+    report["p50_ms"] = {f"{stem_to_name[Path(r['model']).stem]}@{r['batch_size']}": r["p50_ms"]
+                        for r in doc["results"]}  # fmt: skip
+    report["timing_runs"] = doc["timing_runs"]
+    print(json.dumps(report), flush=True)
+    return report
+
+
+def bench_main(argv: list[str]) -> int:
+    """`python tests/real_models.py bench DIR [--arch A] [--budget-s S]`: for each
+    architecture exported into DIR (`main`), onnxship's INT8 vs ORT's recipes; the reports go
+    to DIR/bench-ARCH.json."""
+    import json
+
+    parser = argparse.ArgumentParser(prog="real_models.py bench")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--arch", choices=ARCHS, action="append")
+    parser.add_argument("--budget-s", type=float, default=60.0,
+                        help="interleaved timing budget per batch size (seconds)")  # fmt: skip
+    args = parser.parse_args(argv)
+    for arch in args.arch or ARCHS:
+        report = bench_arch(args.folder, arch, args.budget_s)
+        (args.folder / f"bench-{arch}.json").write_text(json.dumps(report, indent=1))
     return 0
 
 

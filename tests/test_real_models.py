@@ -5,12 +5,20 @@ plain `torch.onnx.export` at 64x64 (the real graph, a small input so the suite s
 `eval --reference`, `fp16 --data`, `quantize --calib-npz --val-npz` and `bench` run on them
 as a user would. Numbers are asserted with stated tolerances; nothing here is a timing
 assertion (the quantize record's latencies are checked for structure and CIs only).
+
+`verify` needs a bundle (a manifest naming the contract's artifacts), which only `onnxship
+run` writes; so the same networks, at 32x32, go through `onnxship run` with the torchvision
+constructor as `[model] factory`, their weights as `state_dict` and `[data] kind = "npz"`
+(`real_models.write_project`), and `verify` checks that bundle, then a tampered copy.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import real_models  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
@@ -95,3 +103,61 @@ def test_real_model_through_eval_fp16_quantize_and_bench(
                  "--json", str(out / "bench.json")]) == 0  # fmt: skip
     assert (out / "bench.json").is_file()
     capsys.readouterr()
+
+
+BUNDLE_SIZE = 32  # the smallest input the five stride-2 stages keep a 1x1 map for
+
+
+@pytest.fixture(scope="module", params=real_models.ARCHS)
+def bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`onnxship run` on the real network and npz data (~15-30 s of CPU per architecture)."""
+    import torch
+
+    torch.set_num_threads(1)
+    project = tmp_path_factory.mktemp(f"{request.param}-project")
+    config = real_models.write_project(project, request.param, BUNDLE_SIZE)
+    assert main(["run", "--config", str(config), "--out", str(project / "bundle")]) == 0
+    return project / "bundle"
+
+
+def test_verify_passes_on_a_real_model_bundle_and_fails_on_a_tampered_copy(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    teacher = manifest["artifacts"]["teacher-fp32"]
+    assert teacher["inputs"][0]["shape"] == ["batch", 3, BUNDLE_SIZE, BUNDLE_SIZE]
+    assert teacher["params"] > 2_000_000  # the torchvision network, not a toy
+    assert manifest["dataset"]["kind"] == "npz"
+    ops = {n.op_type for n in onnx.load(str(bundle / teacher["path"])).graph.node}
+    assert "Add" in ops  # residual adds in both (mobilenet_v2's inverted residual blocks)
+    assert manifest["artifacts"]["student-int8"]["macs"] < teacher["macs"]  # pruned
+
+    capsys.readouterr()
+    assert main(["verify", str(bundle), "--json", str(tmp_path / "verify.json")]) == 0
+    report = json.loads((tmp_path / "verify.json").read_text())
+    done = {(c["artifact"], c["check"]) for c in report["checks"] if c["ok"]}
+    for name in ("teacher-fp32", "student-fp32", "student-int8", "student-fp16"):
+        for check in ("checksum", "precision", "loads in ORT", "accuracy"):
+            assert (name, check) in done, (name, check)
+    assert ("dataset", "test data") in done  # accuracy re-measured on the bundle's test npz
+
+    # one changed byte in the INT8 file: its checksum fails, and so does verify (exit 1)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundle, tampered)
+    int8 = tampered / manifest["artifacts"]["student-int8"]["path"]
+    data = bytearray(int8.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    int8.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["verify", str(tampered)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED for student-int8" in out and "changed after the run" in out
+
+    # a changed test set: the accuracy it re-measures on is not the recorded one
+    test_npz = tampered / manifest["dataset"]["test_path"]
+    with np.load(test_npz) as arrays:
+        x, y = arrays["x"], arrays["y"]
+    np.savez(test_npz, x=x, y=(y + 1) % 10)
+    shutil.copy2(bundle / manifest["artifacts"]["student-int8"]["path"], int8)
+    assert main(["verify", str(tampered)]) == 1
+    assert "the test data changed after the run" in capsys.readouterr().out
