@@ -519,6 +519,13 @@ def _fallback(
             "within_budget": result.within_budget,
         }
         out.append(fb)
+        if _no_integer_macs(result.path):  # e.g. a '-linear' recipe with its Gemm put back
+            fb.error = (
+                "every node the recipe quantizes was left in float: no multiply-accumulate "
+                "runs in an integer kernel, so this is not an INT8 model (verify refuses one)"
+            )
+            log.info("fallback %s: %s", fb.name, fb.error)
+            continue
         if result.within_budget:
             break
     within = within_budget_rows(out, fp32, inp.budget())
@@ -529,6 +536,15 @@ def _fallback(
             budget_s=_race_budget(cfg.latency), race=len(within) > 1,
         )  # fmt: skip
     return out, timing
+
+
+def _no_integer_macs(path: Path) -> bool:
+    """True when no Conv/Gemm/MatMul of the model runs in an integer kernel (every MAC was
+    counted: `calibrate.coverage`, the measure `verify` holds an INT8 file to)."""
+    from onnxship.calibrate.coverage import integer_mac_share
+
+    coverage = integer_mac_share(path)
+    return not coverage["integer_macs"] and not coverage.get("nodes_without_shapes")
 
 
 # --------------------------------------------------------------------------------------------

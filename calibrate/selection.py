@@ -51,7 +51,7 @@ def choose_recipe(
     if within:
         return min(within, key=lambda r: speed_score(r, cfg.latency))
     fp32_top1 = float(fp32.val_top1 or 0.0)
-    scored = [r for r in rows if r.val_top1 is not None]
+    scored = [r for r in rows if r.val_top1 is not None and r.error is None]
     best = max(scored, key=lambda r: r.val_top1 or 0.0) if scored else None
     found = (
         f"best found {best.name} with {drop_text(metric, fp32_top1, best.val_top1 or 0.0)}"
