@@ -124,3 +124,23 @@ def integer_mac_share(path: str | os.PathLike[str]) -> dict[str, Any]:
         "nodes_without_shapes": unknown,
         "method": METHOD,
     }
+
+
+def matmul_mac_share(path: str | os.PathLike[str]) -> float | None:
+    """The share of the model's Conv/Gemm/MatMul MACs (one sample) in Gemm/MatMul nodes: the
+    most a recipe quantizing only those ('-linear' scope) can speed up. None when a MAC node
+    has no inferred shape (unknown) or there is none."""
+    import onnx
+
+    model = onnx.load(os.fspath(path))
+    shapes = _shapes(model)
+    matmul = total = 0
+    for node in model.graph.node:
+        if node.op_type not in CONV_OPS and node.op_type not in MATMUL_OPS:
+            continue
+        macs = _macs(node, shapes)
+        if macs is None:
+            return None
+        total += macs
+        matmul += macs if node.op_type in MATMUL_OPS else 0
+    return matmul / total if total else None

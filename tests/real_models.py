@@ -363,9 +363,29 @@ def bench_arch(folder: Path, arch: str, budget_s: float) -> dict:
         cell[str(r["batch_size"])] = [round(r["ratio"], 3), [round(c, 3) for c in r["ci"]]]
     report["p50_ms"] = {f"{stem_to_name[Path(r['model']).stem]}@{r['batch_size']}": r["p50_ms"]
                         for r in doc["results"]}  # fmt: skip
+    if "onnxship" in models:  # onnxship's INT8 over ORT's default recipe, paired over rounds
+        report["onnxship_vs_ort_default"] = vs_ort_default(doc, models)
     report["timing_runs"] = doc["timing_runs"]
     print(json.dumps(report), flush=True)
     return report
+
+
+def vs_ort_default(doc: dict, models: dict[str, Path]) -> dict:
+    """Per batch size: ORT-default time / onnxship time (> 1: onnxship faster), from the same
+    interleaved rounds as the FP32 ratios (paired bootstrap CI, the engine's statistic)."""
+    from onnxship.runtime_bench.timing import TimingConfig, ratio_from_rounds
+
+    rounds = {(Path(r["model"]).stem, r["batch_size"]): r["round_stats_ms"] for r in doc["results"]}
+    cfg = TimingConfig(statistic=doc["config"]["statistic"])
+    out = {}
+    for batch in doc["config"]["batch_sizes"]:
+        ours, ort = (
+            rounds[(models["onnxship"].stem, batch)],
+            rounds[(models["ort-default"].stem, batch)],
+        )
+        r = ratio_from_rounds("onnxship", "ort-default", ours, ort, cfg)
+        out[str(batch)] = [round(r.ratio, 3), [round(c, 3) for c in r.ci]]
+    return out
 
 
 def bench_main(argv: list[str]) -> int:

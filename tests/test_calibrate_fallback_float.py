@@ -1,4 +1,5 @@
-"""The accuracy fallback never ships a float model as INT8.
+"""The accuracy fallback never ships a float model as INT8, and runs when the budget admits
+only recipes that cannot be faster (`fallback_needed`).
 
 Found on torchvision mobilenet_v2 at 224x224 (tests/real_models.py): every recipe was outside
 the agreement budget, the fallback started from a '-linear' recipe (only the Gemm quantized),
@@ -15,8 +16,14 @@ import numpy as np
 import pytest
 
 from onnxship.calibrate.errors import CalibrateError
-from onnxship.calibrate.quantize import LatencyConfig, QuantizeConfig, int8_from_onnx
-from onnxship.calibrate.recipes import exact_recipe_on
+from onnxship.calibrate.latency_race import FP32_ROW, Candidate
+from onnxship.calibrate.quantize import (
+    LatencyConfig,
+    QuantizeConfig,
+    fallback_needed,
+    int8_from_onnx,
+)
+from onnxship.calibrate.recipes import exact_recipe_on, parse_recipe
 from onnxship.core.env import detected_integer_class
 
 LINEAR = exact_recipe_on("qdq-u8s8-perchannel-minmax-linear", detected_integer_class()).name
@@ -63,3 +70,35 @@ def test_fallback_that_leaves_every_quantized_node_in_float_is_not_an_int8_model
     assert "no INT8 recipe" in message and "+fallback" not in message
     assert f"best found {LINEAR} with" in message
     assert not (tmp_path / "out" / "int8.onnx").exists()
+
+
+def _row(name: str, val: float, speedup: tuple[float, float, float] | None) -> Candidate:
+    """A scored candidate; `speedup` (ratio, CI low, CI high) at batch 1, None: not timed."""
+    row = Candidate(parse_recipe(name), name, Path(f"{name}.onnx"), [])
+    row.val_top1 = val
+    if speedup is not None:
+        ratio, lo, hi = speedup
+        row.latency = {"1": {"speedup": ratio, "speedup_ci": [lo, hi], "min_ratio": 1 / ratio}}
+    return row
+
+
+def test_fallback_runs_when_only_linear_recipes_within_budget_and_none_is_faster() -> None:
+    """ResNet-18 at 224x224 on 64 val images: every full recipe lost an image, the Gemm-only
+    ('-linear') recipes held the budget at FP32 speed; the fallback (one conv in float) then
+    held it at 3.5x."""
+    cfg = QuantizeConfig()
+    fp32 = Candidate(None, FP32_ROW, Path("fp32.onnx"), [])
+    fp32.val_top1 = 0.9375
+    full = _row("qdq-u8s8-perchannel-minmax", 0.921875, None)  # outside: never timed
+    linear = _row("qdq-u8s8-perchannel-minmax-linear", 0.9375, (1.0, 0.9, 1.1))
+    assert fallback_needed([full, linear], fp32, cfg, 0.003)
+    # a linear recipe confidently faster (a model whose MACs are in Gemm/MatMul): no fallback
+    fast_linear = _row("qdq-u8s8-perchannel-minmax-linear", 0.9375, (1.8, 1.6, 2.0))
+    assert not fallback_needed([full, fast_linear], fp32, cfg, 0.003)
+    # a full recipe within the budget, even if not faster: as before, no fallback
+    full_within = _row("qdq-u8s8-pertensor-minmax", 0.9375, (1.0, 0.9, 1.1))
+    assert not fallback_needed([full_within, linear], fp32, cfg, 0.003)
+    # only linear recipes in the grid: nothing to fall back from
+    assert not fallback_needed([linear], fp32, cfg, 0.003)
+    # nothing within the budget: as before, the fallback runs
+    assert fallback_needed([full], fp32, cfg, 0.003)
