@@ -355,7 +355,7 @@ def trained_from_data(
     val_top1 = distributed.top1(model, val.x, val.y)
     test_top1 = distributed.top1(model, test.x, test.y)
     eval_wall_s = time.perf_counter() - t1
-    if not math.isfinite(fitted.final_loss):
+    if initial_state is None and not math.isfinite(fitted.final_loss):  # nan = no step taken
         log.warning("final training loss is %s: training diverged; lower --lr", fitted.final_loss)
     metrics = _train_metrics(cfg, fitted, model, device, ranks, (val_top1, test_top1, eval_wall_s))
     if not is_mnist:
