@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxship.calibrate.dataset import CalibrationSet
+from onnxship.calibrate.calibration_data import CalibrationSet
 from onnxship.calibrate.ort_static import (
     HistogramCaps,
     RangeOverride,
@@ -49,7 +49,7 @@ SQNR_INPUT_BYTES = 8 << 20
 BUDGET_SLACK = 1e-9
 
 
-# Words for the three scores a candidate can be measured on (calibrate.dataset.BudgetMetric
+# Words for the three scores a candidate can be measured on (calibrate.calibration_data.BudgetMetric
 # values): top-1 with labels; without labels, top-1 agreement with FP32 or output SQNR in dB.
 METRIC_WORDS = {"top1": "val top-1", "top1_agreement": "top-1 agreement with FP32",
                 "sqnr_db": "output SQNR vs FP32"}  # fmt: skip

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxship.calibrate.dataset import CalibrationSet
+from onnxship.calibrate.calibration_data import CalibrationSet
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.recipes import CalibMethod, QuantScope, Recipe
 

@@ -4,7 +4,7 @@
 
 1. Calibration set from the validation part of MNIST's training split (or a user's .npz),
    preprocessed with the normalisation stored in the model's metadata; the evaluation set
-   (`calibrate.dataset.EvaluationSet`) from the rest of that validation part, or from a
+   (`calibrate.calibration_data.EvaluationSet`) from the rest of that validation part, or from a
    user's `--val-npz` (any model: no metadata needed when both sets are npz files).
 2. `quant_pre_process`, then exact graph rewrites (`calibrate.graph_prep`), in a temporary folder.
 3. The recipes: the grid exact on this CPU's integer class (`calibrate.recipes.auto_grid`;
@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxship.calibrate.dataset import CalibrationConfig
+from onnxship.calibrate.calibration_data import CalibrationConfig
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.fallback import (
     fallback_to_float,

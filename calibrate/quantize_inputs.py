@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxship.calibrate.dataset import (
+from onnxship.calibrate.calibration_data import (
     CalibrationConfig,
     CalibrationSet,
     EvaluationSet,

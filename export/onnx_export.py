@@ -437,7 +437,7 @@ def mnist_test_inputs(
     from onnxship.core import mnist
 
     try:
-        from onnxship.models.data import ensure_mnist
+        from onnxship.models.training_data import ensure_mnist
 
         root = ensure_mnist(data_dir)  # downloads only when files are missing
     except ImportError:  # torch-free install: no download, a clear error instead
@@ -457,7 +457,7 @@ def parity_inputs(
     recorded = data if data is not None else meta.data
     if meta.dataset is None or meta.dataset.kind is DatasetKind.MNIST:
         return mnist_test_inputs(data_dir, samples, meta.mean, meta.std)
-    from onnxship.models.data import DataConfig, open_data
+    from onnxship.models.training_data import DataConfig, open_data
 
     cfg = recorded if isinstance(recorded, DataConfig) else DataConfig.from_json(recorded)
     test = open_data(cfg, data_dir).split("test")
@@ -488,7 +488,7 @@ def onnx_from_checkpoint(
     data: Any = None,
 ) -> Artifact:
     """Export the checkpoint `src` (.pt + .json sidecar) to one checked `.onnx` at `out_path`.
-    Parity data: `data` (a models.data.DataConfig), else what the checkpoint records.
+    Parity data: `data` (a models.training_data.DataConfig), else what the checkpoint records.
 
     Raises `ExportError` (exit 2) for bad input (opset onnxruntime cannot run, unwritable
     output, exporter failure), `ModelsError` for a checkpoint that does not match its

@@ -57,7 +57,9 @@ class CheckpointMeta:
     dataset: DatasetInfo | None = (
         None  # None: MNIST (checkpoints written before datasets were recorded)
     )
-    data: dict[str, Any] | None = None  # models.data.DataConfig.to_json(): where to read it
+    data: dict[str, Any] | None = (
+        None  # models.training_data.DataConfig.to_json(): where to read it
+    )
     factory: ModelFactory | None = None  # a user's own network
     shapes: dict[str, dict[str, Any]] | None = None  # module_shapes() of a factory model
 

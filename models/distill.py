@@ -57,7 +57,6 @@ from onnxship.models.checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
-from onnxship.models.data import DataConfig
 from onnxship.models.errors import ModelsError
 from onnxship.models.flops import count_macs, count_params
 from onnxship.models.loop import (
@@ -68,6 +67,7 @@ from onnxship.models.loop import (
     process_cpu_s,
     side_by_side,
 )
+from onnxship.models.training_data import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +425,7 @@ def distilled_from_checkpoints(
     `test_top1_no_kd`, `val_top1_kd`, `val_top1_no_kd`, `teacher_test_top1`,
     `teacher_val_top1`, `val_top1_start`, `steps`, MACs/params of both, wall times.
     """
-    from onnxship.models.data import open_data
+    from onnxship.models.training_data import open_data
 
     ranks = distributed.current()
     cfg.validate()

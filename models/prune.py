@@ -38,7 +38,6 @@ from torch.nn.utils import prune as torch_prune
 from onnxship.core.artifact import Artifact, sha256_file
 from onnxship.core.flags import flag, non_negative_int, number, parse_ratios, positive_int
 from onnxship.models.checkpoint import load_checkpoint, save_checkpoint
-from onnxship.models.data import DataConfig, DataSplits, open_data
 from onnxship.models.errors import ModelsError
 from onnxship.models.flops import count_macs, count_nonzero_params, count_params
 from onnxship.models.loop import SgdConfig
@@ -73,6 +72,7 @@ from onnxship.models.prune_targets import (
     widths_for_macs_budget,
     widths_for_ratios,
 )
+from onnxship.models.training_data import DataConfig, DataSplits, open_data
 
 __all__ = [
     "DEFAULT_MACS_BUDGET", "DEFAULT_SPARSITY", "DEPGRAPH_MAX_RATIO", "DEPGRAPH_STEPS",

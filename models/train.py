@@ -45,7 +45,6 @@ from onnxship.core.flags import (
 )
 from onnxship.core.mnist import MNIST_MEAN, MNIST_STD
 from onnxship.models import distributed
-from onnxship.models.data import DataConfig, DataSplits
 from onnxship.models.errors import ModelsError
 from onnxship.models.loop import (
     AmpMode,
@@ -57,6 +56,7 @@ from onnxship.models.loop import (
     train_sgd,
 )
 from onnxship.models.registry import ModelFactory, create_model, list_models
+from onnxship.models.training_data import DataConfig, DataSplits
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def trained_from_data(
     Under torchrun every rank trains its shard (`models.distributed`), accuracy is all-reduced,
     and only rank 0 writes the checkpoint; every rank returns rank 0's Artifact.
     """
-    from onnxship.models.data import open_data
+    from onnxship.models.training_data import open_data
 
     ranks = distributed.current()
     cfg.validate(cpu_flags=cpu_flags)

@@ -81,8 +81,8 @@ def train(
 
     `ranks` (a `models.distributed.Ranks`, under torchrun): every rank trains its shard of
     each batch, rank 0 alone writes."""
-    from onnxship.models.data import ensure_mnist
     from onnxship.models.train import TrainConfig
+    from onnxship.models.training_data import ensure_mnist
     from onnxship.stages.train import trained_checkpoint
 
     cfg = cfg or TrainConfig()

@@ -179,7 +179,7 @@ def quantize_for_screen(
     fp32: Path, recipe_name: str, calib_x: np.ndarray, scratch: Path, tag: str
 ) -> Path:
     """Static INT8 of `fp32` with one recipe (ranges from `calib_x`): for latency only."""
-    from onnxship.calibrate.dataset import CalibrationSet
+    from onnxship.calibrate.calibration_data import CalibrationSet
     from onnxship.calibrate.ort_static import preprocess_model, quantize_with_recipe
     from onnxship.calibrate.recipes import parse_recipe
 
@@ -821,9 +821,9 @@ def _load_search_inputs(
     import torch
 
     from onnxship.models.checkpoint import load_checkpoint
-    from onnxship.models.data import DataConfig, open_data
     from onnxship.models.evaluate import top1
     from onnxship.models.search_space import space_candidates
+    from onnxship.models.training_data import DataConfig, open_data
 
     teacher, teacher_meta = load_checkpoint(teacher_ckpt)
     pruned, pruned_meta = load_checkpoint(pruned_ckpt)
@@ -941,7 +941,7 @@ def searched_from_checkpoints(
 
     `pruned_ckpt` is the pipeline's pruned + distilled student (the PRUNED candidate);
     `teacher_onnx` the teacher's FP32 artifact (the latency reference). The data is `data` (a
-    `models.data.DataConfig`), else the one the teacher's checkpoint records, else MNIST under
+    `models.training_data.DataConfig`), else the one the teacher's checkpoint records, else MNIST under
     `data_dir`. A teacher built by a user's factory searches the width multipliers of that
     factory's keyword arguments (`models.search_space.width_multipliers`) unless `cfg.space`
     names another space. `candidates` overrides the space (tests)."""

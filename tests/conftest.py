@@ -100,9 +100,9 @@ def _quick_checkpoint(tmp_dir: Path, root: Path, arch: str, widths: dict, epochs
     import torch
 
     from onnxship.models.checkpoint import save_checkpoint
-    from onnxship.models.data import load_split
     from onnxship.models.loop import SgdConfig, train_sgd
     from onnxship.models.registry import create_model
+    from onnxship.models.training_data import load_split
 
     torch.manual_seed(0)
     fit = load_split(root, "fit")

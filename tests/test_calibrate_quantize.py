@@ -28,8 +28,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import load_tensors_data
 
+from onnxship.calibrate.calibration_data import CalibrationSet, input_spec_of
 from onnxship.calibrate.coverage import integer_mac_share
-from onnxship.calibrate.dataset import CalibrationSet, input_spec_of
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.graph_prep import cap_opset, ort_max_qdq_opset, reshape_to_flatten
 from onnxship.calibrate.int8_file import drop_unused_opset_imports

@@ -26,7 +26,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxship.calibrate.dataset import CalibrationSet
+from onnxship.calibrate.calibration_data import CalibrationSet
 from onnxship.calibrate.ort_static import preprocess_model, quantize_with_recipe
 from onnxship.calibrate.quantize import LatencyConfig, QuantizeConfig, int8_from_onnx
 from onnxship.calibrate.recipes import SATURATING_CLASSES, parse_recipe

@@ -10,7 +10,7 @@ import pytest
 from test_calibrate_stage import build_simplecnn_onnx
 
 from onnxship.api import default_artifact_name
-from onnxship.calibrate.dataset import CalibrationConfig
+from onnxship.calibrate.calibration_data import CalibrationConfig
 from onnxship.calibrate.recipes import PRESET_NAMES
 from onnxship.cli import main
 

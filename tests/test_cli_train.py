@@ -79,7 +79,7 @@ def test_train_cli_refuses_amp_when_cpu_lacks_native_bf16(
 def test_train_cli_exits_2_naming_folder_and_files_when_data_is_missing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from onnxship.models.data import NO_DOWNLOAD_ENV
+    from onnxship.models.training_data import NO_DOWNLOAD_ENV
 
     monkeypatch.setenv(NO_DOWNLOAD_ENV, "1")
     empty = tmp_path / "empty"

@@ -13,12 +13,17 @@ from torch import nn
 
 from onnxship.core.dataset import DatasetInfo, DatasetKind, mnist_info
 from onnxship.models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
-from onnxship.models.data import DataConfig, carve_validation, check_model_on_data, open_data
 from onnxship.models.errors import ModelsError
 from onnxship.models.flops import count_macs
 from onnxship.models.prune import PruneConfig, prune_model_depgraph
 from onnxship.models.registry import ModelFactory, prune_groups
 from onnxship.models.train import TrainConfig, trained_from_data
+from onnxship.models.training_data import (
+    DataConfig,
+    carve_validation,
+    check_model_on_data,
+    open_data,
+)
 
 NETS = '''
 import torch

@@ -459,7 +459,7 @@ def test_searched_from_checkpoints_races_trains_and_records_each_decision_on_val
     survivors (the distill stage's trainer), selection on validation; every candidate's row
     says what happened with the number behind it, and the winner's checkpoint loads."""
     from onnxship.models.checkpoint import load_checkpoint
-    from onnxship.models.data import DataConfig, DatasetKind, load_split
+    from onnxship.models.training_data import DataConfig, DatasetKind, load_split
     from onnxship.search import SearchTrainConfig, searched_from_checkpoints
 
     # 3,000 training (2,700 fit: 11 batches of 256) and 500 test images of MNIST as npz: the

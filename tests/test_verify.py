@@ -14,7 +14,7 @@ import onnx
 import pytest
 import tiny_onnx as tiny  # noqa: E402  (tests/ is on sys.path: pytest prepend import mode)
 
-from onnxship.calibrate.dataset import CalibrationSet
+from onnxship.calibrate.calibration_data import CalibrationSet
 from onnxship.calibrate.ort_static import preprocess_model, quantize_with_recipe
 from onnxship.calibrate.recipes import parse_recipe
 from onnxship.cli import main

@@ -1,7 +1,7 @@
 """MNIST without torch: data-root resolution, idx-file reading, the fixed validation split.
 
 This is the single source of truth for *which* training images are held out as validation
-(pruning, calibration and recipe decisions use them) so that the PyTorch side (`models.data`)
+(pruning, calibration and recipe decisions use them) so that the PyTorch side (`models.training_data`)
 and the torch-free side (`calibrate`, `runtime_bench`) can never disagree.
 """
 

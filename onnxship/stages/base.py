@@ -19,8 +19,8 @@ from onnxship.core.artifact import Artifact
 from onnxship.stage_run import RunContext
 
 if TYPE_CHECKING:
-    from onnxship.models.data import DataSplits
     from onnxship.models.registry import ModelFactory
+    from onnxship.models.training_data import DataSplits
     from onnxship.stages.config import PipelineConfig
 
 
@@ -118,7 +118,7 @@ class Run:
 
     @property
     def data(self) -> Any:
-        """The user's data config (a `models.data.DataConfig`) for the library functions;
+        """The user's data config (a `models.training_data.DataConfig`) for the library functions;
         None: MNIST, or what a checkpoint records."""
         return self.own.splits.config if self.own is not None else None
 

@@ -19,11 +19,11 @@ from onnxship.errors import PipelineError
 from onnxship.export.fp16 import Fp16Config
 from onnxship.export.onnx_export import ExportConfig
 from onnxship.measure import BenchSettings, EvalSettings
-from onnxship.models.data import DataConfig
 from onnxship.models.distill import DistillConfig
 from onnxship.models.prune import PruneConfig
 from onnxship.models.registry import ModelFactory
 from onnxship.models.train import TrainConfig
+from onnxship.models.training_data import DataConfig
 from onnxship.search import SearchConfig
 
 

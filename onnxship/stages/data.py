@@ -18,8 +18,8 @@ from typing import Any
 from onnxship.core.artifact import Artifact, atomic_write_bytes, sha256_file
 from onnxship.core.dataset import DatasetKind
 from onnxship.errors import PipelineError
-from onnxship.models.data import open_data
 from onnxship.models.errors import ModelsError
+from onnxship.models.training_data import open_data
 from onnxship.stages.base import OwnRun, Run, Stage, Work
 from onnxship.stages.config import PipelineConfig
 

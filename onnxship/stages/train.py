@@ -38,7 +38,7 @@ def stage(cfg: PipelineConfig) -> Stage:
 def found_inputs(run: Run, work: Work) -> Work:
     """MNIST's four files once checked (downloaded when missing), as `onnxship train` records
     them; with a user's factory, its module's file (editing it retrains)."""
-    from onnxship.models.data import ensure_mnist
+    from onnxship.models.training_data import ensure_mnist
 
     if run.own is None:
         root = ensure_mnist(run.data_dir)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxship.calibrate.dataset import (
+from onnxship.calibrate.calibration_data import (
     INDICES_KEY,
     SOURCE_SPLIT,
     CalibrationConfig,

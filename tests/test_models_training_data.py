@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from onnxship.core import mnist
-from onnxship.models import data
+from onnxship.models import training_data
 from onnxship.models.errors import ModelsError
 
 FOUR_FILES = mnist.MNIST_FILES
@@ -48,9 +48,9 @@ def test_resolve_data_root_prefers_flag_then_env_then_dot_data(
 def test_ensure_mnist_names_folder_and_four_files_when_missing_and_download_disabled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(data.NO_DOWNLOAD_ENV, "1")
+    monkeypatch.setenv(training_data.NO_DOWNLOAD_ENV, "1")
     with pytest.raises(ModelsError) as info:
-        data.ensure_mnist(tmp_path)
+        training_data.ensure_mnist(tmp_path)
     message = str(info.value)
     assert info.value.exit_code == 2
     assert str(mnist.raw_dir(tmp_path)) in message
@@ -66,10 +66,10 @@ def test_ensure_mnist_reports_one_line_error_when_download_fails_offline(
     offline and fails within milliseconds on any machine."""
     from torchvision.datasets import MNIST
 
-    monkeypatch.delenv(data.NO_DOWNLOAD_ENV, raising=False)
+    monkeypatch.delenv(training_data.NO_DOWNLOAD_ENV, raising=False)
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
     with pytest.raises(ModelsError) as info:
-        data.ensure_mnist(tmp_path)
+        training_data.ensure_mnist(tmp_path)
     message = str(info.value)
     assert str(mnist.raw_dir(tmp_path)) in message
     assert all(name in message for name in FOUR_FILES)
@@ -81,10 +81,10 @@ def test_ensure_mnist_reports_one_line_error_when_download_fails_offline(
 def test_ensure_mnist_accepts_valid_files_without_download(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(data.NO_DOWNLOAD_ENV, "1")
+    monkeypatch.setenv(training_data.NO_DOWNLOAD_ENV, "1")
     _fake_mnist(tmp_path)
-    assert data.ensure_mnist(tmp_path) == tmp_path
-    split = data.load_split(tmp_path, "test")
+    assert training_data.ensure_mnist(tmp_path) == tmp_path
+    split = training_data.load_split(tmp_path, "test")
     assert tuple(split.x.shape) == (20, 1, 28, 28)
     assert split.x.dtype.is_floating_point and split.y.dtype.is_signed
 
@@ -113,11 +113,11 @@ def test_ensure_mnist_refuses_idx_file(
     split: str,
     expected: list[str],
 ) -> None:
-    monkeypatch.setenv(data.NO_DOWNLOAD_ENV, "1")
+    monkeypatch.setenv(training_data.NO_DOWNLOAD_ENV, "1")
     bad = _fake_mnist(tmp_path) / file
     bad.write_bytes(corrupt(bad.read_bytes()))
     with pytest.raises(ModelsError) as info:
-        data.load_split(tmp_path, split)
+        training_data.load_split(tmp_path, split)
     message = str(info.value)
     assert str(bad) in message
     for part in expected:
@@ -126,7 +126,7 @@ def test_ensure_mnist_refuses_idx_file(
 
 def test_load_split_rejects_unknown_split_name(mnist_root: Path) -> None:
     with pytest.raises(ModelsError, match="unknown split 'valid'.*train, fit, val, test"):
-        data.load_split(mnist_root, "valid")
+        training_data.load_split(mnist_root, "valid")
 
 
 def test_validation_split_is_fixed_disjoint_and_matches_torch_free_loader(mnist_root: Path) -> None:
@@ -138,9 +138,9 @@ def test_validation_split_is_fixed_disjoint_and_matches_torch_free_loader(mnist_
     assert np.intersect1d(fit_idx, val_idx).size == 0
     assert np.union1d(fit_idx, val_idx).size == 60000
 
-    fit = data.load_split(mnist_root, "fit")
-    val = data.load_split(mnist_root, "val")
-    test = data.load_split(mnist_root, "test")
+    fit = training_data.load_split(mnist_root, "fit")
+    val = training_data.load_split(mnist_root, "val")
+    test = training_data.load_split(mnist_root, "test")
     assert (len(fit), len(val), len(test)) == (55000, 5000, 10000)
     # The torch side and the torch-free side hold out exactly the same images.
     plain_val = mnist.load_split(mnist_root, "val")
