@@ -115,7 +115,7 @@ def write_mnist_npz(run: Run, work: Work) -> Artifact:
     return Artifact.from_file(work.outputs[0], stage="data", config=run.cfg.data.to_json())
 
 
-def dataset_block(teacher_ckpt: Path, test_npz: Path | None, out: Path) -> dict[str, Any]:
+def dataset_block(teacher_ckpt: Path, test_npz: Path, out: Path) -> dict[str, Any]:
     """The manifest's `dataset` block: the teacher checkpoint's DatasetInfo; `test_path`
     (relative to the bundle) names the npz every accuracy was measured on and `test_sha256`
     is that file's hash (what `verify` re-measures on and checks)."""
@@ -125,7 +125,6 @@ def dataset_block(teacher_ckpt: Path, test_npz: Path | None, out: Path) -> dict[
     meta = read_checkpoint_meta(teacher_ckpt)
     info = meta.dataset or mnist_info()
     block = info.to_json()
-    if test_npz is not None:
-        block["test_path"] = os.path.relpath(test_npz, out)
-        block["test_sha256"] = sha256_file(test_npz)
+    block["test_path"] = os.path.relpath(test_npz, out)
+    block["test_sha256"] = sha256_file(test_npz)
     return block

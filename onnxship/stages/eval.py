@@ -40,6 +40,4 @@ def produce(run: Run, work: Work) -> Artifact:
     onnx_paths = {p.stem: p for p in work.inputs if p.suffix == ".onnx"}
     (test_npz,) = [p for p in work.inputs if p.suffix == ".npz"]
     out, predictions = work.outputs
-    return eval_results(
-        onnx_paths, run.cfg.eval, out, predictions, data_dir=run.data_dir, data_npz=test_npz
-    )
+    return eval_results(onnx_paths, run.cfg.eval, out, predictions, data_npz=test_npz)
