@@ -607,3 +607,58 @@ def evaluation_set_from_npz(
         sha256=data.sha256,
         batch_size=batch_size,
     )
+
+
+def calibration_and_evaluation_from_npz(
+    path: str | os.PathLike[str],
+    specs: Sequence[InputSpec],
+    cfg: CalibrationConfig,
+    *,
+    batch_size: int = 500,
+) -> tuple[CalibrationSet, EvaluationSet]:
+    """One labelled validation `.npz` split in two, disjoint by construction: `cfg.size`
+    class-balanced rows drawn by `cfg.seed` (as `calibration_set_from_mnist` draws from MNIST
+    validation) calibrate; the budget is measured on every other row. The file's
+    `train_indices` (when present) become the calibration set's indices, so an npz of MNIST
+    validation gives the same calibration set, byte for byte, as MNIST itself."""
+    cfg.validate()
+    p = Path(path)
+    full = evaluation_set_from_npz(p, specs, batch_size=batch_size)
+    if full.labels is None:
+        raise CalibrateError(
+            f"validation file {p} has no '{Y_KEY}' labels: drawing a class-balanced calibration "
+            f"set from it needs them; add them, or pass --calib-npz and --val-npz apart"
+        )
+    n = full.samples
+    if cfg.size >= n:
+        raise CalibrateError(
+            f"calibration size {cfg.size} leaves none of the {n} samples of {p} to measure the "
+            "accuracy budget on; lower the calibration size"
+        )
+    picked = _balanced_draw(full.labels, cfg.size, cfg.seed)
+    indices = read_npz_arrays(p, what="validation file", fix="pass an existing .npz").get(
+        INDICES_KEY
+    )
+    feeds = {
+        s.name: check_inputs(
+            full.inputs[s.name][picked], s, source=os.fspath(p), batch_size=cfg.batch_size
+        )
+        for s in specs
+    }
+    calib = CalibrationSet(
+        feeds,
+        batch_size=cfg.batch_size,
+        source=f"npz:{p.name}",
+        train_indices=picked if indices is None else np.asarray(indices)[picked],
+        labels=full.labels[picked],
+    )
+    keep = np.ones(n, dtype=bool)
+    keep[picked] = False
+    evalset = EvaluationSet(
+        {k: v[keep] for k, v in full.inputs.items()},
+        full.labels[keep],
+        source=f"npz:{p.name} minus the {cfg.size} calibration rows",
+        sha256=full.sha256,
+        batch_size=batch_size,
+    )
+    return calib, evalset

@@ -331,6 +331,7 @@ def int8_from_onnx(
     calib_out: str | os.PathLike[str] | None = None,
     progress: bool = False,
     val_npz: str | os.PathLike[str] | None = None,
+    calib_from_val: bool = False,
 ) -> Artifact:
     """Quantize the FP32 model `src` to static INT8 at `out_path` (see the module docstring).
 
@@ -342,12 +343,14 @@ def int8_from_onnx(
 
     Writes `out_path` (and the calibration set to `calib_out` when given) only on success.
     `val_npz`: measure the budget on this dataset .npz instead of MNIST validation.
+    `calib_from_val`: draw the calibration set from `val_npz` (class-balanced, seeded, the
+    calibration size) and measure the budget on its other rows (`calib_npz` unused).
     Raises CalibrateError: bad input (exit 2); no recipe within the accuracy budget (exit 1,
     the message names the best recipe found and its drop).
     """
     started = time.perf_counter()
     cfg.validate()
-    inp = _load_inputs(Path(src), cfg, data_dir, calib_npz, val_npz)
+    inp = _load_inputs(Path(src), cfg, data_dir, calib_npz, val_npz, calib_from_val)
     with tempfile.TemporaryDirectory(prefix="onnxship-quantize-") as scratch_name:
         graph = prepare_graph(
             inp.src, Path(scratch_name), flatten_reshapes=cfg.flatten_reshapes,
@@ -402,11 +405,12 @@ def _load_inputs(
     data_dir: str | os.PathLike[str] | None,
     calib_npz: str | os.PathLike[str] | None,
     val_npz: str | os.PathLike[str] | None,
+    calib_from_val: bool = False,
 ) -> Inputs:
     return load_inputs(
         src, provider=cfg.provider, mean=cfg.mean, std=cfg.std, calibration=cfg.calibration,
         eval_batch=cfg.eval_batch, max_drop=cfg.max_drop, min_sqnr_db=cfg.min_sqnr_db,
-        data_dir=data_dir, calib_npz=calib_npz, val_npz=val_npz,
+        data_dir=data_dir, calib_npz=calib_npz, val_npz=val_npz, calib_from_val=calib_from_val,
     )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from onnxship.calibrate.calibration_data import (
     CalibrationSet,
     EvaluationSet,
     InputSpec,
+    calibration_and_evaluation_from_npz,
     calibration_set_from_mnist,
     calibration_set_from_npz,
     evaluation_set_from_mnist,
@@ -86,9 +87,11 @@ def load_inputs(
     data_dir: PathLike | None,
     calib_npz: PathLike | None,
     val_npz: PathLike | None,
+    calib_from_val: bool = False,
 ) -> Inputs:
     """Check the model and the provider, read the model's metadata, and load the calibration
-    and evaluation sets (`mean` / `std`: the user's normalisation override, or None)."""
+    and evaluation sets (`mean` / `std`: the user's normalisation override, or None).
+    `calib_from_val`: calibration drawn from `val_npz`, the budget on its other rows."""
     from onnxship.runtime_bench.session import check_model_file, check_provider_available
 
     check_model_file(src)
@@ -97,10 +100,17 @@ def load_inputs(
     src_meta = _source_metadata(src)
     norm: tuple[tuple[float, ...] | None, tuple[float, ...] | None, str]
     norm = (None, None, "none: npz data is preprocessed")
-    if calib_npz is None or val_npz is None:  # MNIST is involved: it needs the normalisation
-        norm = _normalisation(src_meta, mean, std, src)
-    calib = _calibration_set(specs, calibration, norm[0], norm[1], data_dir, calib_npz)
-    evalset = _evaluation_set(data_dir, calib, specs, norm[0], norm[1], val_npz, eval_batch)
+    if calib_from_val:
+        if val_npz is None:
+            raise CalibrateError("drawing calibration from the validation data needs val_npz")
+        calib, evalset = calibration_and_evaluation_from_npz(
+            val_npz, specs, calibration, batch_size=eval_batch
+        )
+    else:
+        if calib_npz is None or val_npz is None:  # MNIST is involved: it needs normalisation
+            norm = _normalisation(src_meta, mean, std, src)
+        calib = _calibration_set(specs, calibration, norm[0], norm[1], data_dir, calib_npz)
+        evalset = _evaluation_set(data_dir, calib, specs, norm[0], norm[1], val_npz, eval_batch)
     return Inputs(
         src=src, provider=provider, specs=specs, src_meta=src_meta, src_sha=sha256_file(src),
         mean=norm[0], std=norm[1], norm_source=norm[2], calib=calib, evalset=evalset,

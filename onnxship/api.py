@@ -244,11 +244,14 @@ def quantize(
     data_dir: PathLike | None = None,
     progress: bool = False,
     val_npz: PathLike | None = None,
+    calib_from_val: bool = False,
 ) -> Artifact:
     """FP32 `.onnx` -> static INT8 `out_dir/artifacts/<name>.onnx` (+ its calibration npz).
 
     calib_npz / val_npz: your own dataset `.npz` files to calibrate on and to measure the
-    accuracy budget on (top-1 with labels, fidelity to FP32 without); MNIST otherwise."""
+    accuracy budget on (top-1 with labels, fidelity to FP32 without); MNIST otherwise.
+    calib_from_val: draw the calibration set from the labelled `val_npz` and measure the
+    budget on its other rows (what `onnxship run` does with its data/val.npz on MNIST)."""
     from onnxship.calibrate.quantize import STAGE, QuantizeConfig, int8_from_onnx
 
     cfg = cfg or QuantizeConfig()
@@ -274,6 +277,7 @@ def quantize(
             calib_out=calib_path,
             progress=progress,
             val_npz=val,
+            calib_from_val=calib_from_val,
         ),
         extra_outputs=[calib_path],
     )

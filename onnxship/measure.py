@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxship.core import mnist
 from onnxship.core.artifact import Artifact, atomic_write_json, utc_now
 from onnxship.errors import PipelineError
 from onnxship.runtime_bench.providers import (  # the EP table; ProviderProbe kept importable here
@@ -150,15 +149,6 @@ def machine_key() -> dict[str, Any]:
     return {k: fp[k] for k in FINGERPRINT_MACHINE_KEYS}
 
 
-def eval_data_files(data_dir: str | None, data_npz: Path | None) -> list[Path]:
-    """The files the eval stage measures on (its inputs after the artifacts): the labelled
-    `data_npz`, else MNIST's test images and labels under `data_dir`."""
-    if data_npz is not None:
-        return [data_npz]
-    raw = mnist.require_files(mnist.resolve_data_root(data_dir))
-    return [raw / mnist.TEST_IMAGES, raw / mnist.TEST_LABELS]
-
-
 def eval_key(settings: EvalSettings) -> dict[str, Any]:
     """The eval stage's recorded config. The machine is part of it, as for bench: the manifest
     records the environment of the run that writes it, and verify demands exact predictions on
@@ -174,13 +164,12 @@ def eval_results(
     out: Path,
     preds_path: Path,
     *,
-    data_dir: str | None,
-    data_npz: Path | None = None,
+    data_npz: Path,
 ) -> Artifact:
-    """Measure every artifact's test top-1 and write `out` (results/eval.json) and every
-    argmax to `preds_path`, so `onnxship verify` on another CPU can count differing
-    predictions."""
-    results, predictions = _evaluated(onnx_paths, settings, data_dir, data_npz)
+    """Measure every artifact's test top-1 on the labelled `data_npz` (the run's
+    data/test.npz) and write `out` (results/eval.json) and every argmax to `preds_path`, so
+    `onnxship verify` on another CPU can count differing predictions."""
+    results, predictions = _evaluated(onnx_paths, settings, data_npz)
     _write_predictions(preds_path, predictions, results)
     atomic_write_json(
         out,
@@ -202,10 +191,10 @@ def eval_stage(
     settings: EvalSettings,
     onnx_paths: Mapping[str, Path],
     *,
-    data_npz: Path | None = None,
+    data_npz: Path,
 ) -> dict[str, Any]:
-    """Test top-1 of every artifact (MNIST test, or the labelled `data_npz`), as a cached
-    stage of `ctx`; returns the parsed results/eval.json."""
+    """Test top-1 of every artifact on the labelled `data_npz`, as a cached stage of `ctx`;
+    returns the parsed results/eval.json."""
     out = ctx.path("results", "eval.json")
     preds_path = ctx.path("results", PREDICTIONS_FILE)
     cached_stage(
@@ -213,11 +202,9 @@ def eval_stage(
         "eval",
         stage="eval",
         config=eval_key(settings),
-        inputs=[*onnx_paths.values(), *eval_data_files(ctx.data_dir, data_npz)],
+        inputs=[*onnx_paths.values(), data_npz],
         outputs=[out, preds_path],
-        produce=lambda: eval_results(
-            onnx_paths, settings, out, preds_path, data_dir=ctx.data_dir, data_npz=data_npz
-        ),
+        produce=lambda: eval_results(onnx_paths, settings, out, preds_path, data_npz=data_npz),
     )
     return _load_json(out)
 
@@ -225,34 +212,23 @@ def eval_stage(
 def _evaluated(
     onnx_paths: Mapping[str, Path],
     settings: EvalSettings,
-    data_dir: str | None,
-    data_npz: Path | None,
+    data_npz: Path,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each artifact's accuracy record and its predictions (int32 argmax per sample)."""
     import numpy as np
 
-    from onnxship.runtime_bench.accuracy import evaluate_npz, evaluate_onnx
+    from onnxship.runtime_bench.accuracy import evaluate_npz
 
     results: dict[str, Any] = {}
     predictions: dict[str, Any] = {}
     for name, path in onnx_paths.items():
-        if data_npz is not None:
-            results[name] = evaluate_npz(
-                path,
-                data_npz,
-                batch_size=settings.batch_size,
-                provider=settings.provider,
-                return_predictions=True,
-            )
-        else:
-            results[name] = evaluate_onnx(
-                path,
-                data_dir=data_dir,
-                split="test",
-                batch_size=settings.batch_size,
-                provider=settings.provider,
-                return_predictions=True,
-            )
+        results[name] = evaluate_npz(
+            path,
+            data_npz,
+            batch_size=settings.batch_size,
+            provider=settings.provider,
+            return_predictions=True,
+        )
         predictions[name] = results[name].pop("predictions").astype(np.int32)
     return results, predictions
 

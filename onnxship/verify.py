@@ -15,9 +15,9 @@ For every artifact:
   (`calibrate.coverage`; without onnx the detail says it was not re-measured);
 - loads in ONNX Runtime (CPU);
 - accuracy: test top-1 re-measured with the recorded settings on the data the manifest's
-  `dataset` block names: MNIST's test split (kind "mnist", or no block), or the test `.npz`
-  at `dataset.test_path` (kind "npz"; relative to the bundle), whose sha256 must equal
-  `dataset.test_sha256`. When this machine's
+  `dataset` block names: the test `.npz` at `dataset.test_path` (relative to the bundle;
+  every bundle `onnxship run` writes, MNIST included), whose sha256 must equal
+  `dataset.test_sha256`, or, for older MNIST bundles without it, MNIST's test split. When this machine's
   environment matches the manifest's (CPU model, ISA extensions, onnxruntime version), the
   same file on the same data and runtime must give exactly the recorded top-1 (and the
   recorded predictions). Otherwise ORT's float kernels may legitimately flip a borderline
@@ -397,7 +397,7 @@ def accuracy_source(
     from onnxship.runtime_bench.accuracy import evaluate_npz, evaluate_onnx
 
     dataset = manifest.get("dataset") or {}
-    if dataset.get("kind", "mnist") == "mnist":
+    if dataset.get("kind", "mnist") == "mnist" and not dataset.get("test_path"):  # older bundle
         return lambda path, recorded: evaluate_onnx(
             path,
             data_dir=data_dir,

@@ -264,6 +264,8 @@ def unvouched_files(bundle: Path) -> list[str]:
             continue  # temporary files are counted apart
         if rel.parts[0] == "stages" or path.name in (RUN_MARKER, RUN_LOCK, "manifest.json"):
             continue  # records, the marker and the manifest vouch; the lock file is bookkeeping
+        if rel.parts[0] == "data":
+            continue  # the unrecorded data step rewrites data/*.npz (atomically) every run
         if rel.parts[0] == "plots" or path.name == "report.md":
             if not has_manifest:
                 problems.append(f"{rel} without a manifest")

@@ -206,3 +206,31 @@ def test_calibration_set_from_npz_with_several_inputs_feeds_each_by_name(tmp_pat
         np.savez(tmp_path / "one.npz", image=data["image"])
     with pytest.raises(CalibrateError, match="input 'extra'.*one array per input"):
         calibration_set_from_npz(tmp_path / "one.npz", specs, CalibrationConfig(batch_size=4))
+
+
+def test_calibration_and_evaluation_from_an_npz_of_mnist_validation_equal_mnist_and_are_disjoint(
+    mnist_root: Path, tmp_path: Path
+) -> None:
+    """The pipeline's data/val.npz: the calibration set drawn from it is MNIST's, byte for
+    byte, and the budget is measured on exactly the other validation images."""
+    from onnxship.calibrate.calibration_data import (
+        calibration_and_evaluation_from_npz,
+        evaluation_set_from_mnist,
+    )
+    from onnxship.core.dataset import npz_bytes
+
+    val = tmp_path / "val.npz"
+    val.write_bytes(npz_bytes(mnist.split_npz_arrays(mnist_root, "val", MEAN, STD)))
+    cfg = CalibrationConfig(size=64)
+    calib, evalset = calibration_and_evaluation_from_npz(val, [SPEC], cfg, batch_size=500)
+    want = calibration_set_from_mnist(mnist_root, SPEC, MEAN, STD, cfg)
+    assert calib.sha256() == want.sha256()
+    want_eval = evaluation_set_from_mnist(mnist_root, want, SPEC, MEAN, STD)
+    assert evalset.samples == want_eval.samples == 5000 - 64
+    np.testing.assert_array_equal(evalset.inputs[SPEC.name], want_eval.inputs[SPEC.name])
+    np.testing.assert_array_equal(evalset.labels, want_eval.labels)
+    drawn = {tuple(r) for r in calib.inputs.reshape(64, -1)[:, ::7].tolist()}
+    held = {tuple(r) for r in evalset.inputs[SPEC.name].reshape(evalset.samples, -1)[:, ::7]}
+    assert calib.train_indices is not None and not drawn & held
+    with pytest.raises(CalibrateError, match="leaves none"):
+        calibration_and_evaluation_from_npz(val, [SPEC], CalibrationConfig(size=5000))

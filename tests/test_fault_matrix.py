@@ -1006,9 +1006,13 @@ def test_api_stages_write_the_records_the_pipeline_wrote(
         "distill": lambda out: api.distill(
             ckpt / "student-pruned.pt", ckpt / "teacher.pt", out, cfg.distill, data_dir=mnist_root
         ),
-        "quantize": lambda out: api.quantize(
-            bundle / "artifacts" / "student-fp32.onnx", out, cfg.quantize, data_dir=mnist_root
-        ),
+        "quantize": lambda out: api.quantize(  # the run's MNIST validation npz, as the run
+            bundle / "artifacts" / "student-fp32.onnx",
+            out,
+            cfg.quantize,
+            val_npz=bundle / "data" / "val.npz",
+            calib_from_val=True,
+        ),  # fmt: skip
     }
     for stage, make in made.items():
         out = tmp_path / stage

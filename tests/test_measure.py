@@ -95,15 +95,19 @@ def test_eval_stage_is_reused_on_the_same_machine_and_re_measured_on_another(
     """The manifest names the environment of the run that writes it and verify demands exact
     predictions there: a bundle re-run on another machine must re-measure, not reuse."""
     import onnxship.core.env as env
+    from onnxship.core import mnist
+    from onnxship.core.dataset import npz_bytes
 
     paths = {"pixel": tiny.pixel_classifier(tmp_path / "pixel.onnx")}
     bundle = tmp_path / "bundle"
-    for folder in ("results", "stages"):
+    for folder in ("results", "stages", "data"):
         (bundle / folder).mkdir(parents=True)
+    test_npz = bundle / "data" / "test.npz"
+    test_npz.write_bytes(npz_bytes(mnist.split_npz_arrays(mnist_root, "test")))
 
     def run() -> RunContext:
         ctx = RunContext(out_dir=bundle, force=False, data_dir=mnist_root)
-        eval_stage(ctx, EvalSettings(), paths)
+        eval_stage(ctx, EvalSettings(), paths, data_npz=test_npz)
         return ctx
 
     run()

@@ -174,6 +174,32 @@ def test_verify_names_a_tampered_artifact(bundle: Path, tmp_path: Path) -> None:
     assert json.loads(report_path.read_text())["failed_artifacts"] == ["student-fp16"]
 
 
+def test_mnist_bundle_measures_on_its_data_npz_and_verify_detects_a_changed_test_npz(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """MNIST's test split is written once to data/test.npz: every accuracy was measured on it,
+    the manifest names it with its sha256, and verify fails when it changed after the run."""
+    import numpy as np
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    dataset = manifest["dataset"]
+    assert dataset["kind"] == "mnist" and dataset["test_path"] == "data/test.npz"
+    assert dataset["test_sha256"] == sha256_file(bundle / "data" / "test.npz")
+    records = {p.stem: json.loads(p.read_text()) for p in (bundle / "stages").glob("*.json")}
+    for name in ("quantize", "fp16", "eval"):
+        read = {Path(i["path"]).name for i in records[name]["inputs"]}
+        assert ("val.npz" if name == "quantize" else "test.npz") in read, (name, read)
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(bundle), str(copy)], check=True)
+    test_npz = copy / "data" / "test.npz"
+    arrays = dict(np.load(test_npz))
+    arrays["y"][0] = (arrays["y"][0] + 1) % 10
+    np.savez(test_npz, **arrays)
+    report_path = tmp_path / "verify.json"
+    assert main(["verify", str(copy), "--json", str(report_path)]) == 1
+    assert "test data changed after the run" in report_path.read_text()
+
+
 def test_gate_on_the_bundle_passes_a_matching_baseline_and_fails_a_stricter_one(
     bundle: Path, tmp_path: Path
 ) -> None:

@@ -215,6 +215,20 @@ def read_npz_arrays(
         ) from exc
 
 
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """`arrays` as .npz bytes, byte-identical for identical data (entries carry a fixed
+    timestamp, unlike `numpy.savez`), so a file's sha256 identifies its data."""
+    import io
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.ascontiguousarray(value), allow_pickle=False)
+    return buffer.getvalue()
+
+
 def _input_arrays(
     p: Path, arrays: Mapping[str, np.ndarray], input_names: Sequence[str] | None
 ) -> dict[str, np.ndarray]:

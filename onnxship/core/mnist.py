@@ -172,3 +172,21 @@ def normalize(
     m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
     s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
     return (x - m) / s
+
+
+def split_npz_arrays(
+    root: str | os.PathLike[str],
+    split: str,
+    mean: Sequence[float] = MNIST_MEAN,
+    std: Sequence[float] = MNIST_STD,
+) -> dict[str, np.ndarray]:
+    """One split as the arrays of a contract npz: `x` (normalised as `normalize`, the values
+    every ONNX-side reader fed before), `y` (int64) and, for 'val' / 'fit', `train_indices`
+    (int64 positions in the 60,000-image training split, in the order of the rows)."""
+    data = load_split(root, split)
+    arrays = {"x": normalize(data.images, mean, std), "y": data.labels.astype(np.int64)}
+    if split in ("fit", "val"):
+        n_train = check_idx_header(raw_dir(root) / TRAIN_LABELS, expect_magic=LABEL_MAGIC)[1][0]
+        fit_idx, val_idx = validation_split(n_train)
+        arrays["train_indices"] = (fit_idx if split == "fit" else val_idx).astype(np.int64)
+    return arrays

@@ -1,9 +1,12 @@
-"""A user's own model and data (`[model] factory`, `[data] kind = "npz" | "imagefolder"`):
-checked before the bundle folder is touched, then written into the bundle as npz files for the
-ONNX-side stages (an unrecorded step: it runs every time and rewrites a file only when its
-content changes, so stages keyed on their sha256 stay cached).
+"""The data step: the ONNX-side stages read the run's data as npz files inside the bundle, for
+MNIST as for a user's own model and data (`[model] factory`, `[data] kind = "npz" |
+"imagefolder"`, checked before the bundle folder is touched). An unrecorded step: it runs every
+time and rewrites a file only when its content changes, so stages keyed on their sha256 stay
+cached.
 
-    data/val.npz   the carved validation split: INT8 calibration and its accuracy budget
+    data/val.npz   the validation split: INT8 calibration and its accuracy budget (MNIST:
+                   normalised with the model's mean/std, with `train_indices`; calibration
+                   is drawn from it and the budget measured on the other rows)
     data/test.npz  the test data: FP16 parity, eval and `verify`
 """
 
@@ -15,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from onnxship.core.artifact import Artifact, atomic_write_bytes, sha256_file
+from onnxship.core.artifact import Artifact, atomic_write_bytes, sha256_bytes, sha256_file
 from onnxship.core.dataset import DatasetKind
 from onnxship.errors import PipelineError
 from onnxship.models.errors import ModelsError
@@ -31,14 +34,6 @@ def uses_own_data(cfg: PipelineConfig) -> bool:
     """True when the run trains a user's factory model or reads a user's data: its ONNX-side
     stages then read `data/val.npz` and `data/test.npz`."""
     return cfg.model.factory is not None or cfg.data.kind is not DatasetKind.MNIST
-
-
-def val_inputs(cfg: PipelineConfig) -> tuple[str, ...]:
-    return (VAL_NPZ,) if uses_own_data(cfg) else ()
-
-
-def test_inputs(cfg: PipelineConfig) -> tuple[str, ...]:
-    return (TEST_NPZ,) if uses_own_data(cfg) else ()
 
 
 def own_model_and_data(cfg: PipelineConfig) -> OwnRun | None:
@@ -74,9 +69,7 @@ def own_model_and_data(cfg: PipelineConfig) -> OwnRun | None:
 
 
 def stages(cfg: PipelineConfig) -> list[Stage]:
-    """The data step when the run has its own data; none for MNIST."""
-    if not uses_own_data(cfg):
-        return []
+    """The data step: data/val.npz and data/test.npz."""
     return [
         Stage(
             name="data",
@@ -90,11 +83,11 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
 
 
 def write_data_npz(run: Run, work: Work) -> Artifact:
-    """The carved validation split and the test data as contract npz files inside the bundle
-    (the test file is a byte copy of an npz test file, decoded images for an image folder).
-    Rewritten only when their content changes."""
+    """The validation split and the test data as contract npz files inside the bundle (own
+    data: the carved validation split; the test file is a byte copy of an npz test file,
+    decoded images for an image folder). Rewritten only when their content changes."""
     if run.own is None:
-        raise PipelineError("the data step needs the checked model and data (own_model_and_data)")
+        return write_mnist_npz(run, work)
     splits = run.own.splits
     for name, target in zip(("val", "test"), work.outputs, strict=True):
         with tempfile.TemporaryDirectory(prefix="onnxship-data-") as scratch:
@@ -107,17 +100,31 @@ def write_data_npz(run: Run, work: Work) -> Artifact:
     return Artifact.from_file(work.outputs[0], stage="data", config=splits.config.to_json())
 
 
-def dataset_block(teacher_ckpt: Path, test_npz: Path | None, out: Path) -> dict[str, Any]:
-    """The manifest's `dataset` block: the teacher checkpoint's DatasetInfo; when the data is
-    not MNIST, `test_path` (relative to the bundle) names the npz every accuracy was measured
-    on and `test_sha256` is that file's hash (what `verify` re-measures on and checks)."""
+def write_mnist_npz(run: Run, work: Work) -> Artifact:
+    """MNIST's validation and test splits, normalised with MNIST's mean/std (what the
+    registry models are trained with and their metadata records), in deterministic bytes."""
+    from onnxship.core import mnist
+    from onnxship.core.dataset import npz_bytes
+    from onnxship.models.training_data import ensure_mnist
+
+    root = ensure_mnist(run.data_dir)
+    for name, target in zip(("val", "test"), work.outputs, strict=True):
+        fresh = npz_bytes(mnist.split_npz_arrays(root, name, mnist.MNIST_MEAN, mnist.MNIST_STD))
+        if not target.is_file() or sha256_file(target) != sha256_bytes(fresh):
+            atomic_write_bytes(target, fresh)
+    return Artifact.from_file(work.outputs[0], stage="data", config=run.cfg.data.to_json())
+
+
+def dataset_block(teacher_ckpt: Path, test_npz: Path, out: Path) -> dict[str, Any]:
+    """The manifest's `dataset` block: the teacher checkpoint's DatasetInfo; `test_path`
+    (relative to the bundle) names the npz every accuracy was measured on and `test_sha256`
+    is that file's hash (what `verify` re-measures on and checks)."""
     from onnxship.core.dataset import mnist_info
     from onnxship.models.checkpoint import read_checkpoint_meta
 
     meta = read_checkpoint_meta(teacher_ckpt)
     info = meta.dataset or mnist_info()
     block = info.to_json()
-    if test_npz is not None:
-        block["test_path"] = os.path.relpath(test_npz, out)
-        block["test_sha256"] = sha256_file(test_npz)
+    block["test_path"] = os.path.relpath(test_npz, out)
+    block["test_sha256"] = sha256_file(test_npz)
     return block

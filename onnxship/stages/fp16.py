@@ -1,4 +1,4 @@
-"""fp16: an FP32 `.onnx` converted to FP16, parity-checked against it on the test data
+"""fp16: an FP32 `.onnx` converted to FP16, parity-checked against it on the run's data/test.npz
 -> artifacts/<model>-fp16.onnx."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from onnxship.core.artifact import Artifact
 from onnxship.stages.base import Run, Stage, Work
 from onnxship.stages.config import PipelineConfig
-from onnxship.stages.data import test_inputs
+from onnxship.stages.data import TEST_NPZ
 
 
 def stage(cfg: PipelineConfig, fp32: Stage, name: str) -> Stage:
@@ -17,7 +17,7 @@ def stage(cfg: PipelineConfig, fp32: Stage, name: str) -> Stage:
         name=name,
         kind="fp16",
         config=cfg.fp16,
-        inputs=(fp32.onnx.path, *test_inputs(cfg)),
+        inputs=(fp32.onnx.path, TEST_NPZ),
         outputs=(onnx.path,),
         produce=produce,
         onnx=onnx,
@@ -27,8 +27,5 @@ def stage(cfg: PipelineConfig, fp32: Stage, name: str) -> Stage:
 def produce(run: Run, work: Work) -> Artifact:
     from onnxship.export.fp16 import fp16_from_onnx
 
-    src, *own_test = work.inputs
-    return fp16_from_onnx(
-        src, run.cfg.fp16, work.outputs[0], data_dir=run.data_dir,
-        data=own_test[0] if own_test else None,
-    )  # fmt: skip
+    src, test_npz = work.inputs
+    return fp16_from_onnx(src, run.cfg.fp16, work.outputs[0], data_dir=run.data_dir, data=test_npz)

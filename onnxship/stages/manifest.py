@@ -11,7 +11,7 @@ from onnxship.core.artifact import Artifact, jsonable
 from onnxship.manifest import ArtifactSpec, build_manifest, write_bundle_docs
 from onnxship.stages.base import Run, Stage, Work
 from onnxship.stages.config import PipelineConfig
-from onnxship.stages.data import dataset_block, test_inputs
+from onnxship.stages.data import TEST_NPZ, dataset_block
 
 
 def stage(cfg: PipelineConfig, made: Sequence[Stage], teacher: Stage) -> Stage:
@@ -21,7 +21,7 @@ def stage(cfg: PipelineConfig, made: Sequence[Stage], teacher: Stage) -> Stage:
         name="manifest",
         kind="manifest",
         config={"artifacts": [s.name for s in made if s.onnx is not None]},
-        inputs=("results/eval.json", "results/bench.json", teacher.outputs[0], *test_inputs(cfg)),
+        inputs=("results/eval.json", "results/bench.json", teacher.outputs[0], TEST_NPZ),
         outputs=("manifest.json",),
         produce=lambda run, work: write_manifest(run, work, made),
         recorded=False,
@@ -47,8 +47,8 @@ def artifact_specs(run: Run, made: Sequence[Stage]) -> list[ArtifactSpec]:
 
 def write_manifest(run: Run, work: Work, made: Sequence[Stage]) -> Artifact:
     eval_json, bench_json = (json.loads(p.read_text()) for p in work.inputs[:2])
-    teacher_ckpt, *own_test = work.inputs[2:]
-    dataset = dataset_block(teacher_ckpt, own_test[0] if own_test else None, run.out_dir)
+    teacher_ckpt, test_npz = work.inputs[2:]
+    dataset = dataset_block(teacher_ckpt, test_npz, run.out_dir)
     path = build_manifest(
         run.ctx, jsonable(run.cfg), run.cfg.bench, artifact_specs(run, made), eval_json,
         bench_json, dataset=dataset,

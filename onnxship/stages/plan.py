@@ -32,7 +32,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     student = distill.stage(cfg, pruned, teacher)  # checkpoints/student.pt
     student_fp32 = export.stage(cfg, student, "student")  # artifacts/student-fp32.onnx
     stages = [
-        *data.stages(cfg),  # own data only: data/val.npz, data/test.npz
+        *data.stages(cfg),  # data/val.npz, data/test.npz (MNIST or own data)
         teacher,
         teacher_fp32,
         pruned,

@@ -1,13 +1,17 @@
 """quantize: an FP32 `.onnx` to static INT8 (recipe search on the CPU EP, calibrated on the
-training data's validation split) -> artifacts/<model>-int8.onnx and its calibration set
-calibration/<model>-int8-calib.npz."""
+run's data/val.npz) -> artifacts/<model>-int8.onnx and its calibration set
+calibration/<model>-int8-calib.npz.
+
+MNIST: the calibration set is drawn from data/val.npz (class-balanced, seeded) and the budget
+measured on its other rows, disjoint as `onnxship quantize` draws from MNIST validation. Own
+data: the whole file calibrates and measures the budget, as before."""
 
 from __future__ import annotations
 
 from onnxship.core.artifact import Artifact
 from onnxship.stages.base import Run, Stage, Work
 from onnxship.stages.config import PipelineConfig
-from onnxship.stages.data import val_inputs
+from onnxship.stages.data import VAL_NPZ, uses_own_data
 
 
 def stage(cfg: PipelineConfig, fp32: Stage, name: str) -> Stage:
@@ -18,7 +22,7 @@ def stage(cfg: PipelineConfig, fp32: Stage, name: str) -> Stage:
         name=name,
         kind="quantize",
         config=cfg.quantize,
-        inputs=(fp32.onnx.path, *val_inputs(cfg)),
+        inputs=(fp32.onnx.path, VAL_NPZ),
         outputs=(onnx.path, f"calibration/{onnx.name}-calib.npz"),
         produce=produce,
         onnx=onnx,
@@ -28,10 +32,10 @@ def stage(cfg: PipelineConfig, fp32: Stage, name: str) -> Stage:
 def produce(run: Run, work: Work) -> Artifact:
     from onnxship.calibrate.quantize import int8_from_onnx
 
-    src, *own_val = work.inputs
-    val_npz = own_val[0] if own_val else None
+    src, val_npz = work.inputs
     target, calib = work.outputs
+    own = uses_own_data(run.cfg)
     return int8_from_onnx(
         src, run.cfg.quantize, target, data_dir=run.data_dir, calib_out=calib,
-        calib_npz=val_npz, val_npz=val_npz,
+        calib_npz=val_npz if own else None, val_npz=val_npz, calib_from_val=not own,
     )  # fmt: skip
