@@ -4,49 +4,28 @@
 `runtime_bench.timing` (block-interleaved rounds, paired bootstrap CIs, candidates clearly
 slower than the best dropped early) at each batch size, smallest first, within a time budget;
 `speed_score` is the speed half of the selection rule and `faster` the INT8-ships decision.
-The latency settings are `calibrate.quantize.LatencyConfig`; this module reads them through
-`LatencySettings`, so that it sits below the stage that owns the config.
+The latency settings are `calibrate.quantize_config.LatencyConfig`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from onnxship.calibrate.quantize_config import LatencyConfig
 from onnxship.calibrate.recipes import Recipe
 
 log = logging.getLogger(__name__)
 
 FP32_ROW = "fp32"
-
-
-class LatencySettings(Protocol):
-    """What the race reads of `calibrate.quantize.LatencyConfig`."""
-
-    @property
-    def batch_sizes(self) -> tuple[int, ...]: ...
-    @property
-    def threads(self) -> int: ...
-    @property
-    def block(self) -> int: ...
-    @property
-    def min_iterations(self) -> int: ...
-    @property
-    def statistic(self) -> enum.Enum: ...
-    @property
-    def ci_level(self) -> float: ...
-    @property
-    def min_speedup(self) -> float: ...
-    def timing(self, budget_s: float) -> Any: ...
 
 
 def session(path: Path, provider: str, *, threads: int) -> Any:
@@ -90,7 +69,7 @@ def measure_against_fp32(
     fp32: Candidate,
     candidates: Sequence[Candidate],
     feeds: dict[int, dict[str, np.ndarray]],
-    lat: LatencySettings,
+    lat: LatencyConfig,
     *,
     provider: str,
     budget_s: float,
@@ -143,7 +122,7 @@ def _prescreen(
     batch: int,
     per_sample_s: float,
     share_s: float,
-    lat: LatencySettings,
+    lat: LatencyConfig,
 ) -> dict[str, str]:
     """Successive halving's first cut: when `min_iterations` rounds of every model would not
     fit `share_s`, time one round of each (block-interleaved, the engine) and keep only the
@@ -180,7 +159,7 @@ def _prescreen(
 
 
 def _batches_that_fit(
-    lat: LatencySettings, budget_s: float, per_sample_s: float, n_models: int, skipped: dict
+    lat: LatencyConfig, budget_s: float, per_sample_s: float, n_models: int, skipped: dict
 ) -> list[int]:
     """The batch sizes to time, smallest first: the smallest always; a larger one only when
     `min_iterations` rounds of every model fit its share of the budget (the cost estimated
@@ -204,7 +183,7 @@ def _batches_that_fit(
     return kept
 
 
-def _fill_latency(rows: Sequence[Candidate], batch: int, result: Any, lat: LatencySettings) -> None:
+def _fill_latency(rows: Sequence[Candidate], batch: int, result: Any, lat: LatencyConfig) -> None:
     """One row's latency at `batch`: the engine's speed-up over FP32 with its CI, and the
     time ratios (candidate / FP32, lower is faster) that the selection rule uses."""
     base = result.models[rows[0].name]
@@ -237,15 +216,15 @@ def _r5(value: float | None, digits: int = 5) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def timed_batches(row: Candidate, lat: LatencySettings) -> list[int]:
+def timed_batches(row: Candidate, lat: LatencyConfig) -> list[int]:
     return [b for b in lat.batch_sizes if str(b) in row.latency]
 
 
-def _ratio(row: Candidate, batch: int, lat: LatencySettings) -> float:
+def _ratio(row: Candidate, batch: int, lat: LatencyConfig) -> float:
     return row.latency[str(batch)][f"{lat.statistic.value}_ratio"]
 
 
-def speed_score(row: Candidate, lat: LatencySettings) -> float:
+def speed_score(row: Candidate, lat: LatencyConfig) -> float:
     """Geometric mean over the timed batch sizes of INT8/FP32 latency (lower is faster); the
     speed half of the selection rule (`choose_recipe`)."""
     ratios = [_ratio(row, b, lat) for b in timed_batches(row, lat)]
@@ -254,7 +233,7 @@ def speed_score(row: Candidate, lat: LatencySettings) -> float:
     return float(math.exp(sum(math.log(r) for r in ratios) / len(ratios)))
 
 
-def faster(row: Candidate, lat: LatencySettings) -> bool:
+def faster(row: Candidate, lat: LatencyConfig) -> bool:
     """The INT8-ships decision: at every timed batch size the lower bound of the speed-up's CI
     clears `lat.min_speedup` (`runtime_bench.timing.decide_faster`)."""
     from onnxship.runtime_bench.timing import Ratio, decide_faster
@@ -272,7 +251,7 @@ def faster(row: Candidate, lat: LatencySettings) -> bool:
     return True
 
 
-def speedups(row: Candidate, lat: LatencySettings) -> str:
+def speedups(row: Candidate, lat: LatencyConfig) -> str:
     """'batch 1: 1.78x [1.70, 1.85]' per timed batch size: the engine's speed-up over FP32."""
     parts = []
     for b in timed_batches(row, lat):
@@ -285,7 +264,7 @@ def speedups(row: Candidate, lat: LatencySettings) -> str:
 def faster_why(
     chosen: Candidate,
     is_faster: bool,
-    lat: LatencySettings,
+    lat: LatencyConfig,
     within: Sequence[Candidate],
     rows: Sequence[Candidate],
 ) -> str:

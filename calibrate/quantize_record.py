@@ -1,47 +1,29 @@
 """The quantize stage's record: the metrics of the chosen INT8 model (recipe, integer class,
 accuracy against the budget, confirmed latency, calibration, graph rewrites, target) and one
-row per candidate of the search table. The settings are `calibrate.quantize.QuantizeConfig`,
-read through `RecordSettings`.
+row per candidate of the search table. The settings are
+`calibrate.quantize_config.QuantizeConfig`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from onnxship.calibrate.fallback import within_budget
 from onnxship.calibrate.latency_race import (
     Candidate,
-    LatencySettings,
     faster,
     speed_score,
     timed_batches,
 )
-from onnxship.calibrate.ort_static import HistogramCaps
+from onnxship.calibrate.quantize_config import QuantizeConfig
 from onnxship.calibrate.quantize_inputs import Inputs, PreparedGraph
 from onnxship.calibrate.recipes import AUTO, SATURATING_CLASSES, parse_recipe
 
 
-class RecordSettings(Protocol):
-    """What the record reads of `calibrate.quantize.QuantizeConfig`."""
-
-    @property
-    def recipe(self) -> str: ...
-    @property
-    def portable(self) -> bool: ...
-    @property
-    def max_drop(self) -> float: ...
-    @property
-    def min_sqnr_db(self) -> float: ...
-    @property
-    def latency(self) -> LatencySettings: ...
-    @property
-    def caps(self) -> HistogramCaps: ...
-
-
 def stage_metrics(
     inp: Inputs,
-    cfg: RecordSettings,
+    cfg: QuantizeConfig,
     graph: PreparedGraph,
     chosen: Candidate,
     confirm: Candidate,
@@ -99,7 +81,7 @@ def stage_metrics(
     }
 
 
-def _recipe_json(chosen: Candidate, cfg: RecordSettings, integer_class: str) -> dict[str, Any]:
+def _recipe_json(chosen: Candidate, cfg: QuantizeConfig, integer_class: str) -> dict[str, Any]:
     assert chosen.recipe is not None
     return {
         "name": chosen.name,
@@ -111,7 +93,7 @@ def _recipe_json(chosen: Candidate, cfg: RecordSettings, integer_class: str) -> 
     }
 
 
-def _latency_json(inp: Inputs, cfg: RecordSettings, confirm: Candidate) -> dict[str, Any]:
+def _latency_json(inp: Inputs, cfg: QuantizeConfig, confirm: Candidate) -> dict[str, Any]:
     return {
         "provider": inp.provider,
         "threads": cfg.latency.threads,
@@ -122,7 +104,7 @@ def _latency_json(inp: Inputs, cfg: RecordSettings, confirm: Candidate) -> dict[
     }
 
 
-def _calibration_json(inp: Inputs, cfg: RecordSettings) -> dict[str, Any]:
+def _calibration_json(inp: Inputs, cfg: QuantizeConfig) -> dict[str, Any]:
     return {
         "path": None,
         "sha256": inp.calib.sha256(),
@@ -145,7 +127,7 @@ def _calibration_json(inp: Inputs, cfg: RecordSettings) -> dict[str, Any]:
 def row_json(
     row: Candidate,
     fp32: Candidate,
-    cfg: RecordSettings,
+    cfg: QuantizeConfig,
     budget: float | None = None,
     inp_samples: int = 0,
 ) -> dict[str, Any]:
@@ -182,7 +164,7 @@ def row_json(
     return out
 
 
-def _grid_note(cfg: RecordSettings, cls: str) -> str:
+def _grid_note(cfg: QuantizeConfig, cls: str) -> str:
     """How the searched grid was chosen, for the record."""
     if cfg.recipe.strip().lower() != AUTO:
         exact = parse_recipe(cfg.recipe).safe_on(cls)

@@ -1,34 +1,25 @@
 """The INT8 selection rule, written once: among the candidates within the accuracy budget
 (`calibrate.fallback.within_budget`, the same test the fallback stops on), the fastest by
-`calibrate.latency_race.speed_score`. The settings are `calibrate.quantize.QuantizeConfig`,
-read through `SelectionSettings`.
+`calibrate.latency_race.speed_score`. The settings are
+`calibrate.quantize_config.QuantizeConfig`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.fallback import METRIC_WORDS, drop_text, score_text, within_budget
-from onnxship.calibrate.latency_race import Candidate, LatencySettings, speed_score
+from onnxship.calibrate.latency_race import Candidate, speed_score
+from onnxship.calibrate.quantize_config import QuantizeConfig
 from onnxship.calibrate.quantize_inputs import Inputs
-
-
-class SelectionSettings(Protocol):
-    """What the selection rule reads of `calibrate.quantize.QuantizeConfig`."""
-
-    @property
-    def max_drop(self) -> float: ...
-    @property
-    def latency(self) -> LatencySettings: ...
 
 
 def choose_recipe(
     rows: Sequence[Candidate],
     fp32: Candidate,
-    cfg: SelectionSettings,
+    cfg: QuantizeConfig,
     *,
     src: Path | None = None,
     fallback_ran: bool = False,
@@ -70,7 +61,7 @@ def choose_recipe(
 
 
 def within_rows(
-    rows: Sequence[Candidate], fp32: Candidate, cfg: SelectionSettings, budget: float | None = None
+    rows: Sequence[Candidate], fp32: Candidate, cfg: QuantizeConfig, budget: float | None = None
 ) -> list[Candidate]:
     """Rows within the accuracy budget and timed at every batch size FP32 was: the ones the
     selection rule chooses from."""
