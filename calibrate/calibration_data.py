@@ -11,9 +11,7 @@ from) and its sha256 goes into the stage record.
 from __future__ import annotations
 
 import enum
-import io
 import os
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.core.artifact import atomic_write_bytes, sha256_bytes, sha256_file
-from onnxship.core.dataset import read_npz_arrays
+from onnxship.core.dataset import npz_bytes, read_npz_arrays
 from onnxship.runtime_bench.inputs import InputSpec  # the one InputSpec (one fact, one place)
 
 # Where MNIST calibration images come from (recorded in the stage record).
@@ -191,22 +189,14 @@ class CalibrationSet:
 
     def to_npz_bytes(self) -> bytes:
         """The set as .npz bytes (inputs under the model's input names, plus the training-split
-        indices and labels when known). Byte-identical for identical data: entries carry a
-        fixed timestamp, unlike `numpy.savez`, so the sha256 identifies the data."""
+        indices and labels when known), byte-identical for identical data (`core.dataset.npz_bytes`),
+        so the sha256 identifies the data."""
         arrays: dict[str, np.ndarray] = dict(self.feeds)
         if self.train_indices is not None:
             arrays[INDICES_KEY] = np.asarray(self.train_indices, dtype=np.int64)
         if self.labels is not None:
             arrays[LABELS_KEY] = np.asarray(self.labels, dtype=np.int64)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-            for key, value in arrays.items():
-                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                with archive.open(info, "w", force_zip64=True) as handle:
-                    np.lib.format.write_array(
-                        handle, np.ascontiguousarray(value), allow_pickle=False
-                    )
-        return buffer.getvalue()
+        return npz_bytes(arrays)
 
     def sha256(self) -> str:
         return sha256_bytes(self.to_npz_bytes())

@@ -259,15 +259,10 @@ class DataSplits:
             return None
         return int(min(int(y.min()) for y in ys)), int(max(int(y.max()) for y in ys))
 
-    def write_npz(self, name: str, path: str | os.PathLike[str]) -> Path:
-        """Write one split as a contract npz (x float32, y int64) for the ONNX-side stages."""
-        from onnxship.core.artifact import atomic_output
-
+    def npz_arrays(self, name: str) -> dict[str, np.ndarray]:
+        """One split as the arrays of a contract npz (x float32, y int64) for the ONNX side."""
         s = self.split(name)
-        out = Path(path)
-        with atomic_output(out) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, x=s.x.numpy().astype(np.float32), y=s.y.numpy().astype(np.int64))
-        return out
+        return {"x": s.x.numpy().astype(np.float32), "y": s.y.numpy().astype(np.int64)}
 
 
 def check_model_on_data(

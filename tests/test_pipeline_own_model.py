@@ -282,6 +282,27 @@ def test_verify_and_gate_pass_on_the_own_model_bundle(
     assert main(args) == 1
 
 
+@pytest.mark.slow
+def test_rerun_of_the_own_model_bundle_reuses_every_stage_and_keeps_its_data_files(
+    digits_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The data step runs on every `run` but rewrites data/*.npz only when their content
+    changes, in deterministic bytes (fixed zip entry times): a later run with nothing changed
+    reuses every recorded stage, those keyed on the data files included."""
+    import time
+
+    data = {n: sha256_file(digits_run / "data" / n) for n in ("val.npz", "test.npz")}
+    records = {p.name: p.read_bytes() for p in (digits_run / "stages").glob("*.json")}
+    time.sleep(2.1)  # past the 2-second resolution of a zip entry's time stamp
+    capsys.readouterr()
+    config = digits_run.parent / "run.toml"
+    assert main(["run", "--config", str(config), "--out", str(digits_run)]) == 0
+    said = capsys.readouterr()
+    assert " 0 stages ran," in said.out + said.err, said.out[-400:]
+    assert {n: sha256_file(digits_run / "data" / n) for n in data} == data
+    assert {p.name: p.read_bytes() for p in (digits_run / "stages").glob("*.json")} == records
+
+
 # ------------------------------------------------------------------------------- bad input
 
 

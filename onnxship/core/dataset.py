@@ -217,7 +217,7 @@ def read_npz_arrays(
 
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     """`arrays` as .npz bytes, byte-identical for identical data (entries carry a fixed
-    timestamp, unlike `numpy.savez`), so a file's sha256 identifies its data."""
+    timestamp whatever the numpy version), so a file's sha256 identifies its data."""
     import io
 
     buffer = io.BytesIO()

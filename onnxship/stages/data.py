@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,8 @@ TEST_NPZ = "data/test.npz"
 
 
 def uses_own_data(cfg: PipelineConfig) -> bool:
-    """True when the run trains a user's factory model or reads a user's data: its ONNX-side
-    stages then read `data/val.npz` and `data/test.npz`."""
+    """True when the run trains a user's factory model or reads a user's data (checked before
+    the bundle folder is touched; its data step writes the carved splits)."""
     return cfg.model.factory is not None or cfg.data.kind is not DatasetKind.MNIST
 
 
@@ -85,19 +84,27 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
 def write_data_npz(run: Run, work: Work) -> Artifact:
     """The validation split and the test data as contract npz files inside the bundle (own
     data: the carved validation split; the test file is a byte copy of an npz test file,
-    decoded images for an image folder). Rewritten only when their content changes."""
+    decoded images for an image folder), in deterministic bytes. Rewritten only when their
+    content changes."""
     if run.own is None:
         return write_mnist_npz(run, work)
+    from onnxship.core.dataset import npz_bytes
+
     splits = run.own.splits
     for name, target in zip(("val", "test"), work.outputs, strict=True):
-        with tempfile.TemporaryDirectory(prefix="onnxship-data-") as scratch:
-            if name == "test" and splits.config.kind is DatasetKind.NPZ:
-                fresh = Path(splits.config.test or "")
-            else:
-                fresh = splits.write_npz(name, Path(scratch) / f"{name}.npz")
-            if not target.is_file() or sha256_file(target) != sha256_file(fresh):
-                atomic_write_bytes(target, fresh.read_bytes())
+        if name == "test" and splits.config.kind is DatasetKind.NPZ:
+            content = Path(splits.config.test or "").read_bytes()  # the user's file, as is
+        else:
+            content = npz_bytes(splits.npz_arrays(name))
+        _replace_if_changed(target, content)
     return Artifact.from_file(work.outputs[0], stage="data", config=splits.config.to_json())
+
+
+def _replace_if_changed(target: Path, content: bytes) -> None:
+    """Write `content` to `target` unless it already holds exactly that (its sha256 then stays,
+    and so do the cached stages keyed on it)."""
+    if not target.is_file() or sha256_file(target) != sha256_bytes(content):
+        atomic_write_bytes(target, content)
 
 
 def write_mnist_npz(run: Run, work: Work) -> Artifact:
@@ -109,9 +116,8 @@ def write_mnist_npz(run: Run, work: Work) -> Artifact:
 
     root = ensure_mnist(run.data_dir)
     for name, target in zip(("val", "test"), work.outputs, strict=True):
-        fresh = npz_bytes(mnist.split_npz_arrays(root, name, mnist.MNIST_MEAN, mnist.MNIST_STD))
-        if not target.is_file() or sha256_file(target) != sha256_bytes(fresh):
-            atomic_write_bytes(target, fresh)
+        arrays = mnist.split_npz_arrays(root, name, mnist.MNIST_MEAN, mnist.MNIST_STD)
+        _replace_if_changed(target, npz_bytes(arrays))
     return Artifact.from_file(work.outputs[0], stage="data", config=run.cfg.data.to_json())
 
 
