@@ -1,5 +1,6 @@
-"""The pipeline's measuring stages: accuracy of every artifact on the MNIST test split and
-latency of every artifact on every available EP, both through ONNX Runtime (runtime_bench).
+"""What the pipeline's eval and bench stages (`onnxship/stages/eval.py`, `bench.py`) measure:
+accuracy of every artifact on the run's test npz and latency of every artifact on every
+available EP, both through ONNX Runtime (runtime_bench).
 
 Their outputs are files like any stage's (`results/eval.json`, `results/bench.json`, the latter
 in `onnxship bench`'s schema so `onnxship bench compare` works on bundles from two machines),
@@ -8,7 +9,6 @@ cached on the artifacts' sha256, the settings and (for latency) the machine.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,6 @@ from onnxship.runtime_bench.providers import (  # the EP table; ProviderProbe ke
     probe_provider,
     resolve_provider,
 )
-from onnxship.stage_run import RunContext, cached_stage
 
 EVAL_SCHEMA = 1
 PREDICTIONS_FILE = "predictions.npz"  # one int32 array of argmax classes per artifact
@@ -134,10 +133,6 @@ class EvalSettings:
             raise PipelineError(f"eval.batch_size must be >= 1, got {self.batch_size}")
 
 
-def _load_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
 def machine_key() -> dict[str, Any]:
     """What a measurement depends on beyond its inputs: the machine part of the one fingerprint
     (CPU model, ISA, integer class, usable cores and cgroup quota, onnxruntime). Part of the
@@ -184,29 +179,6 @@ def eval_results(
     )
     metrics = {name: {"test_top1": r["top1"]} for name, r in results.items()}
     return Artifact.from_file(out, stage="eval", config=settings, metrics=metrics)
-
-
-def eval_stage(
-    ctx: RunContext,
-    settings: EvalSettings,
-    onnx_paths: Mapping[str, Path],
-    *,
-    data_npz: Path,
-) -> dict[str, Any]:
-    """Test top-1 of every artifact on the labelled `data_npz`, as a cached stage of `ctx`;
-    returns the parsed results/eval.json."""
-    out = ctx.path("results", "eval.json")
-    preds_path = ctx.path("results", PREDICTIONS_FILE)
-    cached_stage(
-        ctx,
-        "eval",
-        stage="eval",
-        config=eval_key(settings),
-        inputs=[*onnx_paths.values(), data_npz],
-        outputs=[out, preds_path],
-        produce=lambda: eval_results(onnx_paths, settings, out, preds_path, data_npz=data_npz),
-    )
-    return _load_json(out)
 
 
 def _evaluated(
@@ -327,25 +299,3 @@ def bench_results(
             "timing_runs": merged["timing_runs"],
         },  # fmt: skip
     )
-
-
-def bench_stage(
-    ctx: RunContext, settings: BenchSettings, onnx_paths: Mapping[str, Path]
-) -> dict[str, Any]:
-    """Latency of every artifact on every selected EP (`bench_results`), as a cached stage of
-    `ctx`; returns the parsed results/bench.json."""
-    providers, skipped = bench_providers(settings.providers)
-    for probe in skipped:
-        ctx.progress(f"[note] bench: skipping {probe.provider}: {probe.reason}")
-    out = ctx.path("results", "bench.json")
-    skipped_json = [{"provider": p.provider, "reason": p.reason} for p in skipped]
-    cached_stage(
-        ctx,
-        "bench",
-        stage="bench",
-        config=bench_key(settings, providers),
-        inputs=list(onnx_paths.values()),
-        outputs=[out],
-        produce=lambda: bench_results(onnx_paths, settings, providers, skipped_json, out),
-    )
-    return _load_json(out)

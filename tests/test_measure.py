@@ -1,4 +1,5 @@
-"""The pipeline's bench stage: EP selection by a real probe session, interleaved timing."""
+"""The pipeline's eval and bench stages (run by the plan's runner): EP selection by a real
+probe session, interleaved timing, re-measurement on another machine."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from onnxship.measure import (
     BenchSettings,
     EvalSettings,
     bench_providers,
-    bench_stage,
-    eval_stage,
     probe_provider,
 )
 from onnxship.stage_run import RunContext
+from onnxship.stages import bench as bench_stage_module
+from onnxship.stages import eval as eval_stage_module
+from onnxship.stages.base import BundleOnnx, Run, Stage
+from onnxship.stages.config import PipelineConfig
+from onnxship.stages.runner import run_plan
 
 CPU_ONLY = "CUDAExecutionProvider" not in ort.get_available_providers()
 
@@ -56,14 +60,37 @@ def test_bench_providers_keeps_an_explicitly_requested_ep_unprobed() -> None:
     )
 
 
+def _made(bundle: Path, builders: dict) -> list[Stage]:  # type: ignore[type-arg]
+    """Stand-ins for the stages that wrote `artifacts/<name>.onnx` (built by `builders`)."""
+    for folder in ("artifacts", "results", "stages", "data"):  # what `run` prepares
+        (bundle / folder).mkdir(parents=True, exist_ok=True)
+    made = []
+    for name, build in builders.items():
+        build(bundle / "artifacts" / f"{name}.onnx")
+        onnx = BundleOnnx(name, name, "fp32", None, "train")
+        made.append(Stage(name=name, kind="toy", config={}, produce=None, onnx=onnx))  # type: ignore[arg-type]
+    return made
+
+
+def _run(stage: Stage, bundle: Path, cfg: PipelineConfig, data_dir: Path | None = None) -> Run:
+    ctx = RunContext(out_dir=bundle, force=False, data_dir=str(data_dir) if data_dir else None)
+    run = Run(cfg=cfg, ctx=ctx)
+    run_plan([stage], run)
+    return run
+
+
 def test_bench_stage_times_every_artifact_interleaved_in_one_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    paths = {
-        "a": tiny.linear_classifier(tmp_path / "a.onnx", seed=0),
-        "b": tiny.linear_classifier(tmp_path / "b.onnx", seed=1),
-        "c": tiny.pixel_classifier(tmp_path / "c.onnx"),
-    }
+    bundle = tmp_path / "bundle"
+    made = _made(
+        bundle,
+        {
+            "a": lambda p: tiny.linear_classifier(p, seed=0),
+            "b": lambda p: tiny.linear_classifier(p, seed=1),
+            "c": tiny.pixel_classifier,
+        },
+    )
     calls: list[tuple[int, list[str]]] = []
     real = bench_module.time_blocks
 
@@ -73,12 +100,10 @@ def test_bench_stage_times_every_artifact_interleaved_in_one_run(
         return real(fns, cfg, reference=reference, race=race)
 
     monkeypatch.setattr(bench_module, "time_blocks", spy)
-    bundle = tmp_path / "bundle"
-    for folder in ("results", "stages"):
-        (bundle / folder).mkdir(parents=True)
-    ctx = RunContext(out_dir=bundle, force=False, data_dir=None)
     settings = BenchSettings(batch_sizes=(1, 4), warmup=1, iterations=3, providers=("cpu",))
-    doc = bench_stage(ctx, settings, paths)
+    cfg = PipelineConfig(bench=settings)
+    _run(bench_stage_module.stage(cfg, made), bundle, cfg)
+    doc = json.loads((bundle / "results" / "bench.json").read_text())
     # One round-robin per batch size over all three artifacts.
     assert [(b, len(names)) for b, names in calls] == [(1, 3), (4, 3)]
     rows = doc["results"]
@@ -98,17 +123,14 @@ def test_eval_stage_is_reused_on_the_same_machine_and_re_measured_on_another(
     from onnxship.core import mnist
     from onnxship.core.dataset import npz_bytes
 
-    paths = {"pixel": tiny.pixel_classifier(tmp_path / "pixel.onnx")}
     bundle = tmp_path / "bundle"
-    for folder in ("results", "stages", "data"):
-        (bundle / folder).mkdir(parents=True)
+    made = _made(bundle, {"pixel": tiny.pixel_classifier})
     test_npz = bundle / "data" / "test.npz"
     test_npz.write_bytes(npz_bytes(mnist.split_npz_arrays(mnist_root, "test")))
+    cfg = PipelineConfig(eval=EvalSettings())
 
     def run() -> RunContext:
-        ctx = RunContext(out_dir=bundle, force=False, data_dir=mnist_root)
-        eval_stage(ctx, EvalSettings(), paths, data_npz=test_npz)
-        return ctx
+        return _run(eval_stage_module.stage(cfg, made), bundle, cfg, mnist_root).ctx
 
     run()
     assert run().skipped == ["eval"]
