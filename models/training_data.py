@@ -29,6 +29,7 @@ import hashlib
 import io
 import os
 import socket
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,22 +120,38 @@ def ensure_mnist(root: str | os.PathLike[str] | None, *, download: bool | None =
 
 
 def load_split(root: str | os.PathLike[str] | None, split: str) -> TensorSplit:
-    """Normalised tensors of one split ('train', 'fit', 'val', 'test')."""
+    """Normalised tensors of one split ('train', 'fit', 'val', 'test').
+
+    Loaded once per process and shared (every stage of one `onnxship run` reads the same
+    splits): the cache key is the data root and the size, mtime and inode of its files, so a
+    replaced file is read again. Callers must not modify the tensors in place."""
     if split not in SPLITS:
         raise ModelsError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     data_root = ensure_mnist(root)
-    from torchvision.datasets import MNIST
+    key = (os.fspath(data_root.resolve()), split, _files_stamp(mnist.raw_dir(data_root)))
+    if key in _SPLIT_CACHE:
+        _SPLIT_CACHE.move_to_end(key)
+        return _SPLIT_CACHE[key]
+    try:
+        data = mnist.load_split(data_root, split)
+    except CoreError as exc:
+        raise ModelsError(str(exc)) from exc
+    loaded = TensorSplit(x=torch.from_numpy(mnist.normalize(data.images)),
+                         y=torch.from_numpy(data.labels.astype(np.int64)))  # fmt: skip
+    _SPLIT_CACHE[key] = loaded
+    while len(_SPLIT_CACHE) > _SPLIT_CACHE_SIZE:
+        _SPLIT_CACHE.popitem(last=False)
+    return loaded
 
-    dataset = MNIST(os.fspath(data_root), train=split != "test", download=False)
-    images = dataset.data.numpy()
-    labels = dataset.targets.numpy()
-    if split in ("fit", "val"):
-        fit_idx, val_idx = mnist.validation_split(images.shape[0])
-        idx = fit_idx if split == "fit" else val_idx
-        images, labels = images[idx], labels[idx]
-    x = torch.from_numpy(mnist.normalize(images))
-    y = torch.from_numpy(labels.astype("int64"))
-    return TensorSplit(x=x, y=y)
+
+# The most recently loaded splits (fit, val and test of one root fit in it: ~230 MB).
+_SPLIT_CACHE: OrderedDict[tuple[Any, ...], TensorSplit] = OrderedDict()
+_SPLIT_CACHE_SIZE = 4
+
+
+def _files_stamp(folder: Path) -> tuple[tuple[str, int, int, int], ...]:
+    stats = ((name, (folder / name).stat()) for name in sorted(mnist.MAGIC_OF))
+    return tuple((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, st in stats)
 
 
 # --------------------------------------------------------------------------------------------

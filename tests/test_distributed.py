@@ -174,18 +174,6 @@ def test_train_under_torchrun_writes_one_checkpoint_from_rank_0(two_rank_train: 
 
 
 @pytest.mark.slow
-def test_train_under_torchrun_same_seed_and_world_size_give_identical_weights(
-    two_rank_train: Path, tmp_path: Path, mnist_root: Path
-) -> None:
-    out = tmp_path / "again"
-    _launch(
-        _torchrun("train", *TRAIN_ARGS, "--out", str(out), log_dir=tmp_path / "logs"), mnist_root
-    )
-    first = two_rank_train / "out" / "checkpoints" / "teacher.pt"
-    assert sha256_file(out / "checkpoints" / "teacher.pt") == sha256_file(first)
-
-
-@pytest.mark.slow
 def test_train_under_torchrun_matches_one_process_accuracy(
     two_rank_train: Path, tmp_path: Path, mnist_root: Path
 ) -> None:
@@ -207,10 +195,12 @@ def test_train_under_torchrun_checkpoint_exports_and_distills_unchanged(
 ) -> None:
     """The rest of the pipeline takes the 2-rank checkpoint as it is: export to ONNX (with
     its parity check) in one process, then a 2-rank distillation whose student exports too."""
-    from onnxship.export.onnx_export import ExportConfig, onnx_from_checkpoint
+    from onnxship.export.onnx_export import ExportConfig, ExporterKind, onnx_from_checkpoint
 
+    # The exporter is not what is tested here; TorchScript's export costs a tenth of dynamo's.
+    export = ExportConfig(exporter=ExporterKind.TORCHSCRIPT)
     teacher = two_rank_train / "out" / "checkpoints" / "teacher.pt"
-    onnx_from_checkpoint(teacher, ExportConfig(), tmp_path / "teacher.onnx", data_dir=mnist_root)
+    onnx_from_checkpoint(teacher, export, tmp_path / "teacher.onnx", data_dir=mnist_root)
     assert (tmp_path / "teacher.onnx").is_file()
 
     out = tmp_path / "kd"
@@ -231,7 +221,7 @@ def test_train_under_torchrun_checkpoint_exports_and_distills_unchanged(
     m = json.loads((out / "stages" / "distill.json").read_text())["metrics"]
     assert m["world_size"] == 2 and 0 <= m["test_top1_kd"] <= 1 and 0 <= m["test_top1_no_kd"] <= 1
     onnx_from_checkpoint(
-        out / "checkpoints" / "student.pt", ExportConfig(), tmp_path / "s.onnx", data_dir=mnist_root
+        out / "checkpoints" / "student.pt", export, tmp_path / "s.onnx", data_dir=mnist_root
     )
     assert (tmp_path / "s.onnx").is_file()
 
@@ -371,9 +361,9 @@ def test_run_under_torchrun_builds_a_verified_bundle_and_resumes_on_every_rank(
     tmp_path: Path, mnist_subset: Path
 ) -> None:
     """`torchrun -m onnxship run` on the small config (conftest.SMALL, on an MNIST subset): a
-    bundle that `verify` accepts; a rerun after the distill record is lost redoes distill on
-    both ranks (rank 0 decided) and reuses everything downstream, since the same seed and
-    world size give the same student."""
+    bundle that `verify` accepts; a rerun after the train and distill records are lost redoes
+    both on both ranks (rank 0 decided) and reuses everything else, since the same seed and
+    world size give the same teacher and student, byte for byte."""
     from onnxship.cli import main
 
     mnist_root = mnist_subset
@@ -387,12 +377,15 @@ def test_run_under_torchrun_builds_a_verified_bundle_and_resumes_on_every_rank(
     train = json.loads((out / "stages" / "train.json").read_text())["metrics"]
     distill = json.loads((out / "stages" / "distill.json").read_text())["metrics"]
     assert train["world_size"] == distill["world_size"] == 2
+    teacher_sha = sha256_file(out / "checkpoints" / "teacher.pt")
     student_sha = sha256_file(out / "checkpoints" / "student.pt")
 
+    (out / "stages" / "train.json").unlink()
     (out / "stages" / "distill.json").unlink()
     proc = _launch(_torchrun(*args, log_dir=tmp_path / "logs2"), mnist_root)
     err0 = _rank_logs(tmp_path / "logs2", 0, "stderr")
-    assert "[run ] distill (2 ranks)" in err0
-    assert "[skip] train:" in err0 and "[skip] quantize:" in err0 and "[skip] bench:" in err0
-    assert "1 stages ran" in proc.stdout + _rank_logs(tmp_path / "logs2", 0, "stdout")
+    assert "[run ] train (2 ranks)" in err0 and "[run ] distill (2 ranks)" in err0
+    assert "[skip] prune:" in err0 and "[skip] quantize:" in err0 and "[skip] bench:" in err0
+    assert "2 stages ran" in proc.stdout + _rank_logs(tmp_path / "logs2", 0, "stdout")
+    assert sha256_file(out / "checkpoints" / "teacher.pt") == teacher_sha
     assert sha256_file(out / "checkpoints" / "student.pt") == student_sha
