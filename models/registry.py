@@ -20,15 +20,17 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from onnxship.models.errors import ModelsError
+
+Value = TypeVar("Value")
 
 ModelFn = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFn] = {}
@@ -98,6 +100,15 @@ def create_model(name: str, **widths: Any) -> nn.Module:
         raise ModelsError(
             f"architecture {name!r} does not take these widths {widths}: {exc}"
         ) from exc
+
+
+def sorted_kwargs(
+    kwargs: Mapping[str, Value] | Iterable[tuple[str, Value]],
+) -> tuple[tuple[str, Value], ...]:
+    """A model factory's keyword arguments (a mapping or (name, value) pairs) as (name, value)
+    pairs sorted by name: hashable, so a frozen config can hold them."""
+    items = kwargs.items() if isinstance(kwargs, Mapping) else kwargs
+    return tuple(sorted((str(k), v) for k, v in items))
 
 
 class SimpleCNN(nn.Module):

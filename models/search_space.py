@@ -24,14 +24,14 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from onnxship.models.errors import ModelsError
-from onnxship.models.registry import ModelFactory, create_model, list_models
+from onnxship.models.registry import ModelFactory, create_model, list_models, sorted_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,6 @@ WIDTH_LIKE = re.compile(r"(width|channel|hidden|dim|features|filters|units|plane
 # (in_channels, input_dim, in_features) and the number of classes.
 NOT_WIDTH = re.compile(r"(^|_)(in|input|inputs)(_|$)|class|label|output_dim|out_features", re.I)
 DEFAULT_MULTIPLIERS = (0.25, 0.375, 0.5, 0.75)
-
-
-def _kwargs_tuple(
-    kwargs: Mapping[str, Any] | Iterable[tuple[str, Any]],
-) -> tuple[tuple[str, Any], ...]:
-    items = kwargs.items() if isinstance(kwargs, Mapping) else kwargs
-    return tuple(sorted((str(k), v) for k, v in items))
 
 
 @dataclass(frozen=True)
@@ -66,7 +59,7 @@ class StudentCandidate:
     factory: Callable[..., nn.Module] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kwargs", _kwargs_tuple(self.kwargs))
+        object.__setattr__(self, "kwargs", sorted_kwargs(self.kwargs))
         if self.origin not in (SCRATCH, PRUNED):
             raise ModelsError(
                 f"candidate {self.name!r}: origin {self.origin!r} must be {SCRATCH!r} or {PRUNED!r}"
@@ -191,7 +184,7 @@ def patch_candidate(kernel: int, stride: int, channels: int, hidden: int) -> Stu
     return StudentCandidate(
         f"patch k{kernel}s{stride} c{channels} h{hidden}",
         "patch_cnn",
-        _kwargs_tuple(
+        sorted_kwargs(
             {"kernel": kernel, "stride": stride, "conv_channels": channels, "hidden": hidden}
         ),
     )
@@ -287,7 +280,7 @@ class WidthMultiplierSpace:
         seen: set[tuple[tuple[str, Any], ...]] = set()
         out = []
         for m in sorted(self.multipliers):
-            scaled = _kwargs_tuple(scale_widths(self.kwargs, m, keys))
+            scaled = sorted_kwargs(scale_widths(self.kwargs, m, keys))
             if scaled in seen:
                 continue
             seen.add(scaled)

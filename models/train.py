@@ -56,6 +56,7 @@ from onnxship.models.loop import (
     train_sgd,
 )
 from onnxship.models.registry import ModelFactory, create_model, list_models
+from onnxship.models.registry import sorted_kwargs as _widths_tuple
 from onnxship.models.training_data import DataConfig, DataSplits
 
 log = logging.getLogger(__name__)
@@ -122,13 +123,6 @@ def shift_batch(
     index = (rows * pw + cols).view(n, 1, h * w).expand(n, c, h * w)
     out = padded.reshape(n, c, -1).gather(2, index)
     return out.view(n, c, h, w)
-
-
-def _widths_tuple(
-    widths: Mapping[str, int] | Iterable[tuple[str, int]],
-) -> tuple[tuple[str, int], ...]:
-    items = widths.items() if isinstance(widths, Mapping) else widths
-    return tuple(sorted((str(k), v) for k, v in items))
 
 
 @dataclass(frozen=True)

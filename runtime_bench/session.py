@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from onnxship.core.onnx_file import check_model_file
 from onnxship.runtime_bench.errors import BenchError
@@ -48,17 +48,6 @@ class GraphOptimization(enum.Enum):
     EXTENDED = "extended"
     ALL = "all"
 
-    def ort_level(self) -> Any:
-        import onnxruntime as ort
-
-        levels = ort.GraphOptimizationLevel
-        return {
-            GraphOptimization.DISABLE: levels.ORT_DISABLE_ALL,
-            GraphOptimization.BASIC: levels.ORT_ENABLE_BASIC,
-            GraphOptimization.EXTENDED: levels.ORT_ENABLE_EXTENDED,
-            GraphOptimization.ALL: levels.ORT_ENABLE_ALL,
-        }[self]
-
 
 class ExecutionMode(enum.Enum):
     """ORT execution mode (`SessionOptions.execution_mode`): operators one after another, or
@@ -67,20 +56,41 @@ class ExecutionMode(enum.Enum):
     SEQUENTIAL = "sequential"
     PARALLEL = "parallel"
 
-    def ort_mode(self) -> Any:
-        import onnxruntime as ort
 
-        modes = ort.ExecutionMode
-        return {
-            ExecutionMode.SEQUENTIAL: modes.ORT_SEQUENTIAL,
-            ExecutionMode.PARALLEL: modes.ORT_PARALLEL,
-        }[self]
+Choice = TypeVar("Choice", GraphOptimization, ExecutionMode)
 
 
-def _pairs(value: Any, what: str) -> tuple[tuple[str, Any], ...]:
+def _ort_value(choice: GraphOptimization | ExecutionMode) -> Any:
+    """onnxruntime's own enum member for a graph optimisation level or an execution mode."""
+    import onnxruntime as ort
+
+    levels, modes = ort.GraphOptimizationLevel, ort.ExecutionMode
+    return {
+        GraphOptimization.DISABLE: levels.ORT_DISABLE_ALL,
+        GraphOptimization.BASIC: levels.ORT_ENABLE_BASIC,
+        GraphOptimization.EXTENDED: levels.ORT_ENABLE_EXTENDED,
+        GraphOptimization.ALL: levels.ORT_ENABLE_ALL,
+        ExecutionMode.SEQUENTIAL: modes.ORT_SEQUENTIAL,
+        ExecutionMode.PARALLEL: modes.ORT_PARALLEL,
+    }[choice]
+
+
+def _parse_choice(value: Choice | str, choices: type[Choice], what: str) -> Choice:
+    """`value` as a member of `choices`; a str is its value in any case ("All" -> ALL)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return choices(value.lower())
+    except ValueError:
+        names = ", ".join(c.value for c in choices)
+        raise BenchError(f"unknown {what} {value!r}; expected one of {names}") from None
+
+
+def _pairs(value: Any, what: str, *, text: bool = False) -> tuple[tuple[str, Any], ...]:
+    """(key, value) pairs or a dict as pairs sorted by key; `text`: values as str too."""
     items = value.items() if isinstance(value, Mapping) else value
     try:
-        return tuple(sorted((str(k), v) for k, v in items))
+        return tuple(sorted((str(k), str(v) if text else v) for k, v in items))
     except (TypeError, ValueError):
         raise BenchError(
             f"SessionConfig.{what} must be (key, value) pairs or a dict, got {value!r}"
@@ -124,34 +134,14 @@ class SessionConfig:
                     f"SessionConfig.{name} must be an integer >= 0 (0 = ORT's default), "
                     f"got {value!r}"
                 )
-        if isinstance(self.graph_optimization, str):
-            try:
-                level = GraphOptimization(self.graph_optimization.lower())
-            except ValueError:
-                choices = ", ".join(g.value for g in GraphOptimization)
-                raise BenchError(
-                    f"unknown graph optimisation level {self.graph_optimization!r}; "
-                    f"expected one of {choices}"
-                ) from None
-            object.__setattr__(self, "graph_optimization", level)
-        opts = self.provider_options
-        pairs = opts.items() if isinstance(opts, Mapping) else opts
-        try:
-            normalised = tuple(sorted((str(k), str(v)) for k, v in pairs))
-        except (TypeError, ValueError):
-            raise BenchError(
-                f"SessionConfig.provider_options must be (key, value) pairs or a dict, got {opts!r}"
-            ) from None
-        object.__setattr__(self, "provider_options", normalised)
-        if isinstance(self.execution_mode, str):
-            try:
-                mode = ExecutionMode(self.execution_mode.lower())
-            except ValueError:
-                choices = ", ".join(m.value for m in ExecutionMode)
-                raise BenchError(
-                    f"unknown execution mode {self.execution_mode!r}; expected one of {choices}"
-                ) from None
-            object.__setattr__(self, "execution_mode", mode)
+        level = _parse_choice(
+            self.graph_optimization, GraphOptimization, "graph optimisation level"
+        )
+        object.__setattr__(self, "graph_optimization", level)
+        options = _pairs(self.provider_options, "provider_options", text=True)
+        object.__setattr__(self, "provider_options", options)
+        mode = _parse_choice(self.execution_mode, ExecutionMode, "execution mode")
+        object.__setattr__(self, "execution_mode", mode)
         object.__setattr__(self, "extra_options", _pairs(self.extra_options, "extra_options"))
         entries = _pairs(self.config_entries, "config_entries")
         object.__setattr__(self, "config_entries", tuple((k, str(v)) for k, v in entries))
@@ -209,8 +199,8 @@ def _session_options(cfg: SessionConfig) -> Any:
     so.log_severity_level = 3
     so.intra_op_num_threads = cfg.intra_op_threads
     so.inter_op_num_threads = cfg.inter_op_threads
-    so.execution_mode = cfg.execution_mode.ort_mode()
-    so.graph_optimization_level = cfg.graph_optimization.ort_level()
+    so.execution_mode = _ort_value(cfg.execution_mode)
+    so.graph_optimization_level = _ort_value(cfg.graph_optimization)
     spin = "1" if cfg.allow_spinning else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)

@@ -316,36 +316,39 @@ def _bad_run(config: Path, capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
-def test_run_exits_2_when_the_factory_module_does_not_import(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        pytest.param(
+            {"factory": "nonets:small_resnet"},
+            ("'nonets'", "does not import"),
+            id="the-factory-module-does-not-import",
+        ),
+        pytest.param(
+            {"factory": "mynets:not_a_module", "kwargs": None},
+            ("returned str, expected a torch.nn.Module",),
+            id="the-factory-does-not-return-a-module",
+        ),
+        pytest.param(
+            {"kwargs": {"width": 16, "in_channels": 3}},
+            ("[N, 1, 8, 8]", "[N, 3, H, W]"),
+            id="the-data-does-not-fit-the-model-naming-both-shapes",
+        ),
+        pytest.param(
+            {"kwargs": {"width": 16, "classes": 5}},
+            ("[0, 9]", "5 classes"),
+            id="the-labels-exceed-the-models-classes",
+        ),
+    ],
+)
+def test_run_exits_2_when_the_model_table_does_not_work_on_the_data(
+    model: dict[str, object],
+    expected: tuple[str, ...],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = write_project(tmp_path, own_toml(factory="nonets:small_resnet"))
-    err = _bad_run(config, capsys)
-    assert "'nonets'" in err and "does not import" in err
-
-
-def test_run_exits_2_when_the_factory_does_not_return_a_module(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    toml = own_toml(factory="mynets:not_a_module", kwargs=None)
-    err = _bad_run(write_project(tmp_path, toml), capsys)
-    assert "returned str, expected a torch.nn.Module" in err
-
-
-def test_run_exits_2_naming_both_shapes_when_data_does_not_fit_the_model(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    toml = own_toml(kwargs={"width": 16, "in_channels": 3})
-    err = _bad_run(write_project(tmp_path, toml), capsys)
-    assert "[N, 1, 8, 8]" in err and "[N, 3, H, W]" in err
-
-
-def test_run_exits_2_when_labels_exceed_the_models_classes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    toml = own_toml(kwargs={"width": 16, "classes": 5})
-    err = _bad_run(write_project(tmp_path, toml), capsys)
-    assert "[0, 9]" in err and "5 classes" in err
+    err = _bad_run(write_project(tmp_path, own_toml(**model)), capsys)
+    assert all(text in err for text in expected), err
 
 
 def test_run_exits_2_when_the_npz_has_no_x(

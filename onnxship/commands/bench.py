@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from onnxship.commands.common import (
     add_command,
     add_config_flags,
+    add_session_config,
     config_from_args,
     fraction,
     positive_float,
@@ -134,11 +135,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plot", type=Path, default=None, metavar="OUT.png",
         help="--scenario server: draw p99 vs QPS per model with the SLO (needs matplotlib)",
     )  # fmt: skip
-    group.add_argument(
-        "--session-config", type=Path, default=None, metavar="FILE",
-        help="run exactly the session options in FILE (from --tune-session); --threads, "
+    add_session_config(
+        group,
+        "run exactly the session options in FILE (from --tune-session); --threads, "
         "--no-spinning and --graph-opt are refused with it",
-    )  # fmt: skip
+    )
     group.add_argument(
         "--tune-session", type=Path, default=None, metavar="OUT.json",
         help="search session options for one model at one batch size; write the choice",

@@ -74,6 +74,12 @@ def add_out_dir(parser: argparse.ArgumentParser, *, required: bool = True) -> No
     )
 
 
+def add_session_config(target: argparse._ActionsContainer, help: str) -> None:
+    """`--session-config FILE`: a session-config file from `onnxship bench --tune-session`
+    (read by `runtime_bench.session_options`); `help` says what the command does with it."""
+    target.add_argument("--session-config", type=Path, default=None, metavar="FILE", help=help)
+
+
 def output_file(out_dir: Path, subdir: str, filename: str) -> Path:
     """`out_dir/subdir/filename`, creating the folder (one-line error if it cannot be made)."""
     from onnxship.api import output_path

@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import add_command, add_data_dir, float_list, positive_int
+from onnxship.commands.common import (
+    add_command,
+    add_data_dir,
+    add_session_config,
+    float_list,
+    positive_int,
+)
 
 DESCRIPTION = """\
 Top-1 accuracy of an .onnx file, run in an ONNX Runtime session (no torch).
@@ -59,11 +65,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--provider", default=None,
         help="cpu, cuda or an ORT EP name (default: cpu, or the --session-config's EP)",
     )  # fmt: skip
-    parser.add_argument(
-        "--session-config", type=Path, default=None, metavar="FILE",
-        help="run the model with exactly the session options in FILE (from `onnxship bench "
+    add_session_config(
+        parser,
+        "run the model with exactly the session options in FILE (from `onnxship bench "
         "--tune-session`); an option this onnxruntime lacks is refused",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--mean", type=float_list, default=None, help="override the metadata's mean"
     )

@@ -128,6 +128,33 @@ class Run:
         return self.out_dir / where if isinstance(where, str) else Path(where)
 
 
+def onnx_conversion_stage(
+    fp32: Stage,
+    name: str,
+    *,
+    kind: str,
+    precision: str,
+    config: Any,
+    data: str,
+    produce: Callable[[Run, Work], Artifact],
+    side_outputs: Callable[[BundleOnnx], tuple[str, ...]] = lambda onnx: (),
+) -> Stage:
+    """A stage that converts the `.onnx` that `fp32` writes to `precision` (fp16, int8): it
+    reads that file and the bundle's `data` file, and writes the converted `.onnx` first, then
+    `side_outputs(converted)`; `name` is its record ("quantize-teacher")."""
+    assert fp32.onnx is not None, f"{name} converts an .onnx artifact"
+    onnx = fp32.onnx.converted(precision)
+    return Stage(
+        name=name,
+        kind=kind,
+        config=config,
+        inputs=(fp32.onnx.path, data),
+        outputs=(onnx.path, *side_outputs(onnx)),
+        produce=produce,
+        onnx=onnx,
+    )
+
+
 def checkpoint_stage_outputs(name: str) -> tuple[str, str]:
     """A checkpoint stage's outputs in the bundle: the weights, then the sidecar."""
     return (f"checkpoints/{name}.pt", f"checkpoints/{name}.json")

@@ -4,23 +4,15 @@
 from __future__ import annotations
 
 from onnxship.core.artifact import Artifact
-from onnxship.stages.base import Run, Stage, Work
+from onnxship.stages.base import Run, Stage, Work, onnx_conversion_stage
 from onnxship.stages.config import PipelineConfig
 from onnxship.stages.data import TEST_NPZ
 
 
 def stage(cfg: PipelineConfig, fp32: Stage, name: str) -> Stage:
     """FP16 of the `.onnx` that `fp32` writes; `name` is the record ("fp16-teacher")."""
-    assert fp32.onnx is not None, f"{name} converts an .onnx artifact"
-    onnx = fp32.onnx.converted("fp16")
-    return Stage(
-        name=name,
-        kind="fp16",
-        config=cfg.fp16,
-        inputs=(fp32.onnx.path, TEST_NPZ),
-        outputs=(onnx.path,),
-        produce=produce,
-        onnx=onnx,
+    return onnx_conversion_stage(
+        fp32, name, kind="fp16", precision="fp16", config=cfg.fp16, data=TEST_NPZ, produce=produce
     )
 
 

@@ -9,24 +9,17 @@ data: the whole file calibrates and measures the budget, as before."""
 from __future__ import annotations
 
 from onnxship.core.artifact import Artifact
-from onnxship.stages.base import Run, Stage, Work
+from onnxship.stages.base import Run, Stage, Work, onnx_conversion_stage
 from onnxship.stages.config import PipelineConfig
 from onnxship.stages.data import VAL_NPZ, uses_own_data
 
 
 def stage(cfg: PipelineConfig, fp32: Stage, name: str) -> Stage:
     """INT8 of the `.onnx` that `fp32` writes; `name` is the record ("quantize-teacher")."""
-    assert fp32.onnx is not None, f"{name} quantizes an .onnx artifact"
-    onnx = fp32.onnx.converted("int8")
-    return Stage(
-        name=name,
-        kind="quantize",
-        config=cfg.quantize,
-        inputs=(fp32.onnx.path, VAL_NPZ),
-        outputs=(onnx.path, f"calibration/{onnx.name}-calib.npz"),
-        produce=produce,
-        onnx=onnx,
-    )
+    return onnx_conversion_stage(
+        fp32, name, kind="quantize", precision="int8", config=cfg.quantize, data=VAL_NPZ,
+        produce=produce, side_outputs=lambda onnx: (f"calibration/{onnx.name}-calib.npz",),
+    )  # fmt: skip
 
 
 def produce(run: Run, work: Work) -> Artifact:
