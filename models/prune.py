@@ -46,13 +46,14 @@ from onnxship.models.prune_channels import (
     weight_of,
     widths_of,
 )
-from onnxship.models.prune_config import (
+from onnxship.models.prune_config import (  # noqa: F401  (check_open_unit: re-exported)
     DEFAULT_MACS_BUDGET,
     DEFAULT_SPARSITY,
     Importance,
     PruneConfig,
     PruneMethod,
     PruneScope,
+    check_open_unit,
 )
 from onnxship.models.prune_depgraph import (
     DEPGRAPH_MAX_RATIO,
@@ -73,6 +74,7 @@ from onnxship.models.prune_targets import (
     widths_for_macs_budget,
     widths_for_ratios,
 )
+from onnxship.models.sgd_config import SgdConfig  # noqa: F401  (re-exported)
 from onnxship.models.training_data import DataConfig, DataSplits, open_data
 
 __all__ = [
