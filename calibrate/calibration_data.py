@@ -13,7 +13,6 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from onnxship.calibrate.errors import CalibrateError
+from onnxship.calibrate.quantize_config import CalibrationConfig  # noqa: F401
 from onnxship.core.artifact import atomic_write_bytes, sha256_bytes, sha256_file
 from onnxship.core.dataset import npz_bytes, read_npz_arrays
 from onnxship.runtime_bench.inputs import InputSpec  # the one InputSpec (one fact, one place)
@@ -81,32 +81,6 @@ def input_spec_of(model_path: str | os.PathLike[str]) -> InputSpec:
             "one array per input"
         )
     return specs[0]
-
-
-@dataclass(frozen=True)
-class CalibrationConfig:
-    """How the calibration set is drawn and fed.
-
-    size: images drawn from the validation part of MNIST's training split (ignored for a
-      user's .npz, which is used whole).
-    batch_size: images per calibration run; a set smaller than one batch is an error.
-    seed: the draw is class-balanced and seeded, so a config always gives the same images.
-    """
-
-    size: int = 256
-    batch_size: int = 32
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.size < 1:
-            raise CalibrateError(f"calibration size must be >= 1 image, got {self.size}")
-        if self.batch_size < 1:
-            raise CalibrateError(f"calibration batch size must be >= 1, got {self.batch_size}")
-        if self.size < self.batch_size:
-            raise CalibrateError(
-                f"calibration size {self.size} is smaller than one batch ({self.batch_size}); "
-                "raise --calib-size or lower the calibration batch size"
-            )
 
 
 class CalibrationSet:

@@ -43,41 +43,10 @@ import numpy as np
 
 from onnxship.calibrate.calibration_data import CalibrationSet
 from onnxship.calibrate.errors import CalibrateError
+from onnxship.calibrate.quantize_config import HistogramCaps, RangeOverride
 from onnxship.calibrate.recipes import CalibMethod, QuantScope, Recipe
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HistogramCaps:
-    """Memory bounds for Entropy / Percentile calibration (see the module docstring).
-
-    max_samples: at most this many calibration samples feed the histograms.
-    batches_in_memory: intermediate outputs of at most this many batches are held at once.
-    """
-
-    max_samples: int = 128
-    batches_in_memory: int = 2
-
-    def validate(self) -> None:
-        for name in ("max_samples", "batches_in_memory"):
-            if getattr(self, name) < 1:
-                raise CalibrateError(
-                    f"HistogramCaps.{name} must be >= 1, got {getattr(self, name)}"
-                )
-
-
-@dataclass(frozen=True)
-class RangeOverride:
-    """Force a tensor's calibration range (ORT `TensorQuantOverrides` rmin/rmax).
-
-    For experts (and for the test that proves the fallback restores a node whose tensor was
-    given a range that clips real data).
-    """
-
-    tensor: str
-    rmin: float
-    rmax: float
 
 
 def quiet_stdout() -> contextlib.AbstractContextManager[Any]:

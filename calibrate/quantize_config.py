@@ -1,7 +1,11 @@
-"""The quantize stage's configuration: how candidates are timed (`LatencyConfig`), what the
-stage searches and within which budget (`QuantizeConfig`), and the recipe grid it implies.
-Kept apart from the stage so the search, selection and record modules read the config's own
-types without importing the stage."""
+"""The quantize stage's configuration: how the calibration set is drawn (`CalibrationConfig`),
+its memory bounds and forced ranges (`HistogramCaps`, `RangeOverride`), how candidates are
+timed (`LatencyConfig`), what the stage searches and within which budget (`QuantizeConfig`),
+and the recipe grid it implies. Kept apart from the stage so the search, selection and record
+modules read the config's own types without importing the stage, and free of onnx and
+`onnxruntime.quantization` (of the calibrate package only `calibrate.recipes` is read, which
+imports neither at load) so the CLI builds `onnxship quantize`'s flags without them.
+`calibrate.calibration_data` and `calibrate.ort_static` re-export the calibration types."""
 
 from __future__ import annotations
 
@@ -9,9 +13,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from onnxship.calibrate.calibration_data import CalibrationConfig
 from onnxship.calibrate.errors import CalibrateError
-from onnxship.calibrate.ort_static import HistogramCaps, RangeOverride
 from onnxship.calibrate.recipes import (
     AUTO,
     Recipe,
@@ -28,6 +30,64 @@ from onnxship.core.flags import (
     positive_float,
     positive_int,
 )
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How the calibration set is drawn and fed.
+
+    size: images drawn from the validation part of MNIST's training split (ignored for a
+      user's .npz, which is used whole).
+    batch_size: images per calibration run; a set smaller than one batch is an error.
+    seed: the draw is class-balanced and seeded, so a config always gives the same images.
+    """
+
+    size: int = 256
+    batch_size: int = 32
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.size < 1:
+            raise CalibrateError(f"calibration size must be >= 1 image, got {self.size}")
+        if self.batch_size < 1:
+            raise CalibrateError(f"calibration batch size must be >= 1, got {self.batch_size}")
+        if self.size < self.batch_size:
+            raise CalibrateError(
+                f"calibration size {self.size} is smaller than one batch ({self.batch_size}); "
+                "raise --calib-size or lower the calibration batch size"
+            )
+
+
+@dataclass(frozen=True)
+class HistogramCaps:
+    """Memory bounds for Entropy / Percentile calibration (see `calibrate.ort_static`).
+
+    max_samples: at most this many calibration samples feed the histograms.
+    batches_in_memory: intermediate outputs of at most this many batches are held at once.
+    """
+
+    max_samples: int = 128
+    batches_in_memory: int = 2
+
+    def validate(self) -> None:
+        for name in ("max_samples", "batches_in_memory"):
+            if getattr(self, name) < 1:
+                raise CalibrateError(
+                    f"HistogramCaps.{name} must be >= 1, got {getattr(self, name)}"
+                )
+
+
+@dataclass(frozen=True)
+class RangeOverride:
+    """Force a tensor's calibration range (ORT `TensorQuantOverrides` rmin/rmax).
+
+    For experts (and for the test that proves the fallback restores a node whose tensor was
+    given a range that clips real data).
+    """
+
+    tensor: str
+    rmin: float
+    rmax: float
 
 
 class LatencyStatistic(enum.Enum):

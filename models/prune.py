@@ -14,20 +14,18 @@ state dict before and after.
 One module per algorithm, as Torch-Pruning lays them out: `models.prune_channels` (registry
 channel groups: importance, selection, rewiring), `models.prune_magnitude` (unstructured),
 `models.prune_depgraph` (any network, with Torch-Pruning's DepGraph), and the target solver
-`models.prune_targets`. This module holds the config, the schedules (steps, each with its
-fine-tune) and the stage; the algorithms' public names are importable from here.
+`models.prune_targets`. This module holds the schedules (steps, each with its fine-tune) and the
+stage; the config (`PruneConfig`, its enums and defaults) lives torch-free in
+`models.prune_config`. The config's and the algorithms' public names are importable from here.
 """
 
 from __future__ import annotations
 
 import copy
-import enum
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +34,10 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from onnxship.core.artifact import Artifact, sha256_file
-from onnxship.core.flags import flag, non_negative_int, number, parse_ratios, positive_int
 from onnxship.models.checkpoint import load_checkpoint, save_checkpoint
 from onnxship.models.errors import ModelsError
 from onnxship.models.flops import count_macs, count_nonzero_params, count_params
-from onnxship.models.loop import SgdConfig
 from onnxship.models.prune_channels import (
-    Importance,
     arch_of,
     channel_importance,
     prune_spec,
@@ -51,6 +46,15 @@ from onnxship.models.prune_channels import (
     weight_of,
     widths_of,
 )
+from onnxship.models.prune_config import (  # noqa: F401  (check_open_unit: re-exported)
+    DEFAULT_MACS_BUDGET,
+    DEFAULT_SPARSITY,
+    Importance,
+    PruneConfig,
+    PruneMethod,
+    PruneScope,
+    check_open_unit,
+)
 from onnxship.models.prune_depgraph import (
     DEPGRAPH_MAX_RATIO,
     DEPGRAPH_STEPS,
@@ -58,7 +62,6 @@ from onnxship.models.prune_depgraph import (
     tp_version,
 )
 from onnxship.models.prune_magnitude import (
-    PruneScope,
     apply_sparsity_step,
     bake,
     gzip_state_bytes,
@@ -66,12 +69,12 @@ from onnxship.models.prune_magnitude import (
     sparsity_report,
 )
 from onnxship.models.prune_targets import (
-    check_open_unit,
     macs_of_widths,
     step_widths,
     widths_for_macs_budget,
     widths_for_ratios,
 )
+from onnxship.models.sgd_config import SgdConfig  # noqa: F401  (re-exported)
 from onnxship.models.training_data import DataConfig, DataSplits, open_data
 
 __all__ = [
@@ -84,127 +87,6 @@ __all__ = [
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MACS_BUDGET = 0.1  # the default target: a student with <= 10 % of the teacher's MACs
-DEFAULT_SPARSITY = 0.8  # unstructured default when neither sparsity nor threshold is given
-
-
-class PruneMethod(enum.Enum):
-    STRUCTURED = "structured"  # remove channels / units: a dense, smaller model (default)
-    UNSTRUCTURED = "unstructured"  # zero single weights: same shapes, smaller gzip download
-
-
-@dataclass(frozen=True)
-class PruneConfig:
-    """What to prune and how far.
-
-    Structured targets (pick one; neither means `macs_budget=0.1`):
-      width_ratios: fraction of each width to KEEP, in (0, 1). A number applies to every
-        width; a mapping names widths (`{"conv_channels": 0.25, "hidden": 0.3}`) and leaves
-        the others whole.
-      macs_budget: the pruned model's MACs as a fraction of the source's, in (0, 1).
-    Unstructured targets (pick one; neither means `sparsity=0.8`):
-      sparsity: fraction of Conv2d/Linear weights set to zero, in (0, 1), over `scope`.
-      threshold: zero every weight with |w| <= threshold (scope does not apply).
-    steps: prune in this many steps (geometric in width, linear in sparsity);
-    finetune: SGD fine-tune on the 'fit' split after every step (None: no fine-tune).
-    """
-
-    # fmt: off
-    method: PruneMethod = field(default=PruneMethod.STRUCTURED, metadata=flag(
-        "--method", "structured removes channels (default); unstructured zeroes single weights"))
-    importance: Importance = field(default=Importance.L1, metadata=flag(
-        "--importance", "structured: norm that ranks channels (default: {default})"))
-    width_ratios: float | Mapping[str, float] | None = field(default=None, metadata=flag(
-        "--ratios", "structured: fraction of each width to KEEP, in (0, 1): one number for every "
-        "width (0.25) or NAME=R pairs (conv_channels=0.25,hidden=0.3; unnamed widths stay whole)",
-        type=parse_ratios, metavar="R"))
-    macs_budget: float | None = field(default=None, metadata=flag(
-        "--macs-budget", "structured: MACs of the result as a fraction of the source's, in "
-        f"(0, 1) (default: {DEFAULT_MACS_BUDGET})", type=number, metavar="F"))
-    sparsity: float | None = field(default=None, metadata=flag(
-        "--sparsity", "unstructured: fraction of weights to zero, in (0, 1) "
-        f"(default: {DEFAULT_SPARSITY})", type=number, metavar="S"))
-    threshold: float | None = field(default=None, metadata=flag(
-        "--threshold", "unstructured: zero every weight with |w| <= T", type=number, metavar="T"))
-    scope: PruneScope = field(default=PruneScope.GLOBAL, metadata=flag(
-        "--scope", "unstructured --sparsity: one ranking over all layers, or the same sparsity "
-        "in each (default: {default})"))
-    steps: int = field(default=1, metadata=flag(
-        "--steps", "iterative schedule: prune in this many steps (default: {default})",
-        type=positive_int))
-    finetune: SgdConfig | None = None  # the CLI's --finetune-epochs / --finetune-lr
-    seed: int = field(default=0, metadata=flag(
-        "--seed", "fine-tune seed (default: {default})", type=non_negative_int))
-    # fmt: on
-
-    def validate(self) -> None:
-        if not isinstance(self.method, PruneMethod):
-            raise ModelsError(
-                f"prune method {self.method!r} is not one of structured, unstructured"
-            )
-        if not isinstance(self.importance, Importance):
-            raise ModelsError(f"prune importance {self.importance!r} is not one of l1, l2")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ModelsError(f"prune steps must be an integer >= 1, got {self.steps!r}")
-        if self.finetune is not None:
-            self.finetune.validate()
-        if self.method is PruneMethod.STRUCTURED:
-            if self.sparsity is not None or self.threshold is not None:
-                raise ModelsError(
-                    "sparsity/threshold apply to unstructured pruning only; pass "
-                    "method=unstructured, or width ratios / a MACs budget for structured"
-                )
-            if self.width_ratios is not None and self.macs_budget is not None:
-                raise ModelsError(
-                    "give width ratios or a MACs budget, not both: the budget is turned into "
-                    "widths by itself"
-                )
-            for name, ratio in _ratio_items(self.width_ratios):
-                check_open_unit(ratio, f"width ratio {name}", "the fraction of the width to keep")
-            if self.macs_budget is not None:
-                check_open_unit(
-                    self.macs_budget, "MACs budget", "a fraction of the source model's MACs"
-                )
-        else:
-            if self.width_ratios is not None or self.macs_budget is not None:
-                raise ModelsError(
-                    "width ratios / MACs budget apply to structured pruning only; pass "
-                    "sparsity or threshold for unstructured"
-                )
-            if self.sparsity is not None and self.threshold is not None:
-                raise ModelsError("give a target sparsity or a threshold, not both")
-            if self.sparsity is not None:
-                check_open_unit(self.sparsity, "sparsity", "the fraction of weights set to zero")
-            if self.threshold is not None and not (
-                math.isfinite(self.threshold) and self.threshold > 0
-            ):
-                raise ModelsError(
-                    f"magnitude threshold must be a finite number > 0, got {self.threshold}"
-                )
-            if self.threshold is not None and self.steps != 1:
-                raise ModelsError("a magnitude threshold prunes in one step; pass steps=1")
-
-    @property
-    def effective_macs_budget(self) -> float | None:
-        if self.method is not PruneMethod.STRUCTURED or self.width_ratios is not None:
-            return None
-        return DEFAULT_MACS_BUDGET if self.macs_budget is None else self.macs_budget
-
-    @property
-    def effective_sparsity(self) -> float | None:
-        if self.method is not PruneMethod.UNSTRUCTURED or self.threshold is not None:
-            return None
-        return DEFAULT_SPARSITY if self.sparsity is None else self.sparsity
-
-
-def _ratio_items(ratios: float | Mapping[str, float] | None) -> list[tuple[str, float]]:
-    if ratios is None:
-        return []
-    if isinstance(ratios, Mapping):
-        return [(str(k), v) for k, v in ratios.items()]
-    return [("(all widths)", ratios)]
-
 
 # ---------------------------------------------------------------------------------------------
 # The schedules (steps, each with its fine-tune) and the stage.

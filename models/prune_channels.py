@@ -17,19 +17,14 @@ sqrt(running_var + eps) times the filter), which is what the channel actually co
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from onnxship.models.errors import ModelsError
+from onnxship.models.prune_config import Importance  # declared torch-free there
 from onnxship.models.registry import ChannelGroup, create_model, prune_groups
-
-
-class Importance(enum.Enum):
-    L1 = "l1"
-    L2 = "l2"
 
 
 def prune_spec(arch: str) -> tuple[ChannelGroup, ...]:

@@ -7,7 +7,6 @@ and the raw file exactly as large; the honest benefit is a smaller *compressed d
 
 from __future__ import annotations
 
-import enum
 import gzip
 import io
 
@@ -16,11 +15,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from onnxship.models.prune_channels import weight_of
-
-
-class PruneScope(enum.Enum):
-    GLOBAL = "global"  # one magnitude ranking over all layers' weights
-    PER_LAYER = "per_layer"  # the same sparsity in every layer
+from onnxship.models.prune_config import PruneScope  # declared torch-free there
 
 
 def prunable_weights(model: nn.Module) -> list[tuple[str, nn.Module]]:

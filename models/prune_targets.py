@@ -7,24 +7,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 from torch import nn
 
 from onnxship.models.errors import ModelsError
 from onnxship.models.flops import count_macs
 from onnxship.models.prune_channels import arch_of, layer_label, prune_spec, widths_of
+from onnxship.models.prune_config import check_open_unit  # declared torch-free there
 from onnxship.models.registry import create_model
-
-
-def check_open_unit(value: Any, what: str, meaning: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ModelsError(f"{what} must be a number in (0, 1) ({meaning}), got {value!r}")
-    if not 0 < value < 1:
-        raise ModelsError(
-            f"{what} {value} is outside (0, 1): it is {meaning}; pass e.g. 0.25 "
-            "(0 would remove everything, 1 would remove nothing)"
-        )
 
 
 def macs_of_widths(arch: str, widths: Mapping[str, int]) -> int:

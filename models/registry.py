@@ -20,17 +20,16 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
 
+from onnxship.core.flags import sorted_kwargs  # noqa: F401  (re-exported)
 from onnxship.models.errors import ModelsError
-
-Value = TypeVar("Value")
 
 ModelFn = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFn] = {}
@@ -100,15 +99,6 @@ def create_model(name: str, **widths: Any) -> nn.Module:
         raise ModelsError(
             f"architecture {name!r} does not take these widths {widths}: {exc}"
         ) from exc
-
-
-def sorted_kwargs(
-    kwargs: Mapping[str, Value] | Iterable[tuple[str, Value]],
-) -> tuple[tuple[str, Value], ...]:
-    """A model factory's keyword arguments (a mapping or (name, value) pairs) as (name, value)
-    pairs sorted by name: hashable, so a frozen config can hold them."""
-    items = kwargs.items() if isinstance(kwargs, Mapping) else kwargs
-    return tuple(sorted((str(k), v) for k, v in items))
 
 
 class SimpleCNN(nn.Module):

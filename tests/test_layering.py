@@ -129,6 +129,38 @@ def test_bench_side_imports_no_torch_or_onnx(package: str) -> None:
     assert not bad, bad
 
 
+# The config dataclasses the CLI reads its flags from: loaded by `onnxship CMD --help`, so at
+# import time they may load only these (their methods may import the stage's library lazily).
+CONFIG_MODULES = ("onnxship.models.sgd_config", "onnxship.models.train_config",
+                  "onnxship.models.prune_config", "onnxship.models.distill_config",
+                  "onnxship.calibrate.quantize_config")  # fmt: skip
+CONFIG_IMPORTS = ("onnxship.core", "onnxship.models.errors", "onnxship.calibrate.errors",
+                  "onnxship.calibrate.recipes", *CONFIG_MODULES)  # fmt: skip
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """The absolute modules imported by `path`'s top-level statements (not inside functions)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("module", CONFIG_MODULES)
+def test_config_modules_load_no_library(module: str) -> None:
+    imported = _top_level_imports(SOURCES[module])
+    bad = sorted(
+        name
+        for name in imported
+        if name.split(".")[0] in (*HEAVY, "onnxruntime", "numpy")
+        or (name.startswith("onnxship") and not _within(name, CONFIG_IMPORTS))
+    )
+    assert not bad, f"{module} imports at load: {bad}"
+
+
 def test_no_import_cycles() -> None:
     # Tarjan's strongly connected components over the module graph; __init__ re-exports of a
     # package's own children are parent->child edges, which cannot close a cycle by themselves.

@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from onnxship.models.distill import DistillConfig
+    from onnxship.models.distill_config import DistillConfig
 
     defaults = DistillConfig()
     parser.description = DESCRIPTION.format(**vars(defaults))
@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     from onnxship import api
     from onnxship.core import mnist
     from onnxship.models import distributed
-    from onnxship.models.distill import DistillConfig, check_pair
+    from onnxship.models.distill import check_pair
+    from onnxship.models.distill_config import DistillConfig
 
     name, out = checkpoint_destination(args, DEFAULT_NAME)
     cfg = config_from_args(args, DistillConfig())

@@ -22,7 +22,7 @@ from onnxship.commands.common import (
 
 DEFAULT_NAME = "student-pruned"
 
-# The defaults named here are the library's (models.prune), filled in when the help is shown.
+# The defaults named here are the library's (models.prune_config), filled in when the help is shown.
 DESCRIPTION = """\
 Prune a trained checkpoint.
 
@@ -52,14 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from onnxship.models import prune
+    from onnxship.models import prune_config
 
     parser.description = DESCRIPTION.format(
-        macs_budget=prune.DEFAULT_MACS_BUDGET, sparsity=prune.DEFAULT_SPARSITY
+        macs_budget=prune_config.DEFAULT_MACS_BUDGET, sparsity=prune_config.DEFAULT_SPARSITY
     )
     parser.add_argument("checkpoint", type=Path, metavar="CKPT", help="trained checkpoint (.pt)")
     add_out_dir(parser)
-    defaults = prune.PruneConfig()
+    defaults = prune_config.PruneConfig()
     add_config_flags(parser, defaults, "method")
     target = parser.add_mutually_exclusive_group()
     add_config_flags(target, defaults, "macs_budget", "width_ratios", "sparsity", "threshold")
@@ -84,13 +84,13 @@ def run(args: argparse.Namespace) -> int:
     from onnxship import api
     from onnxship.core import mnist
     from onnxship.models.errors import ModelsError
-    from onnxship.models.loop import SgdConfig
-    from onnxship.models.prune import (
+    from onnxship.models.prune_config import (
         DEFAULT_MACS_BUDGET,
         DEFAULT_SPARSITY,
         PruneConfig,
         PruneMethod,
     )
+    from onnxship.models.sgd_config import SgdConfig
 
     name, out = checkpoint_destination(args, DEFAULT_NAME)
     method = PruneMethod(args.method)

@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from onnxship.calibrate.quantize import QuantizeConfig
+    from onnxship.calibrate.quantize_config import QuantizeConfig
 
     parser.description = _description()
     parser.add_argument("model", type=Path, metavar="MODEL.onnx", help="the FP32 model")
@@ -105,7 +105,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from onnxship import api
-    from onnxship.calibrate.quantize import QuantizeConfig
+    from onnxship.calibrate.quantize_config import QuantizeConfig
 
     cfg = config_from_args(args, QuantizeConfig())
     artifact = api.quantize(

@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from onnxship.models.train import TrainConfig
+    from onnxship.models.train_config import TrainConfig
 
     defaults = TrainConfig()
     parser.description = DESCRIPTION.format(**vars(defaults))
@@ -99,8 +99,9 @@ def run(args: argparse.Namespace) -> int:
     from onnxship import api
     from onnxship.core import mnist
     from onnxship.models import distributed
-    from onnxship.models.loop import AmpMode
-    from onnxship.models.train import TrainConfig, default_amp
+    from onnxship.models.device_checks import default_amp
+    from onnxship.models.sgd_config import AmpMode
+    from onnxship.models.train_config import TrainConfig
 
     name, out = checkpoint_destination(args, DEFAULT_NAME)
     if args.threads is not None:

@@ -20,7 +20,7 @@ which argparse turns into a one-line usage error (exit 2).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -191,6 +191,18 @@ def dim_value(text: str) -> tuple[str, int]:
     if size < 1:
         raise argparse.ArgumentTypeError(f"dimension {key} must be >= 1, got {size}")
     return key, size
+
+
+Value = TypeVar("Value")
+
+
+def sorted_kwargs(
+    kwargs: Mapping[str, Value] | Iterable[tuple[str, Value]],
+) -> tuple[tuple[str, Value], ...]:
+    """A model factory's keyword arguments (a mapping or (name, value) pairs) as (name, value)
+    pairs sorted by name: hashable, so a frozen config can hold them."""
+    items = kwargs.items() if isinstance(kwargs, Mapping) else kwargs
+    return tuple(sorted((str(k), v) for k, v in items))
 
 
 def width_value(text: str) -> tuple[str, int]:
