@@ -141,6 +141,12 @@ def _split_of(
     if calib_npz is None and val_npz is None:  # both from MNIST validation
         rule = draw_rule(calibration.size, calibration.seed, "MNIST's validation split")
         return Split(calib.samples, evalset.samples, True, rule)
+    if val_npz is None and calib.train_indices is not None:  # MNIST minus the calibration's
+        rule = (
+            f"calibration on {Path(calib_npz or '').name} (MNIST validation images, by their "
+            "train_indices); the accuracy budget on the other MNIST validation images"
+        )
+        return Split(calib.samples, evalset.samples, True, rule)
     where = {
         "calibration": Path(calib_npz).name if calib_npz is not None else "MNIST validation",
         "budget": Path(val_npz).name if val_npz is not None else "MNIST validation",
