@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -244,8 +245,74 @@ def check_inputs(arr: np.ndarray, spec: InputSpec, *, source: str, batch_size: i
     return np.ascontiguousarray(arr)
 
 
-def _balanced_draw(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Positions of `size` items, as class-balanced as the labels allow, in a seeded order."""
+@dataclass(frozen=True)
+class Split:
+    """Which rows calibrate and which measure the accuracy budget (the quantize record's
+    `calibration.split`).
+
+    disjoint: True when the two are disjoint by construction (drawn from one validation set,
+      or MNIST's calibration images left out of its budget images); None when they come from
+      two different sources the user named (not compared row by row).
+    """
+
+    calibration_rows: int
+    budget_rows: int
+    disjoint: bool | None
+    rule: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "calibration_rows": self.calibration_rows,
+            "budget_rows": self.budget_rows,
+            "disjoint": self.disjoint,
+            "rule": self.rule,
+        }
+
+
+def draw_rule(size: int, seed: int, source: str, labelled: bool = True) -> str:
+    """The record's words for the seeded draw of `calibration_and_evaluation_from_npz`."""
+    how = "class-balanced" if labelled else "uniform (no labels)"
+    return (
+        f"{size} rows drawn from {source} ({how}, seed {seed}) calibrate; the accuracy budget "
+        "is measured on every other row"
+    )
+
+
+def check_split(rows: int, cfg: CalibrationConfig, source: str) -> None:
+    """One validation set split in two: `cfg.size` rows calibrate and the accuracy budget is
+    measured on the others, which must be at least as many (a budget on a handful of rows says
+    nothing). Too few rows: CalibrateError naming the numbers and the fix."""
+    need = 2 * cfg.size
+    if rows >= need:
+        return
+    most = rows // 2
+    fix = (
+        f"lower the calibration size to at most {most} (--calib-size, [quantize.calibration] "
+        f"size{f'; and the calibration batch to at most {most}' if most < cfg.batch_size else ''})"
+        " or give more validation rows"
+        if most >= 1
+        else "give more validation rows"
+    )
+    raise CalibrateError(
+        f"{source} has {rows} rows, too few to calibrate on {cfg.size} of them and measure the "
+        f"accuracy budget on at least as many others (expected >= {need} rows, found {rows}); "
+        f"{fix}"
+    )
+
+
+def same_data(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """True when two paths name the same file, or files with the same bytes (the same rows)."""
+    pa, pb = Path(a), Path(b)
+    if not (pa.is_file() and pb.is_file()):
+        return False
+    return os.path.samefile(pa, pb) or sha256_file(pa) == sha256_file(pb)
+
+
+def _balanced_draw(labels: np.ndarray | None, size: int, seed: int, n: int = 0) -> np.ndarray:
+    """Positions of `size` items, as class-balanced as the labels allow, in a seeded order
+    (no labels: the first `size` of a seeded permutation of `n` rows)."""
+    if labels is None:
+        labels = np.zeros(n, dtype=np.int64)
     order = np.random.default_rng(seed).permutation(labels.shape[0])
     classes = np.unique(labels)
     per_class = {int(c): order[labels[order] == c] for c in classes}
@@ -281,11 +348,7 @@ def calibration_set_from_mnist(
 
     cfg.validate()
     val = mnist.load_split(root, "val")
-    if cfg.size > val.labels.shape[0]:
-        raise CalibrateError(
-            f"calibration size {cfg.size} exceeds the {val.labels.shape[0]} images of the "
-            "validation split; lower --calib-size"
-        )
+    check_split(val.labels.shape[0], cfg, f"MNIST's validation split under {root}")
     picked = _balanced_draw(val.labels, cfg.size, cfg.seed)
     _, dims = mnist.check_idx_header(
         mnist.raw_dir(root) / mnist.TRAIN_LABELS, expect_magic=mnist.LABEL_MAGIC
@@ -580,26 +643,19 @@ def calibration_and_evaluation_from_npz(
     *,
     batch_size: int = 500,
 ) -> tuple[CalibrationSet, EvaluationSet]:
-    """One labelled validation `.npz` split in two, disjoint by construction: `cfg.size`
-    class-balanced rows drawn by `cfg.seed` (as `calibration_set_from_mnist` draws from MNIST
-    validation) calibrate; the budget is measured on every other row. The file's
-    `train_indices` (when present) become the calibration set's indices, so an npz of MNIST
-    validation gives the same calibration set, byte for byte, as MNIST itself."""
+    """One validation `.npz` split in two, disjoint by construction: `cfg.size` rows drawn by
+    `cfg.seed` (class-balanced with labels, as `calibration_set_from_mnist` draws from MNIST
+    validation; a seeded uniform draw without them) calibrate; the budget is measured on every
+    other row, at least as many (`check_split`). The file's `train_indices` (when present)
+    become the calibration set's indices, so an npz of MNIST validation gives the same
+    calibration set, byte for byte, as MNIST itself; otherwise the indices are the drawn rows'
+    positions in the file."""
     cfg.validate()
     p = Path(path)
     full = evaluation_set_from_npz(p, specs, batch_size=batch_size)
-    if full.labels is None:
-        raise CalibrateError(
-            f"validation file {p} has no '{Y_KEY}' labels: drawing a class-balanced calibration "
-            f"set from it needs them; add them, or pass --calib-npz and --val-npz apart"
-        )
     n = full.samples
-    if cfg.size >= n:
-        raise CalibrateError(
-            f"calibration size {cfg.size} leaves none of the {n} samples of {p} to measure the "
-            "accuracy budget on; lower the calibration size"
-        )
-    picked = _balanced_draw(full.labels, cfg.size, cfg.seed)
+    check_split(n, cfg, f"validation file {p}")
+    picked = _balanced_draw(full.labels, cfg.size, cfg.seed, n)
     indices = read_npz_arrays(p, what="validation file", fix="pass an existing .npz").get(
         INDICES_KEY
     )
@@ -614,13 +670,13 @@ def calibration_and_evaluation_from_npz(
         batch_size=cfg.batch_size,
         source=f"npz:{p.name}",
         train_indices=picked if indices is None else np.asarray(indices)[picked],
-        labels=full.labels[picked],
+        labels=None if full.labels is None else full.labels[picked],
     )
     keep = np.ones(n, dtype=bool)
     keep[picked] = False
     evalset = EvaluationSet(
         {k: v[keep] for k, v in full.inputs.items()},
-        full.labels[keep],
+        None if full.labels is None else full.labels[keep],
         source=f"npz:{p.name} minus the {cfg.size} calibration rows",
         sha256=full.sha256,
         batch_size=batch_size,

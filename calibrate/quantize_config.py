@@ -37,7 +37,8 @@ class CalibrationConfig:
     """How the calibration set is drawn and fed.
 
     size: images drawn from the validation part of MNIST's training split (ignored for a
-      user's .npz, which is used whole).
+      user's --calib-npz, which is used whole; also the rows drawn from one validation .npz
+      that calibrates and measures the budget, `calibration_and_evaluation_from_npz`).
     batch_size: images per calibration run; a set smaller than one batch is an error.
     seed: the draw is class-balanced and seeded, so a config always gives the same images.
     """

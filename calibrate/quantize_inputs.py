@@ -20,12 +20,15 @@ from onnxship.calibrate.calibration_data import (
     CalibrationSet,
     EvaluationSet,
     InputSpec,
+    Split,
     calibration_and_evaluation_from_npz,
     calibration_set_from_mnist,
     calibration_set_from_npz,
+    draw_rule,
     evaluation_set_from_mnist,
     evaluation_set_from_npz,
     input_specs_of,
+    same_data,
 )
 from onnxship.calibrate.errors import CalibrateError
 from onnxship.calibrate.graph_prep import cap_opset, ort_max_qdq_opset, reshape_to_flatten
@@ -52,6 +55,7 @@ class Inputs:
     norm_source: str
     calib: CalibrationSet
     evalset: EvaluationSet
+    split: Split
     max_drop: float
     min_sqnr_db: float
 
@@ -91,7 +95,9 @@ def load_inputs(
 ) -> Inputs:
     """Check the model and the provider, read the model's metadata, and load the calibration
     and evaluation sets (`mean` / `std`: the user's normalisation override, or None).
-    `calib_from_val`: calibration drawn from `val_npz`, the budget on its other rows."""
+    `calib_from_val`: calibration drawn from `val_npz`, the budget on its other rows - also
+    when `calib_npz` and `val_npz` are the same file (or the same bytes): the rows that
+    calibrate never measure the budget."""
     from onnxship.runtime_bench.session import check_model_file, check_provider_available
 
     check_model_file(src)
@@ -100,22 +106,56 @@ def load_inputs(
     src_meta = _source_metadata(src)
     norm: tuple[tuple[float, ...] | None, tuple[float, ...] | None, str]
     norm = (None, None, "none: npz data is preprocessed")
+    if calib_npz is not None and val_npz is not None and same_data(calib_npz, val_npz):
+        calib_from_val = True
     if calib_from_val:
         if val_npz is None:
             raise CalibrateError("drawing calibration from the validation data needs val_npz")
         calib, evalset = calibration_and_evaluation_from_npz(
             val_npz, specs, calibration, batch_size=eval_batch
         )
+        rule = draw_rule(calibration.size, calibration.seed, Path(val_npz).name,
+                         evalset.labels is not None)  # fmt: skip
+        split = Split(calib.samples, evalset.samples, True, rule)
     else:
         if calib_npz is None or val_npz is None:  # MNIST is involved: it needs normalisation
             norm = _normalisation(src_meta, mean, std, src)
         calib = _calibration_set(specs, calibration, norm[0], norm[1], data_dir, calib_npz)
         evalset = _evaluation_set(data_dir, calib, specs, norm[0], norm[1], val_npz, eval_batch)
+        split = _split_of(calib, evalset, calib_npz, val_npz, calibration)
     return Inputs(
         src=src, provider=provider, specs=specs, src_meta=src_meta, src_sha=sha256_file(src),
         mean=norm[0], std=norm[1], norm_source=norm[2], calib=calib, evalset=evalset,
-        max_drop=max_drop, min_sqnr_db=min_sqnr_db,
+        split=split, max_drop=max_drop, min_sqnr_db=min_sqnr_db,
     )  # fmt: skip
+
+
+def _split_of(
+    calib: CalibrationSet,
+    evalset: EvaluationSet,
+    calib_npz: PathLike | None,
+    val_npz: PathLike | None,
+    calibration: CalibrationConfig,
+) -> Split:
+    """The record's split when calibration and the budget do not come from one npz."""
+    if calib_npz is None and val_npz is None:  # both from MNIST validation
+        rule = draw_rule(calibration.size, calibration.seed, "MNIST's validation split")
+        return Split(calib.samples, evalset.samples, True, rule)
+    if val_npz is None and calib.train_indices is not None:  # MNIST minus the calibration's
+        rule = (
+            f"calibration on {Path(calib_npz or '').name} (MNIST validation images, by their "
+            "train_indices); the accuracy budget on the other MNIST validation images"
+        )
+        return Split(calib.samples, evalset.samples, True, rule)
+    where = {
+        "calibration": Path(calib_npz).name if calib_npz is not None else "MNIST validation",
+        "budget": Path(val_npz).name if val_npz is not None else "MNIST validation",
+    }
+    rule = (
+        f"calibration on {where['calibration']}, the accuracy budget on {where['budget']}: "
+        "two sources named apart, not compared row by row"
+    )
+    return Split(calib.samples, evalset.samples, None, rule)
 
 
 def _source_metadata(src: Path) -> dict[str, str]:

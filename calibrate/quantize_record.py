@@ -111,6 +111,7 @@ def _calibration_json(inp: Inputs, cfg: QuantizeConfig) -> dict[str, Any]:
         "samples": inp.calib.samples,
         "batch_size": inp.calib.batch_size,
         "source_split": inp.calib.source,
+        "split": inp.split.to_json(),
         "normalisation": {
             "mean": None if inp.mean is None else list(inp.mean),
             "std": None if inp.std is None else list(inp.std),

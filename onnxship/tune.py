@@ -2,13 +2,20 @@
 
 A bundle is built on one machine; its `recommended` was decided there. On the target, tune:
 
-1. reads the manifest and checks the bundle's calibration sets against their stage records
-   (sha256) - missing or altered is a one-line error, nothing written;
+1. reads the manifest and checks the bundle's data against the sha256 its records hold: the
+   calibration sets (their quantize stage records), data/val.npz (the quantize stages' input)
+   and data/test.npz (the manifest's `dataset` block) - missing or altered is a one-line error
+   naming the expected and found sha256, nothing written. A target needs neither MNIST nor
+   --data-dir; only a bundle made before data/*.npz were shipped (MNIST, no `test_path` in
+   its `dataset` block) is measured on MNIST under --data-dir;
 2. re-runs the INT8 recipe search (`calibrate.quantize.int8_from_onnx`, recipe `auto`) for every
-   INT8 artifact of the bundle, from its FP32 parent and its shipped calibration set, on this
-   machine's integer class; the new files are named `<artifact>@<target id>` and written under
-   `targets/<id>/`, never over the build host's files;
-3. re-measures test accuracy of every artifact (the bundle's and the new ones) here;
+   INT8 artifact of the bundle, from its FP32 parent, on this machine's integer class, with the
+   build host's rule: the calibration set is the seeded draw from data/val.npz (checked equal,
+   byte for byte, to the shipped one) and the accuracy budget is measured on the other rows;
+   the new files are named `<artifact>@<target id>` and written under `targets/<id>/`, never
+   over the build host's files;
+3. re-measures test accuracy of every artifact (the bundle's and the new ones) here, on
+   data/test.npz;
 4. times every artifact within the accuracy budget of `teacher-fp32` (measured here) against
    `teacher-fp32` for the declared scenario with the timing engine (block-interleaved rounds,
    bootstrap CIs over rounds): `single-stream` = batch 1 p50 latency, `offline` = throughput at
@@ -142,16 +149,19 @@ def target_from_bundle(
 
     provider = check_provider_available(cfg.provider)
     calib = calibration_sets(src, manifest)
+    val = validation_data(src, manifest, val_npz, data_dir) if cfg.requantize else None
+    if val is not None and val.draw:
+        check_calibration_draws(src, manifest, calib, val.path)
+    measure = _accuracy_measure(src, manifest, data_dir)  # every check before any write
     root = _writable_bundle(src, out)
     manifest = read_manifest(root)
     ident = target_fingerprint(provider)
     tid = target_id(ident)
-    measure = _accuracy_measure(root, manifest, data_dir)
     with tempfile.TemporaryDirectory(prefix="onnxship-tune-") as scratch:
         cands = _bundle_candidates(root, manifest)
-        if cfg.requantize:
-            cands += _requantize(root, manifest, calib, tid, ident, Path(scratch),
-                                 data_dir=data_dir, val_npz=val_npz, progress=progress)  # fmt: skip
+        if val is not None:
+            cands += _requantize(root, manifest, calib, tid, ident, Path(scratch), val,
+                                 data_dir=data_dir, progress=progress)  # fmt: skip
         max_drop = _max_drop(cfg, manifest)
         eligible = _measure_accuracy(cands, measure, max_drop, progress)
         timing = _time_scenario(eligible, provider, cfg)
@@ -273,28 +283,33 @@ def _requantize(
     tid: str,
     ident: Mapping[str, Any],
     scratch: Path,
+    val: Validation,
     *,
     data_dir: str | os.PathLike[str] | None,
-    val_npz: str | os.PathLike[str] | None,
     progress: bool,
 ) -> list[_Candidate]:
-    """Every INT8 artifact re-searched here from its FP32 parent and shipped calibration set."""
+    """Every INT8 artifact re-searched here from its FP32 parent: calibrated on the build
+    host's rows of data/val.npz and its budget measured on the others (`val.draw`), or
+    calibrated on the shipped set and measured on the user's --val-npz (or, for a bundle made
+    before data/*.npz, on MNIST validation minus the calibration images)."""
     from onnxship.calibrate.quantize import int8_from_onnx
 
     out = []
     for name, npz in calib.items():
         entry = manifest["artifacts"][name]
         parent = manifest["artifacts"][entry["parent"]]
-        cfg = _quantize_config(entry, val_npz is not None or _own_data(manifest))
+        cfg = _quantize_config(entry)
         new = f"{name}@{tid}"
         path = scratch / f"{name}.onnx"
         log.info("tune: re-quantizing %s from %s on this target", name, entry["parent"])
-        art = int8_from_onnx(
-            root / parent["path"], cfg, path, data_dir=data_dir, calib_npz=npz,
-            val_npz=val_npz if val_npz is not None else _bundle_val(root, manifest),
-            progress=progress,
-        )  # fmt: skip
+        data: dict[str, Any] = (
+            {"val_npz": val.path, "calib_from_val": True}
+            if val.draw
+            else {"data_dir": data_dir, "calib_npz": npz, "val_npz": val.path}
+        )
+        art = int8_from_onnx(root / parent["path"], cfg, path, progress=progress, **data)
         metrics = art.metrics or {}
+        calibration = metrics.get("calibration") or {}
         own = {
             "path": f"{TARGETS_DIR}/{tid}/{name}.onnx",
             "sha256": art.sha256,
@@ -307,30 +322,151 @@ def _requantize(
             "made_on": tid,
             "replaces": name,
             "val_top1": metrics.get("int8_val_top1"),
+            "budget_data": (metrics.get("budget") or {}).get("data"),
+            "calibration": {
+                "sha256": calibration.get("sha256"),
+                **(calibration.get("split") or {}),
+            },
             "int8_faster_than_fp32": metrics.get("int8_faster_than_fp32"),
         }
         out.append(_Candidate(new, path, "int8", art.bytes, own=own))
     return out
 
 
-def _own_data(manifest: Mapping[str, Any]) -> bool:
-    return (manifest.get("dataset") or {}).get("kind", "mnist") != "mnist"
+VAL_NPZ = "data/val.npz"
 
 
-def _bundle_val(root: Path, manifest: Mapping[str, Any]) -> Path | None:
-    """Own-data bundles ship their validation split as data/val.npz; MNIST uses --data-dir."""
-    if not _own_data(manifest):
-        return None
-    val = root / "data" / "val.npz"
-    if not val.is_file():
+@dataclass(frozen=True)
+class Validation:
+    """What the INT8 search here measures its accuracy budget on.
+
+    path: an .npz; None: MNIST's validation split under --data-dir (a bundle made before
+      data/*.npz were shipped).
+    draw: True when `path` is the bundle's data/val.npz: the calibration set is drawn from it
+      by the build host's seeded draw and the budget measured on the other rows; False: the
+      shipped calibration set calibrates and the budget is measured on `path` (a --val-npz of
+      the user's, another file) or on MNIST.
+    """
+
+    path: Path | None
+    draw: bool
+
+
+def validation_data(
+    root: Path,
+    manifest: Mapping[str, Any],
+    val_npz: str | os.PathLike[str] | None,
+    data_dir: str | os.PathLike[str] | None,
+) -> Validation:
+    """The bundle's data/val.npz, checked against the sha256 its quantize stages recorded for
+    it; a --val-npz of the user's (the same bytes as data/val.npz count as data/val.npz); or
+    MNIST under --data-dir for a bundle made before data/*.npz. Else a one-line error."""
+    bundle_val = root / VAL_NPZ
+    if val_npz is not None:
+        user = Path(val_npz)
+        if not user.is_file():
+            raise PipelineError(f"--val-npz {user} does not exist; pass an existing .npz")
+        from onnxship.calibrate.calibration_data import same_data
+
+        if not same_data(user, bundle_val):
+            return Validation(user, draw=False)
+    recorded = recorded_input_sha256(root, VAL_NPZ)
+    if not recorded:
+        if made_before_data_npz(manifest):
+            _require_mnist(root, data_dir)
+            return Validation(None, draw=False)
         raise PipelineError(
-            f"{root}: data/val.npz (the validation split INT8 is checked on) is missing; pass "
-            "--val-npz FILE or ship the bundle's data/ folder"
+            f"{root}: no quantize stage record names {VAL_NPZ}, so the validation split the "
+            "INT8 search is checked on cannot be verified; rebuild the bundle with this "
+            "onnxship (`onnxship run --force`), pass --val-npz FILE, or --no-requantize"
         )
-    return val
+    record, want = next(iter(recorded.items()))
+    if not bundle_val.is_file():
+        raise PipelineError(
+            f"{root}: {VAL_NPZ} is missing (stages/{record} recorded sha256 {want[:12]}…); "
+            "ship the bundle whole (its data/ folder), or pass --no-requantize"
+        )
+    digest = sha256_file(bundle_val)
+    for record, want in recorded.items():
+        if digest != want:
+            raise PipelineError(
+                f"{bundle_val}: expected sha256 {want[:12]}… (stages/{record}), found "
+                f"{digest[:12]}…: the validation split changed after the run; restore "
+                f"{VAL_NPZ} from the build host's bundle, or pass --no-requantize"
+            )
+    return Validation(bundle_val, draw=True)
 
 
-def _quantize_config(entry: Mapping[str, Any], npz_val: bool) -> Any:
+def recorded_input_sha256(root: Path, rel: str) -> dict[str, str]:
+    """Quantize stage record file name -> the sha256 it recorded for the bundle file `rel`."""
+    want = Path(rel).parts
+    out: dict[str, str] = {}
+    for rec_path in sorted((root / "stages").glob("*.json")):
+        try:
+            rec = json.loads(rec_path.read_text())
+        except ValueError:
+            continue
+        if rec.get("stage") != "quantize":
+            continue
+        for entry in rec.get("inputs") or []:
+            if Path(str(entry.get("path", ""))).parts[-len(want) :] == want:
+                out[rec_path.name] = str(entry.get("sha256"))
+    return out
+
+
+def made_before_data_npz(manifest: Mapping[str, Any]) -> bool:
+    """An MNIST bundle made before bundles shipped data/val.npz and data/test.npz (its
+    `dataset` block names no `test_path`): measured on MNIST under --data-dir."""
+    dataset = manifest.get("dataset") or {}
+    return dataset.get("kind", "mnist") == "mnist" and not dataset.get("test_path")
+
+
+def _require_mnist(root: Path, data_dir: str | os.PathLike[str] | None) -> None:
+    from onnxship.core import mnist
+
+    folder = mnist.resolve_data_root(data_dir)
+    missing = mnist.missing_files(folder)
+    if missing:
+        raise PipelineError(
+            f"{root} was made before bundles carried data/val.npz and data/test.npz, so tune "
+            f"measures it on MNIST under --data-dir: {mnist.missing_data_message(folder, missing)}"
+            "; or rebuild the bundle with this onnxship (it then carries its data)"
+        )
+
+
+def check_calibration_draws(
+    root: Path, manifest: Mapping[str, Any], calib: Mapping[str, Path], val: Path | None
+) -> None:
+    """Each shipped calibration set is the draw the build host's rule makes from `val` with the
+    artifact's recorded calibration config (size, seed): tune calibrates on those rows and
+    measures its budget on the others, disjoint as on the build host. A bundle that calibrated
+    on rows its budget also measured is a one-line error."""
+    from onnxship.calibrate.calibration_data import (
+        calibration_and_evaluation_from_npz,
+        input_specs_of,
+    )
+
+    assert val is not None
+    for name, npz in calib.items():
+        entry = manifest["artifacts"][name]
+        parent = root / manifest["artifacts"][entry["parent"]]["path"]
+        calibration = _quantize_config(entry).calibration
+        try:
+            drawn, _ = calibration_and_evaluation_from_npz(val, input_specs_of(parent), calibration)
+        except OnnxshipError as exc:
+            raise PipelineError(f"{name}: {exc}") from exc
+        want, found = drawn.sha256(), sha256_file(npz)
+        if want != found:
+            raise PipelineError(
+                f"{npz}: expected the {calibration.size}-row draw from {VAL_NPZ} that leaves the "
+                f"accuracy budget its other rows (sha256 {want[:12]}…), found {found[:12]}…: "
+                "the bundle calibrated on rows its budget also measured; rebuild it with this "
+                "onnxship (`onnxship run --force`), or pass --val-npz FILE (rows apart from "
+                "calibration) or --no-requantize"
+            )
+
+
+def _quantize_config(entry: Mapping[str, Any]) -> Any:
     """The build host's quantize config, with the recipe searched again (`auto`)."""
     from onnxship.calibrate.quantize import QuantizeConfig
     from onnxship.configio import dataclass_from_mapping

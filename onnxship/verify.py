@@ -414,13 +414,15 @@ def accuracy_source(
     test = Path(dataset["test_path"])
     test = test if test.is_absolute() else root / test
     if not test.is_file():
-        add(Check("dataset", "test data", False, f"{test} is missing"))
+        add(Check("dataset", "test data", False, f"{test} is missing; ship the bundle whole "
+                  "(its data/ folder)"))  # fmt: skip
         return None
     digest = sha256_file(test)
     if dataset.get("test_sha256") and digest != dataset["test_sha256"]:
         add(Check("dataset", "test data", False,
                   f"{test}: expected sha256 {dataset['test_sha256'][:12]}…, found "
-                  f"{digest[:12]}…: the test data changed after the run"))  # fmt: skip
+                  f"{digest[:12]}…: the test data changed after the run; restore it from the "
+                  "build host's bundle"))  # fmt: skip
         return None
     add(Check("dataset", "test data", True, f"{dataset['test_path']} sha256 {digest[:12]}…"))
     return lambda path, recorded: evaluate_npz(

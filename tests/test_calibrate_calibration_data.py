@@ -185,7 +185,7 @@ def test_calibration_config_smaller_than_one_batch_is_rejected() -> None:
 
 
 def test_calibration_set_from_mnist_larger_than_validation_is_rejected(mnist_root: Path) -> None:
-    with pytest.raises(CalibrateError, match="exceeds the 5000 images"):
+    with pytest.raises(CalibrateError, match=r"expected >= 12000 rows, found 5000.*at most 2500"):
         calibration_set_from_mnist(mnist_root, SPEC, MEAN, STD, CalibrationConfig(size=6000))
 
 
@@ -232,5 +232,5 @@ def test_calibration_and_evaluation_from_an_npz_of_mnist_validation_equal_mnist_
     drawn = {tuple(r) for r in calib.inputs.reshape(64, -1)[:, ::7].tolist()}
     held = {tuple(r) for r in evalset.inputs[SPEC.name].reshape(evalset.samples, -1)[:, ::7]}
     assert calib.train_indices is not None and not drawn & held
-    with pytest.raises(CalibrateError, match="leaves none"):
-        calibration_and_evaluation_from_npz(val, [SPEC], CalibrationConfig(size=5000))
+    with pytest.raises(CalibrateError, match=r"expected >= 5002 rows, found 5000"):
+        calibration_and_evaluation_from_npz(val, [SPEC], CalibrationConfig(size=2501))

@@ -193,6 +193,39 @@ def test_run_own_model_on_digits_reaches_accuracy_after_pruning_and_quantization
 
 
 @pytest.mark.slow
+def test_run_own_model_calibrates_and_measures_the_int8_budget_on_disjoint_val_rows(
+    digits_run: Path,
+) -> None:
+    """Own data follows MNIST's rule: [quantize.calibration] size rows of data/val.npz, drawn
+    seeded and class-balanced, calibrate; the budget is measured on every other row."""
+    with np.load(digits_run / "data" / "val.npz") as val:
+        x, y = val["x"], val["y"]
+    rows = int(y.shape[0])
+    records = sorted((digits_run / "stages").glob("quantize*.json"))
+    assert records
+    for path in records:
+        m = json.loads(path.read_text())["metrics"]
+        overlap = m["calibration"]["samples"] + m["val_samples"] - rows
+        assert overlap == 0, f"{path.name}: {overlap} rows both calibrate and measure the budget"
+        split = m["calibration"]["split"]
+        assert split["disjoint"] is True and "class-balanced" in split["rule"]
+        assert (split["calibration_rows"], split["budget_rows"]) == (64, rows - 64)
+        with np.load(digits_run / "calibration" / Path(m["calibration"]["path"]).name) as calib:
+            picked = calib["train_indices"]  # positions in data/val.npz
+            np.testing.assert_array_equal(calib["input"], x[picked])
+        assert len(set(picked.tolist())) == 64 and np.bincount(y[picked]).min() >= 6
+
+
+def test_run_exits_2_before_training_when_val_is_too_small_to_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    quantize = {**DIGITS["quantize"], "calibration": {"size": 100, "batch_size": 16}}
+    err = _bad_run(write_project(tmp_path, reduced_config({**DIGITS, "quantize": quantize})),
+                   capsys)  # fmt: skip
+    assert "expected >= 200 rows, found 144" in err and "at most 72" in err
+
+
+@pytest.mark.slow
 def test_run_own_model_prunes_structurally_within_the_macs_budget(digits_run: Path) -> None:
     prune = json.loads((digits_run / "stages" / "prune.json").read_text())["metrics"]
     assert prune["macs_after"] <= 0.3 * prune["macs_before"]
@@ -409,7 +442,8 @@ def test_run_own_model_on_an_image_folder_goes_through_verify(
             resize = 8
             mean = [0.5, 0.5, 0.5]
             std = [0.25, 0.25, 0.25]
-            val_fraction = 0.25
+            # 16 validation images: 8 calibrate INT8, its budget is measured on the other 8
+            val_fraction = 0.4
             [train.sgd]
             epochs = 10
             batch_size = 8

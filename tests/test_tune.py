@@ -4,8 +4,10 @@ One tiny bundle (the fault matrix's reduced run, on a 6,000 + 1,000-image MNIST 
 teacher-int8) is built once per module. Two targets are simulated on this one machine: the
 detected integer class, and `ONNXSHIP_INTEGER_CLASS` set to another class (a recorded simulation
 knob: the class, the fingerprint and so the target id differ; the INT8 search then runs the
-grid of that class, measured on this CPU). The torch-free test runs tune, verify and gate from
-a wheel installed with `--no-deps` beside onnxruntime, numpy and onnx, torch blocked.
+grid of that class, measured on this CPU). Tune measures on the bundle's own data/val.npz and
+data/test.npz (checked against their recorded sha256), never MNIST: the torch-free test runs
+tune, verify and gate from a wheel installed with `--no-deps` beside onnxruntime, numpy and
+onnx, torch blocked and no MNIST under $ONNXSHIP_DATA_DIR.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import install_wheel, installed_cli  # noqa: E402  (tests/ is on sys.path)
 from test_fault_matrix import SUBSET_TEST, SUBSET_TRAIN, TINY_CONFIG, run_cli, subset_data
 
+from onnxship.core.artifact import sha256_file
 from onnxship.core.env import integer_class
 
 TUNE_CONFIG = TINY_CONFIG.replace("teacher_int8 = false", "teacher_int8 = true")
@@ -92,6 +95,35 @@ def test_tune_records_a_target_with_its_own_int8_and_keeps_the_build_host_files(
                       "--batch-sizes", "1", "--iterations", "3", "--no-progress")  # fmt: skip
     assert rc == 0, err[-2000:]
     assert record["wall_s"] > 0
+
+
+def test_tune_measures_on_the_bundles_own_data_without_mnist_calibration_apart_from_budget(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No MNIST and no --data-dir on the target: the INT8 search calibrates on the shipped
+    calibration set (the seeded draw from data/val.npz) and measures its budget on the other
+    rows of data/val.npz; test accuracy is measured on data/test.npz."""
+    import numpy as np
+
+    empty = tmp_path / "no-mnist"
+    empty.mkdir()
+    monkeypatch.setenv("ONNXSHIP_DATA_DIR", os.fspath(empty))
+    monkeypatch.setenv("ONNXSHIP_NO_DOWNLOAD", "1")
+    rc, err = run_cli("tune", os.fspath(bundle), *FAST)
+    assert rc == 0, err[-2000:]
+    (tid,) = _targets(bundle)
+    record = json.loads((bundle / "targets" / f"{tid}.json").read_text())
+    with np.load(bundle / "data" / "val.npz") as val:
+        rows = int(val["y"].shape[0])
+    for name, own in record["artifacts"].items():
+        calib = own["calibration"]
+        shipped = bundle / "calibration" / f"{own['replaces']}-calib.npz"
+        assert calib["sha256"] == sha256_file(shipped), name  # the build host's rows
+        assert calib["disjoint"] is True, name
+        assert calib["calibration_rows"] + calib["budget_rows"] == rows, name
+        assert own["budget_data"] == f"npz:val.npz minus the {calib['calibration_rows']} " \
+            "calibration rows"  # fmt: skip
+    assert record["accuracy"]["teacher-fp32"]["n"] == SUBSET_TEST
 
 
 def test_two_targets_coexist_and_a_retune_replaces_only_its_own(
@@ -169,6 +201,11 @@ def _nothing_written(bundle: Path) -> bool:
         ("no-manifest", (), "manifest"),
         ("calib-altered", (), "calibration set was altered"),
         ("calib-missing", (), "calibration set of"),
+        ("val-altered", (), "data/val.npz from the build host"),
+        ("val-missing", (), "data/val.npz is missing"),
+        ("val-unrecorded", (), "no quantize stage record names data/val.npz"),
+        ("calib-not-drawn", (), "calibrated on rows its budget also measured"),
+        ("test-altered", (), "test data changed after the run; restore it"),
         ("newer-schema", (), "schema_version"),
         ("provider", ("--provider", "cuda"), "CUDAExecutionProvider"),
         ("scenario", ("--scenario", "batchy"), "unknown scenario"),
@@ -184,6 +221,20 @@ def test_tune_bad_input_is_one_line_exit_2_nothing_written(
         npz.write_bytes(npz.read_bytes() + b"\0")
     elif fault == "calib-missing":
         (bundle / "calibration" / "teacher-int8-calib.npz").unlink()
+    elif fault in ("val-altered", "test-altered"):
+        npz = bundle / "data" / f"{fault.split('-')[0]}.npz"
+        npz.write_bytes(npz.read_bytes() + b"\0")
+    elif fault == "val-missing":
+        (bundle / "data" / "val.npz").unlink()
+    elif fault == "val-unrecorded":
+        _edit_quantize_records(bundle, lambda rec: rec["inputs"].pop())
+    elif fault == "calib-not-drawn":  # a bundle that calibrated on its whole validation split
+        calib = bundle / "calibration" / "student-int8-calib.npz"
+        shutil.copyfile(bundle / "data" / "val.npz", calib)
+        digest = sha256_file(calib)
+        _edit_quantize_records(bundle, lambda rec: [
+            o.update(sha256=digest) for o in rec["outputs"] if o["path"].endswith(calib.name)
+        ])  # fmt: skip
     elif fault == "newer-schema":
         doc = json.loads((bundle / "manifest.json").read_text())
         doc["schema_version"] = 99
@@ -192,9 +243,62 @@ def test_tune_bad_input_is_one_line_exit_2_nothing_written(
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2, err[-2000:]
     assert lines and lines[-1].startswith("onnxship tune:") and expect in lines[-1], lines[-3:]
+    if fault in ("val-altered", "test-altered", "calib-not-drawn"):
+        assert "expected" in lines[-1] and "found" in lines[-1], lines[-1]
     assert not (bundle / "targets").exists()
     if fault not in ("no-manifest",):
         assert "targets" not in json.loads((bundle / "manifest.json").read_text())
+
+
+def _edit_quantize_records(bundle: Path, edit: Callable[[dict], object]) -> None:
+    """Apply `edit` to every quantize stage record of the bundle (faults of the records)."""
+    for path in (bundle / "stages").glob("quantize*.json"):
+        rec = json.loads(path.read_text())
+        edit(rec)
+        path.write_text(json.dumps(rec))
+
+
+def test_tune_val_npz_of_the_users_measures_the_budget_on_it_whole(bundle: Path) -> None:
+    """--val-npz with other rows: calibrated on the shipped set, the budget on that file."""
+    import numpy as np
+
+    other = bundle.parent / "other-val.npz"
+    with np.load(bundle / "data" / "val.npz") as val:
+        np.savez(other, x=val["x"][:300], y=val["y"][:300])
+    rc, err = run_cli("tune", os.fspath(bundle), "--val-npz", os.fspath(other), *FAST)
+    assert rc == 0, err[-2000:]
+    (tid,) = _targets(bundle)
+    record = json.loads((bundle / "targets" / f"{tid}.json").read_text())
+    for own in record["artifacts"].values():
+        assert own["budget_data"] == "npz:other-val.npz"
+        assert own["calibration"]["disjoint"] is None and own["calibration"]["budget_rows"] == 300
+
+
+def test_tune_a_bundle_made_before_data_npz_is_measured_on_mnist_under_data_dir(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """An MNIST bundle of onnxship 0.1.0 (no data/, no dataset.test_path, quantize records
+    without data/val.npz): the one kind --data-dir is for; without MNIST there, one line."""
+    doc = json.loads((bundle / "manifest.json").read_text())
+    doc["dataset"].pop("test_path")
+    doc["dataset"].pop("test_sha256")
+    (bundle / "manifest.json").write_text(json.dumps(doc))
+    _edit_quantize_records(bundle, lambda rec: rec["inputs"].pop())
+    shutil.rmtree(bundle / "data")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, err = run_cli("tune", os.fspath(bundle), "--data-dir", os.fspath(empty), *FAST)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and "made before bundles carried data/val.npz" in lines[-1], lines[-3:]
+    assert "MNIST not found" in lines[-1] and _nothing_written(bundle)
+    rc, err = run_cli("tune", os.fspath(bundle), *FAST)  # $ONNXSHIP_DATA_DIR: the run's MNIST
+    assert rc == 0, err[-2000:]
+    (tid,) = _targets(bundle)
+    record = json.loads((bundle / "targets" / f"{tid}.json").read_text())
+    for own in record["artifacts"].values():
+        assert own["calibration"]["disjoint"] is True
+        assert own["budget_data"].startswith("train:validation minus")
+    assert record["accuracy"]["teacher-fp32"]["n"] == SUBSET_TEST
 
 
 def test_read_only_bundle_is_refused_without_out_and_tuned_as_a_copy_with_it(
@@ -229,11 +333,15 @@ def test_tune_verify_gate_without_torch(bundle: Path, wheel: Path, tmp_path: Pat
     (torch blocked): tune, then verify, then gate --require-targets."""
     site = install_wheel(wheel, tmp_path / "site")
 
+    no_mnist = tmp_path / "no-mnist"  # the target has no MNIST either: the bundle's data/
+    no_mnist.mkdir()
+
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-I", "-c", TORCH_FREE, str(site), *args],
             capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False,
-            env=os.environ | {"ONNXSHIP_DATA_DIR": os.environ["ONNXSHIP_DATA_DIR"]},
+            env=os.environ | {"ONNXSHIP_DATA_DIR": os.fspath(no_mnist),
+                              "ONNXSHIP_NO_DOWNLOAD": "1"},
         )  # fmt: skip
 
     tuned = cli("tune", os.fspath(bundle), *FAST)

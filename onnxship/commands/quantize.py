@@ -33,7 +33,10 @@ Any model, your own data (no onnxship metadata needed):
 calibrates on CALIB ('x', or one array per model input, preprocessed float32) and measures the
 accuracy budget on VAL: with labels 'y', FP32 minus INT8 top-1 <= --max-drop; without labels,
 fidelity to the FP32 model: top-1 agreement >= 1 - --max-drop for class scores ([batch,
-classes]), output SQNR >= --min-sqnr dB otherwise. The record's `budget` says which.
+classes]), output SQNR >= --min-sqnr dB otherwise. The record's `budget` says which. CALIB and
+VAL the same file (or the same bytes): --calib-size rows drawn from it (seeded, class-balanced
+with 'y') calibrate and the budget is measured on the other rows, at least as many; the
+record's `calibration.split` gives both counts.
 
 MNIST (the default): --calib-size images (class-balanced, seeded) from the validation part of
 MNIST's *training* split - never the test split - normalised with the mean/std stored in the
@@ -88,7 +91,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser, defaults, "recipe", "provider", "calibration")
     parser.add_argument(
         "--calib-npz", type=Path, default=None, metavar="CALIB.npz",
-        help="calibrate on your own .npz of preprocessed inputs (used whole)",
+        help="calibrate on your own .npz of preprocessed inputs (used whole; the same file as "
+        "--val-npz: --calib-size rows drawn from it)",
     )  # fmt: skip
     parser.add_argument(
         "--val-npz", type=Path, default=None, metavar="VAL.npz",

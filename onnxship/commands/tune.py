@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxship.commands.common import add_command, add_config_flags, add_data_dir, config_from_args
+from onnxship.commands.common import add_command, add_config_flags, config_from_args
 
 HELP = (
     "decide on the target: re-search INT8, re-measure accuracy, pick the artifact "
@@ -13,16 +13,19 @@ HELP = (
 )
 
 DESCRIPTION = """\
-Run on the target machine (needs onnxruntime, numpy and onnx; no torch). Re-runs the INT8 recipe
-search for this machine's integer class from the bundle's FP32 files and shipped calibration
-sets (new files are named ARTIFACT@TARGET and written under BUNDLE/targets/TARGET/), re-measures
-every artifact's test accuracy here, times the artifacts within the accuracy budget against
+Run on the target machine (needs onnxruntime, numpy and onnx; no torch, no MNIST). Re-runs the
+INT8 recipe search for this machine's integer class from the bundle's FP32 files, calibrated on
+the shipped calibration sets (the seeded draw from BUNDLE/data/val.npz) with the accuracy budget
+measured on the other rows of data/val.npz (new files are named ARTIFACT@TARGET and written
+under BUNDLE/targets/TARGET/), re-measures every artifact's test accuracy here on
+BUNDLE/data/test.npz, times the artifacts within the accuracy budget against
 teacher-fp32 for the scenario (block-interleaved rounds, 95%% bootstrap CIs), picks the fastest
 - the simplest artifact when the fastest is a tie within noise - tunes threads and spinning for
 it, and writes BUNDLE/targets/TARGET.json plus the manifest's targets entry. A second tune on
-the same machine replaces its own record and no other. Exit 0 done, 2 bad input (no manifest, a
-missing or altered calibration set, a newer manifest schema, a provider this onnxruntime lacks,
-an unknown scenario).
+the same machine replaces its own record and no other. The data files are checked against the
+sha256 the bundle recorded for them before anything is written. Exit 0 done, 2 bad input (no
+manifest, a missing or altered calibration set, data/val.npz or data/test.npz, a newer manifest
+schema, a provider this onnxruntime lacks, an unknown scenario).
 """
 
 
@@ -39,12 +42,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "requantize",
     )  # fmt: skip
     parser.add_argument("--val-npz", type=Path, default=None,
-                        help="validation .npz for the INT8 search (default: the bundle's "
-                        "data/val.npz, or MNIST's validation split under --data-dir)")  # fmt: skip
+                        help="your own validation .npz to measure the INT8 accuracy budget on, "
+                        "calibrating on the shipped calibration sets (default: the other rows "
+                        "of the bundle's data/val.npz)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None,
                         help="tune a copy of the bundle in this new folder (for a read-only "
                         "bundle)")  # fmt: skip
-    add_data_dir(parser)
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="only for a bundle made before bundles carried data/val.npz and "
+                        "data/test.npz (MNIST, onnxship 0.1.0): the MNIST root holding "
+                        "MNIST/raw/*-ubyte (default: $ONNXSHIP_DATA_DIR, else ./data); other "
+                        "bundles are measured on their own data")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

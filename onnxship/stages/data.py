@@ -5,8 +5,9 @@ time and rewrites a file only when its content changes, so stages keyed on their
 cached.
 
     data/val.npz   the validation split: INT8 calibration and its accuracy budget (MNIST:
-                   normalised with the model's mean/std, with `train_indices`; calibration
-                   is drawn from it and the budget measured on the other rows)
+                   normalised with the model's mean/std, with `train_indices`); calibration
+                   is drawn from it and the budget measured on the other rows, for MNIST
+                   and own data alike
     data/test.npz  the test data: FP16 parity, eval and `verify`
 """
 
@@ -60,11 +61,24 @@ def own_model_and_data(cfg: PipelineConfig) -> OwnRun | None:
             f"{cfg.train.arch} takes MNIST's [1, 28, 28] images; name your network with "
             'factory = "pkg.module:function"'
         )
+    check_calibration_split(cfg, len(splits.split("val")))
     try:
         source: Path | None = Path(inspect.getfile(factory.resolve()))
     except (TypeError, OSError):  # a builtin or C function has no file
         source = None
     return OwnRun(splits=splits, factory=factory, source=source)
+
+
+def check_calibration_split(cfg: PipelineConfig, val_rows: int) -> None:
+    """The quantize stages calibrate on `[quantize.calibration] size` rows of data/val.npz and
+    measure the budget on the others: checked before any training, not after it."""
+    from onnxship.calibrate.calibration_data import check_split
+    from onnxship.calibrate.errors import CalibrateError
+
+    try:
+        check_split(val_rows, cfg.quantize.calibration, "the validation split of [data]")
+    except CalibrateError as exc:
+        raise PipelineError(str(exc)) from exc
 
 
 def stages(cfg: PipelineConfig) -> list[Stage]:

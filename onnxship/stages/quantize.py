@@ -2,16 +2,17 @@
 run's data/val.npz) -> artifacts/<model>-int8.onnx and its calibration set
 calibration/<model>-int8-calib.npz.
 
-MNIST: the calibration set is drawn from data/val.npz (class-balanced, seeded) and the budget
-measured on its other rows, disjoint as `onnxship quantize` draws from MNIST validation. Own
-data: the whole file calibrates and measures the budget, as before."""
+MNIST and own data alike: the calibration set is drawn from data/val.npz (class-balanced,
+seeded, `[quantize.calibration] size` rows) and the budget measured on its other rows, disjoint
+as `onnxship quantize` draws from MNIST validation; the record's `calibration.split` gives
+the rows of each."""
 
 from __future__ import annotations
 
 from onnxship.core.artifact import Artifact
 from onnxship.stages.base import Run, Stage, Work, onnx_conversion_stage
 from onnxship.stages.config import PipelineConfig
-from onnxship.stages.data import VAL_NPZ, uses_own_data
+from onnxship.stages.data import VAL_NPZ
 
 
 def stage(cfg: PipelineConfig, fp32: Stage, name: str) -> Stage:
@@ -27,8 +28,7 @@ def produce(run: Run, work: Work) -> Artifact:
 
     src, val_npz = work.inputs
     target, calib = work.outputs
-    own = uses_own_data(run.cfg)
     return int8_from_onnx(
         src, run.cfg.quantize, target, data_dir=run.data_dir, calib_out=calib,
-        calib_npz=val_npz if own else None, val_npz=val_npz, calib_from_val=not own,
+        val_npz=val_npz, calib_from_val=True,
     )  # fmt: skip
