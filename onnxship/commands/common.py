@@ -146,6 +146,17 @@ def checkpoint_destination(args: argparse.Namespace, example: str) -> tuple[str,
     return name, out
 
 
+def add_torch_threads(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """--threads: torch's intra-op threads for a training command (`note` follows the help)."""
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice, usually the core count)"
+        + (f". {note}" if note else ""),
+    )
+
+
 def add_dist_timeout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dist-timeout",

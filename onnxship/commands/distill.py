@@ -16,9 +16,9 @@ from onnxship.commands.common import (
     add_data_dir,
     add_dist_timeout,
     add_out_dir,
+    add_torch_threads,
     checkpoint_destination,
     config_from_args,
-    positive_int,
 )
 
 DEFAULT_NAME = "student"
@@ -71,11 +71,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_out_dir(parser)
     add_config_flags(parser, defaults)
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch intra-op threads (default: torch's choice, usually the core count). "
+    add_torch_threads(
+        parser,
         "For the default student 1 thread is as fast as 2, and it does not stall when other "
         "processes share the cores (OpenMP spin-waits made 2 threads >10x slower then)",
     )

@@ -18,9 +18,9 @@ from onnxship.commands.common import (
     add_data_dir,
     add_dist_timeout,
     add_out_dir,
+    add_torch_threads,
     checkpoint_destination,
     config_from_args,
-    positive_int,
 )
 
 DEFAULT_NAME = "teacher"
@@ -63,12 +63,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser, defaults, "arch", "widths", "sgd", "seed", "augment")
     add_data_dir(parser)
     add_config_flags(parser, defaults, "amp", "device")
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch intra-op threads (default: torch's choice, usually the core count)",
-    )
+    add_torch_threads(parser)
     add_checkpoint_name(parser, DEFAULT_NAME)
     add_dist_timeout(parser)
 
