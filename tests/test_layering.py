@@ -197,3 +197,19 @@ def test_no_import_cycles() -> None:
         if module not in index:
             visit(module)
     assert not cycles, f"import cycles: {cycles}"
+
+
+MAX_FUNCTION_LINES = 80  # the project style: functions stay under about 80 lines
+
+
+def test_no_source_function_exceeds_the_line_limit() -> None:
+    """Every function and method of the installed packages, decorators excluded, from its
+    `def` line to its last line, docstring included."""
+    too_long = []
+    for module, path in SOURCES.items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    too_long.append(f"{module}.{node.name}: {lines} lines")
+    assert not too_long, "split these functions: " + "; ".join(sorted(too_long))
