@@ -54,16 +54,32 @@ def bundle(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     return copy
 
 
+@pytest.fixture(scope="module")
+def tuned(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A copy of the tiny bundle tuned once with the defaults on a machine without MNIST (no
+    data root, downloads off), and its artifacts' bytes before the tune. Read it, do not
+    change it: copy it first."""
+    work = tmp_path_factory.mktemp("tuned")
+    copy = work / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    before = {p.name: p.read_bytes() for p in (copy / "artifacts").iterdir()}
+    (work / "no-mnist").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ONNXSHIP_DATA_DIR", os.fspath(work / "no-mnist"))
+        mp.setenv("ONNXSHIP_NO_DOWNLOAD", "1")
+        rc, err = run_cli("tune", os.fspath(copy), *FAST)
+    assert rc == 0, err[-2000:]
+    return copy, before
+
+
 def _targets(bundle: Path) -> dict:
     return json.loads((bundle / "manifest.json").read_text()).get("targets") or {}
 
 
 def test_tune_records_a_target_with_its_own_int8_and_keeps_the_build_host_files(
-    bundle: Path,
+    tuned: tuple[Path, dict],
 ) -> None:
-    before = {p.name: p.read_bytes() for p in (bundle / "artifacts").iterdir()}
-    rc, err = run_cli("tune", os.fspath(bundle), *FAST)
-    assert rc == 0, err[-2000:]
+    bundle, before = tuned
     (tid,) = _targets(bundle)
     assert tid.startswith(integer_class() + "-")
     record = json.loads((bundle / "targets" / f"{tid}.json").read_text())
@@ -98,19 +114,14 @@ def test_tune_records_a_target_with_its_own_int8_and_keeps_the_build_host_files(
 
 
 def test_tune_measures_on_the_bundles_own_data_without_mnist_calibration_apart_from_budget(
-    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tuned: tuple[Path, dict],
 ) -> None:
-    """No MNIST and no --data-dir on the target: the INT8 search calibrates on the shipped
-    calibration set (the seeded draw from data/val.npz) and measures its budget on the other
-    rows of data/val.npz; test accuracy is measured on data/test.npz."""
+    """No MNIST and no --data-dir on the target (the `tuned` fixture): the INT8 search
+    calibrates on the shipped calibration set (the seeded draw from data/val.npz) and measures
+    its budget on the other rows of data/val.npz; test accuracy is measured on data/test.npz."""
     import numpy as np
 
-    empty = tmp_path / "no-mnist"
-    empty.mkdir()
-    monkeypatch.setenv("ONNXSHIP_DATA_DIR", os.fspath(empty))
-    monkeypatch.setenv("ONNXSHIP_NO_DOWNLOAD", "1")
-    rc, err = run_cli("tune", os.fspath(bundle), *FAST)
-    assert rc == 0, err[-2000:]
+    bundle = tuned[0]
     (tid,) = _targets(bundle)
     record = json.loads((bundle / "targets" / f"{tid}.json").read_text())
     with np.load(bundle / "data" / "val.npz") as val:
@@ -180,8 +191,9 @@ def test_gate_require_targets_fails_for_a_target_never_tuned(bundle: Path, tmp_p
     assert f'name="target {never}"' in junit and "no target record matches" in junit
 
 
-def test_verify_checks_target_records(bundle: Path) -> None:
-    assert run_cli("tune", os.fspath(bundle), *FAST)[0] == 0
+def test_verify_checks_target_records(tuned: tuple[Path, dict], tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tuned[0], bundle)
     rc, err = run_cli("verify", os.fspath(bundle))
     assert rc == 0, err[-2000:]
     (tid,) = _targets(bundle)
