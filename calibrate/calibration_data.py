@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -261,12 +261,7 @@ class Split:
     rule: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "calibration_rows": self.calibration_rows,
-            "budget_rows": self.budget_rows,
-            "disjoint": self.disjoint,
-            "rule": self.rule,
-        }
+        return asdict(self)
 
 
 def draw_rule(size: int, seed: int, source: str, labelled: bool = True) -> str:

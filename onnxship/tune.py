@@ -42,7 +42,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -187,11 +187,7 @@ def calibration_sets(root: Path, manifest: Mapping[str, Any]) -> dict[str, Path]
     """INT8 artifact -> its shipped calibration .npz, checked against the sha256 its quantize
     stage recorded. Missing or altered: a one-line error (exit 2)."""
     recorded: dict[str, str] = {}
-    for rec_path in sorted((root / "stages").glob("*.json")):
-        try:
-            rec = json.loads(rec_path.read_text())
-        except ValueError:
-            continue
+    for _, rec in stage_records(root):
         for output in rec.get("outputs") or []:
             name = Path(str(output.get("path", ""))).name
             if name.endswith("-calib.npz"):
@@ -401,17 +397,23 @@ def recorded_input_sha256(root: Path, rel: str) -> dict[str, str]:
     """Quantize stage record file name -> the sha256 it recorded for the bundle file `rel`."""
     want = Path(rel).parts
     out: dict[str, str] = {}
-    for rec_path in sorted((root / "stages").glob("*.json")):
-        try:
-            rec = json.loads(rec_path.read_text())
-        except ValueError:
-            continue
+    for rec_path, rec in stage_records(root):
         if rec.get("stage") != "quantize":
             continue
         for entry in rec.get("inputs") or []:
             if Path(str(entry.get("path", ""))).parts[-len(want) :] == want:
                 out[rec_path.name] = str(entry.get("sha256"))
     return out
+
+
+def stage_records(root: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(path, record) of every stage record of the bundle that parses as JSON, by file name."""
+    for rec_path in sorted((root / "stages").glob("*.json")):
+        try:
+            rec = json.loads(rec_path.read_text())
+        except ValueError:
+            continue
+        yield rec_path, rec
 
 
 def made_before_data_npz(manifest: Mapping[str, Any]) -> bool:
