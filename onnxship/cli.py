@@ -109,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 2-thread torch training 5-8x slower; PASSIVE cost nothing on a quiet box. It must be set
     # before torch (or onnxruntime) is imported, so here, first; a user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from onnxship.core.allocator import keep_freed_memory
+
+    keep_freed_memory()  # freed tensors are reused, not faulted in again (module docstring)
     args_list = _route(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(args_list)

@@ -22,6 +22,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # wait instead of spinning. The tests import torch before they call main(), so the same
 # setting is made here, before any test module is imported (subprocesses inherit it).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# ... and what main() does to the allocator, before any test allocates (onnxship.core.allocator).
+from onnxship.core.allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()
 
 
 def _mnist_root() -> Path:

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from onnxship.core.allocator import allocator_state
+
 # Flags that change which kernels ONNX Runtime and PyTorch pick on x86.
 INTERESTING_FLAGS = (
     "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c",
@@ -266,6 +268,7 @@ def capture_environment(providers_used: tuple[str, ...] | list[str] = ()) -> dic
         "logical_cores": os.cpu_count(),
         "usable_cores": usable_cores(),
         "physical_cores": physical_cores(),
+        "allocator": allocator_state(),
     }
     np_mod = sys.modules.get("numpy")
     if np_mod is None:
