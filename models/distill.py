@@ -111,8 +111,10 @@ def teacher_logits(teacher: nn.Module, x: torch.Tensor, batch_size: int = 256) -
 
     Batches of 256 keep the activations in cache: 55,000 images took 1.8 s vs 5.4 s at 1,000
     (channels_last, 2 cores, measured)."""
+    from onnxship.models.evaluate import outputs_in_batches
+
     teacher.eval()
-    return torch.cat([teacher(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    return outputs_in_batches(teacher, x, batch_size)
 
 
 @torch.no_grad()
