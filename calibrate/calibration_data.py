@@ -569,6 +569,22 @@ class EvaluationSet:
         else:
             out["max_drop"] = max_drop
             out["reference"] = "labels" if metric is BudgetMetric.TOP1 else "fp32 outputs"
+            out.update(self._resolution(max_drop))
+        return out
+
+    def _resolution(self, max_drop: float) -> dict[str, Any]:
+        """What one sample weighs in a top-1 or agreement score, and a note when the budget is
+        finer than that: then a single changed prediction breaks it."""
+        if not self.samples:
+            return {}
+        one = 1.0 / self.samples
+        out: dict[str, Any] = {"one_sample": one}
+        if max_drop < one:
+            out["resolution_note"] = (
+                f"max_drop {max_drop * 100:.2f} pp is below one of the {self.samples} samples "
+                f"({one * 100:.2f} pp): any changed prediction breaks the budget; more "
+                "validation rows measure it finer"
+            )
         return out
 
 

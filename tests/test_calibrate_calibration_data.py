@@ -234,3 +234,18 @@ def test_calibration_and_evaluation_from_an_npz_of_mnist_validation_equal_mnist_
     assert calib.train_indices is not None and not drawn & held
     with pytest.raises(CalibrateError, match=r"expected >= 5002 rows, found 5000"):
         calibration_and_evaluation_from_npz(val, [SPEC], CalibrationConfig(size=2501))
+
+
+def test_budget_block_says_when_max_drop_is_finer_than_one_sample() -> None:
+    from onnxship.calibrate.calibration_data import EvaluationSet
+
+    x = np.zeros((64, 1, 4, 4), np.float32)
+    labelled = EvaluationSet({"input": x}, np.zeros(64, np.int64), source="npz:val.npz")
+    block = labelled.describe(0.003, 25.0)
+    assert block["one_sample"] == pytest.approx(1 / 64)
+    assert block["resolution_note"] == (
+        "max_drop 0.30 pp is below one of the 64 samples (1.56 pp): any changed prediction "
+        "breaks the budget; more validation rows measure it finer"
+    )
+    # 0.02 on 64 samples: one sample (1.56 pp) fits in the budget, so no note
+    assert "resolution_note" not in labelled.describe(0.02, 25.0)
