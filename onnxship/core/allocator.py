@@ -20,7 +20,6 @@ ONNXSHIP_KEEP_FREED_MEMORY=0 leave the allocator as it is.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
@@ -57,7 +56,7 @@ def _apply() -> dict[str, object]:
         return {"applied": False, "reason": f"the user set {', '.join(user)}"}
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return {"applied": False, "reason": "not glibc: the platform's allocator is left as is"}
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = ctypes.CDLL(None)  # the process's own symbols, glibc's mallopt among them
     ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
     ok = ok and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     if not ok:
